@@ -1,0 +1,417 @@
+//! The in-memory broker: the same structures and semantics as the Redis broker, in one
+//! process, for the quickstart, development and unit tests. Jobs do not survive the process.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{
+    Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
+    Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT,
+};
+use crate::envelope::now;
+use crate::error::BrokerError;
+
+/// A broker that keeps everything in this process's memory.
+///
+/// Cheap to clone: clones share the same state, as clients of one Redis do.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    state: Arc<Mutex<State>>,
+    hub: Arc<WakeupHub>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Like Redis lists: pushed at the front (`LPUSH`), taken from the back.
+    queues: HashMap<String, VecDeque<String>>,
+    known_queues: BTreeSet<String>,
+    schedule: ScoredSet,
+    retry: ScoredSet,
+    dead: ScoredSet,
+    in_flight: HashMap<String, VecDeque<String>>,
+    fetchers: BTreeSet<String>,
+    processes: HashMap<String, LiveProcess>,
+    signals: HashMap<String, VecDeque<String>>,
+    stats: Stats,
+}
+
+struct LiveProcess {
+    entry: ProcessEntry,
+    expires: Instant,
+}
+
+/// A Redis sorted set: unique members ordered by score, then by member.
+#[derive(Default)]
+struct ScoredSet {
+    ordered: BTreeSet<(Score, String)>,
+    scores: HashMap<String, Score>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Score(f64);
+
+impl PartialEq for Score {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0) == Ordering::Equal
+    }
+}
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl ScoredSet {
+    fn add(&mut self, score: f64, member: String) {
+        if let Some(old) = self.scores.insert(member.clone(), Score(score)) {
+            self.ordered.remove(&(old, member.clone()));
+        }
+        self.ordered.insert((Score(score), member));
+    }
+
+    fn pop_first(&mut self) -> Option<(f64, String)> {
+        let (score, member) = self.ordered.pop_first()?;
+        self.scores.remove(&member);
+        Some((score.0, member))
+    }
+
+    fn first_score(&self) -> Option<f64> {
+        self.ordered.first().map(|(s, _)| s.0)
+    }
+
+    fn len(&self) -> usize {
+        self.ordered.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (f64, &String)> {
+        self.ordered.iter().map(|(s, m)| (s.0, m))
+    }
+
+    /// Drops members scored below `cutoff`, then the lowest until `max` remain.
+    fn trim(&mut self, cutoff: f64, max: usize) {
+        while let Some(first) = self.first_score() {
+            if first < cutoff || self.len() > max {
+                self.pop_first();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+impl State {
+    fn set(&mut self, set: SortedSet) -> &mut ScoredSet {
+        match set {
+            SortedSet::Schedule => &mut self.schedule,
+            SortedSet::Retry => &mut self.retry,
+            SortedSet::Dead => &mut self.dead,
+        }
+    }
+
+    fn push_queue(&mut self, queue: &str, payload: String, front: bool) {
+        if !self.known_queues.contains(queue) {
+            self.known_queues.insert(queue.to_owned());
+        }
+        let list = self.queues.entry(queue.to_owned()).or_default();
+        if front {
+            list.push_back(payload);
+        } else {
+            list.push_front(payload);
+        }
+    }
+
+    fn is_alive(&self, identity: &str, at: Instant) -> bool {
+        self.processes.get(identity).is_some_and(|p| p.expires > at)
+    }
+
+    fn expire_processes(&mut self) {
+        let at = Instant::now();
+        self.processes.retain(|_, p| p.expires > at);
+    }
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written: every
+        // operation below completes its changes without calling out.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a signal (`TSTP` or `TERM`) to a process, as Sidekiq's Web UI does.
+    pub fn signal(&self, identity: &str, signal: &str) {
+        self.state()
+            .signals
+            .entry(identity.to_owned())
+            .or_default()
+            .push_front(signal.to_owned());
+    }
+}
+
+/// Removes the last occurrence of `payload` (Redis `LREM list -1 payload`).
+fn remove_last(list: &mut VecDeque<String>, payload: &str) -> bool {
+    match list.iter().rposition(|p| p == payload) {
+        Some(i) => list.remove(i).is_some(),
+        None => false,
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError> {
+        let (mut queued, mut scheduled) = (false, false);
+        {
+            let mut state = self.state();
+            for job in jobs {
+                match job.at {
+                    None => {
+                        state.push_queue(&job.queue, job.payload.clone(), false);
+                        queued = true;
+                    }
+                    Some(at) => {
+                        state.schedule.add(at, job.payload.clone());
+                        scheduled = true;
+                    }
+                }
+            }
+        }
+        self.hub.wake(queued, scheduled);
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        process: &str,
+        queues: &[String],
+        max: usize,
+    ) -> Result<Vec<Fetched>, BrokerError> {
+        let mut state = self.state();
+        let mut taken = Vec::new();
+        for queue in queues {
+            while taken.len() < max {
+                let Some(payload) = state.queues.get_mut(queue).and_then(VecDeque::pop_back) else {
+                    break;
+                };
+                taken.push(Fetched {
+                    queue: queue.clone(),
+                    payload,
+                });
+            }
+        }
+        let list = state.in_flight.entry(process.to_owned()).or_default();
+        for job in &taken {
+            list.push_front(job.payload.clone());
+        }
+        Ok(taken)
+    }
+
+    async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        if let Some(list) = state.in_flight.get_mut(process) {
+            for payload in payloads {
+                remove_last(list, payload);
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, process: &str, payload: &str, to: Settle) -> Result<bool, BrokerError> {
+        let (mut queued, mut scheduled) = (false, false);
+        {
+            let mut state = self.state();
+            let removed = state
+                .in_flight
+                .get_mut(process)
+                .is_some_and(|list| remove_last(list, payload));
+            if !removed {
+                return Ok(false);
+            }
+            match to {
+                Settle::Queue {
+                    queue,
+                    payload,
+                    front,
+                } => {
+                    state.push_queue(&queue, payload, front);
+                    queued = true;
+                }
+                Settle::Retry { payload, at } => {
+                    state.retry.add(at, payload);
+                    scheduled = true;
+                }
+                Settle::Dead { payload } => {
+                    let at = now();
+                    state.dead.add(at, payload);
+                    state
+                        .dead
+                        .trim(at - DEAD_TIMEOUT.as_secs_f64(), DEAD_MAX_JOBS);
+                }
+                Settle::Discard => {}
+            }
+        }
+        self.hub.wake(queued, scheduled);
+        Ok(true)
+    }
+
+    async fn take_due(
+        &self,
+        process: &str,
+        set: SortedSet,
+        now: f64,
+        limit: usize,
+    ) -> Result<Vec<String>, BrokerError> {
+        let mut state = self.state();
+        let mut due = Vec::new();
+        while due.len() < limit && state.set(set).first_score().is_some_and(|s| s <= now) {
+            if let Some((_, payload)) = state.set(set).pop_first() {
+                due.push(payload);
+            }
+        }
+        let list = state.in_flight.entry(process.to_owned()).or_default();
+        for payload in &due {
+            list.push_front(payload.clone());
+        }
+        Ok(due)
+    }
+
+    async fn next_due(&self) -> Result<Option<f64>, BrokerError> {
+        let state = self.state();
+        Ok([state.schedule.first_score(), state.retry.first_score()]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min))
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError> {
+        let mut state = self.state();
+        state.stats.processed += beat.processed;
+        state.stats.failed += beat.failed;
+        state.fetchers.insert(beat.identity.clone());
+        state.processes.insert(
+            beat.identity.clone(),
+            LiveProcess {
+                entry: ProcessEntry {
+                    identity: beat.identity.clone(),
+                    info: beat.info.clone(),
+                    busy: beat.busy,
+                    beat: beat.beat,
+                    quiet: beat.quiet,
+                },
+                expires: Instant::now() + beat.ttl,
+            },
+        );
+        Ok(state
+            .signals
+            .get_mut(&beat.identity)
+            .and_then(VecDeque::pop_back))
+    }
+
+    async fn unregister(&self, identity: &str) -> Result<(), BrokerError> {
+        self.state().processes.remove(identity);
+        self.forget(identity).await
+    }
+
+    async fn orphans(&self, except: &str) -> Result<Vec<Orphans>, BrokerError> {
+        let state = self.state();
+        let at = Instant::now();
+        Ok(state
+            .fetchers
+            .iter()
+            .filter(|id| id.as_str() != except && !state.is_alive(id, at))
+            .map(|id| Orphans {
+                identity: id.clone(),
+                payloads: state
+                    .in_flight
+                    .get(id)
+                    .map(|l| l.iter().cloned().collect())
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn forget(&self, identity: &str) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        let empty = state.in_flight.get(identity).is_none_or(VecDeque::is_empty);
+        if empty && !state.is_alive(identity, Instant::now()) {
+            state.fetchers.remove(identity);
+            state.in_flight.remove(identity);
+        }
+        Ok(())
+    }
+
+    async fn in_flight(&self, process: &str) -> Result<Vec<String>, BrokerError> {
+        Ok(self
+            .state()
+            .in_flight
+            .get(process)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        Ok(self.state().known_queues.iter().cloned().collect())
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        Ok(self.state().queues.get(queue).map_or(0, VecDeque::len))
+    }
+
+    async fn queue_oldest(&self, queue: &str) -> Result<Option<String>, BrokerError> {
+        Ok(self
+            .state()
+            .queues
+            .get(queue)
+            .and_then(|q| q.back().cloned()))
+    }
+
+    async fn set_len(&self, set: SortedSet) -> Result<usize, BrokerError> {
+        Ok(self.state().set(set).len())
+    }
+
+    async fn set_range(
+        &self,
+        set: SortedSet,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<(f64, String)>, BrokerError> {
+        Ok(self
+            .state()
+            .set(set)
+            .iter()
+            .skip(offset)
+            .take(count)
+            .map(|(s, p)| (s, p.clone()))
+            .collect())
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessEntry>, BrokerError> {
+        let mut state = self.state();
+        state.expire_processes();
+        let mut entries: Vec<ProcessEntry> =
+            state.processes.values().map(|p| p.entry.clone()).collect();
+        entries.sort_by(|a, b| a.identity.cmp(&b.identity));
+        Ok(entries)
+    }
+
+    async fn stats(&self) -> Result<Stats, BrokerError> {
+        Ok(self.state().stats)
+    }
+
+    fn subscribe(&self) -> Arc<Wakeups> {
+        self.hub.subscribe()
+    }
+}

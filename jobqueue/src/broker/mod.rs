@@ -1,0 +1,274 @@
+//! Where jobs live: the [`Broker`] trait, its Redis implementation and the in-memory one.
+//!
+//! Both keep the same structures Sidekiq keeps in Redis (queue lists, `schedule`, `retry`
+//! and `dead` sorted sets, process hashes, stats) plus a per-process in-flight list for
+//! reliable fetch. The worker, scheduler and admin code is written once against this trait.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::error::BrokerError;
+
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::MemoryBroker;
+pub use self::redis::{RedisBroker, RedisConfig};
+
+/// The dead set keeps at most this many jobs, as Sidekiq does.
+pub const DEAD_MAX_JOBS: usize = 10_000;
+/// The dead set keeps jobs for at most this long, as Sidekiq does.
+pub const DEAD_TIMEOUT: Duration = Duration::from_secs(180 * 24 * 3600);
+
+/// A job to push: to its queue now, or to the `schedule` set when `at` is given.
+#[derive(Clone, Debug)]
+pub struct Push {
+    /// The queue name (without the `queue:` prefix).
+    pub queue: String,
+    /// The JSON payload.
+    pub payload: String,
+    /// When the job is due, in epoch seconds; `None` means now.
+    pub at: Option<f64>,
+}
+
+/// A job taken from a queue into a process's in-flight list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fetched {
+    /// The queue it was taken from.
+    pub queue: String,
+    /// The payload exactly as stored; it identifies the job in the in-flight list.
+    pub payload: String,
+}
+
+/// One of the sorted sets Sidekiq keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SortedSet {
+    /// Jobs to run at a later time (`schedule`).
+    Schedule,
+    /// Failed jobs waiting for their next try (`retry`).
+    Retry,
+    /// Jobs that will not be tried again (`dead`).
+    Dead,
+}
+
+impl SortedSet {
+    /// The key Sidekiq uses for this set.
+    pub fn key(self) -> &'static str {
+        match self {
+            SortedSet::Schedule => "schedule",
+            SortedSet::Retry => "retry",
+            SortedSet::Dead => "dead",
+        }
+    }
+}
+
+/// Where a job leaves a process's in-flight list to.
+#[derive(Clone, Debug)]
+pub enum Settle {
+    /// Onto a queue: at the back (`LPUSH`, a due scheduled job) or at the front (`RPUSH`,
+    /// a job handed back at shutdown or recovered from a dead process, so it runs next).
+    Queue {
+        /// The queue name.
+        queue: String,
+        /// The payload to push (the job may have been updated).
+        payload: String,
+        /// Push to the front of the queue.
+        front: bool,
+    },
+    /// Into the `retry` set, due at `at` (epoch seconds).
+    Retry {
+        /// The payload with its failure recorded.
+        payload: String,
+        /// When the retry is due.
+        at: f64,
+    },
+    /// Into the `dead` set, trimmed to [`DEAD_MAX_JOBS`] and [`DEAD_TIMEOUT`].
+    Dead {
+        /// The payload with its failure recorded.
+        payload: String,
+    },
+    /// Nowhere: the job is discarded (a failed job with `retry: false`).
+    Discard,
+}
+
+/// What a worker process publishes about itself, in Sidekiq's process hash.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    /// `hostname:pid:random`, as Sidekiq's identity.
+    pub identity: String,
+    /// The JSON `info` field (hostname, pid, queues, concurrency, ...).
+    pub info: String,
+    /// Jobs running now.
+    pub busy: usize,
+    /// The heartbeat time, epoch seconds.
+    pub beat: f64,
+    /// The process has stopped fetching.
+    pub quiet: bool,
+    /// Resident memory in KiB.
+    pub rss_kb: u64,
+    /// Jobs finished and failed since the last heartbeat, added to `stat:*`.
+    pub processed: u64,
+    /// See `processed`.
+    pub failed: u64,
+    /// How long the process hash lives without a further heartbeat.
+    pub ttl: Duration,
+}
+
+/// A process seen in the `processes` set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessEntry {
+    /// Its identity.
+    pub identity: String,
+    /// The `info` JSON.
+    pub info: String,
+    /// Jobs running at its last heartbeat.
+    pub busy: usize,
+    /// Its last heartbeat, epoch seconds.
+    pub beat: f64,
+    /// Whether it has stopped fetching.
+    pub quiet: bool,
+}
+
+/// The in-flight jobs of a process whose heartbeat has expired.
+#[derive(Clone, Debug)]
+pub struct Orphans {
+    /// The dead process.
+    pub identity: String,
+    /// The jobs it had taken and not finished.
+    pub payloads: Vec<String>,
+}
+
+/// Processed and failed totals (`stat:processed`, `stat:failed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Jobs finished, successfully or not.
+    pub processed: u64,
+    /// Jobs that failed.
+    pub failed: u64,
+}
+
+/// Storage for queues, sets and processes, shared by clients and workers.
+///
+/// Every method is one round trip to Redis, or one lock of the in-memory state.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Pushes jobs: those without `at` to their queues (registering each queue in
+    /// `queues`), the others to `schedule`. Wakes waiting workers and schedulers.
+    async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError>;
+
+    /// Moves up to `max` jobs from the given queues, in order, into the in-flight list of
+    /// `process`. Returns at once with what it found, possibly nothing.
+    async fn fetch(
+        &self,
+        process: &str,
+        queues: &[String],
+        max: usize,
+    ) -> Result<Vec<Fetched>, BrokerError>;
+
+    /// Removes finished jobs from the in-flight list of `process`.
+    async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError>;
+
+    /// Moves one job out of the in-flight list of `process` to `to`, atomically. Returns
+    /// false, and does nothing, when the job was no longer there (another process
+    /// recovered it), so a job is never put back twice.
+    async fn settle(&self, process: &str, payload: &str, to: Settle) -> Result<bool, BrokerError>;
+
+    /// Moves up to `limit` jobs due by `now` from `set` into the in-flight list of
+    /// `process`, so that a crash before they reach their queue loses nothing.
+    async fn take_due(
+        &self,
+        process: &str,
+        set: SortedSet,
+        now: f64,
+        limit: usize,
+    ) -> Result<Vec<String>, BrokerError>;
+
+    /// The earliest due time in `schedule` and `retry`, if any.
+    async fn next_due(&self) -> Result<Option<f64>, BrokerError>;
+
+    /// Records a heartbeat, adds the stats, and returns a signal (`TSTP`, `TERM`) sent to
+    /// the process through Sidekiq's `<identity>-signals` list, if any.
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError>;
+
+    /// Removes a process that is shutting down from `processes`.
+    async fn unregister(&self, identity: &str) -> Result<(), BrokerError>;
+
+    /// The in-flight jobs of every process but `except` whose heartbeat has expired.
+    async fn orphans(&self, except: &str) -> Result<Vec<Orphans>, BrokerError>;
+
+    /// Forgets a dead process once its in-flight list is empty.
+    async fn forget(&self, identity: &str) -> Result<(), BrokerError>;
+
+    /// The in-flight jobs of `process`.
+    async fn in_flight(&self, process: &str) -> Result<Vec<String>, BrokerError>;
+
+    /// Every queue that has ever been pushed to (the `queues` set).
+    async fn queues(&self) -> Result<Vec<String>, BrokerError>;
+
+    /// The number of jobs waiting in `queue`.
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError>;
+
+    /// The job that has waited longest in `queue`.
+    async fn queue_oldest(&self, queue: &str) -> Result<Option<String>, BrokerError>;
+
+    /// The number of jobs in `set`.
+    async fn set_len(&self, set: SortedSet) -> Result<usize, BrokerError>;
+
+    /// Up to `count` jobs of `set` with their scores, earliest first, from `offset`.
+    async fn set_range(
+        &self,
+        set: SortedSet,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<(f64, String)>, BrokerError>;
+
+    /// The processes with a live heartbeat.
+    async fn processes(&self) -> Result<Vec<ProcessEntry>, BrokerError>;
+
+    /// The processed and failed totals.
+    async fn stats(&self) -> Result<Stats, BrokerError>;
+
+    /// A handle woken when jobs are pushed or scheduled, so workers need not poll.
+    fn subscribe(&self) -> Arc<Wakeups>;
+}
+
+/// Wake-ups for one worker: a job was pushed to a queue, or scheduled.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    /// A job was pushed to a queue.
+    pub queued: Notify,
+    /// A job was scheduled or retried for later.
+    pub scheduled: Notify,
+}
+
+/// The subscribers of a broker. Each gets its own permit, so a wake-up that comes while a
+/// worker is busy is not lost.
+#[derive(Debug, Default)]
+pub(crate) struct WakeupHub {
+    subscribers: Mutex<Vec<Weak<Wakeups>>>,
+}
+
+impl WakeupHub {
+    pub(crate) fn subscribe(&self) -> Arc<Wakeups> {
+        let wakeups = Arc::new(Wakeups::default());
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|w| w.strong_count() > 0);
+        subs.push(Arc::downgrade(&wakeups));
+        wakeups
+    }
+
+    pub(crate) fn wake(&self, queued: bool, scheduled: bool) {
+        let subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        for wakeups in subs.iter().filter_map(Weak::upgrade) {
+            if queued {
+                wakeups.queued.notify_one();
+            }
+            if scheduled {
+                wakeups.scheduled.notify_one();
+            }
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The Redis broker: Sidekiq's key layout, plus in-flight lists for reliable fetch.
+//!
+//! Connection handling lives here; the protocol (which keys, which commands) is in the
+//! `.lua` scripts beside this file and in the pipelines below.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio::task::JoinHandle;
+
+use super::{
+    Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
+    Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT,
+};
+use crate::envelope::now;
+use crate::error::BrokerError;
+
+/// Sidekiq keeps daily stats for five years.
+const STATS_TTL: i64 = 5 * 365 * 24 * 3600;
+
+/// How to reach Redis and where the keys live.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// A prefix for every key (`NAMESPACE:queue:default`), as redis-namespace writes them.
+    pub namespace: Option<String>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// How long to wait for an answer to a command.
+    pub response_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults for `url`: no namespace, 5 s to connect, 30 s to answer.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Prefixes every key with `namespace:`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+}
+
+struct Keys {
+    prefix: String,
+    queues: String,
+    fetchers: String,
+    processes: String,
+    wake: String,
+}
+
+impl Keys {
+    fn new(namespace: Option<&str>) -> Self {
+        let prefix = namespace.map(|ns| format!("{ns}:")).unwrap_or_default();
+        Self {
+            queues: format!("{prefix}queues"),
+            fetchers: format!("{prefix}jobqueue:fetchers"),
+            processes: format!("{prefix}processes"),
+            wake: format!("{prefix}jobqueue:wake"),
+            prefix,
+        }
+    }
+
+    fn plain(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn queue(&self, queue: &str) -> String {
+        format!("{}queue:{queue}", self.prefix)
+    }
+
+    fn set(&self, set: SortedSet) -> String {
+        self.plain(set.key())
+    }
+
+    fn in_flight(&self, process: &str) -> String {
+        format!("{}jobqueue:inflight:{process}", self.prefix)
+    }
+}
+
+struct Scripts {
+    fetch: Script,
+    take_due: Script,
+    settle: Script,
+    forget: Script,
+}
+
+/// A broker on a Redis server, compatible with Sidekiq's keys and payloads.
+///
+/// Cheap to clone: clones share one multiplexed connection, which reconnects by itself.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Scripts,
+    hub: Arc<WakeupHub>,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl RedisBroker {
+    /// Connects to `url` with the default settings.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(RedisConfig::new(url)).await
+    }
+
+    /// Connects with the given settings. Fails if Redis cannot be reached within the
+    /// connect timeout; once connected, lost connections are re-established by themselves.
+    pub async fn connect_with(config: RedisConfig) -> Result<Self, BrokerError> {
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| BrokerError::InvalidUrl {
+                url: config.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            config.connect_timeout * 2,
+            ConnectionManager::new_with_config(client.clone(), manager_config),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout(config.connect_timeout))??;
+        let keys = Keys::new(config.namespace.as_deref());
+        let hub = Arc::new(WakeupHub::default());
+        let listener = tokio::spawn(listen(client, keys.wake.clone(), Arc::clone(&hub)));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                keys,
+                scripts: Scripts {
+                    fetch: Script::new(include_str!("lua/fetch.lua")),
+                    take_due: Script::new(include_str!("lua/take_due.lua")),
+                    settle: Script::new(include_str!("lua/settle.lua")),
+                    forget: Script::new(include_str!("lua/forget.lua")),
+                },
+                hub,
+                listener,
+            }),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+}
+
+/// Follows the wake channel and wakes this process's workers; reconnects when the
+/// connection drops, waking everyone since a message may have been missed meanwhile.
+async fn listen(client: redis::Client, channel: String, hub: Arc<WakeupHub>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(&channel).await.is_ok() {
+                    delay = Duration::from_millis(100);
+                    hub.wake(true, true);
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let scheduled = msg.get_payload_bytes() == b"scheduled";
+                        hub.wake(!scheduled, scheduled);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("wake-up channel: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let keys = &self.inner.keys;
+        let mut immediate: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut scheduled: Vec<(f64, &str)> = Vec::new();
+        for job in jobs {
+            match job.at {
+                None => immediate
+                    .entry(job.queue.as_str())
+                    .or_default()
+                    .push(&job.payload),
+                Some(at) => scheduled.push((at, &job.payload)),
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !immediate.is_empty() {
+            pipe.sadd(&keys.queues, immediate.keys().copied().collect::<Vec<_>>())
+                .ignore();
+            for (queue, payloads) in &immediate {
+                pipe.lpush(keys.queue(queue), payloads).ignore();
+            }
+            pipe.publish(&keys.wake, "queued").ignore();
+        }
+        if !scheduled.is_empty() {
+            pipe.zadd_multiple(keys.set(SortedSet::Schedule), &scheduled)
+                .ignore();
+            pipe.publish(&keys.wake, "scheduled").ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        process: &str,
+        queues: &[String],
+        max: usize,
+    ) -> Result<Vec<Fetched>, BrokerError> {
+        if queues.is_empty() || max == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = &self.inner.keys;
+        let mut call = self.inner.scripts.fetch.key(keys.in_flight(process));
+        for queue in queues {
+            call.key(keys.queue(queue));
+        }
+        let flat: Vec<(usize, String)> = call.arg(max).invoke_async(&mut self.conn()).await?;
+        Ok(flat
+            .into_iter()
+            .map(|(index, payload)| Fetched {
+                queue: queues
+                    .get(index.wrapping_sub(1))
+                    .cloned()
+                    .unwrap_or_default(),
+                payload,
+            })
+            .collect())
+    }
+
+    async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let list = self.inner.keys.in_flight(process);
+        let mut pipe = redis::pipe();
+        for payload in payloads {
+            pipe.lrem(&list, -1, payload).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn settle(&self, process: &str, payload: &str, to: Settle) -> Result<bool, BrokerError> {
+        let keys = &self.inner.keys;
+        let (op, dest, stored, fourth) = match &to {
+            Settle::Queue {
+                queue,
+                payload,
+                front,
+            } => (
+                if *front { "rpush" } else { "lpush" },
+                keys.queue(queue),
+                payload.as_str(),
+                queue.clone(),
+            ),
+            Settle::Retry { payload, at } => (
+                "zadd",
+                keys.set(SortedSet::Retry),
+                payload.as_str(),
+                at.to_string(),
+            ),
+            Settle::Dead { payload } => (
+                "dead",
+                keys.set(SortedSet::Dead),
+                payload.as_str(),
+                now().to_string(),
+            ),
+            Settle::Discard => ("discard", keys.set(SortedSet::Dead), "", String::new()),
+        };
+        let dead_cutoff = now() - DEAD_TIMEOUT.as_secs_f64();
+        let moved: i64 = self
+            .inner
+            .scripts
+            .settle
+            .key(keys.in_flight(process))
+            .key(dest)
+            .key(&keys.queues)
+            .arg(payload)
+            .arg(op)
+            .arg(stored)
+            .arg(fourth)
+            .arg(dead_cutoff)
+            .arg(DEAD_MAX_JOBS)
+            .arg(&keys.wake)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(moved == 1)
+    }
+
+    async fn take_due(
+        &self,
+        process: &str,
+        set: SortedSet,
+        now: f64,
+        limit: usize,
+    ) -> Result<Vec<String>, BrokerError> {
+        let keys = &self.inner.keys;
+        Ok(self
+            .inner
+            .scripts
+            .take_due
+            .key(keys.set(set))
+            .key(keys.in_flight(process))
+            .arg(now)
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn next_due(&self) -> Result<Option<f64>, BrokerError> {
+        let keys = &self.inner.keys;
+        let (schedule, retry): (Vec<(String, f64)>, Vec<(String, f64)>) = redis::pipe()
+            .zrange_withscores(keys.set(SortedSet::Schedule), 0, 0)
+            .zrange_withscores(keys.set(SortedSet::Retry), 0, 0)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(schedule
+            .into_iter()
+            .chain(retry)
+            .map(|(_, score)| score)
+            .reduce(f64::min))
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError> {
+        let keys = &self.inner.keys;
+        let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let ttl = i64::try_from(beat.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (name, count) in [("processed", beat.processed), ("failed", beat.failed)] {
+            let daily = keys.plain(&format!("stat:{name}:{date}"));
+            pipe.incr(keys.plain(&format!("stat:{name}")), count)
+                .ignore()
+                .incr(&daily, count)
+                .ignore()
+                .expire(&daily, STATS_TTL)
+                .ignore();
+        }
+        let hash = keys.plain(&beat.identity);
+        pipe.sadd(&keys.processes, &beat.identity)
+            .ignore()
+            .sadd(&keys.fetchers, &beat.identity)
+            .ignore()
+            .hset_multiple(
+                &hash,
+                &[
+                    ("info", beat.info.clone()),
+                    ("busy", beat.busy.to_string()),
+                    ("beat", beat.beat.to_string()),
+                    ("quiet", beat.quiet.to_string()),
+                    ("rss", beat.rss_kb.to_string()),
+                    ("rtt_us", "0".to_owned()),
+                ],
+            )
+            .ignore()
+            .expire(&hash, ttl)
+            .ignore()
+            .rpop(format!("{hash}-signals"), None);
+        let (signal,): (Option<String>,) = pipe.query_async(&mut self.conn()).await?;
+        Ok(signal)
+    }
+
+    async fn unregister(&self, identity: &str) -> Result<(), BrokerError> {
+        let keys = &self.inner.keys;
+        let hash = keys.plain(identity);
+        redis::pipe()
+            .srem(&keys.processes, identity)
+            .ignore()
+            .del(&[hash.clone(), format!("{hash}:workers")])
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        self.forget(identity).await
+    }
+
+    async fn orphans(&self, except: &str) -> Result<Vec<Orphans>, BrokerError> {
+        let keys = &self.inner.keys;
+        let mut conn = self.conn();
+        let fetchers: Vec<String> = conn.smembers(&keys.fetchers).await?;
+        let candidates: Vec<String> = fetchers.into_iter().filter(|f| f != except).collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for identity in &candidates {
+            pipe.exists(keys.plain(identity));
+        }
+        let alive: Vec<bool> = pipe.query_async(&mut conn).await?;
+        let dead: Vec<String> = candidates
+            .into_iter()
+            .zip(alive)
+            .filter(|(_, alive)| !alive)
+            .map(|(identity, _)| identity)
+            .collect();
+        let mut orphans = Vec::with_capacity(dead.len());
+        for identity in dead {
+            let payloads: Vec<String> = conn.lrange(keys.in_flight(&identity), 0, -1).await?;
+            orphans.push(Orphans { identity, payloads });
+        }
+        Ok(orphans)
+    }
+
+    async fn forget(&self, identity: &str) -> Result<(), BrokerError> {
+        let keys = &self.inner.keys;
+        let _: i64 = self
+            .inner
+            .scripts
+            .forget
+            .key(&keys.fetchers)
+            .key(keys.in_flight(identity))
+            .key(keys.plain(identity))
+            .arg(identity)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn in_flight(&self, process: &str) -> Result<Vec<String>, BrokerError> {
+        let list = self.inner.keys.in_flight(process);
+        Ok(self.conn().lrange(list, 0, -1).await?)
+    }
+
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        let mut queues: Vec<String> = self.conn().smembers(&self.inner.keys.queues).await?;
+        queues.sort();
+        Ok(queues)
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        Ok(self.conn().llen(self.inner.keys.queue(queue)).await?)
+    }
+
+    async fn queue_oldest(&self, queue: &str) -> Result<Option<String>, BrokerError> {
+        let mut last: Vec<String> = self
+            .conn()
+            .lrange(self.inner.keys.queue(queue), -1, -1)
+            .await?;
+        Ok(last.pop())
+    }
+
+    async fn set_len(&self, set: SortedSet) -> Result<usize, BrokerError> {
+        Ok(self.conn().zcard(self.inner.keys.set(set)).await?)
+    }
+
+    async fn set_range(
+        &self,
+        set: SortedSet,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<(f64, String)>, BrokerError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let start = isize::try_from(offset).unwrap_or(isize::MAX);
+        let stop = start.saturating_add(isize::try_from(count).unwrap_or(isize::MAX) - 1);
+        let entries: Vec<(String, f64)> = self
+            .conn()
+            .zrange_withscores(self.inner.keys.set(set), start, stop)
+            .await?;
+        Ok(entries.into_iter().map(|(p, s)| (s, p)).collect())
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessEntry>, BrokerError> {
+        let keys = &self.inner.keys;
+        let mut conn = self.conn();
+        let mut identities: Vec<String> = conn.smembers(&keys.processes).await?;
+        identities.sort();
+        let mut pipe = redis::pipe();
+        for identity in &identities {
+            pipe.cmd("HMGET")
+                .arg(keys.plain(identity))
+                .arg(&["info", "busy", "beat", "quiet"]);
+        }
+        type Fields = (Option<String>, Option<usize>, Option<f64>, Option<String>);
+        let rows: Vec<Fields> = pipe.query_async(&mut conn).await?;
+        Ok(identities
+            .into_iter()
+            .zip(rows)
+            .filter_map(|(identity, (info, busy, beat, quiet))| {
+                Some(ProcessEntry {
+                    identity,
+                    info: info?,
+                    busy: busy.unwrap_or(0),
+                    beat: beat.unwrap_or(0.0),
+                    quiet: quiet.as_deref() == Some("true"),
+                })
+            })
+            .collect())
+    }
+
+    async fn stats(&self) -> Result<Stats, BrokerError> {
+        let keys = &self.inner.keys;
+        let (processed, failed): (Option<u64>, Option<u64>) = redis::pipe()
+            .get(keys.plain("stat:processed"))
+            .get(keys.plain("stat:failed"))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(Stats {
+            processed: processed.unwrap_or(0),
+            failed: failed.unwrap_or(0),
+        })
+    }
+
+    fn subscribe(&self) -> Arc<Wakeups> {
+        self.inner.hub.subscribe()
+    }
+}

@@ -1,0 +1,363 @@
+//! The wire payload: Sidekiq-compatible JSON, so Ruby Sidekiq and this library can share
+//! queues and read each other's retry and dead sets.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// Sidekiq cuts error messages to this many characters.
+const MAX_ERROR_MESSAGE: usize = 10_000;
+
+/// A job as stored in Redis. Keys this library does not know are kept as they were.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The class name the job is dispatched by.
+    pub class: String,
+    /// The job's arguments.
+    pub args: Vec<Value>,
+    /// The job id.
+    pub jid: String,
+    /// The queue the job belongs to.
+    pub queue: String,
+    /// How many job-level retries the job gets.
+    #[serde(default)]
+    pub retry: Retry,
+    /// When the job was first created, in epoch seconds.
+    #[serde(default, with = "epoch", skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<f64>,
+    /// When the job was last pushed to its queue.
+    #[serde(default, with = "epoch", skip_serializing_if = "Option::is_none")]
+    pub enqueued_at: Option<f64>,
+    /// Retries so far: absent before the first failure, 0 after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_count: Option<u32>,
+    /// The class of the last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// The message of the last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// When the job first failed.
+    #[serde(default, with = "epoch", skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<f64>,
+    /// When the job last failed on a retry.
+    #[serde(default, with = "epoch", skip_serializing_if = "Option::is_none")]
+    pub retried_at: Option<f64>,
+    /// How many times a process died while running the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_count: Option<u32>,
+    /// Every other key, preserved.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The payload's `retry` key: `true` (Sidekiq's default of 25), `false`, or a count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// `true`: Sidekiq's default count.
+    Default,
+    /// `false`: never retried and never kept in the dead set.
+    Disabled,
+    /// An explicit count; 0 sends the job to the dead set on its first failure.
+    Count(u32),
+}
+
+impl Retry {
+    /// Sidekiq's default when `retry` is `true`.
+    pub const SIDEKIQ_DEFAULT: u32 = 25;
+
+    /// The number of retries this setting allows.
+    pub fn max_retries(self) -> u32 {
+        match self {
+            Retry::Default => Self::SIDEKIQ_DEFAULT,
+            Retry::Disabled => 0,
+            Retry::Count(n) => n,
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry::Default
+    }
+}
+
+impl Serialize for Retry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Retry::Default => s.serialize_bool(true),
+            Retry::Disabled => s.serialize_bool(false),
+            Retry::Count(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Retry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::Bool(true) => Retry::Default,
+            Value::Bool(false) | Value::Null => Retry::Disabled,
+            Value::Number(n) => match n.as_u64() {
+                Some(n) => Retry::Count(u32::try_from(n).unwrap_or(u32::MAX)),
+                // Negative or fractional counts mean no retries, as in Ruby's `count < max`.
+                None => Retry::Count(0),
+            },
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "`retry` must be true, false or a count, not {other}"
+                )))
+            }
+        })
+    }
+}
+
+/// Timestamps are written as float epoch seconds (read by Sidekiq 6, 7 and 8) and read in
+/// both forms: floats are seconds, integers are Sidekiq 8's milliseconds.
+mod epoch {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    /// Integers at least this large are milliseconds; as seconds they would be past year 5000.
+    const MILLIS_THRESHOLD: f64 = 1e11;
+
+    pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(secs) => s.serialize_f64(*secs),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::Number(n) if n.is_f64() => n.as_f64(),
+            Value::Number(n) => n
+                .as_f64()
+                .map(|v| if v >= MILLIS_THRESHOLD { v / 1000.0 } else { v }),
+            // Some producers write strings; keep the job rather than refuse it.
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        })
+    }
+}
+
+/// Why a payload could not be turned into a job.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The payload is not a JSON object of the expected shape.
+    #[error("payload is not a valid job: {0}")]
+    Payload(serde_json::Error),
+    /// The arguments do not fit the job type.
+    #[error("arguments {args} do not fit {class}: {source}")]
+    Args {
+        /// The job class.
+        class: String,
+        /// The arguments, as JSON (cut if long).
+        args: String,
+        /// What serde reported.
+        source: serde_json::Error,
+    },
+}
+
+impl Envelope {
+    /// A new job with a fresh jid and `created_at` set to now.
+    pub fn new(class: impl Into<String>, queue: impl Into<String>, args: Vec<Value>) -> Self {
+        Self {
+            class: class.into(),
+            args,
+            jid: new_jid(),
+            queue: queue.into(),
+            retry: Retry::Default,
+            created_at: Some(now()),
+            enqueued_at: None,
+            retry_count: None,
+            error_class: None,
+            error_message: None,
+            failed_at: None,
+            retried_at: None,
+            interrupted_count: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Parses a payload taken from Redis.
+    pub fn parse(payload: &str) -> Result<Self, DecodeError> {
+        serde_json::from_str(payload).map_err(DecodeError::Payload)
+    }
+
+    /// The payload as stored in Redis.
+    pub fn to_json(&self) -> String {
+        // Serializing this type cannot fail: every key is a string and every value is JSON.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Records a failure the way Sidekiq does: `retry_count` becomes 0 on the first
+    /// failure (with `failed_at`), then counts up (with `retried_at`). Returns the new count.
+    pub fn record_failure(&mut self, class: &str, message: &str) -> u32 {
+        self.error_class = Some(class.to_owned());
+        self.error_message = Some(truncate(message, MAX_ERROR_MESSAGE).to_owned());
+        let at = now();
+        let count = match self.retry_count {
+            Some(n) => {
+                self.retried_at = Some(at);
+                n.saturating_add(1)
+            }
+            None => {
+                self.failed_at = Some(at);
+                0
+            }
+        };
+        self.retry_count = Some(count);
+        count
+    }
+}
+
+/// Writes a job's value as Sidekiq `args`: a value that serializes to a JSON array (a tuple
+/// struct) is the argument list itself; anything else is the single argument.
+pub fn encode_args<T: Serialize>(job: &T) -> Result<Vec<Value>, serde_json::Error> {
+    Ok(match serde_json::to_value(job)? {
+        Value::Array(args) => args,
+        other => vec![other],
+    })
+}
+
+/// Reads Sidekiq `args` into a job's type: the single argument when there is one (a struct
+/// written by this library), else the list positionally (a job pushed from Ruby as
+/// `perform_async(a, b)` fills the struct's fields in order).
+pub fn decode_args<T: DeserializeOwned>(class: &str, args: &[Value]) -> Result<T, DecodeError> {
+    let as_list = || serde_json::from_value(Value::Array(args.to_vec()));
+    let result = match args {
+        [single] => serde_json::from_value(single.clone()).or_else(|single_err| {
+            // An object is always meant as the struct itself; report its own error.
+            if single.is_object() {
+                Err(single_err)
+            } else {
+                as_list()
+            }
+        }),
+        _ => as_list(),
+    };
+    result.map_err(|source| DecodeError::Args {
+        class: class.to_owned(),
+        args: truncate(&Value::Array(args.to_vec()).to_string(), 200).to_owned(),
+        source,
+    })
+}
+
+/// A new job id: 24 lowercase hex characters, as Sidekiq's `SecureRandom.hex(12)`.
+pub fn new_jid() -> String {
+    let mut bytes = [0u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut jid = String::with_capacity(24);
+    for b in bytes {
+        jid.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        jid.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    jid
+}
+
+/// The current time in float epoch seconds.
+pub fn now() -> f64 {
+    epoch_seconds(SystemTime::now())
+}
+
+/// A time in float epoch seconds; times before 1970 are 0.
+pub fn epoch_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `text` cut to at most `max` characters, on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_sidekiq_6_and_8_timestamps() {
+        let six = r#"{"class":"A","args":[],"jid":"x","queue":"q","enqueued_at":1700000000.25}"#;
+        let eight = r#"{"class":"A","args":[],"jid":"x","queue":"q","enqueued_at":1700000000250}"#;
+        assert_eq!(
+            Envelope::parse(six).unwrap().enqueued_at,
+            Some(1_700_000_000.25)
+        );
+        assert_eq!(
+            Envelope::parse(eight).unwrap().enqueued_at,
+            Some(1_700_000_000.25)
+        );
+    }
+
+    #[test]
+    fn keeps_unknown_keys() {
+        let raw =
+            r#"{"class":"A","args":[1],"jid":"x","queue":"q","retry":3,"bid":"b1","tags":["t"]}"#;
+        let env = Envelope::parse(raw).unwrap();
+        assert_eq!(env.retry, Retry::Count(3));
+        let back: Value = serde_json::from_str(&env.to_json()).unwrap();
+        assert_eq!(back["bid"], "b1");
+        assert_eq!(back["tags"][0], "t");
+        assert_eq!(back["retry"], 3);
+    }
+
+    #[test]
+    fn records_failures_like_sidekiq() {
+        let mut env = Envelope::new("A", "q", vec![]);
+        assert_eq!(env.record_failure("E", "boom"), 0);
+        assert!(env.failed_at.is_some() && env.retried_at.is_none());
+        assert_eq!(env.record_failure("E", &"x".repeat(20_000)), 1);
+        assert!(env.retried_at.is_some());
+        assert_eq!(env.error_message.as_deref().map(str::len), Some(10_000));
+    }
+
+    #[test]
+    fn args_round_trip_for_structs_and_positional_ruby_args() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Named {
+            id: u64,
+            name: String,
+        }
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Tuple(u64, String);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Unit;
+
+        let named = Named {
+            id: 7,
+            name: "n".into(),
+        };
+        let args = encode_args(&named).unwrap();
+        assert_eq!(decode_args::<Named>("Named", &args).unwrap(), named);
+        let ruby = vec![Value::from(7), Value::from("n")];
+        assert_eq!(decode_args::<Named>("Named", &ruby).unwrap(), named);
+
+        let tuple = Tuple(1, "a".into());
+        let args = encode_args(&tuple).unwrap();
+        assert_eq!(args.len(), 2);
+        assert_eq!(decode_args::<Tuple>("Tuple", &args).unwrap(), tuple);
+
+        let args = encode_args(&Unit).unwrap();
+        assert_eq!(decode_args::<Unit>("Unit", &args).unwrap(), Unit);
+
+        let err = decode_args::<Named>("Named", &[serde_json::json!({"id": "x"})]).unwrap_err();
+        assert!(err.to_string().contains("do not fit Named"), "{err}");
+    }
+
+    #[test]
+    fn jids_are_24_lowercase_hex() {
+        let jid = new_jid();
+        assert_eq!(jid.len(), 24);
+        assert!(jid
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(jid, new_jid());
+    }
+}

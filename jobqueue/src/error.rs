@@ -1,0 +1,41 @@
+//! Errors returned by the library.
+
+use std::time::Duration;
+
+/// A broker could not do what was asked of it.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Redis refused the command, or the connection to it failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The Redis URL could not be used.
+    #[error("invalid redis url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Redis did not answer in time.
+    #[error("redis did not answer within {0:?}; is it running and reachable?")]
+    Timeout(Duration),
+}
+
+/// An enqueue, a worker start or an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The broker failed; the operation may be retried once it is reachable again.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The job's fields could not be written as JSON arguments.
+    #[error("cannot serialize the arguments of {class}: {source}")]
+    Serialize {
+        /// The class name of the job.
+        class: &'static str,
+        /// What serde reported.
+        source: serde_json::Error,
+    },
+    /// The worker was configured in a way that cannot run safely.
+    #[error("worker configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,90 @@
+//! # jobqueue
+//!
+//! Background jobs for Rust services: describe a job as a plain struct, enqueue it from
+//! anywhere, and run it in worker processes embedded in your own binary. Jobs live in Redis,
+//! in Sidekiq's format, so Ruby Sidekiq and this library can share queues and tools; or in
+//! memory, with the same semantics, for development and tests.
+//!
+//! ```
+//! use jobqueue::{async_trait, Client, Job, JobContext, JobError, MemoryBroker, Perform, Worker};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Job)]
+//! #[job(queue = "emails", idempotent)]
+//! struct SendWelcome {
+//!     user_id: u64,
+//! }
+//!
+//! #[async_trait]
+//! impl Perform for SendWelcome {
+//!     async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+//!         println!("sending welcome mail to user {}", self.user_id);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), jobqueue::Error> {
+//! let broker = MemoryBroker::new();
+//! Client::new(broker.clone()).enqueue(&SendWelcome { user_id: 7 }).await?;
+//!
+//! let worker = Worker::builder(broker.clone()).register::<SendWelcome>().build()?;
+//! let handle = worker.handle();
+//! let running = tokio::spawn(worker.run_until(std::future::pending()));
+//! # while jobjobqueue_done(&broker).await {}
+//! handle.shutdown();
+//! running.await.expect("worker task")?;
+//! # Ok(())
+//! # }
+//! # async fn jobjobqueue_done(b: &MemoryBroker) -> bool {
+//! #     use jobqueue::Broker;
+//! #     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//! #     b.queue_len("emails").await.unwrap() > 0
+//! # }
+//! ```
+//!
+//! ## The `#[job(...)]` attribute
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `queue = "name"` | the queue (default `"default"`) |
+//! | `idempotent` | running the job twice is safe: it gets 1 job-level retry |
+//! | `external` | the job calls third-party services: retry the call (2 times), not the job |
+//! | `retries = N` | job-level retries; only with `idempotent` |
+//! | `name = "Class"` | the class name on the wire (default: the type name) |
+//! | `collapsible`, `collapsible(key = "a,b")` | only the newest job per key runs |
+//! | `unique`, `unique(lock = "...", ttl = "10m", on_conflict = "...", key = "a,b")` | a uniqueness lock |
+//!
+//! The retry policy ([`RetryPolicy::derive`]):
+//!
+//! | idempotent | external | job-level retries | call-level retries |
+//! |---|---|---|---|
+//! | no | no | 0 | none |
+//! | yes | no | 1 | none |
+//! | no | yes | 0 | 2, and a while-executing uniqueness lock |
+//! | yes | yes | 0 | 2 |
+
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod broker;
+pub mod client;
+pub mod envelope;
+pub mod error;
+pub mod job;
+pub mod schedule;
+pub mod worker;
+
+pub use async_trait::async_trait;
+pub use jobqueue_derive::Job;
+
+pub use crate::admin::Admin;
+pub use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisConfig, SortedSet};
+pub use crate::client::Client;
+pub use crate::envelope::Envelope;
+pub use crate::error::{BrokerError, Error};
+pub use crate::job::{
+    CollapseSpec, Job, JobContext, JobError, JobOptions, Mechanism, OnConflict, Perform,
+    RetryPolicy, UniqueLock, UniqueSpec,
+};
+pub use crate::worker::{Queues, RunState, Worker, WorkerBuilder, WorkerConfig, WorkerHandle};

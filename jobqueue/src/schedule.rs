@@ -1,0 +1,101 @@
+//! Jobs for later: the scheduler that moves due jobs from the `schedule` and `retry` sets
+//! to their queues, and the retry backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::broker::{Settle, SortedSet};
+use crate::envelope::{now, Envelope};
+use crate::worker::{dispatch, Shared};
+
+/// How many due jobs are moved per round trip.
+const DUE_BATCH: usize = 100;
+
+/// Sidekiq's delay before retry `count + 1` (count is 0 after the first failure):
+/// `count^4 + 15 + rand(10) * (count + 1)` seconds.
+pub fn sidekiq_backoff(count: u32) -> Duration {
+    let count = u64::from(count);
+    let jitter = rand::rng().random_range(0..10u64) * (count + 1);
+    Duration::from_secs(count.saturating_pow(4).saturating_add(15 + jitter))
+}
+
+/// Moves due jobs to their queues until the worker stops. Sleeps until the earliest due
+/// time, woken early when a job is scheduled, and looks again at least every
+/// `poll_interval` for jobs scheduled by other producers.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut state = shared.state.subscribe();
+    let mut delays = dispatch::backoff();
+    while shared.is_running() {
+        let wait = match enqueue_due(&shared).await {
+            Ok(next) => {
+                delays = dispatch::backoff();
+                let poll = shared.config.poll_interval;
+                next.map_or(poll, |at| {
+                    Duration::from_secs_f64((at - now()).max(0.0)).min(poll)
+                })
+            }
+            Err(e) => {
+                tracing::warn!("scheduler: {e}");
+                delays.next().unwrap_or(dispatch::MAX_BACKOFF)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.wakeups.scheduled.notified() => {}
+            _ = state.changed() => {}
+        }
+    }
+}
+
+/// Moves every due job, then returns the next due time.
+async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, crate::BrokerError> {
+    for set in [SortedSet::Retry, SortedSet::Schedule] {
+        loop {
+            let due = shared
+                .broker
+                .take_due(&shared.identity, set, now(), DUE_BATCH)
+                .await?;
+            for payload in &due {
+                let to = match Envelope::parse(payload) {
+                    Ok(mut envelope) => {
+                        envelope.enqueued_at = Some(now());
+                        Settle::Queue {
+                            queue: envelope.queue.clone(),
+                            payload: envelope.to_json(),
+                            front: false,
+                        }
+                    }
+                    Err(e) => dispatch::invalid_payload(set.key(), payload, &e),
+                };
+                dispatch::persist(shared, payload, to).await;
+            }
+            if due.len() < DUE_BATCH {
+                break;
+            }
+        }
+    }
+    shared.broker.next_due().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_sidekiq() {
+        for count in [0u32, 1, 5, 24] {
+            let c = u64::from(count);
+            let base = c.pow(4) + 15;
+            for _ in 0..50 {
+                let secs = sidekiq_backoff(count).as_secs();
+                assert!(
+                    secs >= base && secs <= base + 9 * (c + 1),
+                    "{count}: {secs}"
+                );
+                assert_eq!((secs - base) % (c + 1), 0);
+            }
+        }
+    }
+}

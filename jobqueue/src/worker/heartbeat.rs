@@ -1,0 +1,82 @@
+//! The heartbeat: keeps this process's Sidekiq process hash alive, flushes the stats,
+//! takes signals sent through Redis, and now and then recovers dead processes' jobs.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::{recovery, RunState, Shared};
+use crate::broker::Heartbeat;
+use crate::envelope::now;
+use crate::error::BrokerError;
+
+/// Beats until `done` turns true, then once more so the last stats are flushed.
+pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {
+    let mut last_recovery = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
+            _ = done.changed() => {}
+        }
+        if *done.borrow() {
+            break;
+        }
+        if let Err(e) = beat(&shared).await {
+            tracing::warn!("heartbeat: {e}");
+        }
+        if last_recovery.elapsed() >= shared.config.recovery_interval {
+            last_recovery = Instant::now();
+            if let Err(e) = recovery::recover_orphans(&shared).await {
+                tracing::warn!("recovering jobs of dead processes: {e}");
+            }
+        }
+    }
+}
+
+/// Publishes one heartbeat. Counts that could not be flushed are kept for the next one.
+pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
+    let processed = shared.processed.swap(0, Ordering::Relaxed);
+    let failed = shared.failed.swap(0, Ordering::Relaxed);
+    let heartbeat = Heartbeat {
+        identity: shared.identity.clone(),
+        info: shared.info.clone(),
+        busy: shared.busy.load(Ordering::Relaxed),
+        beat: now(),
+        quiet: !shared.is_running(),
+        rss_kb: rss_kb(),
+        processed,
+        failed,
+        ttl: shared.config.heartbeat_ttl,
+    };
+    match shared.broker.heartbeat(&heartbeat).await {
+        Ok(signal) => {
+            match signal.as_deref() {
+                Some("TSTP") => shared.set_state(RunState::Quiet),
+                Some("TERM") | Some("INT") => shared.set_state(RunState::Stopping),
+                Some(other) => tracing::info!("ignoring signal {other} sent through Redis"),
+                None => {}
+            }
+            Ok(())
+        }
+        Err(e) => {
+            shared.processed.fetch_add(processed, Ordering::Relaxed);
+            shared.failed.fetch_add(failed, Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
+
+/// Resident memory of this process in KiB (Linux; 0 elsewhere).
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

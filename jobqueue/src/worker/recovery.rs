@@ -1,0 +1,80 @@
+//! Jobs left in an in-flight list by a process that died (or by this one at shutdown) go
+//! back to the front of their queue. A job whose process died under it three times is
+//! a poison pill and goes to the dead set instead.
+
+use super::{dispatch, Shared};
+use crate::broker::Settle;
+use crate::envelope::Envelope;
+use crate::error::BrokerError;
+use crate::job::JobError;
+
+/// A job interrupted by this many process deaths goes to the dead set.
+pub const MAX_INTERRUPTIONS: u32 = 3;
+
+/// Why jobs are handed back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HandBack {
+    /// The process holding them died; counts towards [`MAX_INTERRUPTIONS`].
+    Crash,
+    /// This process is shutting down and did not finish them in time.
+    Shutdown,
+}
+
+/// Recovers the jobs of every process whose heartbeat has expired. Returns how many.
+pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerError> {
+    let mut recovered = 0;
+    for orphans in shared.broker.orphans(&shared.identity).await? {
+        for payload in &orphans.payloads {
+            let to = hand_back_to(payload, HandBack::Crash);
+            if shared.broker.settle(&orphans.identity, payload, to).await? {
+                recovered += 1;
+            }
+        }
+        shared.broker.forget(&orphans.identity).await?;
+        if !orphans.payloads.is_empty() {
+            tracing::warn!(
+                "recovered {} job(s) from dead process {}",
+                orphans.payloads.len(),
+                orphans.identity
+            );
+        }
+    }
+    Ok(recovered)
+}
+
+/// Hands back every job still in this process's in-flight list.
+pub(crate) async fn hand_back_own(shared: &Shared) -> Result<usize, BrokerError> {
+    let payloads = shared.broker.in_flight(&shared.identity).await?;
+    for payload in &payloads {
+        let to = hand_back_to(payload, HandBack::Shutdown);
+        dispatch::persist(shared, payload, to).await;
+    }
+    Ok(payloads.len())
+}
+
+fn hand_back_to(payload: &str, why: HandBack) -> Settle {
+    let mut envelope = match Envelope::parse(payload) {
+        Ok(envelope) => envelope,
+        Err(e) => return dispatch::invalid_payload("", payload, &e),
+    };
+    if why == HandBack::Crash {
+        let count = envelope.interrupted_count.unwrap_or(0) + 1;
+        envelope.interrupted_count = Some(count);
+        if count >= MAX_INTERRUPTIONS {
+            let error = JobError::new(format!(
+                "the process running this job died {count} times while running it; \
+                 it is kept here as a likely cause (a poison pill)"
+            ))
+            .with_class(dispatch::error_class::INTERRUPTED);
+            envelope.record_failure(error.class(), error.message());
+            return Settle::Dead {
+                payload: envelope.to_json(),
+            };
+        }
+    }
+    Settle::Queue {
+        queue: envelope.queue.clone(),
+        payload: envelope.to_json(),
+        front: true,
+    }
+}
