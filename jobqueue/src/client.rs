@@ -55,17 +55,24 @@ impl Client {
 
     /// Pushes `job` to its queue. Returns its job id.
     pub async fn enqueue<J: Job>(&self, job: &J) -> Result<String, Error> {
-        self.push_one(job, None).await
+        self.push_one(job, None, None).await
+    }
+
+    /// Pushes `job` to `queue` instead of the queue its type names (Sidekiq's
+    /// `set(queue: ...)`). Returns its job id.
+    pub async fn enqueue_to<J: Job>(&self, queue: &str, job: &J) -> Result<String, Error> {
+        self.push_one(job, Some(queue), None).await
     }
 
     /// Runs `job` once `delay` has passed. Returns its job id.
     pub async fn enqueue_in<J: Job>(&self, delay: Duration, job: &J) -> Result<String, Error> {
-        self.push_one(job, Some(now() + delay.as_secs_f64())).await
+        self.push_one(job, None, Some(now() + delay.as_secs_f64()))
+            .await
     }
 
     /// Runs `job` at `at` (at once if `at` has passed). Returns its job id.
     pub async fn enqueue_at<J: Job>(&self, at: SystemTime, job: &J) -> Result<String, Error> {
-        self.push_one(job, Some(epoch_seconds(at))).await
+        self.push_one(job, None, Some(epoch_seconds(at))).await
     }
 
     /// Pushes many jobs in one round trip. Returns their job ids, in order.
@@ -98,9 +105,17 @@ impl Client {
         Ok(jid)
     }
 
-    async fn push_one<J: Job>(&self, job: &J, at: Option<f64>) -> Result<String, Error> {
+    async fn push_one<J: Job>(
+        &self,
+        job: &J,
+        queue: Option<&str>,
+        at: Option<f64>,
+    ) -> Result<String, Error> {
         let now = now();
-        let envelope = envelope_for(job, now)?;
+        let mut envelope = envelope_for(job, now)?;
+        if let Some(queue) = queue {
+            envelope.queue = queue.to_owned();
+        }
         let jid = envelope.jid.clone();
         self.broker.push(&[to_push(envelope, at, now)]).await?;
         Ok(jid)

@@ -495,6 +495,9 @@ impl Broker for RedisBroker {
         let mut conn = self.conn();
         let mut identities: Vec<String> = conn.smembers(&keys.processes).await?;
         identities.sort();
+        if identities.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for identity in &identities {
             pipe.cmd("HMGET")

@@ -1,0 +1,723 @@
+//! The broker conformance suite: every test runs on the in-memory broker and on a real
+//! Redis server, through the public API, and must behave the same on both.
+
+mod support;
+
+use std::time::Duration;
+
+use jobqueue::broker::{Heartbeat, Push};
+use jobqueue::worker::error_class;
+use jobqueue::{envelope::now, Envelope, Job, Queues, RunState, SortedSet, WorkerBuilder};
+use support::jobs::{self, *};
+use support::{eventually, Backend};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+on_both_brokers!(
+    runs_enqueued_jobs_with_their_arguments,
+    bulk_enqueue_runs_every_job_once,
+    two_workers_share_a_queue_without_running_a_job_twice,
+    delayed_jobs_wait_until_due_and_wake_the_scheduler,
+    idempotent_job_retries_once_then_lands_in_dead_set,
+    non_idempotent_job_goes_straight_to_the_dead_set,
+    default_backoff_follows_sidekiq,
+    invalid_payload_is_dead_lettered_and_the_queue_keeps_flowing,
+    unknown_class_fails_with_a_message_naming_it,
+    arguments_that_do_not_fit_are_dead_lettered_without_retry,
+    a_panic_is_a_failure_and_the_worker_keeps_running,
+    strict_queues_drain_in_order,
+    all_queues_mode_consumes_every_queue_including_dotted_names,
+    jobs_of_a_dead_process_are_recovered,
+    a_job_interrupted_three_times_goes_to_the_dead_set,
+    shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue,
+    shutdown_lets_running_jobs_finish_within_the_timeout,
+    quiet_stops_taking_jobs_but_keeps_the_heartbeat,
+    heartbeat_publishes_the_process_and_stats,
+    jobs_needing_missing_middleware_are_refused_at_build,
+);
+
+/// Starts `builder` in the background; returns its handle and join handle.
+fn start(
+    builder: WorkerBuilder,
+) -> (
+    jobqueue::WorkerHandle,
+    tokio::task::JoinHandle<Result<(), jobqueue::Error>>,
+) {
+    let worker = builder.build().expect("valid worker");
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    (handle, task)
+}
+
+async fn stop(
+    handle: jobqueue::WorkerHandle,
+    task: tokio::task::JoinHandle<Result<(), jobqueue::Error>>,
+) {
+    handle.shutdown();
+    task.await.expect("worker task").expect("clean shutdown");
+}
+
+async fn dead_jobs(b: &Backend) -> Vec<Envelope> {
+    b.admin()
+        .set_entries(SortedSet::Dead, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.expect("dead jobs parse"))
+        .collect()
+}
+
+async fn runs_enqueued_jobs_with_their_arguments(b: Backend) {
+    let t = jobs::token();
+    let jid = b
+        .client()
+        .enqueue(&Note {
+            token: t.clone(),
+            label: "hello ünïcode".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(jid.len(), 24);
+    let (h, task) = start(b.worker().register::<Note>());
+    eventually(LIMIT, "the job ran", || async {
+        !jobs::runs(&t).is_empty()
+    })
+    .await;
+    stop(h, task).await;
+    assert_eq!(jobs::labels(&t), ["hello ünïcode"]);
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
+    assert!(b.broker.in_flight("anyone").await.unwrap().is_empty());
+}
+
+async fn bulk_enqueue_runs_every_job_once(b: Backend) {
+    let t = jobs::token();
+    let batch: Vec<Note> = (0..1000)
+        .map(|i| Note {
+            token: t.clone(),
+            label: i.to_string(),
+        })
+        .collect();
+    let jids = b.client().enqueue_bulk(&batch).await.unwrap();
+    assert_eq!(jids.len(), 1000);
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 1000);
+    let (h, task) = start(b.worker().register::<Note>().concurrency(16));
+    eventually(LIMIT, "1000 jobs ran", || async {
+        jobs::runs(&t).len() >= 1000
+    })
+    .await;
+    stop(h, task).await;
+    let mut labels: Vec<usize> = jobs::labels(&t)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    labels.sort_unstable();
+    assert_eq!(
+        labels,
+        (0..1000).collect::<Vec<_>>(),
+        "each job exactly once"
+    );
+    assert_eq!(b.admin().stats().await.unwrap().processed, 1000);
+}
+
+async fn two_workers_share_a_queue_without_running_a_job_twice(b: Backend) {
+    let t = jobs::token();
+    let (h1, t1) = start(b.worker().register::<Note>());
+    let (h2, t2) = start(b.worker().register::<Note>());
+    let batch: Vec<Note> = (0..500)
+        .map(|i| Note {
+            token: t.clone(),
+            label: i.to_string(),
+        })
+        .collect();
+    for chunk in batch.chunks(50) {
+        b.client().enqueue_bulk(chunk).await.unwrap();
+    }
+    eventually(LIMIT, "500 jobs ran", || async {
+        jobs::runs(&t).len() >= 500
+    })
+    .await;
+    stop(h1, t1).await;
+    stop(h2, t2).await;
+    let mut labels = jobs::labels(&t);
+    labels.sort();
+    labels.dedup();
+    assert_eq!(labels.len(), 500);
+    assert_eq!(jobs::runs(&t).len(), 500, "no job ran twice");
+}
+
+async fn delayed_jobs_wait_until_due_and_wake_the_scheduler(b: Backend) {
+    let t = jobs::token();
+    // With a 60 s poll, only the wake-up on scheduling can make the job run in time.
+    let (h, task) = start(
+        b.worker()
+            .register::<Note>()
+            .configure(|c| c.poll_interval = Duration::from_secs(60)),
+    );
+    let due = now() + 0.5;
+    b.client()
+        .enqueue_in(
+            Duration::from_millis(500),
+            &Note {
+                token: t.clone(),
+                label: "later".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
+    eventually(LIMIT, "the delayed job ran", || async {
+        !jobs::runs(&t).is_empty()
+    })
+    .await;
+    let started = jobs::runs(&t)[0].1;
+    assert!(
+        started >= due - 0.001,
+        "ran {:.3}s before it was due",
+        due - started
+    );
+    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 0);
+
+    // A time in the past means now.
+    b.client()
+        .enqueue_at(
+            std::time::SystemTime::UNIX_EPOCH,
+            &Note {
+                token: t.clone(),
+                label: "past".into(),
+            },
+        )
+        .await
+        .unwrap();
+    eventually(LIMIT, "the past-due job ran", || async {
+        jobs::runs(&t).len() == 2
+    })
+    .await;
+    stop(h, task).await;
+}
+
+async fn idempotent_job_retries_once_then_lands_in_dead_set(b: Backend) {
+    let t = jobs::token();
+    assert_eq!(Flaky::OPTIONS.retry.job_retries, 1);
+    b.client()
+        .enqueue(&Flaky {
+            token: t.clone(),
+            failures: 1,
+        })
+        .await
+        .unwrap();
+    let t2 = jobs::token();
+    b.client()
+        .enqueue(&Flaky {
+            token: t2.clone(),
+            failures: 5,
+        })
+        .await
+        .unwrap();
+    let (h, task) = start(b.worker().register::<Flaky>());
+    eventually(LIMIT, "the flaky job succeeded on its retry", || async {
+        jobs::labels(&t) == ["run 0", "run 1"]
+    })
+    .await;
+    eventually(LIMIT, "the hopeless job died", || async {
+        dead_jobs(&b).await.len() == 1
+    })
+    .await;
+    stop(h, task).await;
+
+    assert_eq!(jobs::labels(&t2), ["run 0", "run 1"], "one retry, no more");
+    let dead = dead_jobs(&b).await.remove(0);
+    assert_eq!(dead.class, "Flaky");
+    assert_eq!(dead.retry_count, Some(1));
+    assert_eq!(dead.error_class.as_deref(), Some("Planned"));
+    assert_eq!(dead.error_message.as_deref(), Some("planned failure 1"));
+    assert!(dead.failed_at.is_some() && dead.retried_at.is_some());
+    assert_eq!(b.admin().set_size(SortedSet::Retry).await.unwrap(), 0);
+    let stats = b.admin().stats().await.unwrap();
+    assert_eq!((stats.processed, stats.failed), (4, 3));
+}
+
+async fn non_idempotent_job_goes_straight_to_the_dead_set(b: Backend) {
+    let t = jobs::token();
+    b.client()
+        .enqueue(&ChargeCard { token: t.clone() })
+        .await
+        .unwrap();
+    let (h, task) = start(b.worker().register::<ChargeCard>());
+    eventually(LIMIT, "the job died", || async {
+        dead_jobs(&b).await.len() == 1
+    })
+    .await;
+    stop(h, task).await;
+    assert_eq!(jobs::labels(&t), ["ran"]);
+    let dead = dead_jobs(&b).await.remove(0);
+    assert_eq!(dead.retry_count, Some(0));
+    assert_eq!(dead.error_class.as_deref(), Some("Declined"));
+    assert_eq!(dead.error_message.as_deref(), Some("card declined"));
+    assert!(dead.failed_at.is_some());
+    assert_eq!(b.admin().set_size(SortedSet::Retry).await.unwrap(), 0);
+}
+
+async fn default_backoff_follows_sidekiq(b: Backend) {
+    let t = jobs::token();
+    b.client()
+        .enqueue(&AlwaysFails { token: t.clone() })
+        .await
+        .unwrap();
+    let before = now();
+    let (h, task) = start(b.worker().register::<AlwaysFails>());
+    eventually(LIMIT, "the job waits in the retry set", || async {
+        b.admin().set_size(SortedSet::Retry).await.unwrap() == 1
+    })
+    .await;
+    stop(h, task).await;
+    let entry = b
+        .admin()
+        .set_entries(SortedSet::Retry, 0, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    // First retry: 0^4 + 15 + rand(10) * 1 seconds from the failure.
+    let delay = entry.at - before;
+    assert!(
+        (15.0..=25.0 + (now() - before)).contains(&delay),
+        "retry in {delay}s"
+    );
+    let job = entry.job.unwrap();
+    assert_eq!(job.retry_count, Some(0));
+    assert_eq!(job.error_class.as_deref(), Some("Error"));
+    assert_eq!(job.error_message.as_deref(), Some("disk on fire"));
+}
+
+async fn invalid_payload_is_dead_lettered_and_the_queue_keeps_flowing(b: Backend) {
+    let t = jobs::token();
+    b.broker
+        .push(&[Push {
+            queue: "default".into(),
+            payload: "{not json".into(),
+            at: None,
+        }])
+        .await
+        .unwrap();
+    b.client()
+        .enqueue(&Note {
+            token: t.clone(),
+            label: "after".into(),
+        })
+        .await
+        .unwrap();
+    let (h, task) = start(b.worker().register::<Note>());
+    eventually(LIMIT, "the good job ran", || async {
+        !jobs::runs(&t).is_empty()
+    })
+    .await;
+    eventually(LIMIT, "the bad one died", || async {
+        dead_jobs(&b).await.len() == 1
+    })
+    .await;
+    stop(h, task).await;
+    let dead = dead_jobs(&b).await.remove(0);
+    assert_eq!(dead.class, error_class::INVALID_PAYLOAD);
+    assert_eq!(
+        dead.error_class.as_deref(),
+        Some(error_class::INVALID_PAYLOAD)
+    );
+    assert_eq!(dead.args, [serde_json::json!("{not json")]);
+    assert!(dead
+        .error_message
+        .unwrap()
+        .contains("payload is not a valid job"));
+}
+
+async fn unknown_class_fails_with_a_message_naming_it(b: Backend) {
+    let mut env = Envelope::new("Billing::Ghost", "default", vec![serde_json::json!(1)]);
+    env.retry = jobqueue::envelope::Retry::Count(0);
+    b.client().enqueue_envelope(env, None).await.unwrap();
+    let (h, task) = start(b.worker().register::<Note>());
+    eventually(LIMIT, "the job died", || async {
+        dead_jobs(&b).await.len() == 1
+    })
+    .await;
+    stop(h, task).await;
+    let dead = dead_jobs(&b).await.remove(0);
+    assert_eq!(
+        dead.error_class.as_deref(),
+        Some(error_class::UNKNOWN_CLASS)
+    );
+    let message = dead.error_message.unwrap();
+    assert!(
+        message.contains("`Billing::Ghost`") && message.contains("Note"),
+        "{message}"
+    );
+}
+
+async fn arguments_that_do_not_fit_are_dead_lettered_without_retry(b: Backend) {
+    let env = Envelope::new("Flaky", "default", vec![serde_json::json!({"token": 5})]);
+    b.client().enqueue_envelope(env, None).await.unwrap();
+    let (h, task) = start(b.worker().register::<Flaky>());
+    eventually(LIMIT, "the job died", || async {
+        dead_jobs(&b).await.len() == 1
+    })
+    .await;
+    stop(h, task).await;
+    let dead = dead_jobs(&b).await.remove(0);
+    assert_eq!(
+        dead.error_class.as_deref(),
+        Some(error_class::INVALID_ARGUMENTS)
+    );
+    let message = dead.error_message.unwrap();
+    assert!(
+        message.contains("do not fit Flaky") && message.contains("token"),
+        "{message}"
+    );
+    assert_eq!(b.admin().set_size(SortedSet::Retry).await.unwrap(), 0);
+}
+
+async fn a_panic_is_a_failure_and_the_worker_keeps_running(b: Backend) {
+    let t = jobs::token();
+    b.client()
+        .enqueue(&Panics { token: t.clone() })
+        .await
+        .unwrap();
+    let (h, task) = start(
+        b.worker()
+            .register::<Panics>()
+            .register::<Note>()
+            .concurrency(1),
+    );
+    eventually(LIMIT, "the job died", || async {
+        dead_jobs(&b).await.len() == 1
+    })
+    .await;
+    b.client()
+        .enqueue(&Note {
+            token: t.clone(),
+            label: "after".into(),
+        })
+        .await
+        .unwrap();
+    eventually(LIMIT, "the next job ran", || async {
+        jobs::labels(&t).len() == 2
+    })
+    .await;
+    stop(h, task).await;
+    let dead = dead_jobs(&b).await.remove(0);
+    assert_eq!(dead.error_class.as_deref(), Some(error_class::PANIC));
+    assert!(dead
+        .error_message
+        .unwrap()
+        .contains("index out of bounds in test job"));
+}
+
+async fn strict_queues_drain_in_order(b: Backend) {
+    let t = jobs::token();
+    for (queue, n) in [("low", 5), ("high", 5)] {
+        for i in 0..n {
+            let job = QueuedNote {
+                token: t.clone(),
+                label: format!("{queue}{i}"),
+            };
+            b.client().enqueue_to(queue, &job).await.unwrap();
+        }
+    }
+    let (h, task) = start(
+        b.worker()
+            .register::<QueuedNote>()
+            .queues(Queues::strict(["high", "low"]))
+            .concurrency(1),
+    );
+    eventually(LIMIT, "10 jobs ran", || async {
+        jobs::runs(&t).len() == 10
+    })
+    .await;
+    stop(h, task).await;
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("high{i}"))
+        .chain((0..5).map(|i| format!("low{i}")))
+        .collect();
+    assert_eq!(
+        jobs::labels(&t),
+        expected,
+        "high first, each queue in FIFO order"
+    );
+}
+
+async fn all_queues_mode_consumes_every_queue_including_dotted_names(b: Backend) {
+    let t = jobs::token();
+    let (h, task) = start(b.worker().register::<QueuedNote>().queues(Queues::all()));
+    for queue in [
+        "utilitarian.tasks.amr.scheduled.daily",
+        "default",
+        "player_data",
+    ] {
+        let job = QueuedNote {
+            token: t.clone(),
+            label: queue.into(),
+        };
+        b.client().enqueue_to(queue, &job).await.unwrap();
+    }
+    eventually(LIMIT, "3 jobs ran", || async { jobs::runs(&t).len() == 3 }).await;
+    stop(h, task).await;
+    let mut labels = jobs::labels(&t);
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "default",
+            "player_data",
+            "utilitarian.tasks.amr.scheduled.daily"
+        ]
+    );
+}
+
+/// Registers a process that never beats again and takes every queued job into its
+/// in-flight list, as a process killed mid-job leaves them.
+async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
+    let beat = Heartbeat {
+        identity: identity.into(),
+        info: "{}".into(),
+        busy: 0,
+        beat: now(),
+        quiet: false,
+        rss_kb: 0,
+        processed: 0,
+        failed: 0,
+        ttl: Duration::from_secs(1),
+    };
+    b.broker.heartbeat(&beat).await.unwrap();
+    let taken = b
+        .broker
+        .fetch(identity, &["default".into()], 100)
+        .await
+        .unwrap();
+    assert!(!taken.is_empty());
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
+}
+
+async fn jobs_of_a_dead_process_are_recovered(b: Backend) {
+    let t = jobs::token();
+    for i in 0..3 {
+        b.client()
+            .enqueue(&Note {
+                token: t.clone(),
+                label: i.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    leave_jobs_with_a_dead_process(&b, "crashed:1:000000000001").await;
+    let (h, task) = start(b.worker().register::<Note>());
+    eventually(LIMIT, "the orphaned jobs ran", || async {
+        jobs::runs(&t).len() == 3
+    })
+    .await;
+    stop(h, task).await;
+    assert!(b
+        .broker
+        .in_flight("crashed:1:000000000001")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        b.broker.orphans("").await.unwrap().is_empty(),
+        "the dead process is forgotten"
+    );
+}
+
+async fn a_job_interrupted_three_times_goes_to_the_dead_set(b: Backend) {
+    let t = jobs::token();
+    let mut env = Envelope::new(
+        "Note",
+        "default",
+        jobqueue::envelope::encode_args(&Note {
+            token: t.clone(),
+            label: "x".into(),
+        })
+        .unwrap(),
+    );
+    env.interrupted_count = Some(jobqueue::worker::MAX_INTERRUPTIONS - 1);
+    b.client().enqueue_envelope(env, None).await.unwrap();
+    leave_jobs_with_a_dead_process(&b, "crashed:2:000000000002").await;
+    let (h, task) = start(b.worker().register::<Note>());
+    eventually(LIMIT, "the poison pill died", || async {
+        dead_jobs(&b).await.len() == 1
+    })
+    .await;
+    stop(h, task).await;
+    assert!(jobs::runs(&t).is_empty(), "a poison pill is not run again");
+    let dead = dead_jobs(&b).await.remove(0);
+    assert_eq!(dead.error_class.as_deref(), Some(error_class::INTERRUPTED));
+    assert_eq!(dead.interrupted_count, Some(3));
+}
+
+async fn shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue(b: Backend) {
+    let t = jobs::token();
+    b.client()
+        .enqueue(&Sleeps {
+            token: t.clone(),
+            millis: 60_000,
+        })
+        .await
+        .unwrap();
+    let (h, task) = start(
+        b.worker()
+            .register::<Sleeps>()
+            .register::<Note>()
+            .shutdown_timeout(Duration::from_millis(300)),
+    );
+    eventually(LIMIT, "the long job started", || async {
+        !jobs::runs(&t).is_empty()
+    })
+    .await;
+    b.client()
+        .enqueue(&Note {
+            token: t.clone(),
+            label: "queued behind".into(),
+        })
+        .await
+        .unwrap();
+    // Let the worker take the note too, or not: either way nothing may be lost.
+    stop(h, task).await;
+    let queue = b.admin().queue("default").await.unwrap();
+    let ran = jobs::labels(&t);
+    assert!(!ran.contains(&"finished".to_owned()));
+    let note_ran = ran.contains(&"queued behind".to_owned());
+    assert_eq!(queue.size, if note_ran { 1 } else { 2 }, "ran: {ran:?}");
+    // The unfinished job is next out.
+    let next = b
+        .broker
+        .fetch("probe", &["default".into()], 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(Envelope::parse(&next.payload).unwrap().class, "Sleeps");
+    assert!(
+        b.broker.processes().await.unwrap().is_empty(),
+        "the process unregistered"
+    );
+}
+
+async fn shutdown_lets_running_jobs_finish_within_the_timeout(b: Backend) {
+    let t = jobs::token();
+    b.client()
+        .enqueue(&Sleeps {
+            token: t.clone(),
+            millis: 300,
+        })
+        .await
+        .unwrap();
+    let (h, task) = start(
+        b.worker()
+            .register::<Sleeps>()
+            .shutdown_timeout(Duration::from_secs(10)),
+    );
+    eventually(LIMIT, "the job started", || async {
+        !jobs::runs(&t).is_empty()
+    })
+    .await;
+    stop(h, task).await;
+    assert_eq!(jobs::labels(&t), ["started", "finished"]);
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
+}
+
+async fn quiet_stops_taking_jobs_but_keeps_the_heartbeat(b: Backend) {
+    let t = jobs::token();
+    let (h, task) = start(
+        b.worker()
+            .register::<Note>()
+            .configure(|c| c.idle_poll = Duration::from_millis(50)),
+    );
+    eventually(LIMIT, "the process registered", || async {
+        b.admin().processes().await.unwrap().len() == 1
+    })
+    .await;
+    h.quiet();
+    assert_eq!(h.state(), RunState::Quiet);
+    b.client()
+        .enqueue(&Note {
+            token: t.clone(),
+            label: "waits".into(),
+        })
+        .await
+        .unwrap();
+    eventually(LIMIT, "the heartbeat says quiet", || async {
+        b.admin()
+            .processes()
+            .await
+            .unwrap()
+            .first()
+            .is_some_and(|p| p.quiet)
+    })
+    .await;
+    // Several idle polls and heartbeats have passed by now.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(jobs::runs(&t).is_empty());
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
+    stop(h, task).await;
+    assert_eq!(
+        b.admin().queue("default").await.unwrap().size,
+        1,
+        "nothing lost"
+    );
+}
+
+async fn heartbeat_publishes_the_process_and_stats(b: Backend) {
+    let t = jobs::token();
+    let (h, task) = start(
+        b.worker()
+            .register::<Note>()
+            .queues(Queues::strict(["default", "mail"]))
+            .concurrency(7)
+            .configure(|c| c.tag = "billing".into()),
+    );
+    for i in 0..3 {
+        b.client()
+            .enqueue(&Note {
+                token: t.clone(),
+                label: i.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    eventually(LIMIT, "the stats reached the broker", || async {
+        b.admin().stats().await.unwrap().processed == 3
+    })
+    .await;
+    let processes = b.admin().processes().await.unwrap();
+    assert_eq!(processes.len(), 1);
+    assert_eq!(processes[0].identity, h.identity());
+    let info: serde_json::Value = serde_json::from_str(&processes[0].info).unwrap();
+    assert_eq!(info["concurrency"], 7);
+    assert_eq!(info["queues"], serde_json::json!(["default", "mail"]));
+    assert_eq!(info["tag"], "billing");
+    assert_eq!(info["identity"], h.identity());
+    stop(h, task).await;
+    assert!(b.admin().processes().await.unwrap().is_empty());
+}
+
+async fn jobs_needing_missing_middleware_are_refused_at_build(b: Backend) {
+    #[derive(serde::Serialize, serde::Deserialize, jobqueue::Job)]
+    #[job(collapsible)]
+    struct Refresh {
+        id: u64,
+    }
+    #[jobqueue::async_trait]
+    impl jobqueue::Perform for Refresh {
+        async fn perform(&self, _: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+            Ok(())
+        }
+    }
+    let Err(err) = b.worker().register::<Refresh>().build() else {
+        panic!("a collapsible job was accepted without the collapse middleware");
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("`Refresh`") && message.contains("collapse"),
+        "{message}"
+    );
+    assert!(b
+        .worker()
+        .register::<Refresh>()
+        .provides(jobqueue::Mechanism::Collapse)
+        .build()
+        .is_ok());
+}

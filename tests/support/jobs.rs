@@ -1,0 +1,150 @@
+//! Jobs used by the tests. Each records what happened under a token unique to its test.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use jobqueue::{async_trait, envelope::now, Job, JobContext, JobError, Perform};
+use serde::{Deserialize, Serialize};
+
+/// What ran, per token: (label, start time in epoch seconds).
+static RUNS: LazyLock<Mutex<HashMap<String, Vec<(String, f64)>>>> = LazyLock::new(Default::default);
+
+pub fn record(token: &str, label: impl Into<String>) {
+    RUNS.lock()
+        .unwrap()
+        .entry(token.to_owned())
+        .or_default()
+        .push((label.into(), now()));
+}
+
+pub fn runs(token: &str) -> Vec<(String, f64)> {
+    RUNS.lock().unwrap().get(token).cloned().unwrap_or_default()
+}
+
+pub fn labels(token: &str) -> Vec<String> {
+    runs(token).into_iter().map(|(l, _)| l).collect()
+}
+
+pub fn token() -> String {
+    jobqueue::envelope::new_jid()
+}
+
+/// Records its label and succeeds.
+#[derive(Serialize, Deserialize, Job, Debug, Clone)]
+#[job(queue = "default", idempotent)]
+pub struct Note {
+    pub token: String,
+    pub label: String,
+}
+
+#[async_trait]
+impl Perform for Note {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, &self.label);
+        Ok(())
+    }
+}
+
+/// Like `Note`, on a queue named by the test.
+#[derive(Serialize, Deserialize, Job, Debug, Clone)]
+#[job(name = "QueuedNote")]
+pub struct QueuedNote {
+    pub token: String,
+    pub label: String,
+}
+
+#[async_trait]
+impl Perform for QueuedNote {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, &self.label);
+        Ok(())
+    }
+}
+
+/// Idempotent (one retry); fails while `failures` is above the run number; retries at once.
+#[derive(Serialize, Deserialize, Job, Debug)]
+#[job(idempotent)]
+pub struct Flaky {
+    pub token: String,
+    pub failures: u32,
+}
+
+#[async_trait]
+impl Perform for Flaky {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, format!("run {}", ctx.retries));
+        if ctx.retries < self.failures {
+            return Err(
+                JobError::new(format!("planned failure {}", ctx.retries)).with_class("Planned")
+            );
+        }
+        Ok(())
+    }
+
+    fn retry_in(&self, _count: u32, _error: &JobError) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+/// Idempotent, always fails, Sidekiq's default backoff.
+#[derive(Serialize, Deserialize, Job, Debug)]
+#[job(idempotent)]
+pub struct AlwaysFails {
+    pub token: String,
+}
+
+#[async_trait]
+impl Perform for AlwaysFails {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, "ran");
+        Err(std::io::Error::other("disk on fire").into())
+    }
+}
+
+/// Not idempotent: never retried.
+#[derive(Serialize, Deserialize, Job, Debug)]
+pub struct ChargeCard {
+    pub token: String,
+}
+
+#[async_trait]
+impl Perform for ChargeCard {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, "ran");
+        Err(JobError::new("card declined").with_class("Declined"))
+    }
+}
+
+/// Panics.
+#[derive(Serialize, Deserialize, Job, Debug)]
+#[job(idempotent, retries = 0)]
+pub struct Panics {
+    pub token: String,
+}
+
+#[async_trait]
+impl Perform for Panics {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, "ran");
+        panic!("index out of bounds in test job");
+    }
+}
+
+/// Sleeps, then records.
+#[derive(Serialize, Deserialize, Job, Debug)]
+#[job(idempotent)]
+pub struct Sleeps {
+    pub token: String,
+    pub millis: u64,
+}
+
+#[async_trait]
+impl Perform for Sleeps {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, "started");
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        record(&self.token, "finished");
+        Ok(())
+    }
+}

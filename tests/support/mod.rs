@@ -1,0 +1,107 @@
+//! Shared by the integration tests: a private Redis, both brokers, test jobs.
+#![allow(dead_code)]
+
+pub mod jobs;
+pub mod redis_server;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobqueue::{Broker, MemoryBroker, RedisBroker, WorkerBuilder, WorkerConfig};
+
+pub use redis_server::RedisServer;
+
+/// A broker under test, with the Redis server behind it when there is one.
+pub struct Backend {
+    pub broker: Arc<dyn Broker>,
+    pub server: Option<RedisServer>,
+}
+
+impl Backend {
+    pub async fn memory() -> Self {
+        Self {
+            broker: Arc::new(MemoryBroker::new()),
+            server: None,
+        }
+    }
+
+    pub async fn redis() -> Self {
+        let server = RedisServer::start();
+        let broker = RedisBroker::connect(&server.url())
+            .await
+            .expect("connect to the test's redis-server");
+        Self {
+            broker: Arc::new(broker),
+            server: Some(server),
+        }
+    }
+
+    pub fn client(&self) -> jobqueue::Client {
+        jobqueue::Client::from_shared(Arc::clone(&self.broker))
+    }
+
+    pub fn admin(&self) -> jobqueue::Admin {
+        jobqueue::Admin::from_shared(Arc::clone(&self.broker))
+    }
+
+    /// A worker builder with short intervals, so tests about heartbeats and recovery do not
+    /// wait for production timeouts.
+    pub fn worker(&self) -> WorkerBuilder {
+        jobqueue::Worker::builder_shared(Arc::clone(&self.broker)).config(fast_config())
+    }
+}
+
+pub fn fast_config() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 4,
+        shutdown_timeout: Duration::from_secs(5),
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_ttl: Duration::from_secs(1),
+        recovery_interval: Duration::from_millis(200),
+        ..WorkerConfig::default()
+    }
+}
+
+/// Waits until `condition` holds; panics with `what` after `limit`. A guard against hangs,
+/// not a timing assertion.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "gave up after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs the conformance body `$name(Backend)` once on each broker.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::support::Backend::memory().await).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::support::Backend::redis().await).await;
+                }
+            )*
+        }
+    };
+}
