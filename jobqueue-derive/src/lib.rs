@@ -33,12 +33,8 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     }
     let fields = match &input.data {
         Data::Struct(data) => field_names(&data.fields),
-        _ => {
-            return Err(syn::Error::new(
-                Span::call_site(),
-                "#[derive(Job)] works on structs: a job is a plain struct of its arguments",
-            ))
-        }
+        Data::Enum(data) => return Err(not_a_struct(data.enum_token.span)),
+        Data::Union(data) => return Err(not_a_struct(data.union_token.span)),
     };
 
     let mut attr = JobAttr::default();
@@ -103,6 +99,13 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             };
         }
     })
+}
+
+fn not_a_struct(span: Span) -> syn::Error {
+    syn::Error::new(
+        span,
+        "#[derive(Job)] works on structs: a job is a plain struct of its arguments",
+    )
 }
 
 /// The named fields of a struct; `None` for tuple and unit structs.

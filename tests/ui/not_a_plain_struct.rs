@@ -1,0 +1,14 @@
+use jobqueue::Job;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Job)]
+enum Choice {
+    A,
+}
+
+#[derive(Serialize, Deserialize, Job)]
+struct Generic<T> {
+    value: T,
+}
+
+fn main() {}
