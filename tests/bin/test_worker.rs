@@ -1,1 +1,57 @@
-fn main() {}
+//! A worker process for the crash tests: `jobqueue-test-worker REDIS_URL CONCURRENCY`.
+//! Runs `Tick` jobs, each of which records its run by pushing to the `ran` queue (never
+//! consumed), sleeps, then records its completion to `done`.
+
+use std::time::Duration;
+
+use jobqueue::{
+    async_trait, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker, WorkerConfig,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent)]
+struct Tick {
+    n: u64,
+    millis: u64,
+}
+
+/// Written by `Tick` to the `ran` and `done` queues; never run.
+#[derive(Serialize, Deserialize, Job)]
+struct Record {
+    n: u64,
+}
+
+#[async_trait]
+impl Perform for Tick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        ctx.client.enqueue_to("ran", &Record { n: self.n }).await?;
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        ctx.client.enqueue_to("done", &Record { n: self.n }).await?;
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let url = args
+        .next()
+        .ok_or("usage: jobqueue-test-worker REDIS_URL CONCURRENCY")?;
+    let concurrency: usize = args.next().unwrap_or_else(|| "10".into()).parse()?;
+    let broker = RedisBroker::connect(&url).await?;
+    Worker::builder(broker)
+        .config(WorkerConfig {
+            queues: Queues::strict(["ticks"]),
+            concurrency,
+            heartbeat_interval: Duration::from_millis(200),
+            heartbeat_ttl: Duration::from_secs(1),
+            recovery_interval: Duration::from_millis(200),
+            ..WorkerConfig::default()
+        })
+        .register::<Tick>()
+        .build()?
+        .run()
+        .await?;
+    Ok(())
+}
