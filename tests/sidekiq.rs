@@ -1,0 +1,332 @@
+//! Wire compatibility with the real Ruby Sidekiq (Debian's `ruby-sidekiq`): Ruby pushes
+//! jobs our worker runs, our client pushes jobs a Ruby Sidekiq process runs, and Sidekiq's
+//! own API reads our queues, retry and dead sets, processes and stats.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobqueue::{async_trait, Client, Job, JobContext, JobError, Perform, Queues, RunState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use support::{eventually, jobs, Backend};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A Ruby job class, run here: Ruby's positional `args` fill the fields in order.
+#[derive(Serialize, Deserialize, Job)]
+#[job(name = "Ruby::Greeting", queue = "interop", idempotent)]
+struct Greeting {
+    name: String,
+    times: u32,
+}
+
+#[async_trait]
+impl Perform for Greeting {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        jobs::record(
+            &format!("greeting-{}", self.name),
+            format!("{}x{}@{}", self.name, self.times, ctx.jid),
+        );
+        Ok(())
+    }
+}
+
+/// Fails every time; idempotent with 3 retries, so it waits in the retry set.
+#[derive(Serialize, Deserialize, Job)]
+#[job(name = "Interop::Retried", queue = "interop", idempotent, retries = 3)]
+struct Retried {
+    id: u64,
+}
+
+#[async_trait]
+impl Perform for Retried {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        Err(JobError::new("upstream returned 503").with_class("UpstreamError"))
+    }
+}
+
+/// Fails and is not idempotent, so it goes to the dead set.
+#[derive(Serialize, Deserialize, Job)]
+#[job(name = "Interop::Dies", queue = "interop")]
+struct Dies {
+    id: u64,
+}
+
+#[async_trait]
+impl Perform for Dies {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        Err(JobError::new("ledger is closed").with_class("LedgerClosed"))
+    }
+}
+
+/// Defined in Ruby (`RubyEcho#perform(text, n)`); a tuple struct is a positional arg list.
+#[derive(Serialize, Deserialize, Job)]
+#[job(name = "RubyEcho", queue = "rubyq")]
+struct RubyEcho(String, u64);
+
+const RUBY_HEADER: &str = r#"
+require "json"
+require "sidekiq"
+require "sidekiq/api"
+Sidekiq.configure_client { |c| c.redis = { url: ENV.fetch("REDIS_URL") } }
+"#;
+
+const RUBY_WORKER: &str = r#"
+require "json"
+require "sidekiq"
+class RubyEcho
+  include Sidekiq::Worker
+  def perform(text, n)
+    Sidekiq.redis { |c| c.rpush("echo", JSON.generate([text, n, jid])) }
+  end
+end
+"#;
+
+const RUBY_READ: &str = r#"
+show = ->(j) { { "class" => j.klass, "display_class" => j.display_class, "args" => j.args,
+  "display_args" => j.display_args, "jid" => j.jid, "queue" => j.queue,
+  "error_class" => j["error_class"], "error_message" => j["error_message"],
+  "retry_count" => j["retry_count"], "at" => j.at.to_f, "failed_at" => j["failed_at"] } }
+stats = Sidekiq::Stats.new
+puts JSON.generate({
+  "retry" => Sidekiq::RetrySet.new.map(&show),
+  "dead" => Sidekiq::DeadSet.new.map(&show),
+  "queues" => Sidekiq::Queue.all.map { |q| { "name" => q.name, "size" => q.size, "latency" => q.latency,
+    "jobs" => q.map { |j| { "class" => j.klass, "args" => j.args, "jid" => j.jid,
+      "enqueued_at" => j.enqueued_at.to_f, "created_at" => j.created_at.to_f } } } },
+  "processes" => Sidekiq::ProcessSet.new.map { |p| { "identity" => p["identity"],
+    "concurrency" => p["concurrency"], "queues" => p["queues"], "busy" => p["busy"],
+    "quiet" => p["quiet"], "tag" => p["tag"], "hostname" => p["hostname"] } },
+  "stats" => { "processed" => stats.processed, "failed" => stats.failed,
+    "retry_size" => stats.retry_size, "dead_size" => stats.dead_size },
+})
+"#;
+
+fn require_sidekiq() {
+    let ok = Command::new("ruby")
+        .args(["-e", "require 'sidekiq'"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "Ruby Sidekiq is missing. These tests need the real thing: \
+         `apt-get install ruby-sidekiq` (or run scripts/test, which does)"
+    );
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("jobqueue-sidekiq-{}", jobs::token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs a Ruby script against the test's Redis; returns its standard output.
+fn ruby(url: &str, body: &str) -> String {
+    let out = Command::new("ruby")
+        .args(["-e", &format!("{RUBY_HEADER}\n{body}")])
+        .env("REDIS_URL", url)
+        .output()
+        .expect("run ruby");
+    assert!(
+        out.status.success(),
+        "ruby failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn read_with_sidekiq_api(url: &str) -> Value {
+    serde_json::from_str(ruby(url, RUBY_READ).trim()).expect("the Ruby script prints JSON")
+}
+
+fn redis_url(b: &Backend) -> String {
+    b.server.as_ref().unwrap().url()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ruby_pushes_jobs_that_our_worker_runs() {
+    require_sidekiq();
+    let b = Backend::redis().await;
+    let url = redis_url(&b);
+    let worker = b
+        .worker()
+        .register::<Greeting>()
+        .queues(Queues::strict(["interop"]))
+        // Ruby's client does not notify; poll its pushes quickly.
+        .configure(|c| {
+            c.idle_poll = Duration::from_millis(50);
+            c.poll_interval = Duration::from_millis(100);
+        })
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run_until(std::future::pending()));
+
+    let jid = ruby(
+        &url,
+        r#"puts Sidekiq::Client.push("class" => "Ruby::Greeting", "queue" => "interop", "args" => ["world", 3])
+           Sidekiq::Client.push("class" => "Ruby::Greeting", "queue" => "interop", "args" => ["later", 2], "at" => Time.now.to_f + 0.3)"#,
+    );
+    let jid = jid.trim().to_owned();
+    eventually(LIMIT, "the Ruby-pushed job ran", || async {
+        !jobs::runs("greeting-world").is_empty()
+    })
+    .await;
+    assert_eq!(jobs::labels("greeting-world"), [format!("worldx3@{jid}")]);
+    eventually(LIMIT, "the Ruby-scheduled job ran", || async {
+        !jobs::runs("greeting-later").is_empty()
+    })
+    .await;
+
+    // Sidekiq's API sends a quiet signal through Redis; our heartbeat obeys it.
+    ruby(&url, "Sidekiq::ProcessSet.new.each(&:quiet!)");
+    eventually(LIMIT, "the worker went quiet", || async {
+        handle.state() == RunState::Quiet
+    })
+    .await;
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_jobs_run_on_ruby_sidekiq() {
+    require_sidekiq();
+    let b = Backend::redis().await;
+    let url = redis_url(&b);
+    let dir = scratch_dir();
+    let worker_file = dir.join("echo.rb");
+    std::fs::write(&worker_file, RUBY_WORKER).unwrap();
+
+    let client = b.client();
+    let jid = client
+        .enqueue(&RubyEcho("from rust".into(), 42))
+        .await
+        .unwrap();
+    let mut sidekiq = start_sidekiq(&url, &worker_file);
+
+    let redis = redis::Client::open(url.as_str()).unwrap();
+    let conn = redis.get_multiplexed_async_connection().await.unwrap();
+    eventually(LIMIT, "Ruby Sidekiq ran our job", || {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("LLEN")
+                .arg("echo")
+                .query_async::<usize>(&mut conn)
+                .await
+                .unwrap()
+                > 0
+        }
+    })
+    .await;
+    let echoed: Vec<String> = redis::cmd("LRANGE")
+        .arg("echo")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    let echo: Value = serde_json::from_str(&echoed[0]).unwrap();
+    assert_eq!(echo, serde_json::json!(["from rust", 42, jid]));
+
+    stop_sidekiq(&mut sidekiq);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidekiq_api_reads_our_queues_sets_processes_and_stats() {
+    require_sidekiq();
+    let b = Backend::redis().await;
+    let url = redis_url(&b);
+    let client: Client = b.client();
+    client.enqueue(&Retried { id: 1 }).await.unwrap();
+    client.enqueue(&Dies { id: 2 }).await.unwrap();
+    let waiting = client
+        .enqueue_to("waiting.queue", &Dies { id: 3 })
+        .await
+        .unwrap();
+
+    let worker = b
+        .worker()
+        .register::<Retried>()
+        .register::<Dies>()
+        .queues(Queues::strict(["interop"]))
+        .concurrency(3)
+        .configure(|c| c.tag = "interop-test".into())
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    let broker = Arc::clone(&b.broker);
+    eventually(LIMIT, "both failures recorded and flushed", || async {
+        broker.stats().await.unwrap().failed == 2
+    })
+    .await;
+
+    let seen = read_with_sidekiq_api(&url);
+    let retry = &seen["retry"][0];
+    assert_eq!(retry["class"], "Interop::Retried");
+    assert_eq!(retry["display_class"], "Interop::Retried");
+    assert_eq!(retry["args"], serde_json::json!([{"id": 1}]));
+    assert_eq!(retry["error_class"], "UpstreamError");
+    assert_eq!(retry["error_message"], "upstream returned 503");
+    assert_eq!(retry["retry_count"], 0);
+    assert!(retry["at"].as_f64().unwrap() > jobqueue::envelope::now() + 10.0);
+
+    let dead = &seen["dead"][0];
+    assert_eq!(dead["class"], "Interop::Dies");
+    assert_eq!(dead["error_class"], "LedgerClosed");
+    assert_eq!(dead["retry_count"], 0);
+    assert!(dead["failed_at"].as_f64().is_some());
+
+    let queues = seen["queues"].as_array().unwrap();
+    let waiting_queue = queues
+        .iter()
+        .find(|q| q["name"] == "waiting.queue")
+        .expect("our queue is listed");
+    assert_eq!(waiting_queue["size"], 1);
+    assert_eq!(waiting_queue["jobs"][0]["jid"], waiting.as_str());
+    assert_eq!(waiting_queue["jobs"][0]["class"], "Interop::Dies");
+    assert!(waiting_queue["latency"].as_f64().unwrap() >= 0.0);
+    assert!(waiting_queue["jobs"][0]["enqueued_at"].as_f64().unwrap() > 1.6e9);
+
+    let process = &seen["processes"][0];
+    assert_eq!(process["identity"], handle.identity());
+    assert_eq!(process["concurrency"], 3);
+    assert_eq!(process["queues"], serde_json::json!(["interop"]));
+    assert_eq!(process["tag"], "interop-test");
+
+    assert_eq!(seen["stats"]["processed"], 2);
+    assert_eq!(seen["stats"]["failed"], 2);
+    assert_eq!(seen["stats"]["retry_size"], 1);
+    assert_eq!(seen["stats"]["dead_size"], 1);
+
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+    let after = read_with_sidekiq_api(&url);
+    assert_eq!(
+        after["processes"],
+        serde_json::json!([]),
+        "unregistered at shutdown"
+    );
+}
+
+fn start_sidekiq(url: &str, file: &Path) -> std::process::Child {
+    Command::new("sidekiq")
+        .args(["-q", "rubyq", "-c", "2", "-t", "2", "-r"])
+        .arg(file)
+        .env("REDIS_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start Ruby Sidekiq (apt-get install ruby-sidekiq)")
+}
+
+fn stop_sidekiq(child: &mut std::process::Child) {
+    // SIGTERM, Sidekiq's graceful stop.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
