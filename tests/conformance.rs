@@ -17,6 +17,7 @@ on_both_brokers!(
     runs_enqueued_jobs_with_their_arguments,
     bulk_enqueue_runs_every_job_once,
     two_workers_share_a_queue_without_running_a_job_twice,
+    dedicated_workers_take_only_their_own_queues,
     delayed_jobs_wait_until_due_and_wake_the_scheduler,
     idempotent_job_retries_once_then_lands_in_dead_set,
     non_idempotent_job_goes_straight_to_the_dead_set,
@@ -143,6 +144,49 @@ async fn two_workers_share_a_queue_without_running_a_job_twice(b: Backend) {
     labels.dedup();
     assert_eq!(labels.len(), 500);
     assert_eq!(jobs::runs(&t).len(), 500, "no job ran twice");
+}
+
+async fn dedicated_workers_take_only_their_own_queues(b: Backend) {
+    let (t_push, t_bulk) = (jobs::token(), jobs::token());
+    for i in 0..5 {
+        let label = i.to_string();
+        let push = QueuedNote {
+            token: t_push.clone(),
+            label: label.clone(),
+        };
+        b.client().enqueue_to("push", &push).await.unwrap();
+        let bulk = QueuedNote {
+            token: t_bulk.clone(),
+            label,
+        };
+        b.client().enqueue_to("bulk", &bulk).await.unwrap();
+    }
+    // Only the bulk worker runs: it drains `bulk` and leaves `push` alone.
+    let (h_bulk, w_bulk) = start(
+        b.worker()
+            .register::<QueuedNote>()
+            .queues(Queues::strict(["bulk"]))
+            .concurrency(1),
+    );
+    eventually(LIMIT, "the bulk jobs ran", || async {
+        jobs::runs(&t_bulk).len() == 5
+    })
+    .await;
+    assert!(jobs::runs(&t_push).is_empty());
+    assert_eq!(b.admin().queue("push").await.unwrap().size, 5);
+
+    let (h_push, w_push) = start(
+        b.worker()
+            .register::<QueuedNote>()
+            .queues(Queues::strict(["push"])),
+    );
+    eventually(LIMIT, "the push jobs ran", || async {
+        jobs::runs(&t_push).len() == 5
+    })
+    .await;
+    stop(h_bulk, w_bulk).await;
+    stop(h_push, w_push).await;
+    assert_eq!(jobs::runs(&t_bulk).len(), 5);
 }
 
 async fn delayed_jobs_wait_until_due_and_wake_the_scheduler(b: Backend) {

@@ -89,7 +89,8 @@ fn the_retry_policy_table() {
         assert_eq!(options.retry.call_retries, call, "{options:?}");
     }
     assert_eq!(RecomputeSegment::OPTIONS.queue, "player_data");
-    assert!(RecomputeSegment::OPTIONS.idempotent && !RecomputeSegment::OPTIONS.external);
+    let options = RecomputeSegment::OPTIONS;
+    assert_eq!((options.idempotent, options.external), (true, false));
 }
 
 #[test]

@@ -55,9 +55,10 @@ pub struct Envelope {
 }
 
 /// The payload's `retry` key: `true` (Sidekiq's default of 25), `false`, or a count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Retry {
     /// `true`: Sidekiq's default count.
+    #[default]
     Default,
     /// `false`: never retried and never kept in the dead set.
     Disabled,
@@ -76,12 +77,6 @@ impl Retry {
             Retry::Disabled => 0,
             Retry::Count(n) => n,
         }
-    }
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry::Default
     }
 }
 

@@ -7,8 +7,11 @@ use std::time::Duration;
 use jobqueue::{async_trait, envelope::now, Job, JobContext, JobError, Perform};
 use serde::{Deserialize, Serialize};
 
-/// What ran, per token: (label, start time in epoch seconds).
-static RUNS: LazyLock<Mutex<HashMap<String, Vec<(String, f64)>>>> = LazyLock::new(Default::default);
+/// A run: its label and start time in epoch seconds.
+type Run = (String, f64);
+
+/// What ran, per token.
+static RUNS: LazyLock<Mutex<HashMap<String, Vec<Run>>>> = LazyLock::new(Default::default);
 
 pub fn record(token: &str, label: impl Into<String>) {
     RUNS.lock()
@@ -18,7 +21,7 @@ pub fn record(token: &str, label: impl Into<String>) {
         .push((label.into(), now()));
 }
 
-pub fn runs(token: &str) -> Vec<(String, f64)> {
+pub fn runs(token: &str) -> Vec<Run> {
     RUNS.lock().unwrap().get(token).cloned().unwrap_or_default()
 }
 

@@ -139,6 +139,20 @@ impl Queues {
     }
 }
 
+/// Sidekiq's `-q` syntax: `critical,2 default,1`, or `*` for all queues.
+impl std::fmt::Display for Queues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Mode::All => f.write_str("*"),
+            Mode::Strict(names) => f.write_str(&names.join(" ")),
+            Mode::Weighted(pairs) => {
+                let specs: Vec<String> = pairs.iter().map(|(n, w)| format!("{n},{w}")).collect();
+                f.write_str(&specs.join(" "))
+            }
+        }
+    }
+}
+
 impl Default for Queues {
     fn default() -> Self {
         Queues::all()
