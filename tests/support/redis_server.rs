@@ -11,11 +11,22 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    append_only: bool,
 }
 
 impl RedisServer {
     /// Starts a server; panics with install instructions when `redis-server` is missing.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server that writes every command to its append-only file before answering,
+    /// so a restart after `kill` keeps everything it acknowledged.
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(append_only: bool) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("jobqueue-redis-{}-{port}", std::process::id()));
@@ -24,6 +35,7 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            append_only,
         };
         server.spawn();
         server
@@ -54,7 +66,12 @@ impl RedisServer {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--save", "", "--daemonize", "no"])
+            .args(if self.append_only {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::broker::{Broker, Wakeups};
 use crate::client::Client;
 use crate::envelope::now;
-use crate::error::Error;
+use crate::error::{BrokerError, Error};
 use crate::job::{Mechanism, Perform};
 
 pub(crate) mod dispatch;
@@ -49,6 +49,9 @@ pub use self::dispatch::error_class;
 pub use self::queues::Queues;
 pub use self::recovery::MAX_INTERRUPTIONS;
 use self::registry::Registry;
+
+/// How long each last call to the broker at shutdown may take.
+const LAST_CALLS: Duration = Duration::from_secs(5);
 
 /// How many finished jobs are removed from the in-flight list per round trip, at most.
 const ACK_BATCH: usize = 256;
@@ -370,9 +373,14 @@ impl Worker {
         // Quiet ends the fetch loop; running jobs and the heartbeat go on until stopping.
         let (mut running, ()) =
             tokio::join!(fetch::run(Arc::clone(&shared), ack_tx.clone()), stopping);
-        let _ = scheduler.await;
-
         let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
+        let mut scheduler = scheduler;
+        if tokio::time::timeout_at(deadline, &mut scheduler)
+            .await
+            .is_err()
+        {
+            scheduler.abort();
+        }
         let finished = tokio::time::timeout_at(deadline, async {
             while running.join_next().await.is_some() {}
         })
@@ -385,21 +393,37 @@ impl Worker {
                 shared.config.shutdown_timeout
             );
         }
-        flush_acks(&ack_tx).await;
-        let handed_back = recovery::hand_back_own(&shared).await;
+        // Finished jobs must be acknowledged before the rest is handed back, or they would
+        // be handed back too. With the broker unreachable these last calls give up after a
+        // while: the jobs stay in flight and other processes recover them once this
+        // process's heartbeat has expired.
+        let flushed = tokio::time::timeout(LAST_CALLS, flush_acks(&ack_tx)).await;
+        let handed_back = match flushed {
+            Ok(()) => tokio::time::timeout(LAST_CALLS, recovery::hand_back_own(&shared))
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(LAST_CALLS))),
+            Err(_) => Err(BrokerError::Timeout(LAST_CALLS)),
+        };
         running.abort_all();
         while running.join_next().await.is_some() {}
         drop(ack_tx);
-        let _ = acker.await;
         let _ = done_tx.send(true);
-        let _ = heartbeat.await;
-        let last_beat = heartbeat::beat(&shared).await;
-        shared.broker.unregister(&shared.identity).await?;
-        last_beat?;
-        match handed_back {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("handed {n} unfinished job(s) back to their queues"),
-            Err(e) => return Err(e.into()),
+        for mut task in [acker, heartbeat] {
+            if tokio::time::timeout(LAST_CALLS, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        let farewell = tokio::time::timeout(LAST_CALLS, async {
+            let last_beat = heartbeat::beat(&shared).await;
+            shared.broker.unregister(&shared.identity).await?;
+            last_beat
+        })
+        .await
+        .unwrap_or(Err(BrokerError::Timeout(LAST_CALLS)));
+        let handed_back = handed_back?;
+        farewell?;
+        if handed_back > 0 {
+            tracing::info!("handed {handed_back} unfinished job(s) back to their queues");
         }
         tracing::info!(identity = %shared.identity, "worker stopped");
         Ok(())

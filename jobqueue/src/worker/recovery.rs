@@ -45,11 +45,14 @@ pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerErro
 /// Hands back every job still in this process's in-flight list.
 pub(crate) async fn hand_back_own(shared: &Shared) -> Result<usize, BrokerError> {
     let payloads = shared.broker.in_flight(&shared.identity).await?;
+    let mut handed_back = 0;
     for payload in &payloads {
         let to = hand_back_to(payload, HandBack::Shutdown);
-        dispatch::persist(shared, payload, to).await;
+        if shared.broker.settle(&shared.identity, payload, to).await? {
+            handed_back += 1;
+        }
     }
-    Ok(payloads.len())
+    Ok(handed_back)
 }
 
 fn hand_back_to(payload: &str, why: HandBack) -> Settle {
