@@ -68,6 +68,17 @@ async fn dead_jobs(b: &Backend) -> Vec<Envelope> {
         .collect()
 }
 
+/// Runs `builder` until one job is in the dead set, stops it, and returns that job.
+async fn the_one_dead_job(b: &Backend, builder: WorkerBuilder) -> Envelope {
+    let (h, task) = start(builder);
+    eventually(LIMIT, "a job died", || async {
+        dead_jobs(b).await.len() == 1
+    })
+    .await;
+    stop(h, task).await;
+    dead_jobs(b).await.remove(0)
+}
+
 async fn runs_enqueued_jobs_with_their_arguments(b: Backend) {
     let t = jobs::token();
     let jid = b
@@ -286,14 +297,8 @@ async fn non_idempotent_job_goes_straight_to_the_dead_set(b: Backend) {
         .enqueue(&ChargeCard { token: t.clone() })
         .await
         .unwrap();
-    let (h, task) = start(b.worker().register::<ChargeCard>());
-    eventually(LIMIT, "the job died", || async {
-        dead_jobs(&b).await.len() == 1
-    })
-    .await;
-    stop(h, task).await;
+    let dead = the_one_dead_job(&b, b.worker().register::<ChargeCard>()).await;
     assert_eq!(jobs::labels(&t), ["ran"]);
-    let dead = dead_jobs(&b).await.remove(0);
     assert_eq!(dead.retry_count, Some(0));
     assert_eq!(dead.error_class.as_deref(), Some("Declined"));
     assert_eq!(dead.error_message.as_deref(), Some("card declined"));
@@ -376,13 +381,7 @@ async fn unknown_class_fails_with_a_message_naming_it(b: Backend) {
     let mut env = Envelope::new("Billing::Ghost", "default", vec![serde_json::json!(1)]);
     env.retry = jobqueue::envelope::Retry::Count(0);
     b.client().enqueue_envelope(env, None).await.unwrap();
-    let (h, task) = start(b.worker().register::<Note>());
-    eventually(LIMIT, "the job died", || async {
-        dead_jobs(&b).await.len() == 1
-    })
-    .await;
-    stop(h, task).await;
-    let dead = dead_jobs(&b).await.remove(0);
+    let dead = the_one_dead_job(&b, b.worker().register::<Note>()).await;
     assert_eq!(
         dead.error_class.as_deref(),
         Some(error_class::UNKNOWN_CLASS)
@@ -397,13 +396,7 @@ async fn unknown_class_fails_with_a_message_naming_it(b: Backend) {
 async fn arguments_that_do_not_fit_are_dead_lettered_without_retry(b: Backend) {
     let env = Envelope::new("Flaky", "default", vec![serde_json::json!({"token": 5})]);
     b.client().enqueue_envelope(env, None).await.unwrap();
-    let (h, task) = start(b.worker().register::<Flaky>());
-    eventually(LIMIT, "the job died", || async {
-        dead_jobs(&b).await.len() == 1
-    })
-    .await;
-    stop(h, task).await;
-    let dead = dead_jobs(&b).await.remove(0);
+    let dead = the_one_dead_job(&b, b.worker().register::<Flaky>()).await;
     assert_eq!(
         dead.error_class.as_deref(),
         Some(error_class::INVALID_ARGUMENTS)
@@ -581,14 +574,8 @@ async fn a_job_interrupted_three_times_goes_to_the_dead_set(b: Backend) {
     env.interrupted_count = Some(jobqueue::worker::MAX_INTERRUPTIONS - 1);
     b.client().enqueue_envelope(env, None).await.unwrap();
     leave_jobs_with_a_dead_process(&b, "crashed:2:000000000002").await;
-    let (h, task) = start(b.worker().register::<Note>());
-    eventually(LIMIT, "the poison pill died", || async {
-        dead_jobs(&b).await.len() == 1
-    })
-    .await;
-    stop(h, task).await;
+    let dead = the_one_dead_job(&b, b.worker().register::<Note>()).await;
     assert!(jobs::runs(&t).is_empty(), "a poison pill is not run again");
-    let dead = dead_jobs(&b).await.remove(0);
     assert_eq!(dead.error_class.as_deref(), Some(error_class::INTERRUPTED));
     assert_eq!(dead.interrupted_count, Some(3));
 }

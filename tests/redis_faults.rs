@@ -9,6 +9,25 @@ use jobqueue::{RedisBroker, Worker};
 use support::jobs::{self, Sleeps};
 use support::{eventually, fast_config, RedisServer};
 
+fn start_worker(
+    broker: RedisBroker,
+) -> (
+    jobqueue::WorkerHandle,
+    tokio::task::JoinHandle<Result<(), jobqueue::Error>>,
+) {
+    let worker = Worker::builder(broker)
+        .config(fast_config())
+        .register::<Sleeps>()
+        .shutdown_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    (
+        handle,
+        tokio::spawn(worker.run_until(std::future::pending())),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_without_redis_and_the_held_job_is_recovered_later() {
     let mut server = RedisServer::start_persistent();
@@ -21,14 +40,7 @@ async fn shutdown_ends_without_redis_and_the_held_job_is_recovered_later() {
         })
         .await
         .unwrap();
-    let worker = Worker::builder(broker)
-        .config(fast_config())
-        .register::<Sleeps>()
-        .shutdown_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let handle = worker.handle();
-    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    let (handle, task) = start_worker(broker);
     eventually(Duration::from_secs(20), "the job started", || async {
         !jobs::runs(&t).is_empty()
     })
@@ -57,14 +69,7 @@ async fn shutdown_ends_without_redis_and_the_held_job_is_recovered_later() {
         .enqueue(&quick)
         .await
         .unwrap();
-    let worker = Worker::builder(broker)
-        .config(fast_config())
-        .register::<Sleeps>()
-        .shutdown_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let handle = worker.handle();
-    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    let (handle, task) = start_worker(broker);
     eventually(
         Duration::from_secs(30),
         "the held job ran again",

@@ -31,15 +31,13 @@
 //! let worker = Worker::builder(broker.clone()).register::<SendWelcome>().build()?;
 //! let handle = worker.handle();
 //! let running = tokio::spawn(worker.run_until(std::future::pending()));
-//! # while jobjobqueue_done(&broker).await {}
+//! # let admin = jobqueue::Admin::new(broker.clone());
+//! # while admin.queue("emails").await?.size > 0 {
+//! #     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//! # }
 //! handle.shutdown();
 //! running.await.expect("worker task")?;
 //! # Ok(())
-//! # }
-//! # async fn jobjobqueue_done(b: &MemoryBroker) -> bool {
-//! #     use jobqueue::Broker;
-//! #     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-//! #     b.queue_len("emails").await.unwrap() > 0
 //! # }
 //! ```
 //!
