@@ -40,7 +40,7 @@ async fn shutdown_ends_without_redis_and_the_held_job_is_recovered_later() {
         })
         .await
         .unwrap();
-    let (handle, task) = start_worker(broker);
+    let (handle, task) = start_worker(broker.clone());
     eventually(Duration::from_secs(20), "the job started", || async {
         !jobs::runs(&t).is_empty()
     })
@@ -56,10 +56,10 @@ async fn shutdown_ends_without_redis_and_the_held_job_is_recovered_later() {
     let err = result.expect_err("the worker reports that it could not hand its job back");
     println!("shutdown without Redis: {err}");
 
-    // Redis comes back with its data; the job is still in the stopped worker's in-flight
-    // list, and a new worker recovers it once that worker's heartbeat has expired.
+    // Redis comes back with its data. The job is still in the stopped worker's in-flight
+    // list; a new worker on the same broker, which reconnects by itself, recovers it once
+    // the stopped worker's heartbeat has expired.
     server.restart();
-    let broker = RedisBroker::connect(&server.url()).await.unwrap();
     let t2 = jobs::token();
     let quick = Sleeps {
         token: t2.clone(),

@@ -478,7 +478,7 @@ async fn os_signals(handle: &WorkerHandle) -> std::io::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mut tstp = signal(SignalKind::from_raw(20))?;
+        let mut tstp = signal(SignalKind::from_raw(libc::SIGTSTP))?;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
