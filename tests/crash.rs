@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::process::ExitStatus;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -19,8 +20,12 @@ struct Tick {
 }
 
 fn spawn_worker(url: &str) -> Child {
+    spawn_worker_with(url, "25000")
+}
+
+fn spawn_worker_with(url: &str, shutdown_ms: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_jobqueue-test-worker"))
-        .args([url, "8"])
+        .args([url, "8", shutdown_ms])
         .spawn()
         .expect("start the test worker")
 }
@@ -124,5 +129,59 @@ async fn kill_dash_nine_loses_no_job() {
         repeated <= held_at_kills,
         "{repeated} repeats but only {held_at_kills} held"
     );
+    drop(server);
+}
+
+fn sigterm(child: &mut Child) -> ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_short_jobs_and_hands_long_ones_back() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let client = Client::new(broker.clone());
+    let limit = Duration::from_secs(60);
+
+    // Short jobs finish within the shutdown timeout.
+    let short: Vec<Tick> = (0..8).map(|n| Tick { n, millis: 300 }).collect();
+    client.enqueue_bulk(&short).await.unwrap();
+    let mut worker = spawn_worker_with(&url, "10000");
+    eventually(limit, "8 jobs running", || async {
+        broker.queue_len("ran").await.unwrap() == 8
+    })
+    .await;
+    assert!(sigterm(&mut worker).success(), "clean exit on SIGTERM");
+    assert_eq!(
+        broker.queue_len("done").await.unwrap(),
+        8,
+        "running jobs finished"
+    );
+    assert_eq!(broker.queue_len("ticks").await.unwrap(), 0);
+    assert_eq!(in_flight_total(&url).await, 0);
+    assert!(broker.processes().await.unwrap().is_empty(), "unregistered");
+
+    // Long jobs are handed back to the front of their queue at the timeout.
+    let long: Vec<Tick> = (100..104).map(|n| Tick { n, millis: 60_000 }).collect();
+    client.enqueue_bulk(&long).await.unwrap();
+    let mut worker = spawn_worker_with(&url, "300");
+    eventually(limit, "4 long jobs running", || async {
+        broker.queue_len("ran").await.unwrap() == 12
+    })
+    .await;
+    assert!(sigterm(&mut worker).success(), "clean exit on SIGTERM");
+    assert_eq!(
+        broker.queue_len("ticks").await.unwrap(),
+        4,
+        "all 4 handed back"
+    );
+    assert_eq!(broker.queue_len("done").await.unwrap(), 8);
+    assert_eq!(in_flight_total(&url).await, 0);
     drop(server);
 }
