@@ -518,6 +518,7 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
         rss_kb: 0,
         processed: 0,
         failed: 0,
+        skipped: 0,
         ttl: Duration::from_secs(1),
     };
     b.broker.heartbeat(&beat).await.unwrap();
@@ -745,10 +746,25 @@ async fn jobs_needing_missing_middleware_are_refused_at_build(b: Backend) {
         message.contains("`Refresh`") && message.contains("collapse"),
         "{message}"
     );
+    /// Claims the mechanism without providing it: enough for the build-time check.
+    struct ClaimsCollapse;
+    #[jobqueue::async_trait]
+    impl jobqueue::middleware::ServerMiddleware for ClaimsCollapse {
+        async fn call(
+            &self,
+            job: &jobqueue::middleware::ServerJob<'_>,
+            next: jobqueue::middleware::ServerNext<'_>,
+        ) -> Result<jobqueue::middleware::Outcome, jobqueue::JobError> {
+            next.run(job).await
+        }
+        fn provides(&self) -> &'static [jobqueue::Mechanism] {
+            &[jobqueue::Mechanism::Collapse]
+        }
+    }
     assert!(b
         .worker()
         .register::<Refresh>()
-        .provides(jobqueue::Mechanism::Collapse)
+        .middleware(ClaimsCollapse)
         .build()
         .is_ok());
 }

@@ -1,4 +1,5 @@
-//! Enqueueing: now, after a delay, at a time, or many jobs in one round trip.
+//! Enqueueing: now, after a delay, at a time, or many jobs in one round trip. Every job
+//! passes through the client middleware chain first.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use crate::broker::{Broker, Push};
 use crate::envelope::{encode_args, epoch_seconds, now, Envelope, Retry};
 use crate::error::Error;
-use crate::job::Job;
+use crate::job::{Job, JobOptions};
+use crate::middleware::{Admission, ClientChain, ClientJob, ClientMiddleware, Origin};
 
 /// Pushes jobs to a broker. Cheap to clone.
 ///
@@ -29,23 +31,41 @@ use crate::job::Job;
 #[derive(Clone)]
 pub struct Client {
     broker: Arc<dyn Broker>,
+    chain: Arc<ClientChain>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("middleware", &self.chain)
+            .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// A client for `broker`.
+    /// A client for `broker`, with no middleware.
     pub fn new(broker: impl Broker) -> Self {
         Self::from_shared(Arc::new(broker))
     }
 
     /// A client for a broker already shared with others.
     pub fn from_shared(broker: Arc<dyn Broker>) -> Self {
-        Self { broker }
+        Self {
+            broker,
+            chain: Arc::new(ClientChain::new()),
+        }
+    }
+
+    /// This client with `chain` as its middleware.
+    pub fn with_chain(mut self, chain: ClientChain) -> Self {
+        self.chain = Arc::new(chain);
+        self
+    }
+
+    /// This client with `middleware` appended to its chain.
+    pub fn with<M: ClientMiddleware>(mut self, middleware: M) -> Self {
+        Arc::make_mut(&mut self.chain).add(middleware);
+        self
     }
 
     /// The broker this client pushes to.
@@ -53,73 +73,136 @@ impl Client {
         &self.broker
     }
 
-    /// Pushes `job` to its queue. Returns its job id.
+    /// The middleware every enqueue goes through.
+    pub fn chain(&self) -> &ClientChain {
+        &self.chain
+    }
+
+    /// Pushes `job` to its queue. Returns its job id (or, when middleware let an already
+    /// enqueued job stand for it, that job's id).
     pub async fn enqueue<J: Job>(&self, job: &J) -> Result<String, Error> {
-        self.push_one(job, None, None).await
+        self.enqueue_one(job, None, None).await
     }
 
     /// Pushes `job` to `queue` instead of the queue its type names (Sidekiq's
     /// `set(queue: ...)`). Returns its job id.
     pub async fn enqueue_to<J: Job>(&self, queue: &str, job: &J) -> Result<String, Error> {
-        self.push_one(job, Some(queue), None).await
+        self.enqueue_one(job, Some(queue), None).await
     }
 
     /// Runs `job` once `delay` has passed. Returns its job id.
     pub async fn enqueue_in<J: Job>(&self, delay: Duration, job: &J) -> Result<String, Error> {
-        self.push_one(job, None, Some(now() + delay.as_secs_f64()))
+        self.enqueue_one(job, None, Some(now() + delay.as_secs_f64()))
             .await
     }
 
     /// Runs `job` at `at` (at once if `at` has passed). Returns its job id.
     pub async fn enqueue_at<J: Job>(&self, at: SystemTime, job: &J) -> Result<String, Error> {
-        self.push_one(job, None, Some(epoch_seconds(at))).await
+        self.enqueue_one(job, None, Some(epoch_seconds(at))).await
     }
 
-    /// Pushes many jobs in one round trip. Returns their job ids, in order.
+    /// Pushes many jobs in one round trip. Returns, in order, each job's id, or `None` for
+    /// a job that middleware refused (the reason is logged), as Sidekiq's `push_bulk` does.
     pub async fn enqueue_bulk<'a, J: Job>(
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
-    ) -> Result<Vec<String>, Error> {
-        let at = now();
+    ) -> Result<Vec<Option<String>>, Error> {
+        let now = now();
         let mut jids = Vec::new();
         let mut pushes = Vec::new();
         for job in jobs {
-            let envelope = envelope_for(job, at)?;
-            jids.push(envelope.jid.clone());
-            pushes.push(to_push(envelope, None, at));
+            let envelope = envelope_for(job, now)?;
+            let admitted = self
+                .admit(envelope, None, Some(&J::OPTIONS), Origin::Enqueue)
+                .await;
+            match admitted {
+                Ok(Admitted::Push(push, jid)) => {
+                    pushes.push(push);
+                    jids.push(Some(jid));
+                }
+                Ok(Admitted::Existing(jid)) => jids.push(Some(jid)),
+                Err(Error::Skipped { class, reason }) => {
+                    tracing::info!("{class} not enqueued: {reason}");
+                    jids.push(None);
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.broker.push(&pushes).await?;
         Ok(jids)
     }
 
     /// Pushes a job given as a payload, for a class this process does not define (a Ruby
-    /// job, say). The jid, `created_at` and `enqueued_at` are filled in here.
+    /// job, say). `enqueued_at` is filled in here.
     pub async fn enqueue_envelope(
         &self,
         envelope: Envelope,
         at: Option<SystemTime>,
     ) -> Result<String, Error> {
-        let jid = envelope.jid.clone();
-        let push = to_push(envelope, at.map(epoch_seconds), now());
-        self.broker.push(&[push]).await?;
-        Ok(jid)
+        let at = at.map(epoch_seconds);
+        match self.admit(envelope, at, None, Origin::Enqueue).await? {
+            Admitted::Push(push, jid) => {
+                self.broker.push(&[push]).await?;
+                Ok(jid)
+            }
+            Admitted::Existing(jid) => Ok(jid),
+        }
     }
 
-    async fn push_one<J: Job>(
+    async fn enqueue_one<J: Job>(
         &self,
         job: &J,
         queue: Option<&str>,
         at: Option<f64>,
     ) -> Result<String, Error> {
-        let now = now();
-        let mut envelope = envelope_for(job, now)?;
+        let mut envelope = envelope_for(job, now())?;
         if let Some(queue) = queue {
             envelope.queue = queue.to_owned();
         }
-        let jid = envelope.jid.clone();
-        self.broker.push(&[to_push(envelope, at, now)]).await?;
-        Ok(jid)
+        match self
+            .admit(envelope, at, Some(&J::OPTIONS), Origin::Enqueue)
+            .await?
+        {
+            Admitted::Push(push, jid) => {
+                self.broker.push(&[push]).await?;
+                Ok(jid)
+            }
+            Admitted::Existing(jid) => Ok(jid),
+        }
     }
+
+    /// Runs the middleware chain for one job and, if it is admitted, makes it ready to push.
+    /// The scheduler uses this too when it moves due jobs to their queues.
+    pub(crate) async fn admit(
+        &self,
+        envelope: Envelope,
+        at: Option<f64>,
+        options: Option<&'static JobOptions>,
+        origin: Origin,
+    ) -> Result<Admitted, Error> {
+        let mut job = ClientJob {
+            envelope,
+            at,
+            options,
+            origin,
+            broker: Arc::clone(&self.broker),
+        };
+        match self.chain.run(&mut job).await? {
+            Admission::Push => {
+                let jid = job.envelope.jid.clone();
+                Ok(Admitted::Push(to_push(job.envelope, job.at, now()), jid))
+            }
+            Admission::Existing { jid } => Ok(Admitted::Existing(jid)),
+        }
+    }
+}
+
+/// A job that passed the client chain.
+pub(crate) enum Admitted {
+    /// Ready to push; with its jid.
+    Push(Push, String),
+    /// Not pushed: the job with this jid stands for it.
+    Existing(String),
 }
 
 fn envelope_for<J: Job>(job: &J, created_at: f64) -> Result<Envelope, Error> {

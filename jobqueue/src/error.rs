@@ -35,6 +35,14 @@ pub enum Error {
         /// What serde reported.
         source: serde_json::Error,
     },
+    /// Client middleware refused the job; nothing was pushed.
+    #[error("{class} was not enqueued: {reason}")]
+    Skipped {
+        /// The class name of the job.
+        class: String,
+        /// Why, as the middleware put it.
+        reason: String,
+    },
     /// The worker was configured in a way that cannot run safely.
     #[error("worker configuration: {0}")]
     Config(String),

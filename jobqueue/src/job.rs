@@ -85,6 +85,8 @@ impl fmt::Debug for JobContext {
 pub struct JobError {
     class: Cow<'static, str>,
     message: String,
+    pub(crate) no_retry: bool,
+    pub(crate) retry_in: Option<Duration>,
 }
 
 impl JobError {
@@ -93,7 +95,16 @@ impl JobError {
         Self {
             class: Cow::Borrowed("JobError"),
             message: message.into(),
+            no_retry: false,
+            retry_in: None,
         }
+    }
+
+    /// Sends the job to the dead set now, whatever retries it has left (Sidekiq's `:kill`):
+    /// for failures that a retry cannot mend.
+    pub fn no_retry(mut self) -> Self {
+        self.no_retry = true;
+        self
     }
 
     /// Sets the `error_class` reported for this failure.
@@ -127,6 +138,8 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
         Self {
             class: Cow::Borrowed(class),
             message,
+            no_retry: false,
+            retry_in: None,
         }
     }
 }

@@ -70,6 +70,7 @@ pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod job;
+pub mod middleware;
 pub mod schedule;
 pub mod worker;
 

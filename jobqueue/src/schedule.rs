@@ -7,8 +7,13 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::broker::{Settle, SortedSet};
+use crate::client::Admitted;
 use crate::envelope::{now, Envelope};
+use crate::middleware::Origin;
 use crate::worker::{dispatch, Shared};
+
+/// How long a due job waits when client middleware failed on it (a broker error).
+const MIDDLEWARE_RETRY: Duration = Duration::from_secs(5);
 
 /// How many due jobs are moved per round trip.
 const DUE_BATCH: usize = 100;
@@ -59,14 +64,7 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, crate::BrokerError>
                 .await?;
             for payload in &due {
                 let to = match Envelope::parse(payload) {
-                    Ok(mut envelope) => {
-                        envelope.enqueued_at = Some(now());
-                        Settle::Queue {
-                            queue: envelope.queue.clone(),
-                            payload: envelope.to_json(),
-                            front: false,
-                        }
-                    }
+                    Ok(envelope) => to_queue(shared, payload, envelope, set).await,
                     Err(e) => dispatch::invalid_payload(set.key(), payload, &e),
                 };
                 dispatch::persist(shared, payload, to).await;
@@ -77,6 +75,47 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, crate::BrokerError>
         }
     }
     shared.broker.next_due().await
+}
+
+/// Where a due job goes: through the client middleware again, as Sidekiq does, then to its
+/// queue, unless the middleware keeps it out.
+async fn to_queue(shared: &Shared, payload: &str, envelope: Envelope, set: SortedSet) -> Settle {
+    let origin = match set {
+        SortedSet::Retry => Origin::Retry,
+        _ => Origin::Scheduled,
+    };
+    let options = shared.registry.get(&envelope.class).map(|h| h.options());
+    let (class, jid) = (envelope.class.clone(), envelope.jid.clone());
+    match shared.client.admit(envelope, None, options, origin).await {
+        Ok(Admitted::Push(push, _)) => match push.at {
+            None => Settle::Queue {
+                queue: push.queue,
+                payload: push.payload,
+                front: false,
+            },
+            Some(at) => Settle::Schedule {
+                payload: push.payload,
+                at,
+            },
+        },
+        Ok(Admitted::Existing(existing)) => {
+            tracing::info!("{class} {jid} dropped when due: job {existing} stands for it");
+            Settle::Discard
+        }
+        Err(crate::Error::Skipped { reason, .. }) => {
+            tracing::info!("{class} {jid} dropped when due: {reason}");
+            Settle::Discard
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{class} {jid}: client middleware failed, trying again in {MIDDLEWARE_RETRY:?}: {e}"
+            );
+            Settle::Schedule {
+                payload: payload.to_owned(),
+                at: now() + MIDDLEWARE_RETRY.as_secs_f64(),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

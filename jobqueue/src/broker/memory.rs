@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -37,6 +37,7 @@ struct State {
     processes: HashMap<String, LiveProcess>,
     signals: HashMap<String, VecDeque<String>>,
     stats: Stats,
+    locks: HashMap<String, (String, Instant)>,
 }
 
 struct LiveProcess {
@@ -77,6 +78,12 @@ impl ScoredSet {
             self.ordered.remove(&(old, member.clone()));
         }
         self.ordered.insert((Score(score), member));
+    }
+
+    fn remove(&mut self, member: &str) {
+        if let Some(score) = self.scores.remove(member) {
+            self.ordered.remove(&(score, member.to_owned()));
+        }
     }
 
     fn pop_first(&mut self) -> Option<(f64, String)> {
@@ -249,6 +256,10 @@ impl Broker for MemoryBroker {
                     state.push_queue(&queue, payload, front);
                     queued = true;
                 }
+                Settle::Schedule { payload, at } => {
+                    state.schedule.add(at, payload);
+                    scheduled = true;
+                }
                 Settle::Retry { payload, at } => {
                     state.retry.add(at, payload);
                     scheduled = true;
@@ -300,6 +311,7 @@ impl Broker for MemoryBroker {
         let mut state = self.state();
         state.stats.processed += beat.processed;
         state.stats.failed += beat.failed;
+        state.stats.skipped += beat.skipped;
         state.fetchers.insert(beat.identity.clone());
         state.processes.insert(
             beat.identity.clone(),
@@ -409,6 +421,75 @@ impl Broker for MemoryBroker {
 
     async fn stats(&self) -> Result<Stats, BrokerError> {
         Ok(self.state().stats)
+    }
+
+    async fn lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError> {
+        let mut state = self.state();
+        let at = Instant::now();
+        match state.locks.get(key) {
+            Some((holder, expires)) if *expires > at && holder != owner => Ok(Some(holder.clone())),
+            _ => {
+                state
+                    .locks
+                    .insert(key.to_owned(), (owner.to_owned(), at + ttl));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn lock_force(&self, key: &str, owner: &str, ttl: Duration) -> Result<(), BrokerError> {
+        let expires = Instant::now() + ttl;
+        self.state()
+            .locks
+            .insert(key.to_owned(), (owner.to_owned(), expires));
+        Ok(())
+    }
+
+    async fn lock_holder(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        let mut state = self.state();
+        let at = Instant::now();
+        state.locks.retain(|_, (_, expires)| *expires > at);
+        Ok(state.locks.get(key).map(|(holder, _)| holder.clone()))
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, BrokerError> {
+        let mut state = self.state();
+        let held = state
+            .locks
+            .get(key)
+            .is_some_and(|(holder, expires)| holder == owner && *expires > Instant::now());
+        if held {
+            state.locks.remove(key);
+        }
+        Ok(held)
+    }
+
+    async fn remove_job(&self, queue: &str, jid: &str) -> Result<bool, BrokerError> {
+        let needle = format!("\"jid\":\"{jid}\"");
+        let mut state = self.state();
+        if let Some(list) = state.queues.get_mut(queue) {
+            if let Some(i) = list.iter().position(|p| p.contains(&needle)) {
+                list.remove(i);
+                return Ok(true);
+            }
+        }
+        for set in [SortedSet::Schedule, SortedSet::Retry] {
+            let found = state
+                .set(set)
+                .iter()
+                .find(|(_, p)| p.contains(&needle))
+                .map(|(_, p)| p.clone());
+            if let Some(payload) = found {
+                state.set(set).remove(&payload);
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn subscribe(&self) -> Arc<Wakeups> {

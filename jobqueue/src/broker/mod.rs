@@ -78,6 +78,13 @@ pub enum Settle {
         /// Push to the front of the queue.
         front: bool,
     },
+    /// Into the `schedule` set, due at `at` (epoch seconds).
+    Schedule {
+        /// The payload to store.
+        payload: String,
+        /// When it is due.
+        at: f64,
+    },
     /// Into the `retry` set, due at `at` (epoch seconds).
     Retry {
         /// The payload with its failure recorded.
@@ -113,6 +120,8 @@ pub struct Heartbeat {
     pub processed: u64,
     /// See `processed`.
     pub failed: u64,
+    /// Jobs skipped by middleware since the last heartbeat, added to `jobqueue:stat:skipped`.
+    pub skipped: u64,
     /// How long the process hash lives without a further heartbeat.
     pub ttl: Duration,
 }
@@ -148,6 +157,8 @@ pub struct Stats {
     pub processed: u64,
     /// Jobs that failed.
     pub failed: u64,
+    /// Jobs that middleware decided not to run (not a Sidekiq statistic).
+    pub skipped: u64,
 }
 
 /// Storage for queues, sets and processes, shared by clients and workers.
@@ -228,8 +239,30 @@ pub trait Broker: Send + Sync + 'static {
     /// The processes with a live heartbeat.
     async fn processes(&self) -> Result<Vec<ProcessEntry>, BrokerError>;
 
-    /// The processed and failed totals.
+    /// The processed, failed and skipped totals.
     async fn stats(&self) -> Result<Stats, BrokerError>;
+
+    /// Takes the lock `key` for `owner` for `ttl`, or renews it when `owner` holds it.
+    /// Returns `None` when `owner` holds it now, or the holder that kept it.
+    async fn lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError>;
+
+    /// Gives the lock `key` to `owner` for `ttl`, whoever held it.
+    async fn lock_force(&self, key: &str, owner: &str, ttl: Duration) -> Result<(), BrokerError>;
+
+    /// Who holds the lock `key`, if anyone.
+    async fn lock_holder(&self, key: &str) -> Result<Option<String>, BrokerError>;
+
+    /// Releases the lock `key` if `owner` holds it; returns whether it did.
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, BrokerError>;
+
+    /// Removes the job `jid` from `queue`, or from the `schedule` or `retry` set. Returns
+    /// whether it was found. Scans them, so it costs time in proportion to their size.
+    async fn remove_job(&self, queue: &str, jid: &str) -> Result<bool, BrokerError>;
 
     /// A handle woken when jobs are pushed or scheduled, so workers need not poll.
     fn subscribe(&self) -> Arc<Wakeups>;

@@ -89,6 +89,10 @@ impl Keys {
     fn in_flight(&self, process: &str) -> String {
         format!("{}jobqueue:inflight:{process}", self.prefix)
     }
+
+    fn lock(&self, key: &str) -> String {
+        format!("{}jobqueue:lock:{key}", self.prefix)
+    }
 }
 
 struct Scripts {
@@ -96,6 +100,9 @@ struct Scripts {
     take_due: Script,
     settle: Script,
     forget: Script,
+    lock: Script,
+    unlock: Script,
+    remove_job: Script,
 }
 
 /// A broker on a Redis server, compatible with Sidekiq's keys and payloads.
@@ -157,6 +164,9 @@ impl RedisBroker {
                     take_due: Script::new(include_str!("lua/take_due.lua")),
                     settle: Script::new(include_str!("lua/settle.lua")),
                     forget: Script::new(include_str!("lua/forget.lua")),
+                    lock: Script::new(include_str!("lua/lock.lua")),
+                    unlock: Script::new(include_str!("lua/unlock.lua")),
+                    remove_job: Script::new(include_str!("lua/remove_job.lua")),
                 },
                 hub,
                 listener,
@@ -167,6 +177,11 @@ impl RedisBroker {
     fn conn(&self) -> ConnectionManager {
         self.inner.conn.clone()
     }
+}
+
+/// A TTL in milliseconds, at least 1 (Redis refuses 0).
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Follows the wake channel and wakes this process's workers; reconnects when the
@@ -283,6 +298,12 @@ impl Broker for RedisBroker {
                 payload.as_str(),
                 queue.clone(),
             ),
+            Settle::Schedule { payload, at } => (
+                "zadd",
+                keys.set(SortedSet::Schedule),
+                payload.as_str(),
+                at.to_string(),
+            ),
             Settle::Retry { payload, at } => (
                 "zadd",
                 keys.set(SortedSet::Retry),
@@ -366,6 +387,8 @@ impl Broker for RedisBroker {
                 .expire(&daily, STATS_TTL)
                 .ignore();
         }
+        pipe.incr(keys.plain("jobqueue:stat:skipped"), beat.skipped)
+            .ignore();
         let hash = keys.plain(&beat.identity);
         pipe.sadd(&keys.processes, &beat.identity)
             .ignore()
@@ -523,15 +546,75 @@ impl Broker for RedisBroker {
 
     async fn stats(&self) -> Result<Stats, BrokerError> {
         let keys = &self.inner.keys;
-        let (processed, failed): (Option<u64>, Option<u64>) = redis::pipe()
+        let (processed, failed, skipped): (Option<u64>, Option<u64>, Option<u64>) = redis::pipe()
             .get(keys.plain("stat:processed"))
             .get(keys.plain("stat:failed"))
+            .get(keys.plain("jobqueue:stat:skipped"))
             .query_async(&mut self.conn())
             .await?;
         Ok(Stats {
             processed: processed.unwrap_or(0),
             failed: failed.unwrap_or(0),
+            skipped: skipped.unwrap_or(0),
         })
+    }
+
+    async fn lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError> {
+        Ok(self
+            .inner
+            .scripts
+            .lock
+            .key(self.inner.keys.lock(key))
+            .arg(owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn lock_force(&self, key: &str, owner: &str, ttl: Duration) -> Result<(), BrokerError> {
+        let options =
+            redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(millis(ttl)));
+        let _: () = self
+            .conn()
+            .set_options(self.inner.keys.lock(key), owner, options)
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_holder(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        Ok(self.conn().get(self.inner.keys.lock(key)).await?)
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, BrokerError> {
+        let released: i64 = self
+            .inner
+            .scripts
+            .unlock
+            .key(self.inner.keys.lock(key))
+            .arg(owner)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(released == 1)
+    }
+
+    async fn remove_job(&self, queue: &str, jid: &str) -> Result<bool, BrokerError> {
+        let keys = &self.inner.keys;
+        let removed: i64 = self
+            .inner
+            .scripts
+            .remove_job
+            .key(keys.queue(queue))
+            .key(keys.set(SortedSet::Schedule))
+            .key(keys.set(SortedSet::Retry))
+            .arg(jid)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(removed == 1)
     }
 
     fn subscribe(&self) -> Arc<Wakeups> {

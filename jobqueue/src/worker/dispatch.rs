@@ -6,16 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::registry::Failure;
+use super::registry::Handler;
 use super::Shared;
 use crate::broker::{Fetched, Settle};
 use crate::envelope::{now, DecodeError, Envelope, Retry};
-use crate::job::{JobContext, JobError};
+use crate::job::{JobContext, JobError, JobOptions};
+use crate::middleware::{Endpoint, Outcome, ServerJob};
 use crate::schedule::sidekiq_backoff;
 
 /// The longest wait between two tries of a broker call that failed.
@@ -53,29 +55,63 @@ pub(crate) async fn run(
     permit: OwnedSemaphorePermit,
 ) {
     shared.busy.fetch_add(1, Ordering::Relaxed);
-    let outcome = execute(&shared, &job).await;
+    let turn = execute(&shared, &job).await;
     shared.busy.fetch_sub(1, Ordering::Relaxed);
     shared.processed.fetch_add(1, Ordering::Relaxed);
-    match outcome {
-        None => {
+    match turn {
+        Turn::Done | Turn::Skipped => {
+            if matches!(turn, Turn::Skipped) {
+                shared.skipped.fetch_add(1, Ordering::Relaxed);
+            }
             // The acker is gone only once shutdown has handed every job back.
             let _ = acks.send(super::AckMessage::Done(job.payload));
         }
-        Some(to) => {
+        Turn::Later(to) => persist(&shared, &job.payload, to).await,
+        Turn::Failed { to, died } => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
+            let dies = matches!(to, Settle::Dead { .. } | Settle::Discard);
             persist(&shared, &job.payload, to).await;
+            if let (true, Some((envelope, options))) = (dies, died) {
+                shared
+                    .server_chain
+                    .on_death(&envelope, options, &shared.client)
+                    .await;
+            }
         }
     }
     drop(permit);
 }
 
-/// Runs the job; `None` means it succeeded, otherwise where the failed job goes.
-async fn execute(shared: &Shared, job: &Fetched) -> Option<Settle> {
+/// How a job's turn ended.
+enum Turn {
+    Done,
+    Skipped,
+    /// Rescheduled by middleware: not a failure.
+    Later(Settle),
+    /// Failed; with the job and its options when middleware ran for it.
+    Failed {
+        to: Settle,
+        died: Option<(Envelope, &'static JobOptions)>,
+    },
+}
+
+/// Performs the job at the end of the server chain.
+struct Perform<'a>(&'a dyn Handler);
+
+#[async_trait]
+impl Endpoint for Perform<'_> {
+    async fn perform(&self, job: &ServerJob<'_>) -> Result<(), JobError> {
+        self.0.call(&job.envelope.args, job.ctx).await
+    }
+}
+
+async fn execute(shared: &Shared, job: &Fetched) -> Turn {
     let mut envelope = match Envelope::parse(&job.payload) {
         Ok(envelope) => envelope,
         Err(e) => {
             tracing::error!(queue = %job.queue, "dead: {e}");
-            return Some(invalid_payload(&job.queue, &job.payload, &e));
+            let to = invalid_payload(&job.queue, &job.payload, &e);
+            return Turn::Failed { to, died: None };
         }
     };
     let Some(handler) = shared.registry.get(&envelope.class) else {
@@ -87,8 +123,10 @@ async fn execute(shared: &Shared, job: &Fetched) -> Option<Settle> {
             job.queue,
         ))
         .with_class(error_class::UNKNOWN_CLASS);
-        return Some(failure(&mut envelope, &error, None));
+        let to = failure(&mut envelope, &error);
+        return Turn::Failed { to, died: None };
     };
+    let options = handler.options();
     let ctx = JobContext {
         jid: envelope.jid.clone(),
         queue: job.queue.clone(),
@@ -96,37 +134,45 @@ async fn execute(shared: &Shared, job: &Fetched) -> Option<Settle> {
         retries: envelope.retry_count.map_or(0, |n| n.saturating_add(1)),
         client: shared.client.clone(),
     };
-    let run = AssertUnwindSafe(handler.call(&envelope.args, &ctx)).catch_unwind();
-    match run.await {
-        Ok(Ok(())) => None,
-        Ok(Err(Failure::Decode(e))) => {
-            let error = JobError::new(e.to_string()).with_class(error_class::INVALID_ARGUMENTS);
-            // Deserializing the same arguments again fails the same way: no retry.
-            envelope.retry = Retry::Count(0);
-            Some(failure(&mut envelope, &error, None))
+    let server_job = ServerJob {
+        envelope: &envelope,
+        options,
+        ctx: &ctx,
+    };
+    let endpoint = Perform(handler.as_ref());
+    let run = AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint)).catch_unwind();
+    let error = match run.await {
+        Ok(Ok(Outcome::Done)) => return Turn::Done,
+        Ok(Ok(Outcome::Skipped { reason })) => {
+            tracing::info!(jid = %envelope.jid, class = %envelope.class, "skipped: {reason}");
+            return Turn::Skipped;
         }
-        Ok(Err(Failure::Failed { error, retry_in })) => {
-            Some(failure(&mut envelope, &error, retry_in))
+        Ok(Ok(Outcome::Reschedule { after, reason })) => {
+            tracing::info!(jid = %envelope.jid, class = %envelope.class, "rescheduled in {after:?}: {reason}");
+            return Turn::Later(Settle::Schedule {
+                payload: envelope.to_json(),
+                at: now() + after.as_secs_f64(),
+            });
         }
+        Ok(Err(error)) => error,
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic with a non-string payload".to_owned());
-            let error = JobError::new(format!("perform panicked: {message}"))
-                .with_class(error_class::PANIC);
-            Some(failure(&mut envelope, &error, None))
+            JobError::new(format!("perform panicked: {message}")).with_class(error_class::PANIC)
         }
+    };
+    let to = failure(&mut envelope, &error);
+    Turn::Failed {
+        to,
+        died: Some((envelope, options)),
     }
 }
 
 /// Records the failure on the job and picks its next place, as Sidekiq's retrier does.
-pub(crate) fn failure(
-    envelope: &mut Envelope,
-    error: &JobError,
-    retry_in: Option<Duration>,
-) -> Settle {
+pub(crate) fn failure(envelope: &mut Envelope, error: &JobError) -> Settle {
     let count = envelope.record_failure(error.class(), error.message());
     tracing::warn!(
         jid = %envelope.jid, class = %envelope.class, retry_count = count,
@@ -135,8 +181,8 @@ pub(crate) fn failure(
     if envelope.retry == Retry::Disabled {
         return Settle::Discard;
     }
-    if count < envelope.retry.max_retries() {
-        let delay = retry_in.unwrap_or_else(|| sidekiq_backoff(count));
+    if !error.no_retry && count < envelope.retry.max_retries() {
+        let delay = error.retry_in.unwrap_or_else(|| sidekiq_backoff(count));
         return Settle::Retry {
             at: now() + delay.as_secs_f64(),
             payload: envelope.to_json(),
@@ -150,6 +196,20 @@ pub(crate) fn failure(
     }
 }
 
+/// Runs the death hooks for a job that went to the dead set outside a run (a poison pill).
+pub(crate) async fn after_death(shared: &Shared, payload: &str) {
+    let Ok(envelope) = Envelope::parse(payload) else {
+        return;
+    };
+    if let Some(handler) = shared.registry.get(&envelope.class) {
+        let options = handler.options();
+        shared
+            .server_chain
+            .on_death(&envelope, options, &shared.client)
+            .await;
+    }
+}
+
 /// A payload that is not a job goes to the dead set wrapped in a job of its own, so that
 /// Sidekiq's tools can show it, with the original text as its only argument.
 pub(crate) fn invalid_payload(queue: &str, payload: &str, error: &DecodeError) -> Settle {
@@ -158,9 +218,10 @@ pub(crate) fn invalid_payload(queue: &str, payload: &str, error: &DecodeError) -
         queue,
         vec![Value::String(payload.to_owned())],
     );
-    envelope.retry = Retry::Count(0);
-    let error = JobError::new(error.to_string()).with_class(error_class::INVALID_PAYLOAD);
-    failure(&mut envelope, &error, None)
+    let error = JobError::new(error.to_string())
+        .with_class(error_class::INVALID_PAYLOAD)
+        .no_retry();
+    failure(&mut envelope, &error)
 }
 
 /// Settles a job, trying again until the broker answers: a job must not stay in the

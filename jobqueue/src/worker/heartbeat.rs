@@ -39,6 +39,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {
 pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
     let processed = shared.processed.swap(0, Ordering::Relaxed);
     let failed = shared.failed.swap(0, Ordering::Relaxed);
+    let skipped = shared.skipped.swap(0, Ordering::Relaxed);
     let heartbeat = Heartbeat {
         identity: shared.identity.clone(),
         info: shared.info.clone(),
@@ -48,6 +49,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         rss_kb: rss_kb(),
         processed,
         failed,
+        skipped,
         ttl: shared.config.heartbeat_ttl,
     };
     match shared.broker.heartbeat(&heartbeat).await {
@@ -63,6 +65,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         Err(e) => {
             shared.processed.fetch_add(processed, Ordering::Relaxed);
             shared.failed.fetch_add(failed, Ordering::Relaxed);
+            shared.skipped.fetch_add(skipped, Ordering::Relaxed);
             Err(e)
         }
     }

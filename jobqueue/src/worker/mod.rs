@@ -36,7 +36,8 @@ use crate::broker::{Broker, Wakeups};
 use crate::client::Client;
 use crate::envelope::now;
 use crate::error::{BrokerError, Error};
-use crate::job::{Mechanism, Perform};
+use crate::job::Perform;
+use crate::middleware::{ClientChain, ClientMiddleware, ServerChain, ServerMiddleware};
 
 pub(crate) mod dispatch;
 mod fetch;
@@ -103,7 +104,8 @@ pub struct WorkerBuilder {
     broker: Arc<dyn Broker>,
     config: WorkerConfig,
     registry: Registry,
-    installed: Vec<Mechanism>,
+    client_chain: ClientChain,
+    server_chain: ServerChain,
     errors: Vec<String>,
 }
 
@@ -151,10 +153,37 @@ impl WorkerBuilder {
         self
     }
 
-    /// Declares that middleware providing `mechanism` is installed, so jobs that need it
-    /// may be registered.
-    pub fn provides(mut self, mechanism: Mechanism) -> Self {
-        self.installed.push(mechanism);
+    /// Appends `middleware` to the server chain, run around every perform.
+    pub fn middleware<M: ServerMiddleware>(mut self, middleware: M) -> Self {
+        self.server_chain.add(middleware);
+        self
+    }
+
+    /// Appends `middleware` to the client chain of this worker, run when the scheduler moves
+    /// due jobs to their queues and when jobs enqueue other jobs.
+    pub fn client_middleware<M: ClientMiddleware>(mut self, middleware: M) -> Self {
+        self.client_chain.add(middleware);
+        self
+    }
+
+    /// Appends middleware that has a client and a server side to both chains.
+    pub fn install<M>(self, middleware: M) -> Self
+    where
+        M: ClientMiddleware + ServerMiddleware + Clone,
+    {
+        self.client_middleware(middleware.clone())
+            .middleware(middleware)
+    }
+
+    /// Edits the server chain: insert before or after, remove, reorder.
+    pub fn server_chain(mut self, edit: impl FnOnce(&mut ServerChain)) -> Self {
+        edit(&mut self.server_chain);
+        self
+    }
+
+    /// Edits this worker's client chain.
+    pub fn client_chain(mut self, edit: impl FnOnce(&mut ClientChain)) -> Self {
+        edit(&mut self.client_chain);
         self
     }
 
@@ -178,9 +207,10 @@ impl WorkerBuilder {
         if let Err(e) = self.config.queues.validate() {
             errors.push(e.to_string());
         }
+        let installed = self.server_chain.provides();
         for (class, handler) in self.registry.iter() {
             for needed in handler.options().required_mechanisms() {
-                if !self.installed.contains(&needed) {
+                if !installed.contains(&needed) {
                     errors.push(format!(
                         "job `{class}` needs {needed}, which this worker does not have; \
                          install it, or remove the option from the job"
@@ -208,7 +238,8 @@ impl WorkerBuilder {
         Ok(Worker {
             shared: Arc::new(Shared {
                 wakeups: self.broker.subscribe(),
-                client: Client::from_shared(Arc::clone(&self.broker)),
+                client: Client::from_shared(Arc::clone(&self.broker)).with_chain(self.client_chain),
+                server_chain: self.server_chain,
                 broker: self.broker,
                 registry: self.registry,
                 config: self.config,
@@ -218,6 +249,7 @@ impl WorkerBuilder {
                 busy: AtomicUsize::new(0),
                 processed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                skipped: AtomicU64::new(0),
             }),
         })
     }
@@ -238,6 +270,7 @@ pub enum RunState {
 pub(crate) struct Shared {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) client: Client,
+    pub(crate) server_chain: ServerChain,
     pub(crate) registry: Registry,
     pub(crate) config: WorkerConfig,
     pub(crate) identity: String,
@@ -247,6 +280,7 @@ pub(crate) struct Shared {
     pub(crate) busy: AtomicUsize,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) skipped: AtomicU64,
 }
 
 impl Shared {
@@ -320,7 +354,8 @@ impl Worker {
             broker,
             config: WorkerConfig::default(),
             registry: Registry::default(),
-            installed: Vec::new(),
+            client_chain: ClientChain::new(),
+            server_chain: ServerChain::new(),
             errors: Vec::new(),
         }
     }

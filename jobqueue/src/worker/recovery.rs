@@ -26,8 +26,12 @@ pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerErro
     for orphans in shared.broker.orphans(&shared.identity).await? {
         for payload in &orphans.payloads {
             let to = hand_back_to(payload, HandBack::Crash);
+            let dies = matches!(to, Settle::Dead { .. } | Settle::Discard);
             if shared.broker.settle(&orphans.identity, payload, to).await? {
                 recovered += 1;
+                if dies {
+                    dispatch::after_death(shared, payload).await;
+                }
             }
         }
         shared.broker.forget(&orphans.identity).await?;
@@ -69,10 +73,7 @@ fn hand_back_to(payload: &str, why: HandBack) -> Settle {
                  it is kept here as a likely cause (a poison pill)"
             ))
             .with_class(dispatch::error_class::INTERRUPTED);
-            envelope.record_failure(error.class(), error.message());
-            return Settle::Dead {
-                payload: envelope.to_json(),
-            };
+            return dispatch::failure(&mut envelope, &error.no_retry());
         }
     }
     Settle::Queue {

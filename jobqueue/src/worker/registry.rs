@@ -4,28 +4,18 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::envelope::{decode_args, DecodeError};
+use super::dispatch::error_class;
+use crate::envelope::decode_args;
 use crate::job::{JobContext, JobError, JobOptions, Perform};
-
-/// How a registered job's run failed.
-pub(crate) enum Failure {
-    /// The arguments do not fit the type: no retry can help.
-    Decode(DecodeError),
-    /// `perform` returned an error.
-    Failed {
-        error: JobError,
-        retry_in: Option<Duration>,
-    },
-}
 
 #[async_trait]
 pub(crate) trait Handler: Send + Sync {
-    async fn call(&self, args: &[Value], ctx: &JobContext) -> Result<(), Failure>;
+    /// Decodes the arguments and performs the job.
+    async fn call(&self, args: &[Value], ctx: &JobContext) -> Result<(), JobError>;
     fn options(&self) -> &'static JobOptions;
 }
 
@@ -33,11 +23,18 @@ struct Typed<J>(PhantomData<fn() -> J>);
 
 #[async_trait]
 impl<J: Perform> Handler for Typed<J> {
-    async fn call(&self, args: &[Value], ctx: &JobContext) -> Result<(), Failure> {
-        let job: J = decode_args(J::NAME, args).map_err(Failure::Decode)?;
-        job.perform(ctx).await.map_err(|error| Failure::Failed {
-            retry_in: job.retry_in(ctx.retries, &error),
-            error,
+    async fn call(&self, args: &[Value], ctx: &JobContext) -> Result<(), JobError> {
+        let job: J = decode_args(J::NAME, args).map_err(|e| {
+            // The same arguments fail the same way every time: no retry.
+            JobError::new(e.to_string())
+                .with_class(error_class::INVALID_ARGUMENTS)
+                .no_retry()
+        })?;
+        job.perform(ctx).await.map_err(|mut error| {
+            if error.retry_in.is_none() {
+                error.retry_in = job.retry_in(ctx.retries, &error);
+            }
+            error
         })
     }
 
