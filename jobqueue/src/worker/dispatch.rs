@@ -71,7 +71,8 @@ pub(crate) async fn run(
             shared.failed.fetch_add(1, Ordering::Relaxed);
             let dies = matches!(to, Settle::Dead { .. } | Settle::Discard);
             persist(&shared, &job.payload, to).await;
-            if let (true, Some((envelope, options))) = (dies, died) {
+            if let (true, Some(died)) = (dies, died) {
+                let (envelope, options) = *died;
                 shared
                     .server_chain
                     .on_death(&envelope, options, &shared.client)
@@ -91,7 +92,7 @@ enum Turn {
     /// Failed; with the job and its options when middleware ran for it.
     Failed {
         to: Settle,
-        died: Option<(Envelope, &'static JobOptions)>,
+        died: Option<Box<(Envelope, &'static JobOptions)>>,
     },
 }
 
@@ -167,7 +168,7 @@ async fn execute(shared: &Shared, job: &Fetched) -> Turn {
     let to = failure(&mut envelope, &error);
     Turn::Failed {
         to,
-        died: Some((envelope, options)),
+        died: Some(Box::new((envelope, options))),
     }
 }
 
