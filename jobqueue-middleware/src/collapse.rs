@@ -11,7 +11,7 @@ use jobqueue::middleware::{
     Admission, ClientJob, ClientMiddleware, ClientNext, Origin, Outcome, ServerJob,
     ServerMiddleware, ServerNext,
 };
-use jobqueue::{Envelope, Error, JobError, Mechanism};
+use jobqueue::{CollapseSpec, Envelope, Error, JobError, Mechanism};
 
 use crate::key::job_key;
 
@@ -43,8 +43,9 @@ impl Collapse {
         self
     }
 
-    fn key(envelope: &Envelope, fields: &[&str]) -> String {
-        job_key("collapse", envelope, fields, false)
+    /// The key of the newest-job marker for `envelope` (its value is that job's id).
+    pub fn marker_key(envelope: &Envelope, spec: &CollapseSpec) -> String {
+        job_key("collapse", envelope, spec.key, false)
     }
 }
 
@@ -56,7 +57,7 @@ impl ClientMiddleware for Collapse {
         // Only a new enqueue makes a job the newest; a due job moving to its queue does not.
         if let (Some(spec), Origin::Enqueue) = (job.options.and_then(|o| o.collapse), job.origin) {
             // Recorded before the push, so no worker can see this job before its marker.
-            let key = Self::key(&job.envelope, spec.key);
+            let key = Self::marker_key(&job.envelope, &spec);
             job.broker
                 .lock_force(&key, &job.envelope.jid, self.marker_ttl)
                 .await?;
@@ -73,7 +74,7 @@ impl ClientMiddleware for Collapse {
 impl ServerMiddleware for Collapse {
     async fn call(&self, job: &ServerJob<'_>, next: ServerNext<'_>) -> Result<Outcome, JobError> {
         if let Some(spec) = job.options.collapse {
-            let key = Self::key(job.envelope, spec.key);
+            let key = Self::marker_key(job.envelope, &spec);
             let newest = match job.ctx.client.broker().lock_holder(&key).await {
                 Ok(newest) => newest,
                 Err(e) => return Ok(crate::broker_unavailable("the collapse marker", &e)),

@@ -57,6 +57,12 @@ impl Unique {
         self
     }
 
+    /// The keys of the queued lock and the running lock of `envelope` (their values are
+    /// the id of the job holding them).
+    pub fn lock_keys(envelope: &Envelope, spec: &UniqueSpec) -> (String, String) {
+        (queued_key(envelope, spec), running_key(envelope, spec))
+    }
+
     /// The running lock's lease: renewed every third of it while the job runs, and lapsing
     /// this long after the process running the job died.
     pub fn lease(mut self, lease: Duration) -> Self {
@@ -181,7 +187,7 @@ impl ServerMiddleware for Unique {
         let lease = self.lease.min(spec.ttl);
         match broker.lock(&running, jid, lease).await {
             Ok(None) => {}
-            Ok(Some(holder)) => return Ok(self.running_conflict(job, &spec, &holder)?),
+            Ok(Some(holder)) => return self.running_conflict(job, &spec, &holder),
             Err(e) => return Ok(crate::broker_unavailable("the unique lock", &e)),
         }
         if spec.lock == UniqueLock::UntilAndWhileExecuting {
