@@ -9,6 +9,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use jobqueue::{Broker, Client, Envelope, Job, RedisBroker};
+use jobqueue_middleware::Unique;
 use serde::{Deserialize, Serialize};
 use support::{eventually, RedisServer};
 
@@ -183,5 +184,86 @@ async fn sigterm_finishes_short_jobs_and_hands_long_ones_back() {
     );
     assert_eq!(broker.queue_len("done").await.unwrap(), 8);
     assert_eq!(in_flight_total(&url).await, 0);
+    drop(server);
+}
+
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent, unique(lock = "until_executed"))]
+struct LockedTick {
+    n: u64,
+    millis: u64,
+}
+
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent, unique(lock = "while_executing"))]
+struct ExclusiveTick {
+    n: u64,
+    millis: u64,
+}
+
+fn envelope<J: Job>(job: &J) -> Envelope {
+    Envelope::new(
+        J::NAME,
+        J::OPTIONS.queue,
+        jobqueue::envelope::encode_args(job).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_unique_lock_is_stuck_after_kill_dash_nine() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let client = Client::new(broker.clone()).with(Unique::new());
+    let limit = Duration::from_secs(60);
+
+    let locked = LockedTick { n: 1, millis: 1500 };
+    let exclusive = ExclusiveTick { n: 2, millis: 1500 };
+    client.enqueue(&locked).await.unwrap();
+    client.enqueue(&exclusive).await.unwrap();
+    let (queued_lock, _) =
+        Unique::lock_keys(&envelope(&locked), &LockedTick::OPTIONS.unique.unwrap());
+    let (_, running_lock) = Unique::lock_keys(
+        &envelope(&exclusive),
+        &ExclusiveTick::OPTIONS.unique.unwrap(),
+    );
+
+    let mut worker = spawn_worker(&url);
+    eventually(limit, "both started", || async {
+        broker.queue_len("ran").await.unwrap() == 2
+    })
+    .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert!(
+        broker.lock_holder(&queued_lock).await.unwrap().is_some(),
+        "held at the kill"
+    );
+    assert!(
+        broker.lock_holder(&running_lock).await.unwrap().is_some(),
+        "held at the kill"
+    );
+
+    // A twin of the exclusive job, enqueued while the dead process's lease is still on.
+    client
+        .enqueue(&ExclusiveTick { n: 2, millis: 10 })
+        .await
+        .unwrap();
+    let mut survivor = spawn_worker(&url);
+    eventually(
+        limit,
+        "the recovered jobs and the twin finished",
+        || async { broker.queue_len("done").await.unwrap() == 3 },
+    )
+    .await;
+    eventually(limit, "no lock left", || async {
+        broker.lock_holder(&queued_lock).await.unwrap().is_none()
+            && broker.lock_holder(&running_lock).await.unwrap().is_none()
+    })
+    .await;
+    // The same unique job can be enqueued again.
+    client.enqueue(&locked).await.expect("not stuck");
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
     drop(server);
 }

@@ -1,13 +1,14 @@
 //! A worker process for the crash tests:
 //! `jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]`.
-//! Runs `Tick` jobs, each of which records its run by pushing to the `ran` queue (never
-//! consumed), sleeps, then records its completion to `done`.
+//! Runs tick jobs, each of which records its run by pushing to the `ran` queue (never
+//! consumed), sleeps, then records its completion to `done`; some hold unique locks.
 
 use std::time::Duration;
 
 use jobqueue::{
     async_trait, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker, WorkerConfig,
 };
+use jobqueue_middleware::Unique;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Job)]
@@ -17,19 +18,54 @@ struct Tick {
     millis: u64,
 }
 
-/// Written by `Tick` to the `ran` and `done` queues; never run.
+/// Like `Tick`, holding a lock from enqueue until it has executed.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent, unique(lock = "until_executed"))]
+struct LockedTick {
+    n: u64,
+    millis: u64,
+}
+
+/// Like `Tick`, never running twice at once for the same arguments.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent, unique(lock = "while_executing"))]
+struct ExclusiveTick {
+    n: u64,
+    millis: u64,
+}
+
+/// Written by the ticks to the `ran` and `done` queues; never run.
 #[derive(Serialize, Deserialize, Job)]
 struct Record {
     n: u64,
 }
 
+/// Records the run, sleeps, records the completion.
+async fn tick(ctx: &JobContext, n: u64, millis: u64) -> Result<(), JobError> {
+    ctx.client.enqueue_to("ran", &Record { n }).await?;
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    ctx.client.enqueue_to("done", &Record { n }).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Perform for Tick {
     async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        ctx.client.enqueue_to("ran", &Record { n: self.n }).await?;
-        tokio::time::sleep(Duration::from_millis(self.millis)).await;
-        ctx.client.enqueue_to("done", &Record { n: self.n }).await?;
-        Ok(())
+        tick(ctx, self.n, self.millis).await
+    }
+}
+
+#[async_trait]
+impl Perform for LockedTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        tick(ctx, self.n, self.millis).await
+    }
+}
+
+#[async_trait]
+impl Perform for ExclusiveTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        tick(ctx, self.n, self.millis).await
     }
 }
 
@@ -53,6 +89,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..WorkerConfig::default()
         })
         .register::<Tick>()
+        .register::<LockedTick>()
+        .register::<ExclusiveTick>()
+        .install(
+            Unique::new()
+                .lease(Duration::from_secs(1))
+                .reschedule_after(Duration::from_millis(200)),
+        )
         .build()?
         .run()
         .await?;
