@@ -3,6 +3,7 @@
 
 pub mod jobs;
 pub mod redis_server;
+pub mod scripted_http;
 
 use std::future::Future;
 use std::sync::Arc;
