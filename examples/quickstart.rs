@@ -1,14 +1,13 @@
 //! Enqueue a few jobs and run them, with no server: `cargo run --example quickstart`.
 //! With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379`) the same jobs go through Redis.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobqueue::{
-    async_trait, Admin, Broker, Client, Job, JobContext, JobError, MemoryBroker, Perform,
-    RedisBroker, RedisConfig, SortedSet, Worker,
-};
+use jobqueue::{async_trait, Admin, Client, Job, JobContext, JobError, Perform, SortedSet, Worker};
 use serde::{Deserialize, Serialize};
 
 /// Jobs that have finished one way or another.
@@ -93,18 +92,7 @@ impl Perform for ChargeCard {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let broker: Arc<dyn Broker> = match std::env::var("REDIS_URL") {
-        Ok(url) => {
-            println!("broker: Redis at {url} (keys under `quickstart:`)");
-            Arc::new(
-                RedisBroker::connect_with(RedisConfig::new(url).namespace("quickstart")).await?,
-            )
-        }
-        Err(_) => {
-            println!("broker: in memory (set REDIS_URL to use Redis)");
-            Arc::new(MemoryBroker::new())
-        }
-    };
+    let broker = common::broker("quickstart").await?;
     let client = Client::from_shared(Arc::clone(&broker));
     let admin = Admin::from_shared(Arc::clone(&broker));
     let dead_before = admin.set_size(SortedSet::Dead).await?;
