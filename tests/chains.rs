@@ -12,7 +12,7 @@ use jobqueue::middleware::{
 };
 use jobqueue::{async_trait, Envelope, Error, JobError, SortedSet};
 use support::jobs::{self, Flaky, Note};
-use support::{eventually, Backend};
+use support::{eventually, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -46,25 +46,6 @@ fn entries(log: &Log) -> Vec<String> {
     log.lock().unwrap().clone()
 }
 
-fn start(
-    builder: jobqueue::WorkerBuilder,
-) -> (
-    jobqueue::WorkerHandle,
-    tokio::task::JoinHandle<Result<(), Error>>,
-) {
-    let worker = builder.build().expect("valid worker");
-    let handle = worker.handle();
-    (
-        handle,
-        tokio::spawn(worker.run_until(std::future::pending())),
-    )
-}
-
-async fn stop(handle: jobqueue::WorkerHandle, task: tokio::task::JoinHandle<Result<(), Error>>) {
-    handle.shutdown();
-    task.await.unwrap().unwrap();
-}
-
 async fn client_middleware_runs_on_every_enqueue_path_and_again_when_due(b: Backend) {
     let seen = log();
     let client = b.client().with(Origins(seen.clone()));
@@ -92,7 +73,7 @@ async fn client_middleware_runs_on_every_enqueue_path_and_again_when_due(b: Back
         .unwrap();
     assert_eq!(entries(&seen), ["Enqueue"; 5]);
 
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<Note>()
             .register::<Flaky>()
@@ -102,7 +83,7 @@ async fn client_middleware_runs_on_every_enqueue_path_and_again_when_due(b: Back
         jobs::runs(&t).len() == 6
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let mut when_due = entries(&seen)[5..].to_vec();
     when_due.sort();
     assert_eq!(when_due, ["Retry", "Scheduled"]);
@@ -168,7 +149,7 @@ async fn a_tenant_added_on_enqueue_is_restored_around_perform(b: Backend) {
         .enqueue(&WhoAmI { token: t.clone() })
         .await
         .unwrap();
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<WhoAmI>()
             .middleware(Tenant("server".into())),
@@ -177,7 +158,7 @@ async fn a_tenant_added_on_enqueue_is_restored_around_perform(b: Backend) {
         jobs::runs(&t).len() == 2
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let mut tenants = jobs::labels(&t);
     tenants.sort();
     assert_eq!(tenants, ["acme", "globex"]);
@@ -247,12 +228,12 @@ async fn server_middleware_can_skip_a_perform(b: Backend) {
             .await
             .unwrap();
     }
-    let (h, task) = start(b.worker().register::<Note>().middleware(SkipSome));
+    let h = start(b.worker().register::<Note>().middleware(SkipSome));
     eventually(LIMIT, "all three counted", || async {
         b.admin().stats().await.unwrap().processed == 3
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     assert_eq!(jobs::labels(&t), ["run me"]);
     let stats = b.admin().stats().await.unwrap();
     assert_eq!((stats.skipped, stats.failed), (2, 0));
@@ -293,7 +274,7 @@ async fn server_middleware_can_reschedule_a_job(b: Backend) {
         .await
         .unwrap();
     let seen = log();
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<Note>()
             .middleware(NotYet(seen.clone())),
@@ -302,7 +283,7 @@ async fn server_middleware_can_reschedule_a_job(b: Backend) {
         !jobs::runs(&t).is_empty()
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     assert_eq!(entries(&seen), [jid.clone(), jid]);
     assert_eq!(b.admin().stats().await.unwrap().failed, 0);
 }

@@ -9,7 +9,7 @@ use jobqueue::broker::{Heartbeat, Push};
 use jobqueue::worker::error_class;
 use jobqueue::{envelope::now, Envelope, Job, Queues, RunState, SortedSet, WorkerBuilder};
 use support::jobs::{self, *};
-use support::{eventually, Backend};
+use support::{eventually, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -37,27 +37,6 @@ on_both_brokers!(
     jobs_needing_missing_middleware_are_refused_at_build,
 );
 
-/// Starts `builder` in the background; returns its handle and join handle.
-fn start(
-    builder: WorkerBuilder,
-) -> (
-    jobqueue::WorkerHandle,
-    tokio::task::JoinHandle<Result<(), jobqueue::Error>>,
-) {
-    let worker = builder.build().expect("valid worker");
-    let handle = worker.handle();
-    let task = tokio::spawn(worker.run_until(std::future::pending()));
-    (handle, task)
-}
-
-async fn stop(
-    handle: jobqueue::WorkerHandle,
-    task: tokio::task::JoinHandle<Result<(), jobqueue::Error>>,
-) {
-    handle.shutdown();
-    task.await.expect("worker task").expect("clean shutdown");
-}
-
 async fn dead_jobs(b: &Backend) -> Vec<Envelope> {
     b.admin()
         .set_entries(SortedSet::Dead, 0, 100)
@@ -70,12 +49,12 @@ async fn dead_jobs(b: &Backend) -> Vec<Envelope> {
 
 /// Runs `builder` until one job is in the dead set, stops it, and returns that job.
 async fn the_one_dead_job(b: &Backend, builder: WorkerBuilder) -> Envelope {
-    let (h, task) = start(builder);
+    let h = start(builder);
     eventually(LIMIT, "a job died", || async {
         dead_jobs(b).await.len() == 1
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     dead_jobs(b).await.remove(0)
 }
 
@@ -90,12 +69,12 @@ async fn runs_enqueued_jobs_with_their_arguments(b: Backend) {
         .await
         .unwrap();
     assert_eq!(jid.len(), 24);
-    let (h, task) = start(b.worker().register::<Note>());
+    let h = start(b.worker().register::<Note>());
     eventually(LIMIT, "the job ran", || async {
         !jobs::runs(&t).is_empty()
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     assert_eq!(jobs::labels(&t), ["hello ünïcode"]);
     assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
     assert!(b.broker.in_flight("anyone").await.unwrap().is_empty());
@@ -112,12 +91,12 @@ async fn bulk_enqueue_runs_every_job_once(b: Backend) {
     let jids = b.client().enqueue_bulk(&batch).await.unwrap();
     assert_eq!(jids.len(), 1000);
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1000);
-    let (h, task) = start(b.worker().register::<Note>().concurrency(16));
+    let h = start(b.worker().register::<Note>().concurrency(16));
     eventually(LIMIT, "1000 jobs ran", || async {
         jobs::runs(&t).len() >= 1000
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let mut labels: Vec<usize> = jobs::labels(&t)
         .iter()
         .map(|l| l.parse().unwrap())
@@ -133,8 +112,8 @@ async fn bulk_enqueue_runs_every_job_once(b: Backend) {
 
 async fn two_workers_share_a_queue_without_running_a_job_twice(b: Backend) {
     let t = jobs::token();
-    let (h1, t1) = start(b.worker().register::<Note>());
-    let (h2, t2) = start(b.worker().register::<Note>());
+    let h1 = start(b.worker().register::<Note>());
+    let h2 = start(b.worker().register::<Note>());
     let batch: Vec<Note> = (0..500)
         .map(|i| Note {
             token: t.clone(),
@@ -148,8 +127,8 @@ async fn two_workers_share_a_queue_without_running_a_job_twice(b: Backend) {
         jobs::runs(&t).len() >= 500
     })
     .await;
-    stop(h1, t1).await;
-    stop(h2, t2).await;
+    h1.stop().await;
+    h2.stop().await;
     let mut labels = jobs::labels(&t);
     labels.sort();
     labels.dedup();
@@ -173,7 +152,7 @@ async fn dedicated_workers_take_only_their_own_queues(b: Backend) {
         b.client().enqueue_to("bulk", &bulk).await.unwrap();
     }
     // Only the bulk worker runs: it drains `bulk` and leaves `push` alone.
-    let (h_bulk, w_bulk) = start(
+    let h_bulk = start(
         b.worker()
             .register::<QueuedNote>()
             .queues(Queues::strict(["bulk"]))
@@ -186,7 +165,7 @@ async fn dedicated_workers_take_only_their_own_queues(b: Backend) {
     assert!(jobs::runs(&t_push).is_empty());
     assert_eq!(b.admin().queue("push").await.unwrap().size, 5);
 
-    let (h_push, w_push) = start(
+    let h_push = start(
         b.worker()
             .register::<QueuedNote>()
             .queues(Queues::strict(["push"])),
@@ -195,15 +174,15 @@ async fn dedicated_workers_take_only_their_own_queues(b: Backend) {
         jobs::runs(&t_push).len() == 5
     })
     .await;
-    stop(h_bulk, w_bulk).await;
-    stop(h_push, w_push).await;
+    h_bulk.stop().await;
+    h_push.stop().await;
     assert_eq!(jobs::runs(&t_bulk).len(), 5);
 }
 
 async fn delayed_jobs_wait_until_due_and_wake_the_scheduler(b: Backend) {
     let t = jobs::token();
     // With a 60 s poll, only the wake-up on scheduling can make the job run in time.
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<Note>()
             .configure(|c| c.poll_interval = Duration::from_secs(60)),
@@ -247,7 +226,7 @@ async fn delayed_jobs_wait_until_due_and_wake_the_scheduler(b: Backend) {
         jobs::runs(&t).len() == 2
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
 }
 
 async fn idempotent_job_retries_once_then_lands_in_dead_set(b: Backend) {
@@ -268,7 +247,7 @@ async fn idempotent_job_retries_once_then_lands_in_dead_set(b: Backend) {
         })
         .await
         .unwrap();
-    let (h, task) = start(b.worker().register::<Flaky>());
+    let h = start(b.worker().register::<Flaky>());
     eventually(LIMIT, "the flaky job succeeded on its retry", || async {
         jobs::labels(&t) == ["run 0", "run 1"]
     })
@@ -277,7 +256,7 @@ async fn idempotent_job_retries_once_then_lands_in_dead_set(b: Backend) {
         dead_jobs(&b).await.len() == 1
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
 
     assert_eq!(jobs::labels(&t2), ["run 0", "run 1"], "one retry, no more");
     let dead = dead_jobs(&b).await.remove(0);
@@ -313,12 +292,12 @@ async fn default_backoff_follows_sidekiq(b: Backend) {
         .await
         .unwrap();
     let before = now();
-    let (h, task) = start(b.worker().register::<AlwaysFails>());
+    let h = start(b.worker().register::<AlwaysFails>());
     eventually(LIMIT, "the job waits in the retry set", || async {
         b.admin().set_size(SortedSet::Retry).await.unwrap() == 1
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let entry = b
         .admin()
         .set_entries(SortedSet::Retry, 0, 1)
@@ -354,7 +333,7 @@ async fn invalid_payload_is_dead_lettered_and_the_queue_keeps_flowing(b: Backend
         })
         .await
         .unwrap();
-    let (h, task) = start(b.worker().register::<Note>());
+    let h = start(b.worker().register::<Note>());
     eventually(LIMIT, "the good job ran", || async {
         !jobs::runs(&t).is_empty()
     })
@@ -363,7 +342,7 @@ async fn invalid_payload_is_dead_lettered_and_the_queue_keeps_flowing(b: Backend
         dead_jobs(&b).await.len() == 1
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let dead = dead_jobs(&b).await.remove(0);
     assert_eq!(dead.class, error_class::INVALID_PAYLOAD);
     assert_eq!(
@@ -415,7 +394,7 @@ async fn a_panic_is_a_failure_and_the_worker_keeps_running(b: Backend) {
         .enqueue(&Panics { token: t.clone() })
         .await
         .unwrap();
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<Panics>()
             .register::<Note>()
@@ -436,7 +415,7 @@ async fn a_panic_is_a_failure_and_the_worker_keeps_running(b: Backend) {
         jobs::labels(&t).len() == 2
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let dead = dead_jobs(&b).await.remove(0);
     assert_eq!(dead.error_class.as_deref(), Some(error_class::PANIC));
     assert!(dead
@@ -456,7 +435,7 @@ async fn strict_queues_drain_in_order(b: Backend) {
             b.client().enqueue_to(queue, &job).await.unwrap();
         }
     }
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<QueuedNote>()
             .queues(Queues::strict(["high", "low"]))
@@ -466,7 +445,7 @@ async fn strict_queues_drain_in_order(b: Backend) {
         jobs::runs(&t).len() == 10
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let expected: Vec<String> = (0..5)
         .map(|i| format!("high{i}"))
         .chain((0..5).map(|i| format!("low{i}")))
@@ -480,7 +459,7 @@ async fn strict_queues_drain_in_order(b: Backend) {
 
 async fn all_queues_mode_consumes_every_queue_including_dotted_names(b: Backend) {
     let t = jobs::token();
-    let (h, task) = start(b.worker().register::<QueuedNote>().queues(Queues::all()));
+    let h = start(b.worker().register::<QueuedNote>().queues(Queues::all()));
     for queue in [
         "utilitarian.tasks.amr.scheduled.daily",
         "default",
@@ -493,7 +472,7 @@ async fn all_queues_mode_consumes_every_queue_including_dotted_names(b: Backend)
         b.client().enqueue_to(queue, &job).await.unwrap();
     }
     eventually(LIMIT, "3 jobs ran", || async { jobs::runs(&t).len() == 3 }).await;
-    stop(h, task).await;
+    h.stop().await;
     let mut labels = jobs::labels(&t);
     labels.sort();
     assert_eq!(
@@ -543,12 +522,12 @@ async fn jobs_of_a_dead_process_are_recovered(b: Backend) {
             .unwrap();
     }
     leave_jobs_with_a_dead_process(&b, "crashed:1:000000000001").await;
-    let (h, task) = start(b.worker().register::<Note>());
+    let h = start(b.worker().register::<Note>());
     eventually(LIMIT, "the orphaned jobs ran", || async {
         jobs::runs(&t).len() == 3
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     assert!(b
         .broker
         .in_flight("crashed:1:000000000001")
@@ -590,7 +569,7 @@ async fn shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue(b: Back
         })
         .await
         .unwrap();
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<Sleeps>()
             .register::<Note>()
@@ -608,7 +587,7 @@ async fn shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue(b: Back
         .await
         .unwrap();
     // Let the worker take the note too, or not: either way nothing may be lost.
-    stop(h, task).await;
+    h.stop().await;
     let queue = b.admin().queue("default").await.unwrap();
     let ran = jobs::labels(&t);
     assert!(!ran.contains(&"finished".to_owned()));
@@ -637,7 +616,7 @@ async fn shutdown_lets_running_jobs_finish_within_the_timeout(b: Backend) {
         })
         .await
         .unwrap();
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<Sleeps>()
             .shutdown_timeout(Duration::from_secs(10)),
@@ -646,14 +625,14 @@ async fn shutdown_lets_running_jobs_finish_within_the_timeout(b: Backend) {
         !jobs::runs(&t).is_empty()
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     assert_eq!(jobs::labels(&t), ["started", "finished"]);
     assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
 }
 
 async fn quiet_stops_taking_jobs_but_keeps_the_heartbeat(b: Backend) {
     let t = jobs::token();
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<Note>()
             .configure(|c| c.idle_poll = Duration::from_millis(50)),
@@ -662,8 +641,8 @@ async fn quiet_stops_taking_jobs_but_keeps_the_heartbeat(b: Backend) {
         b.admin().processes().await.unwrap().len() == 1
     })
     .await;
-    h.quiet();
-    assert_eq!(h.state(), RunState::Quiet);
+    h.handle.quiet();
+    assert_eq!(h.handle.state(), RunState::Quiet);
     b.client()
         .enqueue(&Note {
             token: t.clone(),
@@ -684,7 +663,7 @@ async fn quiet_stops_taking_jobs_but_keeps_the_heartbeat(b: Backend) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(jobs::runs(&t).is_empty());
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
-    stop(h, task).await;
+    h.stop().await;
     assert_eq!(
         b.admin().queue("default").await.unwrap().size,
         1,
@@ -694,7 +673,7 @@ async fn quiet_stops_taking_jobs_but_keeps_the_heartbeat(b: Backend) {
 
 async fn heartbeat_publishes_the_process_and_stats(b: Backend) {
     let t = jobs::token();
-    let (h, task) = start(
+    let h = start(
         b.worker()
             .register::<Note>()
             .queues(Queues::strict(["default", "mail"]))
@@ -716,13 +695,13 @@ async fn heartbeat_publishes_the_process_and_stats(b: Backend) {
     .await;
     let processes = b.admin().processes().await.unwrap();
     assert_eq!(processes.len(), 1);
-    assert_eq!(processes[0].identity, h.identity());
+    assert_eq!(processes[0].identity, h.handle.identity());
     let info: serde_json::Value = serde_json::from_str(&processes[0].info).unwrap();
     assert_eq!(info["concurrency"], 7);
     assert_eq!(info["queues"], serde_json::json!(["default", "mail"]));
     assert_eq!(info["tag"], "billing");
-    assert_eq!(info["identity"], h.identity());
-    stop(h, task).await;
+    assert_eq!(info["identity"], h.handle.identity());
+    h.stop().await;
     assert!(b.admin().processes().await.unwrap().is_empty());
 }
 

@@ -10,15 +10,8 @@ use std::time::Duration;
 
 use jobqueue::{Broker, Client, Envelope, Job, RedisBroker};
 use jobqueue_middleware::Unique;
-use serde::{Deserialize, Serialize};
+use support::ticks::{ExclusiveTick, LockedTick, Tick};
 use support::{eventually, RedisServer};
-
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent)]
-struct Tick {
-    n: u64,
-    millis: u64,
-}
 
 fn spawn_worker(url: &str) -> Child {
     spawn_worker_with(url, "25000")
@@ -185,20 +178,6 @@ async fn sigterm_finishes_short_jobs_and_hands_long_ones_back() {
     assert_eq!(broker.queue_len("done").await.unwrap(), 8);
     assert_eq!(in_flight_total(&url).await, 0);
     drop(server);
-}
-
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent, unique(lock = "until_executed"))]
-struct LockedTick {
-    n: u64,
-    millis: u64,
-}
-
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent, unique(lock = "while_executing"))]
-struct ExclusiveTick {
-    n: u64,
-    millis: u64,
 }
 
 fn envelope<J: Job>(job: &J) -> Envelope {

@@ -11,7 +11,7 @@ use jobqueue::{
 use jobqueue_middleware::{Collapse, Unique};
 use serde::{Deserialize, Serialize};
 use support::jobs::{self, record};
-use support::{eventually, Backend};
+use support::{eventually, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -110,25 +110,6 @@ fn worker(b: &Backend) -> WorkerBuilder {
         .install(Unique::new().reschedule_after(Duration::from_millis(50)))
 }
 
-fn start(
-    builder: WorkerBuilder,
-) -> (
-    jobqueue::WorkerHandle,
-    tokio::task::JoinHandle<Result<(), Error>>,
-) {
-    let worker = builder.build().expect("valid worker");
-    let handle = worker.handle();
-    (
-        handle,
-        tokio::spawn(worker.run_until(std::future::pending())),
-    )
-}
-
-async fn stop(handle: jobqueue::WorkerHandle, task: tokio::task::JoinHandle<Result<(), Error>>) {
-    handle.shutdown();
-    task.await.unwrap().unwrap();
-}
-
 fn job<J: Job>(name: &str, job: &J) -> Envelope {
     Envelope::new(name, J::OPTIONS.queue, encode_args(job).unwrap())
 }
@@ -152,12 +133,12 @@ async fn only_the_newest_of_a_burst_of_collapsible_jobs_runs(b: Backend) {
     })
     .await
     .unwrap();
-    let (h, task) = start(worker(&b).register::<Refresh>());
+    let h = start(worker(&b).register::<Refresh>());
     eventually(LIMIT, "all six taken", || async {
         b.admin().stats().await.unwrap().processed == 6
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let mut ran = jobs::labels(&t);
     ran.sort();
     assert_eq!(ran, ["1:5", "2:1"], "the newest per account");
@@ -195,12 +176,12 @@ async fn concurrent_collapsible_enqueues_run_exactly_one_job(b: Backend) {
     let key = Collapse::marker_key(&job("Refresh", &probe), &Refresh::OPTIONS.collapse.unwrap());
     let newest = b.broker.lock_holder(&key).await.unwrap().expect("a marker");
 
-    let (h, task) = start(worker(&b).register::<Refresh>().concurrency(8));
+    let h = start(worker(&b).register::<Refresh>().concurrency(8));
     eventually(LIMIT, "all 80 taken", || async {
         b.admin().stats().await.unwrap().processed == 80
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     assert_eq!(jobs::runs(&t).len(), 1, "exactly one ran");
     assert_eq!(b.admin().stats().await.unwrap().skipped, 79);
     // The one that ran is the newest: its marker is unchanged and names it.
@@ -260,7 +241,7 @@ async fn a_unique_job_is_enqueued_once_under_concurrent_enqueues(b: Backend) {
     assert_eq!(accepted, 1);
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
 
-    let (h, task) = start(worker(&b).register::<Import>());
+    let h = start(worker(&b).register::<Import>());
     eventually(LIMIT, "it ran", || async { jobs::runs(&t).len() == 2 }).await;
     // Released on success: the same job may be enqueued again.
     eventually(LIMIT, "the lock was released", || async {
@@ -271,7 +252,7 @@ async fn a_unique_job_is_enqueued_once_under_concurrent_enqueues(b: Backend) {
         jobs::runs(&t).len() == 4
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
 }
 
 async fn on_conflict_log_returns_the_job_that_stands_for_it(b: Backend) {
@@ -317,12 +298,12 @@ async fn on_conflict_replace_swaps_the_queued_job(b: Backend) {
         .await
         .unwrap();
     assert_ne!(old, new);
-    let (h, task) = start(worker(&b).register::<ImportReplace>());
+    let h = start(worker(&b).register::<ImportReplace>());
     eventually(LIMIT, "the replacement ran", || async {
         jobs::runs(&t).len() == 2
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     assert_eq!(jobs::labels(&t), ["start new", "end new"]);
 }
 
@@ -345,9 +326,9 @@ async fn on_conflict_reschedule_tries_again_later(b: Backend) {
     .unwrap();
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
     assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
-    let (h, task) = start(worker(&b).register::<ImportLater>());
+    let h = start(worker(&b).register::<ImportLater>());
     eventually(LIMIT, "both ran", || async { jobs::runs(&t).len() == 4 }).await;
-    stop(h, task).await;
+    h.stop().await;
     let labels = jobs::labels(&t);
     assert_eq!(
         &labels[..2],
@@ -373,12 +354,12 @@ async fn while_executing_never_runs_two_at_once_and_runs_them_all(b: Backend) {
         5,
         "no lock at enqueue"
     );
-    let (h, task) = start(worker(&b).register::<Exclusive>().concurrency(5));
+    let h = start(worker(&b).register::<Exclusive>().concurrency(5));
     eventually(LIMIT, "all five ran", || async {
         jobs::runs(&t).len() == 10
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
     let labels = jobs::labels(&t);
     for pair in labels.chunks(2) {
         let started = pair[0]
@@ -398,7 +379,7 @@ async fn until_executing_releases_when_the_job_starts(b: Backend) {
     };
     c.enqueue(&long).await.unwrap();
     assert!(matches!(c.enqueue(&long).await, Err(Error::Skipped { .. })));
-    let (h, task) = start(
+    let h = start(
         worker(&b)
             .register::<Starts>()
             .shutdown_timeout(Duration::from_millis(100)),
@@ -407,7 +388,7 @@ async fn until_executing_releases_when_the_job_starts(b: Backend) {
     c.enqueue(&long)
         .await
         .expect("the lock was released at the start");
-    stop(h, task).await;
+    h.stop().await;
 }
 
 async fn until_expired_holds_for_its_ttl(b: Backend) {
@@ -419,9 +400,9 @@ async fn until_expired_holds_for_its_ttl(b: Backend) {
         millis: 0,
     };
     c.enqueue(&job).await.unwrap();
-    let (h, task) = start(worker(&b).register::<Expires>());
+    let h = start(worker(&b).register::<Expires>());
     eventually(LIMIT, "it ran", || async { jobs::runs(&t).len() == 2 }).await;
-    stop(h, task).await;
+    h.stop().await;
     assert!(
         matches!(c.enqueue(&job).await, Err(Error::Skipped { .. })),
         "still locked after running"
@@ -437,7 +418,7 @@ async fn a_dead_job_releases_its_lock(b: Backend) {
     let c = client(&b);
     let job = Doomed { token: t.clone() };
     c.enqueue(&job).await.unwrap();
-    let (h, task) = start(worker(&b).register::<Doomed>());
+    let h = start(worker(&b).register::<Doomed>());
     eventually(LIMIT, "it died", || async {
         b.admin().set_size(SortedSet::Dead).await.unwrap() == 1
     })
@@ -446,5 +427,5 @@ async fn a_dead_job_releases_its_lock(b: Backend) {
         c.enqueue(&job).await.is_ok()
     })
     .await;
-    stop(h, task).await;
+    h.stop().await;
 }

@@ -5,69 +5,13 @@
 
 use std::time::Duration;
 
-use jobqueue::{
-    async_trait, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker, WorkerConfig,
-};
+use jobqueue::{Queues, RedisBroker, Worker, WorkerConfig};
 use jobqueue_middleware::Unique;
-use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent)]
-struct Tick {
-    n: u64,
-    millis: u64,
-}
+#[path = "../support/ticks.rs"]
+mod ticks;
 
-/// Like `Tick`, holding a lock from enqueue until it has executed.
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent, unique(lock = "until_executed"))]
-struct LockedTick {
-    n: u64,
-    millis: u64,
-}
-
-/// Like `Tick`, never running twice at once for the same arguments.
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent, unique(lock = "while_executing"))]
-struct ExclusiveTick {
-    n: u64,
-    millis: u64,
-}
-
-/// Written by the ticks to the `ran` and `done` queues; never run.
-#[derive(Serialize, Deserialize, Job)]
-struct Record {
-    n: u64,
-}
-
-/// Records the run, sleeps, records the completion.
-async fn tick(ctx: &JobContext, n: u64, millis: u64) -> Result<(), JobError> {
-    ctx.client.enqueue_to("ran", &Record { n }).await?;
-    tokio::time::sleep(Duration::from_millis(millis)).await;
-    ctx.client.enqueue_to("done", &Record { n }).await?;
-    Ok(())
-}
-
-#[async_trait]
-impl Perform for Tick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
-}
-
-#[async_trait]
-impl Perform for LockedTick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
-}
-
-#[async_trait]
-impl Perform for ExclusiveTick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
-}
+use ticks::{ExclusiveTick, LockedTick, Tick};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -4,6 +4,7 @@
 pub mod jobs;
 pub mod redis_server;
 pub mod scripted_http;
+pub mod ticks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +52,31 @@ impl Backend {
     pub fn worker(&self) -> WorkerBuilder {
         jobqueue::Worker::builder_shared(Arc::clone(&self.broker)).config(fast_config())
     }
+}
+
+/// A worker running in the background.
+pub struct Running {
+    pub handle: jobqueue::WorkerHandle,
+    task: tokio::task::JoinHandle<Result<(), jobqueue::Error>>,
+}
+
+impl Running {
+    /// Shuts the worker down and checks that it stopped cleanly.
+    pub async fn stop(self) {
+        self.handle.shutdown();
+        self.task
+            .await
+            .expect("worker task")
+            .expect("clean shutdown");
+    }
+}
+
+/// Builds and starts `builder` in the background.
+pub fn start(builder: WorkerBuilder) -> Running {
+    let worker = builder.build().expect("valid worker");
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    Running { handle, task }
 }
 
 pub fn fast_config() -> WorkerConfig {
