@@ -53,6 +53,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         .map_or_else(|| "default".to_owned(), LitStr::value);
     let idempotent = attr.idempotent.is_some();
     let external = attr.external.is_some();
+    let bulk = attr.bulk.is_some();
     let retries = match &attr.retries {
         Some((_, n)) => quote!(::core::option::Option::Some(#n)),
         None => quote!(::core::option::Option::None),
@@ -93,6 +94,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 queue: #queue,
                 idempotent: #idempotent,
                 external: #external,
+                bulk: #bulk,
                 retry: ::jobqueue::RetryPolicy::derive(#idempotent, #external, #retries),
                 collapse: #collapse,
                 unique: #unique,

@@ -6,7 +6,7 @@ use syn::{LitInt, LitStr};
 
 use crate::{int_value, string_value};
 
-const KEYS: &str = "queue, idempotent, external, retries, name, collapsible, unique";
+const KEYS: &str = "queue, idempotent, external, bulk, retries, name, collapsible, unique";
 const DEFAULT_UNIQUE_TTL_SECS: u64 = 3600;
 
 #[derive(Default)]
@@ -15,6 +15,7 @@ pub(crate) struct JobAttr {
     pub name: Option<LitStr>,
     pub idempotent: Option<Span>,
     pub external: Option<Span>,
+    pub bulk: Option<Span>,
     pub retries: Option<(Span, LitInt)>,
     pub collapsible: Option<Collapse>,
     pub unique: Option<Unique>,
@@ -204,6 +205,10 @@ impl JobAttr {
             "external" => {
                 let span = flag(meta, "external")?;
                 set_once(&mut self.external, span, meta, "external")
+            }
+            "bulk" => {
+                let span = flag(meta, "bulk")?;
+                set_once(&mut self.bulk, span, meta, "bulk")
             }
             "retries" => {
                 let span = meta

@@ -1,13 +1,14 @@
 //! A look inside: queue sizes and latency, the scheduled, retry and dead sets, live
-//! processes and totals, as Sidekiq's API and Web UI show them.
+//! processes and totals, as Sidekiq's API and Web UI show them; and pausing queues.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::broker::{Broker, ProcessEntry, SortedSet, Stats};
 use crate::envelope::{now, Envelope};
 use crate::error::Error;
 
-/// Read-only views of a broker's queues, sets and processes.
+/// Views of a broker's queues, sets and processes, and the pause switch of each queue.
 #[derive(Clone)]
 pub struct Admin {
     broker: Arc<dyn Broker>,
@@ -97,6 +98,28 @@ impl Admin {
     /// The processes with a live heartbeat.
     pub async fn processes(&self) -> Result<Vec<ProcessEntry>, Error> {
         Ok(self.broker.processes().await?)
+    }
+
+    /// Pauses `queue` until resumed: workers stop taking its jobs within a fetch (a second
+    /// at most when idle); running jobs finish; nothing is lost.
+    pub async fn pause(&self, queue: &str) -> Result<(), Error> {
+        Ok(self.broker.pause(queue, None).await?)
+    }
+
+    /// Pauses `queue` for `cooldown`, after which it resumes by itself.
+    pub async fn pause_for(&self, queue: &str, cooldown: Duration) -> Result<(), Error> {
+        let until = now() + cooldown.as_secs_f64();
+        Ok(self.broker.pause(queue, Some(until)).await?)
+    }
+
+    /// Resumes `queue`; idle workers wake at once.
+    pub async fn resume(&self, queue: &str) -> Result<(), Error> {
+        Ok(self.broker.resume(queue).await?)
+    }
+
+    /// The paused queues, each with the time (epoch seconds) it resumes by itself, if any.
+    pub async fn paused(&self) -> Result<Vec<(String, Option<f64>)>, Error> {
+        Ok(self.broker.paused().await?)
     }
 
     /// Processed and failed totals.

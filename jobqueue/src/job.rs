@@ -87,6 +87,7 @@ pub struct JobError {
     message: String,
     pub(crate) no_retry: bool,
     pub(crate) retry_in: Option<Duration>,
+    pub(crate) pause_queue: Option<Duration>,
 }
 
 impl JobError {
@@ -97,7 +98,16 @@ impl JobError {
             message: message.into(),
             no_retry: false,
             retry_in: None,
+            pause_queue: None,
         }
+    }
+
+    /// Says that a service the job's queue depends on is down: the queue is paused for
+    /// `cooldown` and the job goes back to the front of it, not counted as a failure. Every
+    /// worker stops taking from the queue instead of failing job after job.
+    pub fn pause_queue(mut self, cooldown: Duration) -> Self {
+        self.pause_queue = Some(cooldown);
+        self
     }
 
     /// Sends the job to the dead set now, whatever retries it has left (Sidekiq's `:kill`):
@@ -140,6 +150,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
             message,
             no_retry: false,
             retry_in: None,
+            pause_queue: None,
         }
     }
 }
@@ -240,6 +251,8 @@ pub struct JobOptions {
     pub idempotent: bool,
     /// The job calls third-party services.
     pub external: bool,
+    /// The job is bulk work: it never runs inside a worker's quiet windows.
+    pub bulk: bool,
     /// Retries, derived from the above.
     pub retry: RetryPolicy,
     /// Only the newest job per key runs.
@@ -254,6 +267,7 @@ impl JobOptions {
         queue: "default",
         idempotent: false,
         external: false,
+        bulk: false,
         retry: RetryPolicy::derive(false, false, None),
         collapse: None,
         unique: None,

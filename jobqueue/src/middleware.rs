@@ -121,6 +121,14 @@ pub enum Outcome {
         /// Why, for the log.
         reason: String,
     },
+    /// A service the queue depends on is down: the queue is paused for `cooldown`, and the
+    /// job goes back to its front, not counted as a failure.
+    PauseQueue {
+        /// How long the queue stays paused.
+        cooldown: Duration,
+        /// Why, for the log.
+        reason: String,
+    },
     /// A middleware decided it should run later; it goes to the `schedule` set.
     Reschedule {
         /// How much later.

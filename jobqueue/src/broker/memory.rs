@@ -38,6 +38,8 @@ struct State {
     signals: HashMap<String, VecDeque<String>>,
     stats: Stats,
     locks: HashMap<String, (String, Instant)>,
+    /// Paused queues and when each resumes by itself (epoch seconds; infinite: never).
+    paused: HashMap<String, f64>,
 }
 
 struct LiveProcess {
@@ -208,7 +210,11 @@ impl Broker for MemoryBroker {
     ) -> Result<Vec<Fetched>, BrokerError> {
         let mut state = self.state();
         let mut taken = Vec::new();
+        let at = now();
         for queue in queues {
+            if state.paused.get(queue).is_some_and(|until| *until > at) {
+                continue;
+            }
             while taken.len() < max {
                 let Some(payload) = state.queues.get_mut(queue).and_then(VecDeque::pop_back) else {
                     break;
@@ -467,6 +473,31 @@ impl Broker for MemoryBroker {
             state.locks.remove(key);
         }
         Ok(held)
+    }
+
+    async fn pause(&self, queue: &str, until: Option<f64>) -> Result<(), BrokerError> {
+        let until = until.unwrap_or(f64::INFINITY);
+        self.state().paused.insert(queue.to_owned(), until);
+        Ok(())
+    }
+
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        self.state().paused.remove(queue);
+        self.hub.wake(true, false);
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Vec<(String, Option<f64>)>, BrokerError> {
+        let mut state = self.state();
+        let at = now();
+        state.paused.retain(|_, until| *until > at);
+        let mut paused: Vec<_> = state
+            .paused
+            .iter()
+            .map(|(queue, until)| (queue.clone(), until.is_finite().then_some(*until)))
+            .collect();
+        paused.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(paused)
     }
 
     async fn remove_job(&self, queue: &str, jid: &str) -> Result<bool, BrokerError> {

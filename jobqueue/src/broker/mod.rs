@@ -171,7 +171,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError>;
 
     /// Moves up to `max` jobs from the given queues, in order, into the in-flight list of
-    /// `process`. Returns at once with what it found, possibly nothing.
+    /// `process`, skipping paused queues. Returns at once with what it found, possibly
+    /// nothing.
     async fn fetch(
         &self,
         process: &str,
@@ -259,6 +260,16 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Releases the lock `key` if `owner` holds it; returns whether it did.
     async fn unlock(&self, key: &str, owner: &str) -> Result<bool, BrokerError>;
+
+    /// Pauses `queue` until `until` (epoch seconds), or until resumed when `None`. Workers
+    /// stop taking its jobs at their next fetch; jobs already running go on.
+    async fn pause(&self, queue: &str, until: Option<f64>) -> Result<(), BrokerError>;
+
+    /// Resumes `queue` and wakes idle workers.
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError>;
+
+    /// The paused queues, each with the time it resumes by itself, if any.
+    async fn paused(&self) -> Result<Vec<(String, Option<f64>)>, BrokerError>;
 
     /// Removes the job `jid` from `queue`, or from the `schedule` or `retry` set. Returns
     /// whether it was found. Scans them, so it costs time in proportion to their size.

@@ -59,6 +59,7 @@ struct Keys {
     queues: String,
     fetchers: String,
     processes: String,
+    paused: String,
     wake: String,
 }
 
@@ -69,6 +70,7 @@ impl Keys {
             queues: format!("{prefix}queues"),
             fetchers: format!("{prefix}jobqueue:fetchers"),
             processes: format!("{prefix}processes"),
+            paused: format!("{prefix}jobqueue:paused"),
             wake: format!("{prefix}jobqueue:wake"),
             prefix,
         }
@@ -256,10 +258,11 @@ impl Broker for RedisBroker {
         }
         let keys = &self.inner.keys;
         let mut call = self.inner.scripts.fetch.key(keys.in_flight(process));
+        call.key(&keys.paused).arg(max).arg(now());
         for queue in queues {
-            call.key(keys.queue(queue));
+            call.key(keys.queue(queue)).arg(queue);
         }
-        let flat: Vec<(usize, String)> = call.arg(max).invoke_async(&mut self.conn()).await?;
+        let flat: Vec<(usize, String)> = call.invoke_async(&mut self.conn()).await?;
         Ok(flat
             .into_iter()
             .map(|(index, payload)| Fetched {
@@ -600,6 +603,38 @@ impl Broker for RedisBroker {
             .invoke_async(&mut self.conn())
             .await?;
         Ok(released == 1)
+    }
+
+    async fn pause(&self, queue: &str, until: Option<f64>) -> Result<(), BrokerError> {
+        let score = until.unwrap_or(f64::INFINITY);
+        let _: () = self
+            .conn()
+            .zadd(&self.inner.keys.paused, queue, score)
+            .await?;
+        Ok(())
+    }
+
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        let keys = &self.inner.keys;
+        redis::pipe()
+            .zrem(&keys.paused, queue)
+            .ignore()
+            .publish(&keys.wake, "queued")
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Vec<(String, Option<f64>)>, BrokerError> {
+        let keys = &self.inner.keys;
+        let mut conn = self.conn();
+        let _: () = conn.zrembyscore(&keys.paused, "-inf", now()).await?;
+        let entries: Vec<(String, f64)> = conn.zrange_withscores(&keys.paused, 0, -1).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(queue, until)| (queue, until.is_finite().then_some(until)))
+            .collect())
     }
 
     async fn remove_job(&self, queue: &str, jid: &str) -> Result<bool, BrokerError> {

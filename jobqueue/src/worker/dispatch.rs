@@ -67,6 +67,18 @@ pub(crate) async fn run(
             let _ = acks.send(super::AckMessage::Done(job.payload));
         }
         Turn::Later(to) => persist(&shared, &job.payload, to).await,
+        Turn::PauseQueue(cooldown) => {
+            let until = now() + cooldown.as_secs_f64();
+            if let Err(e) = shared.broker.pause(&job.queue, Some(until)).await {
+                tracing::warn!("pausing queue {} failed: {e}", job.queue);
+            }
+            let back = Settle::Queue {
+                queue: job.queue.clone(),
+                payload: job.payload.clone(),
+                front: true,
+            };
+            persist(&shared, &job.payload, back).await;
+        }
         Turn::Failed { to, died } => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
             let dies = matches!(to, Settle::Dead { .. } | Settle::Discard);
@@ -89,6 +101,8 @@ enum Turn {
     Skipped,
     /// Rescheduled by middleware: not a failure.
     Later(Settle),
+    /// Its service is down: pause the queue this long and put the job back.
+    PauseQueue(Duration),
     /// Failed; with the job and its options when middleware ran for it.
     Failed {
         to: Settle,
@@ -155,7 +169,17 @@ async fn execute(shared: &Shared, job: &Fetched) -> Turn {
                 at: now() + after.as_secs_f64(),
             });
         }
-        Ok(Err(error)) => error,
+        Ok(Ok(Outcome::PauseQueue { cooldown, reason })) => {
+            tracing::warn!(queue = %job.queue, "pausing the queue for {cooldown:?}: {reason}");
+            return Turn::PauseQueue(cooldown);
+        }
+        Ok(Err(error)) => match error.pause_queue {
+            Some(cooldown) => {
+                tracing::warn!(queue = %job.queue, "pausing the queue for {cooldown:?}: {error}");
+                return Turn::PauseQueue(cooldown);
+            }
+            None => error,
+        },
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
