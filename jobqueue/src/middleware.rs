@@ -42,6 +42,8 @@ pub enum Origin {
     Scheduled,
     /// The scheduler is moving it from the `retry` set to its queue.
     Retry,
+    /// A periodic job's tick.
+    Periodic,
 }
 
 /// A job on its way to the broker.

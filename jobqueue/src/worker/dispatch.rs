@@ -19,6 +19,7 @@ use crate::envelope::{now, DecodeError, Envelope, Retry};
 use crate::job::{JobContext, JobError, JobOptions};
 use crate::middleware::{Endpoint, Outcome, ServerJob};
 use crate::schedule::sidekiq_backoff;
+use crate::schedule::window::quiet_until;
 
 /// The longest wait between two tries of a broker call that failed.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -142,6 +143,15 @@ async fn execute(shared: &Shared, job: &Fetched) -> Turn {
         return Turn::Failed { to, died: None };
     };
     let options = handler.options();
+    if options.bulk {
+        if let Some(end) = quiet_until(&shared.config.quiet_windows, chrono::Utc::now()) {
+            tracing::info!(jid = %envelope.jid, class = %envelope.class, "bulk job waits for the quiet window's end at {end}");
+            return Turn::Later(Settle::Schedule {
+                payload: envelope.to_json(),
+                at: end.timestamp_millis() as f64 / 1000.0,
+            });
+        }
+    }
     let ctx = JobContext {
         jid: envelope.jid.clone(),
         queue: job.queue.clone(),

@@ -38,6 +38,7 @@ use crate::envelope::now;
 use crate::error::{BrokerError, Error};
 use crate::job::Perform;
 use crate::middleware::{ClientChain, ClientMiddleware, ServerChain, ServerMiddleware};
+use crate::schedule::{Periodic, QuietWindow};
 
 pub(crate) mod dispatch;
 mod fetch;
@@ -81,6 +82,12 @@ pub struct WorkerConfig {
     pub idle_poll: Duration,
     /// A tag shown by Sidekiq's tools (`tag` in the process info).
     pub tag: String,
+    /// How late a periodic tick may still be enqueued, when no process ran at its time
+    /// (default 60 s, as sidekiq-cron); older missed ticks are skipped and logged.
+    pub periodic_grace: Duration,
+    /// Daily windows in which bulk jobs (`#[job(bulk)]`) do not run: a bulk job fetched
+    /// inside one, or ticking inside one, waits for its end.
+    pub quiet_windows: Vec<QuietWindow>,
 }
 
 impl Default for WorkerConfig {
@@ -95,6 +102,8 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_secs(5),
             idle_poll: Duration::from_secs(1),
             tag: String::new(),
+            periodic_grace: Duration::from_secs(60),
+            quiet_windows: Vec::new(),
         }
     }
 }
@@ -106,6 +115,7 @@ pub struct WorkerBuilder {
     registry: Registry,
     client_chain: ClientChain,
     server_chain: ServerChain,
+    periodic: Vec<Periodic>,
     errors: Vec<String>,
 }
 
@@ -132,6 +142,25 @@ impl WorkerBuilder {
                 std::any::type_name::<J>()
             ));
         }
+        self
+    }
+
+    /// Enqueues a job on a schedule. Any number of processes may register the same
+    /// schedule: each tick is enqueued once.
+    pub fn periodic(mut self, periodic: Periodic) -> Self {
+        if self.periodic.iter().any(|p| p.name() == periodic.name()) {
+            self.errors.push(format!(
+                "periodic job `{}` is registered twice; give each schedule its own name",
+                periodic.name()
+            ));
+        }
+        self.periodic.push(periodic);
+        self
+    }
+
+    /// Keeps bulk jobs from running in a daily window (operational hours).
+    pub fn quiet_window(mut self, window: QuietWindow) -> Self {
+        self.config.quiet_windows.push(window);
         self
     }
 
@@ -191,8 +220,10 @@ impl WorkerBuilder {
     /// is refused here rather than run without it.
     pub fn build(self) -> Result<Worker, Error> {
         let mut errors = self.errors;
-        if self.registry.is_empty() {
-            errors.push("no job types registered; call .register::<YourJob>()".into());
+        if self.registry.is_empty() && self.periodic.is_empty() {
+            errors.push(
+                "no job types registered and no periodic jobs; call .register::<YourJob>()".into(),
+            );
         }
         if self.config.concurrency == 0 {
             errors.push("concurrency must be at least 1".into());
@@ -240,6 +271,7 @@ impl WorkerBuilder {
                 wakeups: self.broker.subscribe(),
                 client: Client::from_shared(Arc::clone(&self.broker)).with_chain(self.client_chain),
                 server_chain: self.server_chain,
+                periodic: self.periodic,
                 broker: self.broker,
                 registry: self.registry,
                 config: self.config,
@@ -271,6 +303,7 @@ pub(crate) struct Shared {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) client: Client,
     pub(crate) server_chain: ServerChain,
+    pub(crate) periodic: Vec<Periodic>,
     pub(crate) registry: Registry,
     pub(crate) config: WorkerConfig,
     pub(crate) identity: String,
@@ -356,6 +389,7 @@ impl Worker {
             registry: Registry::default(),
             client_chain: ClientChain::new(),
             server_chain: ServerChain::new(),
+            periodic: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -395,6 +429,7 @@ impl Worker {
         let (done_tx, done_rx) = watch::channel(false);
         let heartbeat = tokio::spawn(heartbeat::run(Arc::clone(&shared), done_rx));
         let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&shared)));
+        let periodic = tokio::spawn(crate::schedule::periodic::run(Arc::clone(&shared)));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(run_acker(Arc::clone(&shared), ack_rx));
 
@@ -405,16 +440,21 @@ impl Worker {
                 _ = state.wait_for(|s| *s == RunState::Stopping) => {}
             }
         };
-        // Quiet ends the fetch loop; running jobs and the heartbeat go on until stopping.
-        let (mut running, ()) =
-            tokio::join!(fetch::run(Arc::clone(&shared), ack_tx.clone()), stopping);
+        // Quiet ends the fetch loop; running jobs and the heartbeat go on until stopping. A
+        // process with periodic jobs and no job types only schedules.
+        let fetching = async {
+            if shared.registry.is_empty() {
+                tokio::task::JoinSet::new()
+            } else {
+                fetch::run(Arc::clone(&shared), ack_tx.clone()).await
+            }
+        };
+        let (mut running, ()) = tokio::join!(fetching, stopping);
         let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
-        let mut scheduler = scheduler;
-        if tokio::time::timeout_at(deadline, &mut scheduler)
-            .await
-            .is_err()
-        {
-            scheduler.abort();
+        for mut task in [scheduler, periodic] {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         let finished = tokio::time::timeout_at(deadline, async {
             while running.join_next().await.is_some() {}

@@ -1,5 +1,11 @@
-//! Jobs for later: the scheduler that moves due jobs from the `schedule` and `retry` sets
-//! to their queues, and the retry backoff.
+//! Time: the scheduler that moves due jobs from the `schedule` and `retry` sets to their
+//! queues, the retry backoff, periodic (cron and interval) jobs, and quiet windows.
+
+pub mod periodic;
+pub mod window;
+
+pub use self::periodic::Periodic;
+pub use self::window::QuietWindow;
 
 use std::sync::Arc;
 use std::time::Duration;
