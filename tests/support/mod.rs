@@ -39,6 +39,19 @@ impl Backend {
         }
     }
 
+    /// Another handle on the same store, with its own connection on Redis, as another
+    /// process would have.
+    pub async fn another_broker(&self) -> Arc<dyn Broker> {
+        match &self.server {
+            Some(server) => Arc::new(
+                RedisBroker::connect(&server.url())
+                    .await
+                    .expect("connect to the test's redis-server"),
+            ),
+            None => Arc::clone(&self.broker),
+        }
+    }
+
     pub fn client(&self) -> jobqueue::Client {
         jobqueue::Client::from_shared(Arc::clone(&self.broker))
     }

@@ -36,7 +36,14 @@ enum Every {
     /// agrees on the ticks).
     Interval(Duration),
     /// On a cron schedule, read in a time zone.
-    Cron { cron: Cron, tz: Tz, expr: String },
+    Cron(Box<CronSchedule>),
+}
+
+#[derive(Clone, Debug)]
+struct CronSchedule {
+    cron: Cron,
+    tz: Tz,
+    expr: String,
 }
 
 /// A job enqueued on a schedule; register it with `WorkerBuilder::periodic`.
@@ -65,15 +72,12 @@ impl Periodic {
             .build()
             .parse(expr)
             .map_err(|e| Error::Config(format!("periodic job `{name}`: cron `{expr}`: {e}")))?;
-        Self::new(
-            name,
-            Every::Cron {
-                cron,
-                tz,
-                expr: expr.to_owned(),
-            },
-            job,
-        )
+        let schedule = CronSchedule {
+            cron,
+            tz,
+            expr: expr.to_owned(),
+        };
+        Self::new(name, Every::Cron(Box::new(schedule)), job)
     }
 
     /// Enqueues `job` every `interval` (at least a millisecond).
@@ -123,8 +127,9 @@ impl Periodic {
                 let k = after.timestamp_millis().div_euclid(step) + 1;
                 Utc.timestamp_millis_opt(k.checked_mul(step)?).single()
             }
-            Every::Cron { cron, tz, .. } => cron
-                .find_next_occurrence(&after.with_timezone(tz), false)
+            Every::Cron(schedule) => schedule
+                .cron
+                .find_next_occurrence(&after.with_timezone(&schedule.tz), false)
                 .ok()
                 .map(|t| t.with_timezone(&Utc)),
         }
@@ -149,7 +154,7 @@ impl Periodic {
     fn describe(&self) -> String {
         match &self.every {
             Every::Interval(i) => format!("every {i:?}"),
-            Every::Cron { expr, tz, .. } => format!("cron `{expr}` ({tz})"),
+            Every::Cron(schedule) => format!("cron `{}` ({})", schedule.expr, schedule.tz),
         }
     }
 
