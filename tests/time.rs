@@ -22,6 +22,7 @@ on_both_brokers!(
     each_tick_is_enqueued_once_however_many_schedulers_run,
     a_missed_tick_within_the_grace_period_is_enqueued_once,
     a_missed_tick_past_the_grace_period_is_skipped,
+    after_downtime_only_the_latest_missed_tick_runs,
     periodic_jobs_pass_through_client_middleware,
     a_bulk_job_fetched_in_a_quiet_window_waits_for_its_end,
     a_bulk_tick_in_a_quiet_window_is_scheduled_for_its_end,
@@ -137,6 +138,27 @@ async fn a_missed_tick_past_the_grace_period_is_skipped(b: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.stop().await;
     assert_eq!(b.broker.queue_len("default").await.unwrap(), 0);
+}
+
+async fn after_downtime_only_the_latest_missed_tick_runs(b: Backend) {
+    // Ten daily ticks fall within the grace period; one job runs, for the latest.
+    let s = scheduler(&b, daily(), Duration::from_secs(10 * 24 * 3600)).await;
+    eventually(LIMIT, "the catch-up tick", || async {
+        b.broker.queue_len("default").await.unwrap() >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.stop().await;
+    let jobs = drain(&b, "default").await;
+    assert_eq!(jobs.len(), 1);
+    let hour = Utc::now()
+        .with_minute(0)
+        .unwrap()
+        .with_second(0)
+        .unwrap()
+        .with_nanosecond(0)
+        .unwrap();
+    assert_eq!(tick_of(&jobs[0]), hour.timestamp() as f64);
 }
 
 #[derive(Clone)]

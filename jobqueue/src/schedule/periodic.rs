@@ -177,7 +177,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut checked: Vec<DateTime<Utc>> = Vec::with_capacity(shared.periodic.len());
     for periodic in &shared.periodic {
         report_missed(&shared, periodic, start - grace).await;
-        checked.push(start - grace);
+        checked.push(catch_up(&shared, periodic, start - grace, start).await);
     }
     let mut state = shared.state.subscribe();
     while shared.is_running() {
@@ -215,6 +215,38 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = state.changed() => {}
+        }
+    }
+}
+
+/// Enqueues the latest tick in `(from, until]`, if any, once: a process coming back after
+/// missing several ticks runs the job once, not once per tick. Returns the time up to which
+/// ticks are handled.
+async fn catch_up(
+    shared: &Shared,
+    periodic: &Periodic,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let missed = periodic.ticks(from, until);
+    let Some(&latest) = missed.last() else {
+        return until;
+    };
+    if missed.len() > 1 {
+        tracing::info!(
+            "periodic job `{}`: {} ticks within the grace period; only the latest, {latest}, is due",
+            periodic.name,
+            missed.len()
+        );
+    }
+    match fire(shared, periodic, latest, true).await {
+        Ok(()) => until,
+        Err(e) => {
+            tracing::warn!(
+                "periodic job `{}`: tick {latest}: {e}; trying again",
+                periodic.name
+            );
+            latest - chrono::Duration::milliseconds(1)
         }
     }
 }
