@@ -96,6 +96,12 @@ async fn each_tick_is_enqueued_once_however_many_schedulers_run(b: Backend) {
     }
 }
 
+/// The last midnight UTC, in epoch seconds.
+fn last_midnight() -> f64 {
+    let midnight = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap();
+    midnight.and_utc().timestamp() as f64
+}
+
 /// Every day at midnight UTC: the last tick is always within a day and an hour.
 fn daily() -> Periodic {
     Periodic::every("daily", Duration::from_secs(24 * 3600), &note("daily")).unwrap()
@@ -118,17 +124,7 @@ async fn a_missed_tick_within_the_grace_period_is_enqueued_once(b: Backend) {
     }
     let jobs = drain(&b, "default").await;
     assert_eq!(jobs.len(), 1);
-    let midnight = Utc::now()
-        .with_hour(0)
-        .unwrap()
-        .with_minute(0)
-        .unwrap()
-        .with_second(0)
-        .unwrap();
-    assert_eq!(
-        tick_of(&jobs[0]),
-        midnight.with_nanosecond(0).unwrap().timestamp() as f64
-    );
+    assert_eq!(tick_of(&jobs[0]), last_midnight());
 }
 
 async fn a_missed_tick_past_the_grace_period_is_skipped(b: Backend) {
@@ -151,14 +147,7 @@ async fn after_downtime_only_the_latest_missed_tick_runs(b: Backend) {
     s.stop().await;
     let jobs = drain(&b, "default").await;
     assert_eq!(jobs.len(), 1);
-    let hour = Utc::now()
-        .with_minute(0)
-        .unwrap()
-        .with_second(0)
-        .unwrap()
-        .with_nanosecond(0)
-        .unwrap();
-    assert_eq!(tick_of(&jobs[0]), hour.timestamp() as f64);
+    assert_eq!(tick_of(&jobs[0]), last_midnight());
 }
 
 #[derive(Clone)]
