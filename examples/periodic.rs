@@ -45,7 +45,7 @@ fn worker(
     let digest = Digest {
         kind: "activity".into(),
     };
-    let tz = chrono_tz::Europe::Berlin;
+    let tz = jobqueue::chrono_tz::Europe::Berlin;
     Ok(Worker::builder_shared(broker)
         .register::<Digest>()
         .register::<Heartbeat>()

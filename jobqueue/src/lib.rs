@@ -75,6 +75,8 @@ pub mod schedule;
 pub mod worker;
 
 pub use async_trait::async_trait;
+/// Time zones for cron schedules and quiet windows.
+pub use chrono_tz;
 pub use jobqueue_derive::Job;
 
 pub use crate::admin::Admin;
