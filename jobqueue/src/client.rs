@@ -107,13 +107,30 @@ impl Client {
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
     ) -> Result<Vec<Option<String>>, Error> {
+        self.push_bulk(jobs, None).await
+    }
+
+    /// Like [`Client::enqueue_bulk`], for jobs that run at `at`.
+    pub async fn enqueue_bulk_at<'a, J: Job>(
+        &self,
+        at: SystemTime,
+        jobs: impl IntoIterator<Item = &'a J>,
+    ) -> Result<Vec<Option<String>>, Error> {
+        self.push_bulk(jobs, Some(epoch_seconds(at))).await
+    }
+
+    async fn push_bulk<'a, J: Job>(
+        &self,
+        jobs: impl IntoIterator<Item = &'a J>,
+        at: Option<f64>,
+    ) -> Result<Vec<Option<String>>, Error> {
         let now = now();
         let mut jids = Vec::new();
         let mut pushes = Vec::new();
         for job in jobs {
             let envelope = envelope_for(job, now)?;
             let admitted = self
-                .admit(envelope, None, Some(&J::OPTIONS), Origin::Enqueue)
+                .admit(envelope, at, Some(&J::OPTIONS), Origin::Enqueue)
                 .await;
             match admitted {
                 Ok(Admitted::Push(push, jid)) => {

@@ -242,46 +242,54 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn settle(&self, process: &str, payload: &str, to: Settle) -> Result<bool, BrokerError> {
+    async fn settle_many(
+        &self,
+        process: &str,
+        moves: &[(String, Settle)],
+    ) -> Result<Vec<bool>, BrokerError> {
         let (mut queued, mut scheduled) = (false, false);
+        let mut moved = Vec::with_capacity(moves.len());
         {
             let mut state = self.state();
-            let removed = state
-                .in_flight
-                .get_mut(process)
-                .is_some_and(|list| remove_last(list, payload));
-            if !removed {
-                return Ok(false);
-            }
-            match to {
-                Settle::Queue {
-                    queue,
-                    payload,
-                    front,
-                } => {
-                    state.push_queue(&queue, payload, front);
-                    queued = true;
+            for (payload, to) in moves {
+                let removed = state
+                    .in_flight
+                    .get_mut(process)
+                    .is_some_and(|list| remove_last(list, payload));
+                moved.push(removed);
+                if !removed {
+                    continue;
                 }
-                Settle::Schedule { payload, at } => {
-                    state.schedule.add(at, payload);
-                    scheduled = true;
+                match to.clone() {
+                    Settle::Queue {
+                        queue,
+                        payload,
+                        front,
+                    } => {
+                        state.push_queue(&queue, payload, front);
+                        queued = true;
+                    }
+                    Settle::Schedule { payload, at } => {
+                        state.schedule.add(at, payload);
+                        scheduled = true;
+                    }
+                    Settle::Retry { payload, at } => {
+                        state.retry.add(at, payload);
+                        scheduled = true;
+                    }
+                    Settle::Dead { payload } => {
+                        let at = now();
+                        state.dead.add(at, payload);
+                        state
+                            .dead
+                            .trim(at - DEAD_TIMEOUT.as_secs_f64(), DEAD_MAX_JOBS);
+                    }
+                    Settle::Discard => {}
                 }
-                Settle::Retry { payload, at } => {
-                    state.retry.add(at, payload);
-                    scheduled = true;
-                }
-                Settle::Dead { payload } => {
-                    let at = now();
-                    state.dead.add(at, payload);
-                    state
-                        .dead
-                        .trim(at - DEAD_TIMEOUT.as_secs_f64(), DEAD_MAX_JOBS);
-                }
-                Settle::Discard => {}
             }
         }
         self.hub.wake(queued, scheduled);
-        Ok(true)
+        Ok(moved)
     }
 
     async fn take_due(

@@ -183,10 +183,23 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes finished jobs from the in-flight list of `process`.
     async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError>;
 
-    /// Moves one job out of the in-flight list of `process` to `to`, atomically. Returns
-    /// false, and does nothing, when the job was no longer there (another process
-    /// recovered it), so a job is never put back twice.
-    async fn settle(&self, process: &str, payload: &str, to: Settle) -> Result<bool, BrokerError>;
+    /// Moves jobs out of the in-flight list of `process`, each `(payload as fetched, where
+    /// to)`, atomically, in one round trip. For each, returns false, and does nothing, when
+    /// the job was no longer there (another process recovered it), so a job is never put
+    /// back twice.
+    async fn settle_many(
+        &self,
+        process: &str,
+        moves: &[(String, Settle)],
+    ) -> Result<Vec<bool>, BrokerError>;
+
+    /// Moves one job; see [`Broker::settle_many`].
+    async fn settle(&self, process: &str, payload: &str, to: Settle) -> Result<bool, BrokerError> {
+        let moved = self
+            .settle_many(process, &[(payload.to_owned(), to)])
+            .await?;
+        Ok(moved.first().copied().unwrap_or(false))
+    }
 
     /// Moves up to `limit` jobs due by `now` from `set` into the in-flight list of
     /// `process`, so that a crash before they reach their queue loses nothing.

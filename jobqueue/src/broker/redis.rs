@@ -288,57 +288,57 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn settle(&self, process: &str, payload: &str, to: Settle) -> Result<bool, BrokerError> {
+    async fn settle_many(
+        &self,
+        process: &str,
+        moves: &[(String, Settle)],
+    ) -> Result<Vec<bool>, BrokerError> {
+        if moves.is_empty() {
+            return Ok(Vec::new());
+        }
         let keys = &self.inner.keys;
-        let (op, dest, stored, fourth) = match &to {
-            Settle::Queue {
-                queue,
-                payload,
-                front,
-            } => (
-                if *front { "rpush" } else { "lpush" },
-                keys.queue(queue),
-                payload.as_str(),
-                queue.clone(),
-            ),
-            Settle::Schedule { payload, at } => (
-                "zadd",
-                keys.set(SortedSet::Schedule),
-                payload.as_str(),
-                at.to_string(),
-            ),
-            Settle::Retry { payload, at } => (
-                "zadd",
-                keys.set(SortedSet::Retry),
-                payload.as_str(),
-                at.to_string(),
-            ),
-            Settle::Dead { payload } => (
-                "dead",
-                keys.set(SortedSet::Dead),
-                payload.as_str(),
-                now().to_string(),
-            ),
-            Settle::Discard => ("discard", keys.set(SortedSet::Dead), "", String::new()),
-        };
-        let dead_cutoff = now() - DEAD_TIMEOUT.as_secs_f64();
-        let moved: i64 = self
-            .inner
-            .scripts
-            .settle
-            .key(keys.in_flight(process))
-            .key(dest)
-            .key(&keys.queues)
-            .arg(payload)
-            .arg(op)
-            .arg(stored)
-            .arg(fourth)
-            .arg(dead_cutoff)
+        let now = now();
+        let mut call = self.inner.scripts.settle.key(keys.in_flight(process));
+        call.key(&keys.queues)
+            .arg(now - DEAD_TIMEOUT.as_secs_f64())
             .arg(DEAD_MAX_JOBS)
-            .arg(&keys.wake)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(moved == 1)
+            .arg(&keys.wake);
+        for (original, to) in moves {
+            let (op, dest, stored, fourth) = match to {
+                Settle::Queue {
+                    queue,
+                    payload,
+                    front,
+                } => (
+                    if *front { "rpush" } else { "lpush" },
+                    keys.queue(queue),
+                    payload.as_str(),
+                    queue.clone(),
+                ),
+                Settle::Schedule { payload, at } => (
+                    "zadd",
+                    keys.set(SortedSet::Schedule),
+                    payload.as_str(),
+                    at.to_string(),
+                ),
+                Settle::Retry { payload, at } => (
+                    "zadd",
+                    keys.set(SortedSet::Retry),
+                    payload.as_str(),
+                    at.to_string(),
+                ),
+                Settle::Dead { payload } => (
+                    "dead",
+                    keys.set(SortedSet::Dead),
+                    payload.as_str(),
+                    now.to_string(),
+                ),
+                Settle::Discard => ("discard", keys.set(SortedSet::Dead), "", String::new()),
+            };
+            call.key(dest).arg(original).arg(op).arg(stored).arg(fourth);
+        }
+        let moved: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
+        Ok(moved.into_iter().map(|m| m == 1).collect())
     }
 
     async fn take_due(

@@ -10,6 +10,7 @@ pub use self::window::QuietWindow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use rand::Rng;
 
 use crate::broker::{Settle, SortedSet};
@@ -22,7 +23,7 @@ use crate::worker::{dispatch, Shared};
 const MIDDLEWARE_RETRY: Duration = Duration::from_secs(5);
 
 /// How many due jobs are moved per round trip.
-const DUE_BATCH: usize = 100;
+const DUE_BATCH: usize = 1000;
 
 /// Sidekiq's delay before retry `count + 1` (count is 0 after the first failure):
 /// `count^4 + 15 + rand(10) * (count + 1)` seconds.
@@ -68,13 +69,16 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, crate::BrokerError>
                 .broker
                 .take_due(&shared.identity, set, now(), DUE_BATCH)
                 .await?;
-            for payload in &due {
+            // Through the client middleware concurrently, then to the queues in one trip.
+            let moves = join_all(due.iter().map(|payload| async move {
                 let to = match Envelope::parse(payload) {
                     Ok(envelope) => to_queue(shared, payload, envelope, set).await,
                     Err(e) => dispatch::invalid_payload(set.key(), payload, &e),
                 };
-                dispatch::persist(shared, payload, to).await;
-            }
+                (payload.clone(), to)
+            }))
+            .await;
+            dispatch::persist_many(shared, moves).await;
             if due.len() < DUE_BATCH {
                 break;
             }

@@ -263,7 +263,15 @@ pub(crate) fn invalid_payload(queue: &str, payload: &str, error: &DecodeError) -
 /// in-flight list of a live process. A job already recovered by another process is left
 /// where that process put it.
 pub(crate) async fn persist(shared: &Shared, payload: &str, to: Settle) {
-    let settle = || shared.broker.settle(&shared.identity, payload, to.clone());
+    persist_many(shared, vec![(payload.to_owned(), to)]).await;
+}
+
+/// Settles jobs in one round trip, trying again until the broker answers.
+pub(crate) async fn persist_many(shared: &Shared, moves: Vec<(String, Settle)>) {
+    if moves.is_empty() {
+        return;
+    }
+    let settle = || shared.broker.settle_many(&shared.identity, &moves);
     let moved = settle
         .retry(
             ExponentialBuilder::new()
@@ -271,9 +279,14 @@ pub(crate) async fn persist(shared: &Shared, payload: &str, to: Settle) {
                 .with_jitter()
                 .without_max_times(),
         )
-        .notify(|e, wait| tracing::warn!("settling a job failed, trying again in {wait:?}: {e}"))
+        .notify(|e, wait| tracing::warn!("settling jobs failed, trying again in {wait:?}: {e}"))
         .await;
-    if let Ok(false) = moved {
-        tracing::info!("a job finished here was already recovered by another process");
+    if let Ok(moved) = moved {
+        let gone = moved.iter().filter(|m| !**m).count();
+        if gone > 0 {
+            tracing::info!(
+                "{gone} job(s) finished here had already been recovered by another process"
+            );
+        }
     }
 }

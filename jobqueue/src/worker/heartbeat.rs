@@ -46,7 +46,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         busy: shared.busy.load(Ordering::Relaxed),
         beat: now(),
         quiet: !shared.is_running(),
-        rss_kb: rss_kb(),
+        rss_kb: resident_memory_kb(),
         processed,
         failed,
         skipped,
@@ -71,8 +71,9 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
     }
 }
 
-/// Resident memory of this process in KiB (Linux; 0 elsewhere).
-fn rss_kb() -> u64 {
+/// Resident memory of this process in KiB, as reported in the process info (Linux; 0
+/// elsewhere).
+pub fn resident_memory_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

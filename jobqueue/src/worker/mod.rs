@@ -48,6 +48,7 @@ mod recovery;
 mod registry;
 
 pub use self::dispatch::error_class;
+pub use self::heartbeat::resident_memory_kb;
 pub use self::queues::Queues;
 pub use self::recovery::MAX_INTERRUPTIONS;
 use self::registry::Registry;

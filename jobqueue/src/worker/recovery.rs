@@ -24,14 +24,19 @@ pub(crate) enum HandBack {
 pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerError> {
     let mut recovered = 0;
     for orphans in shared.broker.orphans(&shared.identity).await? {
-        for payload in &orphans.payloads {
-            let to = hand_back_to(payload, HandBack::Crash);
-            let dies = matches!(to, Settle::Dead { .. } | Settle::Discard);
-            if shared.broker.settle(&orphans.identity, payload, to).await? {
-                recovered += 1;
-                if dies {
-                    dispatch::after_death(shared, payload).await;
-                }
+        let moves: Vec<(String, Settle)> = orphans
+            .payloads
+            .iter()
+            .map(|payload| (payload.clone(), hand_back_to(payload, HandBack::Crash)))
+            .collect();
+        let moved = shared.broker.settle_many(&orphans.identity, &moves).await?;
+        for ((payload, to), moved) in moves.iter().zip(moved) {
+            if !moved {
+                continue;
+            }
+            recovered += 1;
+            if matches!(to, Settle::Dead { .. } | Settle::Discard) {
+                dispatch::after_death(shared, payload).await;
             }
         }
         shared.broker.forget(&orphans.identity).await?;
@@ -46,17 +51,33 @@ pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerErro
     Ok(recovered)
 }
 
+/// Hands back jobs this process fetched and will not start (it went quiet). One try: what
+/// stays in the in-flight list is handed back at shutdown, or recovered if this dies.
+pub(crate) async fn hand_back(shared: &Shared, payloads: Vec<String>) {
+    let moves: Vec<(String, Settle)> = payloads
+        .into_iter()
+        .map(|payload| {
+            let to = hand_back_to(&payload, HandBack::Shutdown);
+            (payload, to)
+        })
+        .collect();
+    if let Err(e) = shared.broker.settle_many(&shared.identity, &moves).await {
+        tracing::warn!("handing back {} fetched job(s) failed: {e}", moves.len());
+    }
+}
+
 /// Hands back every job still in this process's in-flight list.
 pub(crate) async fn hand_back_own(shared: &Shared) -> Result<usize, BrokerError> {
     let payloads = shared.broker.in_flight(&shared.identity).await?;
-    let mut handed_back = 0;
-    for payload in &payloads {
-        let to = hand_back_to(payload, HandBack::Shutdown);
-        if shared.broker.settle(&shared.identity, payload, to).await? {
-            handed_back += 1;
-        }
-    }
-    Ok(handed_back)
+    let moves: Vec<(String, Settle)> = payloads
+        .into_iter()
+        .map(|payload| {
+            let to = hand_back_to(&payload, HandBack::Shutdown);
+            (payload, to)
+        })
+        .collect();
+    let moved = shared.broker.settle_many(&shared.identity, &moves).await?;
+    Ok(moved.into_iter().filter(|m| *m).count())
 }
 
 fn hand_back_to(payload: &str, why: HandBack) -> Settle {

@@ -1,23 +1,34 @@
--- Moves one job out of the in-flight list KEYS[1], only if it is still there (a process
--- that recovered it first has already put it back).
---   KEYS[2] destination: a queue list or a sorted set; KEYS[3] the `queues` set
---   ARGV[1] the payload as fetched   ARGV[2] op: lpush | rpush | zadd | dead | discard
---   ARGV[3] the payload to store     ARGV[4] queue name (lpush, rpush) or score (zadd, dead)
---   ARGV[5] dead: drop scores below   ARGV[6] dead: keep this many   ARGV[7] wake channel
-if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then
-  return 0
+-- Moves jobs out of the in-flight list KEYS[1], each only if it is still there (a process
+-- that recovered it first has already put it back). KEYS[2] is the `queues` set, and
+-- KEYS[2 + i] the destination of move i: a queue list or a sorted set.
+--   ARGV[1] dead: drop scores below   ARGV[2] dead: keep this many   ARGV[3] wake channel
+--   then four per move: the payload as fetched; op (lpush | rpush | zadd | dead | discard);
+--   the payload to store; the queue name (lpush, rpush) or the score (zadd, dead).
+-- Returns one 1 (moved) or 0 (no longer there) per move.
+local moved = {}
+local queued, scheduled = false, false
+for i = 1, #KEYS - 2 do
+  local a = 3 + (i - 1) * 4
+  local original, op, stored, fourth = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local dest = KEYS[2 + i]
+  if redis.call('LREM', KEYS[1], -1, original) == 0 then
+    moved[i] = 0
+  else
+    moved[i] = 1
+    if op == 'lpush' or op == 'rpush' then
+      redis.call('SADD', KEYS[2], fourth)
+      redis.call(op, dest, stored)
+      queued = true
+    elseif op == 'zadd' then
+      redis.call('ZADD', dest, fourth, stored)
+      scheduled = true
+    elseif op == 'dead' then
+      redis.call('ZADD', dest, fourth, stored)
+      redis.call('ZREMRANGEBYSCORE', dest, '-inf', ARGV[1])
+      redis.call('ZREMRANGEBYRANK', dest, 0, -(tonumber(ARGV[2]) + 1))
+    end
+  end
 end
-local op = ARGV[2]
-if op == 'lpush' or op == 'rpush' then
-  redis.call('SADD', KEYS[3], ARGV[4])
-  redis.call(op, KEYS[2], ARGV[3])
-  redis.call('PUBLISH', ARGV[7], 'queued')
-elseif op == 'zadd' then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-  redis.call('PUBLISH', ARGV[7], 'scheduled')
-elseif op == 'dead' then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[6]) + 1))
-end
-return 1
+if queued then redis.call('PUBLISH', ARGV[3], 'queued') end
+if scheduled then redis.call('PUBLISH', ARGV[3], 'scheduled') end
+return moved

@@ -1,0 +1,313 @@
+//! Load test against Redis. Three modes; each prints its figures on its last line.
+//!
+//! ```text
+//! cargo run --release --example loadtest -- --jobs N --concurrency C [--redis URL]
+//!     jobs=N concurrency=C enqueue_s=X drain_s=Y jobs_per_sec=Z
+//! cargo run --release --example loadtest -- --latency --rate R --seconds S [--concurrency C]
+//!     p50_ms=.. p99_ms=.. max_ms=..
+//! cargo run --release --example loadtest -- --scheduled --jobs N [--concurrency C]
+//!     p50_late_ms=.. p99_late_ms=..
+//! ```
+//! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
+//! flushed), `--middleware` (install the collapse and unique middleware, and use jobs that
+//! are collapsible or unique by their number).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jobqueue::{
+    async_trait, Client, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker,
+    WorkerBuilder,
+};
+use jobqueue_middleware::{Collapse, Unique};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// Jobs finished, and a wake-up when the last one is.
+struct Progress {
+    done: AtomicU64,
+    target: AtomicU64,
+    finished: Notify,
+    /// Milliseconds, per job: how late it started.
+    samples: Mutex<Vec<f64>>,
+}
+
+static PROGRESS: Progress = Progress {
+    done: AtomicU64::new(0),
+    target: AtomicU64::new(u64::MAX),
+    finished: Notify::const_new(),
+    samples: Mutex::new(Vec::new()),
+};
+
+fn finish_one() {
+    if PROGRESS.done.fetch_add(1, Ordering::Relaxed) + 1 == PROGRESS.target.load(Ordering::Relaxed)
+    {
+        PROGRESS.finished.notify_one();
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A no-op job with one integer argument.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "loadtest", idempotent)]
+struct Noop(u64);
+
+/// Collapsible by its number (each number once, so every job runs).
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "loadtest", idempotent, collapsible)]
+struct NoopCollapsible(u64);
+
+/// Unique by its number.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "loadtest", idempotent, unique)]
+struct NoopUnique(u64);
+
+/// Records how late it started: its argument is the time, in microseconds, it was due.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "loadtest", idempotent)]
+struct Stamped(u64);
+
+#[async_trait]
+impl Perform for Noop {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        finish_one();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Perform for NoopCollapsible {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        finish_one();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Perform for NoopUnique {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        finish_one();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Perform for Stamped {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        let late_ms = now_us().saturating_sub(self.0) as f64 / 1000.0;
+        if let Ok(mut samples) = PROGRESS.samples.lock() {
+            samples.push(late_ms);
+        }
+        finish_one();
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Drain,
+    Latency,
+    Scheduled,
+}
+
+struct Options {
+    mode: Mode,
+    jobs: u64,
+    concurrency: usize,
+    rate: u64,
+    seconds: u64,
+    redis: String,
+    middleware: bool,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut o = Options {
+        mode: Mode::Drain,
+        jobs: 100_000,
+        concurrency: 10,
+        rate: 1000,
+        seconds: 10,
+        redis: "redis://127.0.0.1:6379/15".into(),
+        middleware: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        let number = |text: String, name: &str| {
+            text.parse::<u64>()
+                .map_err(|_| format!("{name} takes a whole number, not `{text}`"))
+        };
+        match arg.as_str() {
+            "--jobs" => o.jobs = number(value("--jobs")?, "--jobs")?,
+            "--concurrency" => {
+                o.concurrency = number(value("--concurrency")?, "--concurrency")? as usize
+            }
+            "--rate" => o.rate = number(value("--rate")?, "--rate")?,
+            "--seconds" => o.seconds = number(value("--seconds")?, "--seconds")?,
+            "--redis" => o.redis = value("--redis")?,
+            "--latency" => o.mode = Mode::Latency,
+            "--scheduled" => o.mode = Mode::Scheduled,
+            "--middleware" => o.middleware = true,
+            other => {
+                return Err(format!(
+                    "unknown option `{other}`; see the top of examples/loadtest.rs"
+                ))
+            }
+        }
+    }
+    if o.jobs == 0 || o.concurrency == 0 || o.rate == 0 {
+        return Err("--jobs, --concurrency and --rate must be at least 1".into());
+    }
+    Ok(o)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let o = parse_options()?;
+    let redis = redis::Client::open(o.redis.as_str())?;
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
+    let broker = RedisBroker::connect(&o.redis).await?;
+    let mut client = Client::new(broker.clone());
+    if o.middleware {
+        client = client.with(Collapse::new()).with(Unique::new());
+    }
+    let mut worker = Worker::builder(broker)
+        .queues(Queues::strict(["loadtest"]))
+        .concurrency(o.concurrency)
+        .register::<Noop>()
+        .register::<Stamped>();
+    if o.middleware {
+        worker = worker
+            .install(Collapse::new())
+            .install(Unique::new())
+            .register::<NoopCollapsible>()
+            .register::<NoopUnique>();
+    }
+    match o.mode {
+        Mode::Drain => drain(&o, &client, worker).await,
+        Mode::Latency => latency(&o, &client, worker).await,
+        Mode::Scheduled => scheduled(&o, &client, worker).await,
+    }
+}
+
+const CHUNK: u64 = 10_000;
+
+async fn drain(
+    o: &Options,
+    client: &Client,
+    worker: WorkerBuilder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    PROGRESS.target.store(o.jobs, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut n = 0;
+    while n < o.jobs {
+        let end = (n + CHUNK).min(o.jobs);
+        if !o.middleware {
+            let jobs: Vec<Noop> = (n..end).map(Noop).collect();
+            client.enqueue_bulk(&jobs).await?;
+        } else if n % (2 * CHUNK) == 0 {
+            let jobs: Vec<NoopCollapsible> = (n..end).map(NoopCollapsible).collect();
+            client.enqueue_bulk(&jobs).await?;
+        } else {
+            let jobs: Vec<NoopUnique> = (n..end).map(NoopUnique).collect();
+            client.enqueue_bulk(&jobs).await?;
+        }
+        n = end;
+    }
+    let enqueue_s = started.elapsed().as_secs_f64();
+
+    let worker = worker.build()?;
+    let handle = worker.handle();
+    let started = Instant::now();
+    let finished = PROGRESS.finished.notified();
+    let running = tokio::spawn(worker.run_until(std::future::pending()));
+    finished.await;
+    let drain_s = started.elapsed().as_secs_f64();
+    handle.shutdown();
+    running.await??;
+    println!("rss_kb={}", jobqueue::worker::resident_memory_kb());
+    println!(
+        "jobs={} concurrency={} enqueue_s={enqueue_s:.3} drain_s={drain_s:.3} jobs_per_sec={:.0}",
+        o.jobs,
+        o.concurrency,
+        o.jobs as f64 / drain_s
+    );
+    Ok(())
+}
+
+async fn latency(
+    o: &Options,
+    client: &Client,
+    worker: WorkerBuilder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let total = o.rate * o.seconds;
+    PROGRESS.target.store(total, Ordering::Relaxed);
+    let worker = worker.build()?;
+    let handle = worker.handle();
+    let finished = PROGRESS.finished.notified();
+    let running = tokio::spawn(worker.run_until(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..total {
+        ticker.tick().await;
+        client.enqueue(&Stamped(now_us())).await?;
+    }
+    finished.await;
+    handle.shutdown();
+    running.await??;
+    let (p50, p99, max) = percentiles();
+    println!("p50_ms={p50:.3} p99_ms={p99:.3} max_ms={max:.3}");
+    Ok(())
+}
+
+async fn scheduled(
+    o: &Options,
+    client: &Client,
+    worker: WorkerBuilder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    PROGRESS.target.store(o.jobs, Ordering::Relaxed);
+    let worker = worker.build()?;
+    let handle = worker.handle();
+    let finished = PROGRESS.finished.notified();
+    let running = tokio::spawn(worker.run_until(std::future::pending()));
+
+    let due = SystemTime::now() + Duration::from_secs(3);
+    let due_us = due.duration_since(UNIX_EPOCH)?.as_micros() as u64;
+    let jobs: Vec<Stamped> = (0..o.jobs).map(|_| Stamped(due_us)).collect();
+    for chunk in jobs.chunks(CHUNK as usize) {
+        client.enqueue_bulk_at(due, chunk).await?;
+    }
+    finished.await;
+    handle.shutdown();
+    running.await??;
+    let (p50, p99, _) = percentiles();
+    println!("p50_late_ms={p50:.3} p99_late_ms={p99:.3}");
+    Ok(())
+}
+
+fn percentiles() -> (f64, f64, f64) {
+    let mut samples = PROGRESS
+        .samples
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len().max(1)) - 1;
+        samples.get(i).copied().unwrap_or(f64::NAN)
+    };
+    (
+        at(0.50),
+        at(0.99),
+        samples.last().copied().unwrap_or(f64::NAN),
+    )
+}
