@@ -5,11 +5,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
+
 use crate::broker::{Broker, Push};
 use crate::envelope::{encode_args, epoch_seconds, now, Envelope, Retry};
 use crate::error::Error;
 use crate::job::{Job, JobOptions};
 use crate::middleware::{Admission, ClientChain, ClientJob, ClientMiddleware, Origin};
+
+/// How many jobs of a bulk enqueue go through the client chain at once.
+const BULK_MIDDLEWARE_CONCURRENCY: usize = 256;
 
 /// Pushes jobs to a broker. Cheap to clone.
 ///
@@ -125,14 +130,21 @@ impl Client {
         at: Option<f64>,
     ) -> Result<Vec<Option<String>>, Error> {
         let now = now();
-        let mut jids = Vec::new();
-        let mut pushes = Vec::new();
-        for job in jobs {
-            let envelope = envelope_for(job, now)?;
-            let admitted = self
-                .admit(envelope, at, Some(&J::OPTIONS), Origin::Enqueue)
-                .await;
-            match admitted {
+        let envelopes = jobs
+            .into_iter()
+            .map(|job| envelope_for(job, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Middleware that keeps state in the broker makes a round trip per job; running the
+        // chains together lets the connection pipeline them.
+        let admitted = futures_util::stream::iter(envelopes)
+            .map(|envelope| self.admit(envelope, at, Some(&J::OPTIONS), Origin::Enqueue))
+            .buffered(BULK_MIDDLEWARE_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut jids = Vec::with_capacity(admitted.len());
+        let mut pushes = Vec::with_capacity(admitted.len());
+        for result in admitted {
+            match result {
                 Ok(Admitted::Push(push, jid)) => {
                     pushes.push(push);
                     jids.push(Some(jid));
