@@ -7,6 +7,8 @@
 //!     p50_ms=.. p99_ms=.. max_ms=..
 //! cargo run --release --example loadtest -- --scheduled --jobs N [--concurrency C]
 //!     p50_late_ms=.. p99_late_ms=..
+//! cargo run --release --example loadtest -- --idle --seconds S [--concurrency C]
+//!     redis_commands_per_sec=.. cpu_percent=..
 //! ```
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
 //! flushed), `--middleware` (install the collapse and unique middleware, and use jobs that
@@ -114,6 +116,7 @@ enum Mode {
     Drain,
     Latency,
     Scheduled,
+    Idle,
 }
 
 struct Options {
@@ -153,6 +156,7 @@ fn parse_options() -> Result<Options, String> {
             "--redis" => o.redis = value("--redis")?,
             "--latency" => o.mode = Mode::Latency,
             "--scheduled" => o.mode = Mode::Scheduled,
+            "--idle" => o.mode = Mode::Idle,
             "--middleware" => o.middleware = true,
             other => {
                 return Err(format!(
@@ -194,6 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Drain => drain(&o, &client, worker).await,
         Mode::Latency => latency(&o, &client, worker).await,
         Mode::Scheduled => scheduled(&o, &client, worker).await,
+        Mode::Idle => idle(&o, &mut conn, worker).await,
     }
 }
 
@@ -292,6 +297,65 @@ async fn scheduled(
     let (p50, p99, _) = percentiles();
     println!("p50_late_ms={p50:.3} p99_late_ms={p99:.3}");
     Ok(())
+}
+
+/// An idle worker: Redis commands it sends per second (from the server's own count, less
+/// this measurement's two calls) and the CPU it uses.
+async fn idle(
+    o: &Options,
+    conn: &mut redis::aio::MultiplexedConnection,
+    worker: WorkerBuilder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let worker = worker.build()?;
+    let handle = worker.handle();
+    let running = tokio::spawn(worker.run_until(std::future::pending()));
+    // Let start-up (registration, first recovery pass) pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (commands_before, cpu_before, started) =
+        (total_commands(conn).await?, cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(o.seconds)).await;
+    let commands = total_commands(conn)
+        .await?
+        .saturating_sub(commands_before + 1);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    handle.shutdown();
+    running.await??;
+    println!(
+        "redis_commands_per_sec={:.2} cpu_percent={:.2}",
+        commands as f64 / elapsed,
+        100.0 * cpu / elapsed
+    );
+    Ok(())
+}
+
+async fn total_commands(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<u64, redis::RedisError> {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// User and system CPU seconds of this process (Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentiles() -> (f64, f64, f64) {

@@ -381,7 +381,11 @@ impl Broker for RedisBroker {
         let ttl = i64::try_from(beat.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let mut pipe = redis::pipe();
         pipe.atomic();
+        // An idle process has nothing to add; leaving out zero increments keeps it quiet.
         for (name, count) in [("processed", beat.processed), ("failed", beat.failed)] {
+            if count == 0 {
+                continue;
+            }
             let daily = keys.plain(&format!("stat:{name}:{date}"));
             pipe.incr(keys.plain(&format!("stat:{name}")), count)
                 .ignore()
@@ -390,8 +394,10 @@ impl Broker for RedisBroker {
                 .expire(&daily, STATS_TTL)
                 .ignore();
         }
-        pipe.incr(keys.plain("jobqueue:stat:skipped"), beat.skipped)
-            .ignore();
+        if beat.skipped > 0 {
+            pipe.incr(keys.plain("jobqueue:stat:skipped"), beat.skipped)
+                .ignore();
+        }
         let hash = keys.plain(&beat.identity);
         pipe.sadd(&keys.processes, &beat.identity)
             .ignore()

@@ -79,7 +79,8 @@ pub struct WorkerConfig {
     /// again, for jobs scheduled by producers that do not notify (default 5 s).
     pub poll_interval: Duration,
     /// The longest an idle worker waits before looking at its queues again, for jobs
-    /// pushed by producers that do not notify, such as Ruby Sidekiq (default 1 s).
+    /// pushed by producers that do not notify, such as Ruby Sidekiq (default 2 s, as
+    /// Sidekiq's own fetch timeout). Jobs pushed by this library wake workers at once.
     pub idle_poll: Duration,
     /// A tag shown by Sidekiq's tools (`tag` in the process info).
     pub tag: String,
@@ -101,7 +102,7 @@ impl Default for WorkerConfig {
             heartbeat_ttl: Duration::from_secs(60),
             recovery_interval: Duration::from_secs(15),
             poll_interval: Duration::from_secs(5),
-            idle_poll: Duration::from_secs(1),
+            idle_poll: Duration::from_secs(2),
             tag: String::new(),
             periodic_grace: Duration::from_secs(60),
             quiet_windows: Vec::new(),
