@@ -50,10 +50,7 @@ async fn client_middleware_runs_on_every_enqueue_path_and_again_when_due(b: Back
     let seen = log();
     let client = b.client().with(Origins(seen.clone()));
     let t = jobs::token();
-    let note = |label: &str| Note {
-        token: t.clone(),
-        label: label.into(),
-    };
+    let note = |label: &str| Note::new(&t, label);
     client.enqueue(&note("now")).await.unwrap();
     client
         .enqueue_bulk(&[note("bulk 1"), note("bulk 2")])
@@ -183,10 +180,7 @@ impl ClientMiddleware for NoSpam {
 async fn client_middleware_can_refuse_a_job(b: Backend) {
     let t = jobs::token();
     let client = b.client().with(NoSpam);
-    let note = |label: &str| Note {
-        token: t.clone(),
-        label: label.into(),
-    };
+    let note = |label: &str| Note::new(&t, label);
     let err = client.enqueue(&note("spam")).await.unwrap_err();
     assert!(
         matches!(&err, Error::Skipped { reason, .. } if reason == "labelled spam"),
@@ -220,13 +214,7 @@ impl ServerMiddleware for SkipSome {
 async fn server_middleware_can_skip_a_perform(b: Backend) {
     let t = jobs::token();
     for label in ["skip me", "run me", "skip me too"] {
-        b.client()
-            .enqueue(&Note {
-                token: t.clone(),
-                label: label.into(),
-            })
-            .await
-            .unwrap();
+        b.client().enqueue(&Note::new(&t, label)).await.unwrap();
     }
     let h = start(b.worker().register::<Note>().middleware(SkipSome));
     eventually(LIMIT, "all three counted", || async {
@@ -267,10 +255,7 @@ async fn server_middleware_can_reschedule_a_job(b: Backend) {
     let t = jobs::token();
     let jid = b
         .client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "patience".into(),
-        })
+        .enqueue(&Note::new(&t, "patience"))
         .await
         .unwrap();
     let seen = log();

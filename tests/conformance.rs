@@ -62,10 +62,7 @@ async fn runs_enqueued_jobs_with_their_arguments(b: Backend) {
     let t = jobs::token();
     let jid = b
         .client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "hello ünïcode".into(),
-        })
+        .enqueue(&Note::new(&t, "hello ünïcode"))
         .await
         .unwrap();
     assert_eq!(jid.len(), 24);
@@ -82,12 +79,7 @@ async fn runs_enqueued_jobs_with_their_arguments(b: Backend) {
 
 async fn bulk_enqueue_runs_every_job_once(b: Backend) {
     let t = jobs::token();
-    let batch: Vec<Note> = (0..1000)
-        .map(|i| Note {
-            token: t.clone(),
-            label: i.to_string(),
-        })
-        .collect();
+    let batch: Vec<Note> = (0..1000).map(|i| Note::new(&t, i.to_string())).collect();
     let jids = b.client().enqueue_bulk(&batch).await.unwrap();
     assert_eq!(jids.len(), 1000);
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1000);
@@ -114,12 +106,7 @@ async fn two_workers_share_a_queue_without_running_a_job_twice(b: Backend) {
     let t = jobs::token();
     let h1 = start(b.worker().register::<Note>());
     let h2 = start(b.worker().register::<Note>());
-    let batch: Vec<Note> = (0..500)
-        .map(|i| Note {
-            token: t.clone(),
-            label: i.to_string(),
-        })
-        .collect();
+    let batch: Vec<Note> = (0..500).map(|i| Note::new(&t, i.to_string())).collect();
     for chunk in batch.chunks(50) {
         b.client().enqueue_bulk(chunk).await.unwrap();
     }
@@ -189,13 +176,7 @@ async fn delayed_jobs_wait_until_due_and_wake_the_scheduler(b: Backend) {
     );
     let due = now() + 0.5;
     b.client()
-        .enqueue_in(
-            Duration::from_millis(500),
-            &Note {
-                token: t.clone(),
-                label: "later".into(),
-            },
-        )
+        .enqueue_in(Duration::from_millis(500), &Note::new(&t, "later"))
         .await
         .unwrap();
     assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
@@ -213,13 +194,7 @@ async fn delayed_jobs_wait_until_due_and_wake_the_scheduler(b: Backend) {
 
     // A time in the past means now.
     b.client()
-        .enqueue_at(
-            std::time::SystemTime::UNIX_EPOCH,
-            &Note {
-                token: t.clone(),
-                label: "past".into(),
-            },
-        )
+        .enqueue_at(std::time::SystemTime::UNIX_EPOCH, &Note::new(&t, "past"))
         .await
         .unwrap();
     eventually(LIMIT, "the past-due job ran", || async {
@@ -326,13 +301,7 @@ async fn invalid_payload_is_dead_lettered_and_the_queue_keeps_flowing(b: Backend
         }])
         .await
         .unwrap();
-    b.client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "after".into(),
-        })
-        .await
-        .unwrap();
+    b.client().enqueue(&Note::new(&t, "after")).await.unwrap();
     let h = start(b.worker().register::<Note>());
     eventually(LIMIT, "the good job ran", || async {
         !jobs::runs(&t).is_empty()
@@ -404,13 +373,7 @@ async fn a_panic_is_a_failure_and_the_worker_keeps_running(b: Backend) {
         dead_jobs(&b).await.len() == 1
     })
     .await;
-    b.client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "after".into(),
-        })
-        .await
-        .unwrap();
+    b.client().enqueue(&Note::new(&t, "after")).await.unwrap();
     eventually(LIMIT, "the next job ran", || async {
         jobs::labels(&t).len() == 2
     })
@@ -514,10 +477,7 @@ async fn jobs_of_a_dead_process_are_recovered(b: Backend) {
     let t = jobs::token();
     for i in 0..3 {
         b.client()
-            .enqueue(&Note {
-                token: t.clone(),
-                label: i.to_string(),
-            })
+            .enqueue(&Note::new(&t, i.to_string()))
             .await
             .unwrap();
     }
@@ -545,11 +505,7 @@ async fn a_job_interrupted_three_times_goes_to_the_dead_set(b: Backend) {
     let mut env = Envelope::new(
         "Note",
         "default",
-        jobqueue::envelope::encode_args(&Note {
-            token: t.clone(),
-            label: "x".into(),
-        })
-        .unwrap(),
+        jobqueue::envelope::encode_args(&Note::new(&t, "x")).unwrap(),
     );
     env.interrupted_count = Some(jobqueue::worker::MAX_INTERRUPTIONS - 1);
     b.client().enqueue_envelope(env, None).await.unwrap();
@@ -580,10 +536,7 @@ async fn shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue(b: Back
     })
     .await;
     b.client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "queued behind".into(),
-        })
+        .enqueue(&Note::new(&t, "queued behind"))
         .await
         .unwrap();
     // Let the worker take the note too, or not: either way nothing may be lost.
@@ -643,13 +596,7 @@ async fn quiet_stops_taking_jobs_but_keeps_the_heartbeat(b: Backend) {
     .await;
     h.handle.quiet();
     assert_eq!(h.handle.state(), RunState::Quiet);
-    b.client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "waits".into(),
-        })
-        .await
-        .unwrap();
+    b.client().enqueue(&Note::new(&t, "waits")).await.unwrap();
     eventually(LIMIT, "the heartbeat says quiet", || async {
         b.admin()
             .processes()
@@ -682,10 +629,7 @@ async fn heartbeat_publishes_the_process_and_stats(b: Backend) {
     );
     for i in 0..3 {
         b.client()
-            .enqueue(&Note {
-                token: t.clone(),
-                label: i.to_string(),
-            })
+            .enqueue(&Note::new(&t, i.to_string()))
             .await
             .unwrap();
     }

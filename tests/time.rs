@@ -49,13 +49,6 @@ fn tick_of(job: &Envelope) -> f64 {
         .expect("a periodic tick")
 }
 
-fn note(label: &str) -> Note {
-    Note {
-        token: "periodic".into(),
-        label: label.into(),
-    }
-}
-
 /// A scheduler-only process: periodic jobs, no job types.
 async fn scheduler(b: &Backend, periodic: Periodic, grace: Duration) -> support::Running {
     let broker = b.another_broker().await;
@@ -71,7 +64,7 @@ async fn each_tick_is_enqueued_once_however_many_schedulers_run(b: Backend) {
     let every = Duration::from_millis(100);
     let mut schedulers = Vec::new();
     for _ in 0..4 {
-        let periodic = Periodic::every("beat", every, &note("beat")).unwrap();
+        let periodic = Periodic::every("beat", every, &Note::new("periodic", "beat")).unwrap();
         schedulers.push(scheduler(&b, periodic, Duration::from_millis(50)).await);
     }
     eventually(LIMIT, "ten ticks", || async {
@@ -104,7 +97,12 @@ fn last_midnight() -> f64 {
 
 /// Every day at midnight UTC: the last tick is always within a day and an hour.
 fn daily() -> Periodic {
-    Periodic::every("daily", Duration::from_secs(24 * 3600), &note("daily")).unwrap()
+    Periodic::every(
+        "daily",
+        Duration::from_secs(24 * 3600),
+        &Note::new("periodic", "daily"),
+    )
+    .unwrap()
 }
 
 async fn a_missed_tick_within_the_grace_period_is_enqueued_once(b: Backend) {
@@ -129,7 +127,13 @@ async fn a_missed_tick_within_the_grace_period_is_enqueued_once(b: Backend) {
 
 async fn a_missed_tick_past_the_grace_period_is_skipped(b: Backend) {
     // The last New Year is more than a second ago, but in the first second of a year.
-    let yearly = Periodic::cron("new-year", "@yearly", chrono_tz::UTC, &note("yearly")).unwrap();
+    let yearly = Periodic::cron(
+        "new-year",
+        "@yearly",
+        chrono_tz::UTC,
+        &Note::new("periodic", "yearly"),
+    )
+    .unwrap();
     let s = scheduler(&b, yearly, Duration::from_secs(1)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.stop().await;
@@ -164,9 +168,14 @@ impl ClientMiddleware for Origins {
 async fn periodic_jobs_pass_through_client_middleware(b: Backend) {
     let seen = Origins(Arc::default());
     let s = start(
-        b.worker()
-            .client_middleware(seen.clone())
-            .periodic(Periodic::every("beat", Duration::from_millis(100), &note("beat")).unwrap()),
+        b.worker().client_middleware(seen.clone()).periodic(
+            Periodic::every(
+                "beat",
+                Duration::from_millis(100),
+                &Note::new("periodic", "beat"),
+            )
+            .unwrap(),
+        ),
     );
     eventually(LIMIT, "a tick", || async {
         b.broker.queue_len("default").await.unwrap() >= 1
@@ -215,10 +224,7 @@ async fn a_bulk_job_fetched_in_a_quiet_window_waits_for_its_end(b: Backend) {
         .await
         .unwrap();
     b.client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "not bulk".into(),
-        })
+        .enqueue(&Note::new(&t, "not bulk"))
         .await
         .unwrap();
     let w = start(
@@ -296,13 +302,7 @@ async fn a_paused_queue_is_not_taken_until_resumed(b: Backend) {
         b.admin().paused().await.unwrap(),
         [("default".to_owned(), None)]
     );
-    b.client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "waits".into(),
-        })
-        .await
-        .unwrap();
+    b.client().enqueue(&Note::new(&t, "waits")).await.unwrap();
     eventually(LIMIT, "the running job finished", || async {
         jobs::runs(&t).len() == 2
     })
@@ -327,13 +327,7 @@ async fn a_timed_pause_ends_by_itself(b: Backend) {
         .pause_for("default", Duration::from_millis(300))
         .await
         .unwrap();
-    b.client()
-        .enqueue(&Note {
-            token: t.clone(),
-            label: "later".into(),
-        })
-        .await
-        .unwrap();
+    b.client().enqueue(&Note::new(&t, "later")).await.unwrap();
     let w = start(
         b.worker()
             .register::<Note>()

@@ -41,6 +41,15 @@ pub struct Note {
     pub label: String,
 }
 
+impl Note {
+    pub fn new(token: &str, label: impl Into<String>) -> Self {
+        Self {
+            token: token.to_owned(),
+            label: label.into(),
+        }
+    }
+}
+
 #[async_trait]
 impl Perform for Note {
     async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {

@@ -54,21 +54,20 @@ pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerErro
 /// Hands back jobs this process fetched and will not start (it went quiet). One try: what
 /// stays in the in-flight list is handed back at shutdown, or recovered if this dies.
 pub(crate) async fn hand_back(shared: &Shared, payloads: Vec<String>) {
-    let moves: Vec<(String, Settle)> = payloads
-        .into_iter()
-        .map(|payload| {
-            let to = hand_back_to(&payload, HandBack::Shutdown);
-            (payload, to)
-        })
-        .collect();
-    if let Err(e) = shared.broker.settle_many(&shared.identity, &moves).await {
-        tracing::warn!("handing back {} fetched job(s) failed: {e}", moves.len());
+    let count = payloads.len();
+    if let Err(e) = hand_back_payloads(shared, payloads).await {
+        tracing::warn!("handing back {count} fetched job(s) failed: {e}");
     }
 }
 
 /// Hands back every job still in this process's in-flight list.
 pub(crate) async fn hand_back_own(shared: &Shared) -> Result<usize, BrokerError> {
     let payloads = shared.broker.in_flight(&shared.identity).await?;
+    hand_back_payloads(shared, payloads).await
+}
+
+/// Puts jobs of this process back at the front of their queues; returns how many.
+async fn hand_back_payloads(shared: &Shared, payloads: Vec<String>) -> Result<usize, BrokerError> {
     let moves: Vec<(String, Settle)> = payloads
         .into_iter()
         .map(|payload| {
