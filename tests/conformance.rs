@@ -26,6 +26,7 @@ on_both_brokers!(
     unknown_class_fails_with_a_message_naming_it,
     arguments_that_do_not_fit_are_dead_lettered_without_retry,
     a_panic_is_a_failure_and_the_worker_keeps_running,
+    a_job_past_its_timeout_fails_and_the_other_slots_keep_running,
     strict_queues_drain_in_order,
     all_queues_mode_consumes_every_queue_including_dotted_names,
     jobs_of_a_dead_process_are_recovered,
@@ -385,6 +386,46 @@ async fn a_panic_is_a_failure_and_the_worker_keeps_running(b: Backend) {
         .error_message
         .unwrap()
         .contains("index out of bounds in test job"));
+}
+
+async fn a_job_past_its_timeout_fails_and_the_other_slots_keep_running(b: Backend) {
+    let (stuck, quick) = (jobs::token(), jobs::token());
+    b.client()
+        .enqueue(&Bounded {
+            token: stuck.clone(),
+            millis: 60_000,
+        })
+        .await
+        .unwrap();
+    let w = start(
+        b.worker()
+            .register::<Bounded>()
+            .register::<Note>()
+            .concurrency(2),
+    );
+    eventually(LIMIT, "the stuck job started", || async {
+        !jobs::runs(&stuck).is_empty()
+    })
+    .await;
+    for i in 0..5 {
+        b.client()
+            .enqueue(&Note::new(&quick, i.to_string()))
+            .await
+            .unwrap();
+    }
+    eventually(LIMIT, "the other slot ran the rest", || async {
+        jobs::runs(&quick).len() == 5
+    })
+    .await;
+    eventually(LIMIT, "the stuck job died", || async {
+        dead_jobs(&b).await.len() == 1
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(jobs::labels(&stuck), ["started"], "stopped at its timeout");
+    let dead = dead_jobs(&b).await.remove(0);
+    assert_eq!(dead.error_class.as_deref(), Some(error_class::TIMEOUT));
+    assert!(dead.error_message.unwrap().contains("1s"));
 }
 
 async fn strict_queues_drain_in_order(b: Backend) {

@@ -59,7 +59,7 @@ struct Dedup {
 
 #[derive(Serialize, Deserialize, Job)]
 #[job(queue = "q")]
-#[job(unique(lock = "while_executing"))]
+#[job(unique(lock = "while_executing"), timeout = "2m")]
 struct SplitAttributes(u64);
 
 #[test]

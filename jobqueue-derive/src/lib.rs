@@ -54,6 +54,12 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let idempotent = attr.idempotent.is_some();
     let external = attr.external.is_some();
     let bulk = attr.bulk.is_some();
+    let timeout = match attr.timeout_secs {
+        Some(secs) => {
+            quote!(::core::option::Option::Some(::core::time::Duration::from_secs(#secs)))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let retries = match &attr.retries {
         Some((_, n)) => quote!(::core::option::Option::Some(#n)),
         None => quote!(::core::option::Option::None),
@@ -95,6 +101,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 idempotent: #idempotent,
                 external: #external,
                 bulk: #bulk,
+                timeout: #timeout,
                 retry: ::jobqueue::RetryPolicy::derive(#idempotent, #external, #retries),
                 collapse: #collapse,
                 unique: #unique,

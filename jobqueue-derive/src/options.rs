@@ -6,7 +6,7 @@ use syn::{LitInt, LitStr};
 
 use crate::{int_value, string_value};
 
-const KEYS: &str = "queue, idempotent, external, bulk, retries, name, collapsible, unique";
+const KEYS: &str = "queue, idempotent, external, bulk, retries, timeout, name, collapsible, unique";
 const DEFAULT_UNIQUE_TTL_SECS: u64 = 3600;
 
 #[derive(Default)]
@@ -16,6 +16,7 @@ pub(crate) struct JobAttr {
     pub idempotent: Option<Span>,
     pub external: Option<Span>,
     pub bulk: Option<Span>,
+    pub timeout_secs: Option<u64>,
     pub retries: Option<(Span, LitInt)>,
     pub collapsible: Option<Collapse>,
     pub unique: Option<Unique>,
@@ -148,12 +149,12 @@ fn named<T: Copy>(lit: &LitStr, names: &[(&str, T)], key: &str) -> syn::Result<T
 }
 
 /// `"30s"`, `"10m"`, `"2h"`, `"1d"` as seconds.
-fn duration_secs(lit: &LitStr) -> syn::Result<u64> {
+fn duration_secs(lit: &LitStr, key: &str) -> syn::Result<u64> {
     let text = lit.value();
     let error = || {
         syn::Error::new(
             lit.span(),
-            format!("`ttl` must be a positive number with a unit s, m, h or d, as in \"10m\"; not \"{text}\""),
+            format!("`{key}` must be a positive number with a unit s, m, h or d, as in \"10m\"; not \"{text}\""),
         )
     };
     let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(error)?;
@@ -210,6 +211,11 @@ impl JobAttr {
                 let span = flag(meta, "bulk")?;
                 set_once(&mut self.bulk, span, meta, "bulk")
             }
+            "timeout" => {
+                let lit = string_value(meta, "timeout", "30s")?;
+                let secs = duration_secs(&lit, "timeout")?;
+                set_once(&mut self.timeout_secs, secs, meta, "timeout")
+            }
             "retries" => {
                 let span = meta
                     .path
@@ -263,7 +269,7 @@ impl JobAttr {
                             }
                             "ttl" => {
                                 let lit = string_value(&inner, "ttl", "10m")?;
-                                unique.ttl_secs = duration_secs(&lit)?;
+                                unique.ttl_secs = duration_secs(&lit, "ttl")?;
                             }
                             "on_conflict" => {
                                 let lit = string_value(&inner, "on_conflict", "reject")?;

@@ -253,6 +253,8 @@ pub struct JobOptions {
     pub external: bool,
     /// The job is bulk work: it never runs inside a worker's quiet windows.
     pub bulk: bool,
+    /// How long `perform` may run; past it the job is failed and retried per its policy.
+    pub timeout: Option<Duration>,
     /// Retries, derived from the above.
     pub retry: RetryPolicy,
     /// Only the newest job per key runs.
@@ -268,6 +270,7 @@ impl JobOptions {
         idempotent: false,
         external: false,
         bulk: false,
+        timeout: None,
         retry: RetryPolicy::derive(false, false, None),
         collapse: None,
         unique: None,

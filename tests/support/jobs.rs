@@ -160,3 +160,21 @@ impl Perform for Sleeps {
         Ok(())
     }
 }
+
+/// Sleeps `millis`, but may run for one second at most.
+#[derive(Serialize, Deserialize, Job, Debug)]
+#[job(timeout = "1s")]
+pub struct Bounded {
+    pub token: String,
+    pub millis: u64,
+}
+
+#[async_trait]
+impl Perform for Bounded {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, "started");
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        record(&self.token, "finished");
+        Ok(())
+    }
+}

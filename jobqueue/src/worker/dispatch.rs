@@ -36,6 +36,8 @@ pub mod error_class {
     pub const PANIC: &str = "jobqueue::Panic";
     /// The process running the job died, again and again.
     pub const INTERRUPTED: &str = "jobqueue::Interrupted";
+    /// `perform` ran past the job's timeout.
+    pub const TIMEOUT: &str = "jobqueue::Timeout";
 }
 
 /// Delays between tries of a failing broker call: 100 ms doubling to 5 s, with jitter.
@@ -117,7 +119,17 @@ struct Perform<'a>(&'a dyn Handler);
 #[async_trait]
 impl Endpoint for Perform<'_> {
     async fn perform(&self, job: &ServerJob<'_>) -> Result<(), JobError> {
-        self.0.call(&job.envelope.args, job.ctx).await
+        let run = self.0.call(&job.envelope.args, job.ctx);
+        let Some(limit) = job.options.timeout else {
+            return run.await;
+        };
+        // Dropping the future stops the job at its next await: it cannot outlive its slot.
+        tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+            Err(
+                JobError::new(format!("perform did not finish within {limit:?}"))
+                    .with_class(error_class::TIMEOUT),
+            )
+        })
     }
 }
 
