@@ -27,6 +27,7 @@ on_both_brokers!(
     arguments_that_do_not_fit_are_dead_lettered_without_retry,
     a_panic_is_a_failure_and_the_worker_keeps_running,
     a_job_past_its_timeout_fails_and_the_other_slots_keep_running,
+    oversized_payloads_are_refused_at_enqueue_and_dead_lettered_at_fetch,
     strict_queues_drain_in_order,
     all_queues_mode_consumes_every_queue_including_dotted_names,
     jobs_of_a_dead_process_are_recovered,
@@ -426,6 +427,51 @@ async fn a_job_past_its_timeout_fails_and_the_other_slots_keep_running(b: Backen
     let dead = dead_jobs(&b).await.remove(0);
     assert_eq!(dead.error_class.as_deref(), Some(error_class::TIMEOUT));
     assert!(dead.error_message.unwrap().contains("1s"));
+}
+
+async fn oversized_payloads_are_refused_at_enqueue_and_dead_lettered_at_fetch(b: Backend) {
+    let t = jobs::token();
+    let huge = Note::new(&t, "x".repeat(2 << 20));
+    let err = b.client().enqueue(&huge).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            jobqueue::Error::PayloadTooLarge {
+                limit: 1_048_576,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    assert_eq!(
+        b.admin().queue("default").await.unwrap().size,
+        0,
+        "nothing pushed"
+    );
+
+    // A producer with a higher limit pushes it; the worker keeps its own.
+    b.client()
+        .max_payload_bytes(8 << 20)
+        .enqueue(&huge)
+        .await
+        .unwrap();
+    b.client().enqueue(&Note::new(&t, "small")).await.unwrap();
+    let dead = the_one_dead_job(&b, b.worker().register::<Note>()).await;
+    eventually(LIMIT, "the small job ran", || async {
+        jobs::labels(&t) == ["small"]
+    })
+    .await;
+    assert_eq!(
+        dead.error_class.as_deref(),
+        Some(error_class::PAYLOAD_TOO_LARGE)
+    );
+    let preview = dead.args[0].as_str().unwrap();
+    assert!(
+        preview.len() <= 1024 && preview.starts_with('{'),
+        "{}",
+        preview.len()
+    );
 }
 
 async fn strict_queues_drain_in_order(b: Backend) {

@@ -37,7 +37,11 @@ const BULK_MIDDLEWARE_CONCURRENCY: usize = 256;
 pub struct Client {
     broker: Arc<dyn Broker>,
     chain: Arc<ClientChain>,
+    max_payload_bytes: usize,
 }
+
+/// The default largest payload a client pushes and a worker accepts: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -58,7 +62,15 @@ impl Client {
         Self {
             broker,
             chain: Arc::new(ClientChain::new()),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
+    }
+
+    /// This client with another payload size limit (default 1 MiB). A larger job is
+    /// refused with [`Error::PayloadTooLarge`].
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload_bytes = limit;
+        self
     }
 
     /// This client with `chain` as its middleware.
@@ -146,6 +158,7 @@ impl Client {
         for result in admitted {
             match result {
                 Ok(Admitted::Push(push, jid)) => {
+                    self.check_size(&push, J::NAME)?;
                     pushes.push(push);
                     jids.push(Some(jid));
                 }
@@ -168,14 +181,8 @@ impl Client {
         envelope: Envelope,
         at: Option<SystemTime>,
     ) -> Result<String, Error> {
-        let at = at.map(epoch_seconds);
-        match self.admit(envelope, at, None, Origin::Enqueue).await? {
-            Admitted::Push(push, jid) => {
-                self.broker.push(&[push]).await?;
-                Ok(jid)
-            }
-            Admitted::Existing(jid) => Ok(jid),
-        }
+        self.push_envelope(envelope, at.map(epoch_seconds), None)
+            .await
     }
 
     async fn enqueue_one<J: Job>(
@@ -188,16 +195,36 @@ impl Client {
         if let Some(queue) = queue {
             envelope.queue = queue.to_owned();
         }
-        match self
-            .admit(envelope, at, Some(&J::OPTIONS), Origin::Enqueue)
-            .await?
-        {
+        self.push_envelope(envelope, at, Some(&J::OPTIONS)).await
+    }
+
+    /// Runs one job through the chain and pushes it.
+    async fn push_envelope(
+        &self,
+        envelope: Envelope,
+        at: Option<f64>,
+        options: Option<&'static JobOptions>,
+    ) -> Result<String, Error> {
+        let class = envelope.class.clone();
+        match self.admit(envelope, at, options, Origin::Enqueue).await? {
             Admitted::Push(push, jid) => {
+                self.check_size(&push, &class)?;
                 self.broker.push(&[push]).await?;
                 Ok(jid)
             }
             Admitted::Existing(jid) => Ok(jid),
         }
+    }
+
+    fn check_size(&self, push: &Push, class: &str) -> Result<(), Error> {
+        if push.payload.len() > self.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                class: class.to_owned(),
+                bytes: push.payload.len(),
+                limit: self.max_payload_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Runs the middleware chain for one job and, if it is admitted, makes it ready to push.

@@ -35,6 +35,16 @@ pub enum Error {
         /// What serde reported.
         source: serde_json::Error,
     },
+    /// The job's payload is larger than the client allows; nothing was pushed.
+    #[error("{class} was not enqueued: its payload is {bytes} bytes, over the limit of {limit}; pass large data by reference (an id, a URL) or raise Client::max_payload_bytes")]
+    PayloadTooLarge {
+        /// The class name of the job.
+        class: String,
+        /// The payload's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Client middleware refused the job; nothing was pushed.
     #[error("{class} was not enqueued: {reason}")]
     Skipped {

@@ -36,6 +36,8 @@ pub mod error_class {
     pub const PANIC: &str = "jobqueue::Panic";
     /// The process running the job died, again and again.
     pub const INTERRUPTED: &str = "jobqueue::Interrupted";
+    /// The payload is larger than the worker accepts.
+    pub const PAYLOAD_TOO_LARGE: &str = "jobqueue::PayloadTooLarge";
     /// `perform` ran past the job's timeout.
     pub const TIMEOUT: &str = "jobqueue::Timeout";
 }
@@ -134,6 +136,12 @@ impl Endpoint for Perform<'_> {
 }
 
 async fn execute(shared: &Shared, job: &Fetched) -> Turn {
+    let limit = shared.config.max_payload_bytes;
+    if job.payload.len() > limit {
+        tracing::error!(queue = %job.queue, "dead: a {} byte payload, over the limit of {limit}", job.payload.len());
+        let to = too_large(&job.queue, &job.payload, limit);
+        return Turn::Failed { to, died: None };
+    }
     let mut envelope = match Envelope::parse(&job.payload) {
         Ok(envelope) => envelope,
         Err(e) => {
@@ -268,6 +276,28 @@ pub(crate) fn invalid_payload(queue: &str, payload: &str, error: &DecodeError) -
     let error = JobError::new(error.to_string())
         .with_class(error_class::INVALID_PAYLOAD)
         .no_retry();
+    failure(&mut envelope, &error)
+}
+
+/// An oversized payload goes to the dead set as a job of its own holding only a preview,
+/// so the dead set does not grow by its size.
+fn too_large(queue: &str, payload: &str, limit: usize) -> Settle {
+    const PREVIEW: usize = 1024;
+    let end = (0..=PREVIEW.min(payload.len()))
+        .rev()
+        .find(|i| payload.is_char_boundary(*i))
+        .unwrap_or(0);
+    let mut envelope = Envelope::new(
+        error_class::PAYLOAD_TOO_LARGE,
+        queue,
+        vec![Value::String(payload[..end].to_owned())],
+    );
+    let error = JobError::new(format!(
+        "the payload is {} bytes, over the worker's limit of {limit}; its first {end} bytes are kept as the argument",
+        payload.len()
+    ))
+    .with_class(error_class::PAYLOAD_TOO_LARGE)
+    .no_retry();
     failure(&mut envelope, &error)
 }
 

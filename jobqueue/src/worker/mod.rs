@@ -84,6 +84,9 @@ pub struct WorkerConfig {
     pub idle_poll: Duration,
     /// A tag shown by Sidekiq's tools (`tag` in the process info).
     pub tag: String,
+    /// The largest payload the worker runs (default 1 MiB, as the client's default); a
+    /// larger one goes to the dead set with a preview of its start.
+    pub max_payload_bytes: usize,
     /// How late a periodic tick may still be enqueued, when no process ran at its time
     /// (default 60 s, as sidekiq-cron); older missed ticks are skipped and logged.
     pub periodic_grace: Duration,
@@ -104,6 +107,7 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_secs(5),
             idle_poll: Duration::from_secs(2),
             tag: String::new(),
+            max_payload_bytes: crate::client::DEFAULT_MAX_PAYLOAD_BYTES,
             periodic_grace: Duration::from_secs(60),
             quiet_windows: Vec::new(),
         }
