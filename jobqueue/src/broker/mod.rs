@@ -23,6 +23,11 @@ pub const DEAD_MAX_JOBS: usize = 10_000;
 /// The dead set keeps jobs for at most this long, as Sidekiq does.
 pub const DEAD_TIMEOUT: Duration = Duration::from_secs(180 * 24 * 3600);
 
+/// Marks a payload whose bytes are not UTF-8 text (or that start with this marker); the
+/// rest is the bytes in hex. Such a payload fails to parse and is dead-lettered like any bad
+/// payload, while the broker can still remove it from its lists by value.
+pub(crate) const RAW_MARKER: &str = "\u{0}jobqueue-raw-bytes:";
+
 /// A job to push: to its queue now, or to the `schedule` set when `at` is given.
 #[derive(Clone, Debug)]
 pub struct Push {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
-    Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT,
+    Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT, RAW_MARKER,
 };
 use crate::envelope::now;
 use crate::error::BrokerError;
@@ -181,6 +181,39 @@ impl RedisBroker {
     }
 }
 
+/// Payload bytes from Redis as a string, losslessly (see [`RAW_MARKER`]).
+fn payload_from_bytes(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) if !text.starts_with(RAW_MARKER) => text,
+        Ok(text) => raw_payload(text.as_bytes()),
+        Err(e) => raw_payload(e.as_bytes()),
+    }
+}
+
+fn raw_payload(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(RAW_MARKER.len() + bytes.len() * 2);
+    text.push_str(RAW_MARKER);
+    for b in bytes {
+        text.push_str(&format!("{b:02x}"));
+    }
+    text
+}
+
+/// The exact bytes stored in Redis for a payload string from [`payload_from_bytes`].
+fn payload_bytes(payload: &str) -> std::borrow::Cow<'_, [u8]> {
+    match payload.strip_prefix(RAW_MARKER) {
+        Some(hex) => (0..hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Vec<u8>>()
+            .into(),
+        None => payload.as_bytes().into(),
+    }
+}
+
+fn payloads_from_bytes(list: Vec<Vec<u8>>) -> Vec<String> {
+    list.into_iter().map(payload_from_bytes).collect()
+}
+
 /// A TTL in milliseconds, at least 1 (Redis refuses 0).
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -207,6 +240,26 @@ async fn listen(client: redis::Client, channel: String, hub: Arc<WakeupHub>) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_bytes_round_trip_losslessly() {
+        let cases: [&[u8]; 4] = [
+            b"{\"class\":\"A\"}",
+            b"\xff\xfe not utf-8",
+            RAW_MARKER.as_bytes(),
+            b"",
+        ];
+        for bytes in cases {
+            let text = payload_from_bytes(bytes.to_vec());
+            assert_eq!(payload_bytes(&text).as_ref(), bytes);
+        }
+        assert!(payload_from_bytes(b"\xff".to_vec()).starts_with(RAW_MARKER));
     }
 }
 
@@ -262,7 +315,7 @@ impl Broker for RedisBroker {
         for queue in queues {
             call.key(keys.queue(queue)).arg(queue);
         }
-        let flat: Vec<(usize, String)> = call.invoke_async(&mut self.conn()).await?;
+        let flat: Vec<(usize, Vec<u8>)> = call.invoke_async(&mut self.conn()).await?;
         Ok(flat
             .into_iter()
             .map(|(index, payload)| Fetched {
@@ -270,7 +323,7 @@ impl Broker for RedisBroker {
                     .get(index.wrapping_sub(1))
                     .cloned()
                     .unwrap_or_default(),
-                payload,
+                payload: payload_from_bytes(payload),
             })
             .collect())
     }
@@ -282,7 +335,8 @@ impl Broker for RedisBroker {
         let list = self.inner.keys.in_flight(process);
         let mut pipe = redis::pipe();
         for payload in payloads {
-            pipe.lrem(&list, -1, payload).ignore();
+            pipe.lrem(&list, -1, payload_bytes(payload).as_ref())
+                .ignore();
         }
         pipe.query_async::<()>(&mut self.conn()).await?;
         Ok(())
@@ -335,7 +389,11 @@ impl Broker for RedisBroker {
                 ),
                 Settle::Discard => ("discard", keys.set(SortedSet::Dead), "", String::new()),
             };
-            call.key(dest).arg(original).arg(op).arg(stored).arg(fourth);
+            call.key(dest)
+                .arg(payload_bytes(original).as_ref())
+                .arg(op)
+                .arg(stored)
+                .arg(fourth);
         }
         let moved: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
         Ok(moved.into_iter().map(|m| m == 1).collect())
@@ -349,7 +407,7 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> Result<Vec<String>, BrokerError> {
         let keys = &self.inner.keys;
-        Ok(self
+        let due: Vec<Vec<u8>> = self
             .inner
             .scripts
             .take_due
@@ -358,12 +416,13 @@ impl Broker for RedisBroker {
             .arg(now)
             .arg(limit)
             .invoke_async(&mut self.conn())
-            .await?)
+            .await?;
+        Ok(payloads_from_bytes(due))
     }
 
     async fn next_due(&self) -> Result<Option<f64>, BrokerError> {
         let keys = &self.inner.keys;
-        let (schedule, retry): (Vec<(String, f64)>, Vec<(String, f64)>) = redis::pipe()
+        let (schedule, retry): (Vec<(Vec<u8>, f64)>, Vec<(Vec<u8>, f64)>) = redis::pipe()
             .zrange_withscores(keys.set(SortedSet::Schedule), 0, 0)
             .zrange_withscores(keys.set(SortedSet::Retry), 0, 0)
             .query_async(&mut self.conn())
@@ -456,8 +515,11 @@ impl Broker for RedisBroker {
             .collect();
         let mut orphans = Vec::with_capacity(dead.len());
         for identity in dead {
-            let payloads: Vec<String> = conn.lrange(keys.in_flight(&identity), 0, -1).await?;
-            orphans.push(Orphans { identity, payloads });
+            let payloads: Vec<Vec<u8>> = conn.lrange(keys.in_flight(&identity), 0, -1).await?;
+            orphans.push(Orphans {
+                identity,
+                payloads: payloads_from_bytes(payloads),
+            });
         }
         Ok(orphans)
     }
@@ -479,7 +541,8 @@ impl Broker for RedisBroker {
 
     async fn in_flight(&self, process: &str) -> Result<Vec<String>, BrokerError> {
         let list = self.inner.keys.in_flight(process);
-        Ok(self.conn().lrange(list, 0, -1).await?)
+        let payloads: Vec<Vec<u8>> = self.conn().lrange(list, 0, -1).await?;
+        Ok(payloads_from_bytes(payloads))
     }
 
     async fn queues(&self) -> Result<Vec<String>, BrokerError> {
@@ -493,11 +556,11 @@ impl Broker for RedisBroker {
     }
 
     async fn queue_oldest(&self, queue: &str) -> Result<Option<String>, BrokerError> {
-        let mut last: Vec<String> = self
+        let mut last: Vec<Vec<u8>> = self
             .conn()
             .lrange(self.inner.keys.queue(queue), -1, -1)
             .await?;
-        Ok(last.pop())
+        Ok(last.pop().map(payload_from_bytes))
     }
 
     async fn set_len(&self, set: SortedSet) -> Result<usize, BrokerError> {
@@ -515,11 +578,14 @@ impl Broker for RedisBroker {
         }
         let start = isize::try_from(offset).unwrap_or(isize::MAX);
         let stop = start.saturating_add(isize::try_from(count).unwrap_or(isize::MAX) - 1);
-        let entries: Vec<(String, f64)> = self
+        let entries: Vec<(Vec<u8>, f64)> = self
             .conn()
             .zrange_withscores(self.inner.keys.set(set), start, stop)
             .await?;
-        Ok(entries.into_iter().map(|(p, s)| (s, p)).collect())
+        Ok(entries
+            .into_iter()
+            .map(|(p, s)| (s, payload_from_bytes(p)))
+            .collect())
     }
 
     async fn processes(&self) -> Result<Vec<ProcessEntry>, BrokerError> {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::registry::Handler;
 use super::Shared;
-use crate::broker::{Fetched, Settle};
+use crate::broker::{Fetched, Settle, RAW_MARKER};
 use crate::envelope::{now, DecodeError, Envelope, Retry};
 use crate::job::{JobContext, JobError, JobOptions};
 use crate::middleware::{Endpoint, Outcome, ServerJob};
@@ -273,7 +273,13 @@ pub(crate) fn invalid_payload(queue: &str, payload: &str, error: &DecodeError) -
         queue,
         vec![Value::String(payload.to_owned())],
     );
-    let error = JobError::new(error.to_string())
+    let message = match payload.strip_prefix(RAW_MARKER) {
+        Some(_) => "payload is not UTF-8 text, so it cannot be a JSON job; its bytes are kept \
+                    as the argument, in hex"
+            .to_owned(),
+        None => error.to_string(),
+    };
+    let error = JobError::new(message)
         .with_class(error_class::INVALID_PAYLOAD)
         .no_retry();
     failure(&mut envelope, &error)
