@@ -243,26 +243,6 @@ async fn listen(client: redis::Client, channel: String, hub: Arc<WakeupHub>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_bytes_round_trip_losslessly() {
-        let cases: [&[u8]; 4] = [
-            b"{\"class\":\"A\"}",
-            b"\xff\xfe not utf-8",
-            RAW_MARKER.as_bytes(),
-            b"",
-        ];
-        for bytes in cases {
-            let text = payload_from_bytes(bytes.to_vec());
-            assert_eq!(payload_bytes(&text).as_ref(), bytes);
-        }
-        assert!(payload_from_bytes(b"\xff".to_vec()).starts_with(RAW_MARKER));
-    }
-}
-
 #[async_trait]
 impl Broker for RedisBroker {
     async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError> {
@@ -726,5 +706,25 @@ impl Broker for RedisBroker {
 
     fn subscribe(&self) -> Arc<Wakeups> {
         self.inner.hub.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_bytes_round_trip_losslessly() {
+        let cases: [&[u8]; 4] = [
+            b"{\"class\":\"A\"}",
+            b"\xff\xfe not utf-8",
+            RAW_MARKER.as_bytes(),
+            b"",
+        ];
+        for bytes in cases {
+            let text = payload_from_bytes(bytes.to_vec());
+            assert_eq!(payload_bytes(&text).as_ref(), bytes);
+        }
+        assert!(payload_from_bytes(b"\xff".to_vec()).starts_with(RAW_MARKER));
     }
 }
