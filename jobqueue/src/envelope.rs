@@ -355,4 +355,70 @@ mod tests {
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(jid, new_jid());
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Serialize, Deserialize, Debug)]
+        struct Typed {
+            id: u64,
+            name: String,
+            tags: Vec<String>,
+        }
+
+        /// Any JSON value, nested a few levels.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,40}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("class".to_owned()),
+                            Just("args".to_owned()),
+                            Just("jid".to_owned()),
+                            Just("queue".to_owned()),
+                            Just("retry".to_owned()),
+                            Just("enqueued_at".to_owned()),
+                            ".{0,8}"
+                        ],
+                        inner,
+                        0..8
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn parse_never_panics_on_text(text in ".{0,300}") {
+                let _ = Envelope::parse(&text);
+            }
+
+            #[test]
+            fn parse_never_panics_on_json(value in json()) {
+                if let Ok(envelope) = Envelope::parse(&value.to_string()) {
+                    // Whatever parses writes back and parses again.
+                    prop_assert!(Envelope::parse(&envelope.to_json()).is_ok());
+                }
+            }
+
+            #[test]
+            fn args_never_panic_and_errors_name_the_class(args in prop::collection::vec(json(), 0..4)) {
+                if let Err(e) = decode_args::<Typed>("Typed", &args) {
+                    prop_assert!(e.to_string().contains("do not fit Typed"));
+                }
+            }
+        }
+    }
 }
