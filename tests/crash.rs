@@ -14,12 +14,12 @@ use support::ticks::{ExclusiveTick, LockedTick, Tick};
 use support::{eventually, RedisServer};
 
 fn spawn_worker(url: &str) -> Child {
-    spawn_worker_with(url, "25000")
+    spawn_worker_with(url, "8", "25000")
 }
 
-fn spawn_worker_with(url: &str, shutdown_ms: &str) -> Child {
+fn spawn_worker_with(url: &str, concurrency: &str, shutdown_ms: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_jobqueue-test-worker"))
-        .args([url, "8", shutdown_ms])
+        .args([url, concurrency, shutdown_ms])
         .spawn()
         .expect("start the test worker")
 }
@@ -140,7 +140,7 @@ async fn sigterm_finishes_short_jobs_and_hands_long_ones_back() {
     // Short jobs finish within the shutdown timeout.
     let short: Vec<Tick> = (0..8).map(|n| Tick { n, millis: 300 }).collect();
     client.enqueue_bulk(&short).await.unwrap();
-    let mut worker = spawn_worker_with(&url, "10000");
+    let mut worker = spawn_worker_with(&url, "8", "10000");
     eventually(limit, "8 jobs running", || async {
         broker.queue_len("ran").await.unwrap() == 8
     })
@@ -158,7 +158,7 @@ async fn sigterm_finishes_short_jobs_and_hands_long_ones_back() {
     // Long jobs are handed back to the front of their queue at the timeout.
     let long: Vec<Tick> = (100..104).map(|n| Tick { n, millis: 60_000 }).collect();
     client.enqueue_bulk(&long).await.unwrap();
-    let mut worker = spawn_worker_with(&url, "300");
+    let mut worker = spawn_worker_with(&url, "8", "300");
     eventually(limit, "4 long jobs running", || async {
         broker.queue_len("ran").await.unwrap() == 12
     })
@@ -309,5 +309,36 @@ async fn chaos_twenty_kills_lose_no_job() {
         repeated <= held_at_kills,
         "{repeated} repeats but only {held_at_kills} held at kills"
     );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_acks_the_finished_and_hands_back_the_rest() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let client = Client::new(broker.clone());
+    let short: Vec<Tick> = (0..50).map(|n| Tick { n, millis: 500 }).collect();
+    let long: Vec<Tick> = (50..100).map(|n| Tick { n, millis: 60_000 }).collect();
+    client.enqueue_bulk(&short).await.unwrap();
+    client.enqueue_bulk(&long).await.unwrap();
+    let mut worker = spawn_worker_with(&url, "100", "2000");
+    eventually(Duration::from_secs(60), "100 jobs running", || async {
+        broker.queue_len("ran").await.unwrap() == 100
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert!(sigterm(&mut worker).success(), "clean exit on SIGTERM");
+    // Within the 2 s timeout plus the last calls; a guard, not a timing assertion.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let done = counts(&url, "done").await;
+    assert_eq!(done.len(), 50, "the short jobs finished and were acked");
+    assert!(done.keys().all(|n| *n < 50));
+    assert_eq!(
+        broker.queue_len("ticks").await.unwrap(),
+        50,
+        "the long ones are back"
+    );
+    assert_eq!(in_flight_total(&url).await, 0);
     drop(server);
 }

@@ -1,13 +1,15 @@
-//! Redis going away under a worker: shutdown still ends, with an error saying why, and
-//! the job it could not hand back is recovered by another worker once Redis is back.
+//! Redis going away, unreachable or slow: clear errors, bounded waits, no hang, and no
+//! job acknowledged as enqueued is lost.
 
 mod support;
 
 use std::time::Duration;
 
-use jobqueue::{RedisBroker, Worker};
-use support::jobs::{self, Sleeps};
-use support::{eventually, fast_config, RedisServer};
+use std::time::Instant;
+
+use jobqueue::{BrokerError, Client, Error, RedisBroker, RedisConfig, Worker};
+use support::jobs::{self, Note, Sleeps};
+use support::{eventually, fast_config, start, RedisServer};
 
 fn start_worker(
     broker: RedisBroker,
@@ -78,4 +80,101 @@ async fn shutdown_ends_without_redis_and_the_held_job_is_recovered_later() {
     .await;
     handle.shutdown();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_run_loses_no_acknowledged_job() {
+    let mut server = RedisServer::start_persistent();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    let client = Client::new(broker.clone());
+    let worker = start(
+        Worker::builder(broker)
+            .config(fast_config())
+            .register::<Note>(),
+    );
+    let t = jobs::token();
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    for i in 0..600 {
+        if i == 200 {
+            server.kill();
+        }
+        if i == 230 {
+            server.restart();
+        }
+        match client.enqueue(&Note::new(&t, i.to_string())).await {
+            Ok(_) => acknowledged.push(i.to_string()),
+            Err(Error::Broker(_)) => refused += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        refused >= 30,
+        "enqueues while Redis was down must fail, not vanish ({refused} refused)"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "every acknowledged job ran",
+        || async {
+            let ran = jobs::labels(&t);
+            acknowledged.iter().all(|label| ran.contains(label))
+        },
+    )
+    .await;
+    worker.stop().await;
+    println!(
+        "acknowledged={} refused={refused} ran={}",
+        acknowledged.len(),
+        jobs::runs(&t).len()
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_clear_error_within_the_connect_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = RedisConfig::new(format!("redis://127.0.0.1:{port}/"));
+    config.connect_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = RedisBroker::connect_with(config)
+        .await
+        .err()
+        .expect("nothing listens there");
+    // A guard against a hang, not a timing assertion.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let message = err.to_string();
+    assert!(
+        message.contains("refused") || message.contains("redis"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_a_timeout_for_the_caller_then_recovers() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.response_timeout = Duration::from_millis(300);
+    let client = Client::new(RedisBroker::connect_with(config).await.unwrap());
+    let admin = redis::Client::open(server.url().as_str()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let sleeper = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(2)
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = jobs::token();
+    let err = client.enqueue(&Note::new(&t, "slow")).await.unwrap_err();
+    assert!(matches!(err, Error::Broker(BrokerError::Redis(_))), "{err}");
+    // The sleeping connection may time out on its own side; only the server's pause matters.
+    let _ = sleeper.await;
+    eventually(Duration::from_secs(20), "enqueue works again", || async {
+        client.enqueue(&Note::new(&t, "later")).await.is_ok()
+    })
+    .await;
 }
