@@ -82,7 +82,7 @@ fn envelope_benches(c: &mut Criterion) {
                 jobqueue::envelope::Retry::Count(RecomputeSegment::OPTIONS.retry.job_retries);
             let text = envelope.to_json();
             let back = Envelope::parse(&text).unwrap();
-            decode_args::<RecomputeSegment>(RecomputeSegment::NAME, &back.args).unwrap()
+            decode_args::<RecomputeSegment>(RecomputeSegment::NAME, &back.args, &[]).unwrap()
         })
     });
     group.finish();

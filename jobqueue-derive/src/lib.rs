@@ -54,6 +54,11 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let idempotent = attr.idempotent.is_some();
     let external = attr.external.is_some();
     let bulk = attr.bulk.is_some();
+    let sensitive = key_tokens(
+        attr.sensitive
+            .as_ref()
+            .map_or(&[][..], |(_, fields)| fields),
+    );
     let timeout = match attr.timeout_secs {
         Some(secs) => {
             quote!(::core::option::Option::Some(::core::time::Duration::from_secs(#secs)))
@@ -102,6 +107,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 external: #external,
                 bulk: #bulk,
                 timeout: #timeout,
+                sensitive: #sensitive,
                 retry: ::jobqueue::RetryPolicy::derive(#idempotent, #external, #retries),
                 collapse: #collapse,
                 unique: #unique,

@@ -6,7 +6,8 @@ use syn::{LitInt, LitStr};
 
 use crate::{int_value, string_value};
 
-const KEYS: &str = "queue, idempotent, external, bulk, retries, timeout, name, collapsible, unique";
+const KEYS: &str =
+    "queue, idempotent, external, bulk, retries, timeout, sensitive, name, collapsible, unique";
 const DEFAULT_UNIQUE_TTL_SECS: u64 = 3600;
 
 #[derive(Default)]
@@ -17,6 +18,7 @@ pub(crate) struct JobAttr {
     pub external: Option<Span>,
     pub bulk: Option<Span>,
     pub timeout_secs: Option<u64>,
+    pub sensitive: Option<(LitStr, Vec<String>)>,
     pub retries: Option<(Span, LitInt)>,
     pub collapsible: Option<Collapse>,
     pub unique: Option<Unique>,
@@ -211,6 +213,11 @@ impl JobAttr {
                 let span = flag(meta, "bulk")?;
                 set_once(&mut self.bulk, span, meta, "bulk")
             }
+            "sensitive" => {
+                let lit = string_value(meta, "sensitive", "password,card_number")?;
+                let fields = key_fields(&lit);
+                set_once(&mut self.sensitive, (lit, fields), meta, "sensitive")
+            }
             "timeout" => {
                 let lit = string_value(meta, "timeout", "30s")?;
                 let secs = duration_secs(&lit, "timeout")?;
@@ -313,32 +320,37 @@ impl JobAttr {
                  otherwise remove `retries`",
             ));
         }
-        let keyed = [
+        let named = [
             self.collapsible
                 .as_ref()
-                .and_then(|c| c.key_lit.as_ref().map(|l| (l, &c.key))),
+                .and_then(|c| c.key_lit.as_ref().map(|l| ("key", l, &c.key))),
             self.unique
                 .as_ref()
-                .and_then(|u| u.key_lit.as_ref().map(|l| (l, &u.key))),
+                .and_then(|u| u.key_lit.as_ref().map(|l| ("key", l, &u.key))),
+            self.sensitive
+                .as_ref()
+                .map(|(l, names)| ("sensitive", l, names)),
         ];
-        for (lit, key) in keyed.into_iter().flatten() {
+        for (what, lit, names) in named.into_iter().flatten() {
             let Some(fields) = fields else {
                 return Err(syn::Error::new(
                     lit.span(),
-                    "`key` names fields, so it needs a struct with named fields; leave `key` out to use all arguments",
+                    format!("`{what}` names fields, so it needs a struct with named fields"),
                 ));
             };
-            if key.is_empty() {
-                return Err(syn::Error::new(
-                    lit.span(),
-                    "`key` names no field; list fields as \"a,b\" or leave `key` out",
-                ));
-            }
-            if let Some(missing) = key.iter().find(|k| !fields.contains(k)) {
+            if names.is_empty() {
                 return Err(syn::Error::new(
                     lit.span(),
                     format!(
-                        "`key` names `{missing}`, which is not a field of this struct (fields: {})",
+                        "`{what}` names no field; list fields as \"a,b\" or leave `{what}` out"
+                    ),
+                ));
+            }
+            if let Some(missing) = names.iter().find(|k| !fields.contains(k)) {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    format!(
+                        "`{what}` names `{missing}`, which is not a field of this struct (fields: {})",
                         fields.join(", ")
                     ),
                 ));

@@ -145,14 +145,14 @@ pub enum DecodeError {
     #[error("payload is not a valid job: {0}")]
     Payload(serde_json::Error),
     /// The arguments do not fit the job type.
-    #[error("arguments {args} do not fit {class}: {source}")]
+    #[error("arguments {args} do not fit {class}: {reason}")]
     Args {
         /// The job class.
         class: String,
-        /// The arguments, as JSON (cut if long).
+        /// The arguments, as JSON (cut if long), with sensitive fields redacted.
         args: String,
-        /// What serde reported.
-        source: serde_json::Error,
+        /// What serde reported, with sensitive values redacted.
+        reason: String,
     },
 }
 
@@ -218,10 +218,18 @@ pub fn encode_args<T: Serialize>(job: &T) -> Result<Vec<Value>, serde_json::Erro
     })
 }
 
+/// What stands for a sensitive value in logs and error messages.
+pub const REDACTED: &str = "[redacted]";
+
 /// Reads Sidekiq `args` into a job's type: the single argument when there is one (a struct
 /// written by this library), else the list positionally (a job pushed from Ruby as
-/// `perform_async(a, b)` fills the struct's fields in order).
-pub fn decode_args<T: DeserializeOwned>(class: &str, args: &[Value]) -> Result<T, DecodeError> {
+/// `perform_async(a, b)` fills the struct's fields in order). The values of `sensitive`
+/// fields never appear in the error.
+pub fn decode_args<T: DeserializeOwned>(
+    class: &str,
+    args: &[Value],
+    sensitive: &[&str],
+) -> Result<T, DecodeError> {
     let as_list = || serde_json::from_value(Value::Array(args.to_vec()));
     let result = match args {
         [single] => serde_json::from_value(single.clone()).or_else(|single_err| {
@@ -234,11 +242,49 @@ pub fn decode_args<T: DeserializeOwned>(class: &str, args: &[Value]) -> Result<T
         }),
         _ => as_list(),
     };
-    result.map_err(|source| DecodeError::Args {
-        class: class.to_owned(),
-        args: truncate(&Value::Array(args.to_vec()).to_string(), 200).to_owned(),
-        source,
+    result.map_err(|source| {
+        let (shown, secrets) = redact(args, sensitive);
+        let mut reason = source.to_string();
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            reason = reason.replace(secret.as_str(), REDACTED);
+        }
+        DecodeError::Args {
+            class: class.to_owned(),
+            args: truncate(&Value::Array(shown).to_string(), 200).to_owned(),
+            reason,
+        }
     })
+}
+
+/// The arguments with the values of `sensitive` fields replaced, and those values as text.
+/// Positional arguments cannot be told apart, so with sensitive fields they are all hidden.
+fn redact(args: &[Value], sensitive: &[&str]) -> (Vec<Value>, Vec<String>) {
+    if sensitive.is_empty() {
+        return (args.to_vec(), Vec::new());
+    }
+    let as_text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match args {
+        [Value::Object(fields)] => {
+            let mut shown = fields.clone();
+            let mut secrets = Vec::new();
+            for name in sensitive {
+                if let Some(value) = shown.get_mut(*name) {
+                    secrets.push(as_text(value));
+                    *value = Value::String(REDACTED.to_owned());
+                }
+            }
+            (vec![Value::Object(shown)], secrets)
+        }
+        _ => (
+            args.iter()
+                .map(|_| Value::String(REDACTED.to_owned()))
+                .collect(),
+            args.iter().map(as_text).collect(),
+        ),
+    }
 }
 
 /// A new job id: 24 lowercase hex characters, as Sidekiq's `SecureRandom.hex(12)`.
@@ -330,20 +376,50 @@ mod tests {
             name: "n".into(),
         };
         let args = encode_args(&named).unwrap();
-        assert_eq!(decode_args::<Named>("Named", &args).unwrap(), named);
+        assert_eq!(decode_args::<Named>("Named", &args, &[]).unwrap(), named);
         let ruby = vec![Value::from(7), Value::from("n")];
-        assert_eq!(decode_args::<Named>("Named", &ruby).unwrap(), named);
+        assert_eq!(decode_args::<Named>("Named", &ruby, &[]).unwrap(), named);
 
         let tuple = Tuple(1, "a".into());
         let args = encode_args(&tuple).unwrap();
         assert_eq!(args.len(), 2);
-        assert_eq!(decode_args::<Tuple>("Tuple", &args).unwrap(), tuple);
+        assert_eq!(decode_args::<Tuple>("Tuple", &args, &[]).unwrap(), tuple);
 
         let args = encode_args(&Unit).unwrap();
-        assert_eq!(decode_args::<Unit>("Unit", &args).unwrap(), Unit);
+        assert_eq!(decode_args::<Unit>("Unit", &args, &[]).unwrap(), Unit);
 
-        let err = decode_args::<Named>("Named", &[serde_json::json!({"id": "x"})]).unwrap_err();
+        let err =
+            decode_args::<Named>("Named", &[serde_json::json!({"id": "x"})], &[]).unwrap_err();
         assert!(err.to_string().contains("do not fit Named"), "{err}");
+    }
+
+    #[test]
+    fn sensitive_values_never_reach_the_error() {
+        #[derive(Serialize, Deserialize, Debug)]
+        struct Login {
+            user: String,
+            password: String,
+            pin: u32,
+        }
+        // The wrong type on the sensitive field itself: serde quotes the value.
+        let args = [serde_json::json!({"user": "ann", "password": 424242, "pin": 1})];
+        let err = decode_args::<Login>("Login", &args, &["password"])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("424242"), "{err}");
+        assert!(err.contains(REDACTED) && err.contains("ann"), "{err}");
+        // The wrong type elsewhere: the preview still hides the password.
+        let args = [serde_json::json!({"user": "ann", "password": "hunter2", "pin": "x"})];
+        let err = decode_args::<Login>("Login", &args, &["password"])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        // Positional arguments are hidden whole.
+        let args = [Value::from("ann"), Value::from("hunter2")];
+        let err = decode_args::<Login>("Login", &args, &["password"])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2") && !err.contains("ann"), "{err}");
     }
 
     #[test]
@@ -415,8 +491,21 @@ mod tests {
 
             #[test]
             fn args_never_panic_and_errors_name_the_class(args in prop::collection::vec(json(), 0..4)) {
-                if let Err(e) = decode_args::<Typed>("Typed", &args) {
+                if let Err(e) = decode_args::<Typed>("Typed", &args, &[]) {
                     prop_assert!(e.to_string().contains("do not fit Typed"));
+                }
+            }
+
+            #[test]
+            fn a_sensitive_value_never_appears_in_the_error(
+                secret in "[a-z0-9]{6,20}",
+                id in json(),
+                tags in json(),
+            ) {
+                let secret = format!("S3CR3T-{secret}");
+                let args = [serde_json::json!({"id": id, "name": secret, "tags": tags})];
+                if let Err(e) = decode_args::<Typed>("Typed", &args, &["name"]) {
+                    prop_assert!(!e.to_string().contains(&secret), "{}", e);
                 }
             }
         }

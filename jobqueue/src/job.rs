@@ -255,6 +255,8 @@ pub struct JobOptions {
     pub bulk: bool,
     /// How long `perform` may run; past it the job is failed and retried per its policy.
     pub timeout: Option<Duration>,
+    /// Fields whose values never appear in logs or error messages.
+    pub sensitive: &'static [&'static str],
     /// Retries, derived from the above.
     pub retry: RetryPolicy,
     /// Only the newest job per key runs.
@@ -271,6 +273,7 @@ impl JobOptions {
         external: false,
         bulk: false,
         timeout: None,
+        sensitive: &[],
         retry: RetryPolicy::derive(false, false, None),
         collapse: None,
         unique: None,

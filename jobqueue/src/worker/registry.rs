@@ -24,7 +24,7 @@ struct Typed<J>(PhantomData<fn() -> J>);
 #[async_trait]
 impl<J: Perform> Handler for Typed<J> {
     async fn call(&self, args: &[Value], ctx: &JobContext) -> Result<(), JobError> {
-        let job: J = decode_args(J::NAME, args).map_err(|e| {
+        let job: J = decode_args(J::NAME, args, J::OPTIONS.sensitive).map_err(|e| {
             // The same arguments fail the same way every time: no retry.
             JobError::new(e.to_string())
                 .with_class(error_class::INVALID_ARGUMENTS)
