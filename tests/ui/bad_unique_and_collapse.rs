@@ -23,4 +23,10 @@ struct MissingField {
 #[job(queue = "a", queue = "b")]
 struct Twice;
 
+#[derive(Serialize, Deserialize, Job)]
+#[job(sensitive = "passwrd")]
+struct Login {
+    password: String,
+}
+
 fn main() {}
