@@ -1,6 +1,6 @@
 //! Who may touch what: two namespaces on one Redis never see each other's jobs, locks or
-//! stats; and the library works as a Redis ACL user confined to its namespace's keys and
-//! channels, so it touches nothing outside it.
+//! stats; the library works as a Redis ACL user confined to its namespace's keys and
+//! channels, so it touches nothing outside it; and it talks TLS (`rediss://`).
 
 mod support;
 
@@ -153,4 +153,22 @@ async fn works_as_an_acl_user_confined_to_its_namespace() {
         1,
         "only the deliberate refusal above: {denied:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_jobs_over_tls() {
+    let (server, ca) = RedisServer::start_tls();
+    let config = RedisConfig::new(server.tls_url()).tls_ca_pem(ca);
+    let broker = RedisBroker::connect_with(config)
+        .await
+        .expect("a TLS connection");
+    let t = jobs::token();
+    run_one_of_each(broker, &t).await;
+
+    // Without the test CA the server's certificate is not trusted.
+    let untrusted = RedisConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..RedisConfig::new(server.tls_url())
+    };
+    assert!(RedisBroker::connect_with(untrusted).await.is_err());
 }

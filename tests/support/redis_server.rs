@@ -12,6 +12,7 @@ pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
     append_only: bool,
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -36,9 +37,87 @@ impl RedisServer {
             dir,
             child: None,
             append_only,
+            tls_port: None,
         };
         server.spawn();
         server
+    }
+
+    /// Starts a server that also takes TLS connections, with a certificate for 127.0.0.1
+    /// signed by a CA made for the test; returns the server and the CA certificate (PEM).
+    pub fn start_tls() -> (Self, Vec<u8>) {
+        let mut server = Self::start();
+        let dir = server.dir.clone();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl (apt-get install openssl)");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=jobqueue test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+        server.tls_port = Some(free_port());
+        server.restart();
+        let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+        (server, ca)
+    }
+
+    /// The `rediss://` URL of a server from [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}/",
+            self.tls_port.expect("a TLS server")
+        )
     }
 
     pub fn url(&self) -> String {
@@ -79,6 +158,24 @@ impl RedisServer {
             } else {
                 ["--appendonly", "no", "--appendfsync", "everysec"]
             })
+            .args(
+                self.tls_port
+                    .map(|port| {
+                        vec![
+                            "--tls-port".to_owned(),
+                            port.to_string(),
+                            "--tls-cert-file".to_owned(),
+                            "server.crt".to_owned(),
+                            "--tls-key-file".to_owned(),
+                            "server.key".to_owned(),
+                            "--tls-ca-cert-file".to_owned(),
+                            "ca.crt".to_owned(),
+                            "--tls-auth-clients".to_owned(),
+                            "no".to_owned(),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            )
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())

@@ -34,6 +34,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// How long to wait for an answer to a command.
     pub response_timeout: Duration,
+    /// For `rediss://` URLs: a CA certificate (PEM) to trust instead of the system's trust
+    /// store, as for a server with a self-signed certificate.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -44,7 +47,14 @@ impl RedisConfig {
             namespace: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
+            tls_ca_pem: None,
         }
+    }
+
+    /// Trusts the CA certificate `pem` for `rediss://` connections.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
     }
 
     /// Prefixes every key with `namespace:`.
@@ -138,11 +148,7 @@ impl RedisBroker {
     /// Connects with the given settings. Fails if Redis cannot be reached within the
     /// connect timeout; once connected, lost connections are re-established by themselves.
     pub async fn connect_with(config: RedisConfig) -> Result<Self, BrokerError> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| BrokerError::InvalidUrl {
-                url: config.url.clone(),
-                reason: e.to_string(),
-            })?;
+        let client = open_client(&config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -212,6 +218,28 @@ fn payload_bytes(payload: &str) -> std::borrow::Cow<'_, [u8]> {
 
 fn payloads_from_bytes(list: Vec<Vec<u8>>) -> Vec<String> {
     list.into_iter().map(payload_from_bytes).collect()
+}
+
+/// A client for the configured URL: `redis://`, or `rediss://` with TLS (user and password,
+/// for Redis ACLs, come from the URL either way).
+fn open_client(config: &RedisConfig) -> Result<redis::Client, BrokerError> {
+    let invalid = |e: redis::RedisError| BrokerError::InvalidUrl {
+        url: config.url.clone(),
+        reason: e.to_string(),
+    };
+    #[cfg(feature = "tls")]
+    if config.url.starts_with("rediss://") {
+        // rustls needs a crypto provider chosen once per process; another may be installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(pem) = &config.tls_ca_pem {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            };
+            return redis::Client::build_with_tls(config.url.as_str(), certs).map_err(invalid);
+        }
+    }
+    redis::Client::open(config.url.as_str()).map_err(invalid)
 }
 
 /// A TTL in milliseconds, at least 1 (Redis refuses 0).
