@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::window::quiet_until;
 use crate::client::Admitted;
-use crate::envelope::{encode_args, Envelope, Retry};
+use crate::envelope::{encode_args, epoch_seconds, Envelope, Retry};
 use crate::error::Error;
 use crate::job::{Job, JobOptions};
 use crate::middleware::Origin;
@@ -309,7 +309,7 @@ async fn fire(
     envelope.retry = Retry::Count(periodic.options.retry.job_retries);
     envelope.extra.insert(
         "periodic".into(),
-        json!({ "name": periodic.name, "tick": tick.timestamp_millis() as f64 / 1000.0 }),
+        json!({ "name": periodic.name, "tick": epoch_seconds(tick.into()) }),
     );
     // A bulk job's tick inside a quiet window waits for its end.
     let at = periodic
@@ -317,7 +317,7 @@ async fn fire(
         .bulk
         .then(|| quiet_until(&shared.config.quiet_windows, tick.max(Utc::now())))
         .flatten()
-        .map(|end| end.timestamp_millis() as f64 / 1000.0);
+        .map(|end| epoch_seconds(end.into()));
     let jid = envelope.jid.clone();
     match shared
         .client

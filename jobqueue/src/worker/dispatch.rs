@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::registry::Handler;
 use super::Shared;
 use crate::broker::{Fetched, Settle, RAW_MARKER};
-use crate::envelope::{now, DecodeError, Envelope, Retry};
+use crate::envelope::{epoch_seconds, now, DecodeError, Envelope, Retry};
 use crate::job::{JobContext, JobError, JobOptions};
 use crate::middleware::{Endpoint, Outcome, ServerJob};
 use crate::schedule::sidekiq_backoff;
@@ -168,7 +168,7 @@ async fn execute(shared: &Shared, job: &Fetched) -> Turn {
             tracing::info!(jid = %envelope.jid, class = %envelope.class, "bulk job waits for the quiet window's end at {end}");
             return Turn::Later(Settle::Schedule {
                 payload: envelope.to_json(),
-                at: end.timestamp_millis() as f64 / 1000.0,
+                at: epoch_seconds(end.into()),
             });
         }
     }
