@@ -2,11 +2,12 @@
 //! processes and totals, as Sidekiq's API and Web UI show them; and pausing queues.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::broker::{Broker, ProcessEntry, SortedSet, Stats};
-use crate::envelope::{now, Envelope};
+use crate::envelope::Envelope;
 use crate::error::Error;
+use crate::time::{after, from_epoch, now};
 
 /// Views of a broker's queues, sets and processes, and the pause switch of each queue.
 #[derive(Clone)]
@@ -16,33 +17,33 @@ pub struct Admin {
 
 /// A queue's size and how long its oldest job has waited.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct QueueInfo {
     /// The queue name.
     pub name: String,
     /// Jobs waiting.
     pub size: usize,
-    /// Seconds the oldest waiting job has waited (0 when empty).
-    pub latency: f64,
+    /// How long the oldest waiting job has waited (zero when empty).
+    pub latency: Duration,
 }
 
 /// A job in the `schedule`, `retry` or `dead` set.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SetEntry {
-    /// Its score: when it is due, or when it died, in epoch seconds.
-    pub at: f64,
+    /// Its score: when it is due, or when it died.
+    pub at: SystemTime,
     /// The job, or the raw text when it does not parse.
     pub job: Result<Envelope, String>,
 }
 
 impl Admin {
-    /// Views of `broker`.
-    pub fn new(broker: impl Broker) -> Self {
-        Self::from_shared(Arc::new(broker))
-    }
-
-    /// Views of a broker shared with clients and workers.
-    pub fn from_shared(broker: Arc<dyn Broker>) -> Self {
-        Self { broker }
+    /// Views of `broker` (a [`MemoryBroker`](crate::MemoryBroker), a
+    /// [`RedisBroker`](crate::RedisBroker), or an `Arc<dyn Broker>` shared with others).
+    pub fn new(broker: impl Into<Arc<dyn Broker>>) -> Self {
+        Self {
+            broker: broker.into(),
+        }
     }
 
     /// Every known queue with its size and latency.
@@ -61,8 +62,10 @@ impl Admin {
             Some(payload) => Envelope::parse(&payload)
                 .ok()
                 .and_then(|e| e.enqueued_at.or(e.created_at))
-                .map_or(0.0, |at| (now() - at).max(0.0)),
-            None => 0.0,
+                .map_or(Duration::ZERO, |at| {
+                    Duration::try_from_secs_f64(now() - at).unwrap_or(Duration::ZERO)
+                }),
+            None => Duration::ZERO,
         };
         Ok(QueueInfo {
             name: name.to_owned(),
@@ -89,7 +92,7 @@ impl Admin {
             .await?
             .into_iter()
             .map(|(at, payload)| SetEntry {
-                at,
+                at: from_epoch(at),
                 job: Envelope::parse(&payload).map_err(|_| payload),
             })
             .collect())
@@ -108,8 +111,7 @@ impl Admin {
 
     /// Pauses `queue` for `cooldown`, after which it resumes by itself.
     pub async fn pause_for(&self, queue: &str, cooldown: Duration) -> Result<(), Error> {
-        let until = now() + cooldown.as_secs_f64();
-        Ok(self.broker.pause(queue, Some(until)).await?)
+        Ok(self.broker.pause(queue, Some(after(cooldown))).await?)
     }
 
     /// Resumes `queue`; idle workers wake at once.
@@ -117,9 +119,13 @@ impl Admin {
         Ok(self.broker.resume(queue).await?)
     }
 
-    /// The paused queues, each with the time (epoch seconds) it resumes by itself, if any.
-    pub async fn paused(&self) -> Result<Vec<(String, Option<f64>)>, Error> {
-        Ok(self.broker.paused().await?)
+    /// The paused queues, each with the time it resumes by itself, if any.
+    pub async fn paused(&self) -> Result<Vec<(String, Option<SystemTime>)>, Error> {
+        let paused = self.broker.paused().await?;
+        Ok(paused
+            .into_iter()
+            .map(|(queue, until)| (queue, until.map(from_epoch)))
+            .collect())
     }
 
     /// Processed and failed totals.

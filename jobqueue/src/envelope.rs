@@ -1,12 +1,14 @@
 //! The wire payload: Sidekiq-compatible JSON, so Ruby Sidekiq and this library can share
 //! queues and read each other's retry and dead sets.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+
 
 use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+
+use crate::time::now;
 
 /// Sidekiq cuts error messages to this many characters.
 const MAX_ERROR_MESSAGE: usize = 10_000;
@@ -297,18 +299,6 @@ pub fn new_jid() -> String {
         jid.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
     }
     jid
-}
-
-/// The current time in float epoch seconds.
-pub fn now() -> f64 {
-    epoch_seconds(SystemTime::now())
-}
-
-/// A time in float epoch seconds; times before 1970 are 0.
-pub fn epoch_seconds(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// `text` cut to at most `max` characters, on a character boundary.

@@ -1,15 +1,15 @@
-//! What a job is: the [`Job`] description (written by `#[derive(Job)]`), the [`Perform`]
-//! body (written by you), its options and the retry policy derived from them.
+//! What a job is: the [`Job`] description (written by `#[derive(Job)]`), its options, the
+//! retry policy derived from them, and the keys its collapse marker and uniqueness locks
+//! are stored under. What running job code sees is in [`crate::perform`].
 
-use std::borrow::Cow;
-use std::fmt;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
-use crate::client::Client;
+use crate::envelope::Envelope;
 
 /// A job type: its class name on the wire and its options.
 ///
@@ -20,151 +20,6 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
     /// The queue, retry policy and mechanisms chosen by the `#[job(...)]` attribute.
     const OPTIONS: JobOptions;
-}
-
-/// The work a job does.
-///
-/// ```
-/// use jobqueue::{async_trait, Job, JobContext, JobError, Perform};
-/// use serde::{Deserialize, Serialize};
-///
-/// #[derive(Serialize, Deserialize, Job)]
-/// #[job(queue = "emails", idempotent)]
-/// struct SendWelcome { user_id: u64 }
-///
-/// #[async_trait]
-/// impl Perform for SendWelcome {
-///     async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-///         println!("welcome {} (job {})", self.user_id, ctx.jid);
-///         Ok(())
-///     }
-/// }
-/// ```
-#[async_trait]
-pub trait Perform: Job {
-    /// Runs the job. An error fails it; the retry policy decides what happens next.
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError>;
-
-    /// Overrides the delay before retry number `retry_count + 1` (0 after the first failure).
-    /// `None` keeps Sidekiq's backoff: `count^4 + 15 + rand(10) * (count + 1)` seconds.
-    fn retry_in(&self, retry_count: u32, error: &JobError) -> Option<Duration> {
-        let _ = (retry_count, error);
-        None
-    }
-}
-
-/// What a running job knows about itself.
-#[derive(Clone)]
-pub struct JobContext {
-    /// The job id (24 lowercase hex characters).
-    pub jid: String,
-    /// The queue the job was taken from.
-    pub queue: String,
-    /// The class name on the wire.
-    pub class: String,
-    /// How many times the job has been retried before this run (0 on the first run).
-    pub retries: u32,
-    /// A client on the same broker, so a job can enqueue further jobs.
-    pub client: Client,
-}
-
-impl fmt::Debug for JobContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobContext")
-            .field("jid", &self.jid)
-            .field("queue", &self.queue)
-            .field("class", &self.class)
-            .field("retries", &self.retries)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a job failed: written to the payload as `error_class` and `error_message`.
-///
-/// Any `std::error::Error` converts into it, so `?` works inside `perform`.
-pub struct JobError {
-    class: Cow<'static, str>,
-    message: String,
-    pub(crate) no_retry: bool,
-    pub(crate) retry_in: Option<Duration>,
-    pub(crate) pause_queue: Option<Duration>,
-}
-
-impl JobError {
-    /// A failure with a message and the class `JobError`.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            class: Cow::Borrowed("JobError"),
-            message: message.into(),
-            no_retry: false,
-            retry_in: None,
-            pause_queue: None,
-        }
-    }
-
-    /// Says that a service the job's queue depends on is down: the queue is paused for
-    /// `cooldown` and the job goes back to the front of it, not counted as a failure. Every
-    /// worker stops taking from the queue instead of failing job after job.
-    pub fn pause_queue(mut self, cooldown: Duration) -> Self {
-        self.pause_queue = Some(cooldown);
-        self
-    }
-
-    /// Sends the job to the dead set now, whatever retries it has left (Sidekiq's `:kill`):
-    /// for failures that a retry cannot mend.
-    pub fn no_retry(mut self) -> Self {
-        self.no_retry = true;
-        self
-    }
-
-    /// Sets the `error_class` reported for this failure.
-    pub fn with_class(mut self, class: impl Into<Cow<'static, str>>) -> Self {
-        self.class = class.into();
-        self
-    }
-
-    /// The `error_class` written to the payload.
-    pub fn class(&self) -> &str {
-        &self.class
-    }
-
-    /// The `error_message` written to the payload.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
-    fn from(error: E) -> Self {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        let full = std::any::type_name::<E>();
-        let class = full.rsplit("::").next().unwrap_or(full);
-        Self {
-            class: Cow::Borrowed(class),
-            message,
-            no_retry: false,
-            retry_in: None,
-            pause_queue: None,
-        }
-    }
-}
-
-impl fmt::Display for JobError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.class, self.message)
-    }
-}
-
-impl fmt::Debug for JobError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
 }
 
 /// How many times a failed job, and a failed third-party call inside it, is tried again.
@@ -278,29 +133,100 @@ impl JobOptions {
         collapse: None,
         unique: None,
     };
+}
 
-    /// The mechanisms a worker must have installed before it may run this job.
-    pub fn required_mechanisms(&self) -> impl Iterator<Item = Mechanism> {
-        let collapse = self.collapse.map(|_| Mechanism::Collapse);
-        let unique = self.unique.map(|_| Mechanism::UniqueLock);
-        collapse.into_iter().chain(unique)
+impl UniqueSpec {
+    /// The key of the lock taken at enqueue; its value is the id of the job holding it.
+    pub fn queued_key(&self, envelope: &Envelope) -> String {
+        job_key("unique", envelope, self.key, true)
+    }
+
+    /// The key of the lease taken while the job runs; its value is the id of the job
+    /// holding it.
+    pub fn running_key(&self, envelope: &Envelope) -> String {
+        job_key("running", envelope, self.key, true)
+    }
+
+    /// Whether the lock is taken when the job is enqueued.
+    pub(crate) fn locks_at_enqueue(&self) -> bool {
+        !matches!(self.lock, UniqueLock::WhileExecuting)
+    }
+
+    /// Whether a lease is held while the job runs.
+    pub(crate) fn locks_while_running(&self) -> bool {
+        matches!(
+            self.lock,
+            UniqueLock::WhileExecuting | UniqueLock::UntilAndWhileExecuting
+        )
     }
 }
 
-/// A mechanism provided by middleware, required by some job options.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mechanism {
-    /// The stale-job client and stopper for collapsible jobs.
-    Collapse,
-    /// Uniqueness locks.
-    UniqueLock,
+impl CollapseSpec {
+    /// The key of the newest-job marker; its value is the id of the newest job enqueued
+    /// with this key.
+    pub fn marker_key(&self, envelope: &Envelope) -> String {
+        job_key("collapse", envelope, self.key, false)
+    }
 }
 
-impl fmt::Display for Mechanism {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mechanism::Collapse => "the collapse (stale-job) middleware",
-            Mechanism::UniqueLock => "the unique-lock middleware",
-        })
+/// `kind:class[:queue]:sha256(arguments)`: the job's class and a digest of its arguments
+/// (all of them, or the fields the attribute names). Object keys are sorted before hashing,
+/// so the same arguments give the same key however they were written.
+fn job_key(kind: &str, envelope: &Envelope, fields: &[&str], queue: bool) -> String {
+    let selected = match (fields, envelope.args.as_slice()) {
+        ([], args) => Value::Array(args.to_vec()),
+        (fields, [Value::Object(object)]) => Value::Object(
+            fields
+                .iter()
+                .map(|f| {
+                    let value = object.get(*f).cloned().unwrap_or(Value::Null);
+                    ((*f).to_owned(), value)
+                })
+                .collect::<Map<_, _>>(),
+        ),
+        // Positional arguments (a job pushed from Ruby): the fields cannot be picked out.
+        (_, args) => Value::Array(args.to_vec()),
+    };
+    let digest = Sha256::digest(selected.to_string().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    if queue {
+        format!("{kind}:{}:{}:{hex}", envelope.class, envelope.queue)
+    } else {
+        format!("{kind}:{}:{hex}", envelope.class)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope(args: Vec<Value>) -> Envelope {
+        Envelope::new("Refresh", "default", args)
+    }
+
+    #[test]
+    fn named_fields_pick_the_key_and_the_rest_is_ignored() {
+        let a = envelope(vec![json!({"account": 1, "reason": "a"})]);
+        let b = envelope(vec![json!({"reason": "b", "account": 1})]);
+        let c = envelope(vec![json!({"account": 2, "reason": "a"})]);
+        assert_eq!(
+            job_key("c", &a, &["account"], false),
+            job_key("c", &b, &["account"], false)
+        );
+        assert_ne!(
+            job_key("c", &a, &["account"], false),
+            job_key("c", &c, &["account"], false)
+        );
+        assert_ne!(job_key("c", &a, &[], false), job_key("c", &b, &[], false));
+    }
+
+    #[test]
+    fn the_queue_counts_only_when_asked() {
+        let mut a = envelope(vec![json!(1)]);
+        let k1 = job_key("u", &a, &[], true);
+        a.queue = "other".into();
+        assert_ne!(k1, job_key("u", &a, &[], true));
+        assert!(k1.starts_with("u:Refresh:default:"));
     }
 }

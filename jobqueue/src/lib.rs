@@ -64,15 +64,19 @@
 
 #![deny(missing_docs)]
 
-pub mod admin;
-pub mod broker;
-pub mod client;
-pub mod envelope;
+// Layers, lowest first; a module imports only from modules above it in this list.
+mod time;
 pub mod error;
+pub mod envelope;
 pub mod job;
-pub mod middleware;
+pub mod broker;
+pub mod chain;
+pub mod client;
+pub mod perform;
+pub mod retry;
 pub mod schedule;
 pub mod worker;
+pub mod admin;
 
 pub use async_trait::async_trait;
 /// Time zones for cron schedules and quiet windows.
@@ -81,11 +85,11 @@ pub use jobqueue_derive::Job;
 
 pub use crate::admin::Admin;
 pub use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisConfig, SortedSet};
-pub use crate::client::Client;
+pub use crate::client::{Client, MechanismConfig};
 pub use crate::envelope::Envelope;
 pub use crate::error::{BrokerError, Error};
 pub use crate::job::{
-    CollapseSpec, Job, JobContext, JobError, JobOptions, Mechanism, OnConflict, Perform,
-    RetryPolicy, UniqueLock, UniqueSpec,
+    CollapseSpec, Job, JobOptions, OnConflict, RetryPolicy, UniqueLock, UniqueSpec,
 };
+pub use crate::perform::{JobContext, JobError, Perform};
 pub use crate::worker::{Queues, RunState, Worker, WorkerBuilder, WorkerConfig, WorkerHandle};

@@ -12,7 +12,7 @@ use super::{
     Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
     Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT,
 };
-use crate::envelope::now;
+use crate::time::now;
 use crate::error::BrokerError;
 
 /// A broker that keeps everything in this process's memory.
@@ -176,6 +176,12 @@ fn remove_last(list: &mut VecDeque<String>, payload: &str) -> bool {
     match list.iter().rposition(|p| p == payload) {
         Some(i) => list.remove(i).is_some(),
         None => false,
+    }
+}
+
+impl From<MemoryBroker> for Arc<dyn Broker> {
+    fn from(broker: MemoryBroker) -> Self {
+        Arc::new(broker)
     }
 }
 

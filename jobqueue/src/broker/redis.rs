@@ -17,7 +17,7 @@ use super::{
     Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
     Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT, RAW_MARKER,
 };
-use crate::envelope::now;
+use crate::time::now;
 use crate::error::BrokerError;
 
 /// Sidekiq keeps daily stats for five years.
@@ -268,6 +268,12 @@ async fn listen(client: redis::Client, channel: String, hub: Arc<WakeupHub>) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl From<RedisBroker> for Arc<dyn Broker> {
+    fn from(broker: RedisBroker) -> Self {
+        Arc::new(broker)
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{dispatch, recovery, AckMessage, Shared};
+use super::acker::AckMessage;
+use super::{processor, recovery, settle, Shared};
 use crate::broker::Fetched;
 
 /// How often [`crate::Queues::all`] looks for new queues.
@@ -50,7 +51,7 @@ pub(crate) async fn run(
             },
             _ = state.changed() => continue,
         };
-        running.spawn(dispatch::run(
+        running.spawn(processor::run(
             Arc::clone(&shared),
             job,
             acks.clone(),
@@ -65,7 +66,7 @@ pub(crate) async fn run(
         unstarted.push(job.payload);
     }
     if !unstarted.is_empty() {
-        recovery::hand_back(&shared, unstarted).await;
+        recovery::return_unstarted(&shared, unstarted).await;
     }
     running
 }
@@ -73,7 +74,7 @@ pub(crate) async fn run(
 /// Keeps the buffer filled until the worker stops taking work.
 async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usize) {
     let mut state = shared.state.subscribe();
-    let mut delays = dispatch::backoff();
+    let mut delays = settle::backoff();
     let mut known_queues: Vec<String> = Vec::new();
     let mut refreshed: Option<Instant> = None;
     let refill_at = prefetch.div_ceil(2);
@@ -102,11 +103,11 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
         let order = queues.fetch_order(&known_queues);
         let jobs = match shared.broker.fetch(&shared.identity, &order, wanted).await {
             Ok(jobs) => {
-                delays = dispatch::backoff();
+                delays = settle::backoff();
                 jobs
             }
             Err(e) => {
-                let wait = delays.next().unwrap_or(dispatch::MAX_BACKOFF);
+                let wait = delays.next().unwrap_or(settle::MAX_BACKOFF);
                 tracing::warn!("fetch failed, trying again in {wait:?}: {e}");
                 drop(room);
                 tokio::select! {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::{recovery, RunState, Shared};
 use crate::broker::Heartbeat;
-use crate::envelope::now;
+use crate::time::now;
 use crate::error::BrokerError;
 
 /// Beats until `done` turns true, then once more so the last stats are flushed.
@@ -73,7 +73,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
 
 /// Resident memory of this process in KiB, as reported in the process info (Linux; 0
 /// elsewhere).
-pub fn resident_memory_kb() -> u64 {
+pub(crate) fn resident_memory_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

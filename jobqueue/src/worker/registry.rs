@@ -8,9 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::dispatch::error_class;
+use crate::retry::error_class;
 use crate::envelope::decode_args;
-use crate::job::{JobContext, JobError, JobOptions, Perform};
+use crate::job::JobOptions;
+use crate::perform::{JobContext, JobError, Perform};
 
 #[async_trait]
 pub(crate) trait Handler: Send + Sync {
@@ -64,10 +65,6 @@ impl Registry {
 
     pub(crate) fn get(&self, class: &str) -> Option<&Arc<dyn Handler>> {
         self.handlers.get(class).map(|(handler, _)| handler)
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static str, &Arc<dyn Handler>)> {
-        self.handlers.iter().map(|(name, (h, _))| (*name, h))
     }
 
     pub(crate) fn is_empty(&self) -> bool {

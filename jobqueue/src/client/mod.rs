@@ -1,5 +1,8 @@
-//! Enqueueing: now, after a delay, at a time, or many jobs in one round trip. Every job
-//! passes through the client middleware chain first.
+//! Enqueueing: now, after a delay, at a time, or many jobs in one round trip.
+//!
+//! Every job passes, in order: the client middleware chain (which may change or refuse
+//! it), the payload size check, the mechanisms its attribute demands
+//! ([`mechanisms`]), and only then the broker. A refused job has left nothing behind.
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,10 +11,18 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 
 use crate::broker::{Broker, Push};
-use crate::envelope::{encode_args, epoch_seconds, now, Envelope, Retry};
+use crate::envelope::{encode_args, Envelope, Retry};
 use crate::error::Error;
 use crate::job::{Job, JobOptions};
-use crate::middleware::{Admission, ClientChain, ClientJob, ClientMiddleware, Origin};
+use crate::time::{epoch_seconds, from_epoch, now};
+
+pub mod mechanisms;
+pub mod middleware;
+
+pub use self::mechanisms::MechanismConfig;
+pub use self::middleware::{
+    Admission, ClientChain, ClientJob, ClientMiddleware, ClientNext, Origin,
+};
 
 /// How many jobs of a bulk enqueue go through the client chain at once.
 const BULK_MIDDLEWARE_CONCURRENCY: usize = 256;
@@ -38,6 +49,7 @@ pub struct Client {
     broker: Arc<dyn Broker>,
     chain: Arc<ClientChain>,
     max_payload_bytes: usize,
+    mechanisms: MechanismConfig,
 }
 
 /// The default largest payload a client pushes and a worker accepts: 1 MiB.
@@ -52,17 +64,15 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client for `broker`, with no middleware.
-    pub fn new(broker: impl Broker) -> Self {
-        Self::from_shared(Arc::new(broker))
-    }
-
-    /// A client for a broker already shared with others.
-    pub fn from_shared(broker: Arc<dyn Broker>) -> Self {
+    /// A client for `broker` (a [`MemoryBroker`](crate::MemoryBroker), a
+    /// [`RedisBroker`](crate::RedisBroker), or an `Arc<dyn Broker>` shared with others),
+    /// with no middleware.
+    pub fn new(broker: impl Into<Arc<dyn Broker>>) -> Self {
         Self {
-            broker,
+            broker: broker.into(),
             chain: Arc::new(ClientChain::new()),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            mechanisms: MechanismConfig::default(),
         }
     }
 
@@ -70,6 +80,12 @@ impl Client {
     /// refused with [`Error::PayloadTooLarge`].
     pub fn max_payload_bytes(mut self, limit: usize) -> Self {
         self.max_payload_bytes = limit;
+        self
+    }
+
+    /// This client with other settings for the collapse and uniqueness mechanisms.
+    pub fn mechanisms(mut self, config: MechanismConfig) -> Self {
+        self.mechanisms = config;
         self
     }
 
@@ -83,11 +99,6 @@ impl Client {
     pub fn with<M: ClientMiddleware>(mut self, middleware: M) -> Self {
         Arc::make_mut(&mut self.chain).add(middleware);
         self
-    }
-
-    /// The broker this client pushes to.
-    pub fn broker(&self) -> &Arc<dyn Broker> {
-        &self.broker
     }
 
     /// The middleware every enqueue goes through.
@@ -109,7 +120,7 @@ impl Client {
 
     /// Runs `job` once `delay` has passed. Returns its job id.
     pub async fn enqueue_in<J: Job>(&self, delay: Duration, job: &J) -> Result<String, Error> {
-        self.enqueue_one(job, None, Some(now() + delay.as_secs_f64()))
+        self.enqueue_one(job, None, Some(crate::time::after(delay)))
             .await
     }
 
@@ -158,7 +169,6 @@ impl Client {
         for result in admitted {
             match result {
                 Ok(Admitted::Push(push, jid)) => {
-                    self.check_size(&push, J::NAME)?;
                     pushes.push(push);
                     jids.push(Some(jid));
                 }
@@ -205,10 +215,8 @@ impl Client {
         at: Option<f64>,
         options: Option<&'static JobOptions>,
     ) -> Result<String, Error> {
-        let class = envelope.class.clone();
         match self.admit(envelope, at, options, Origin::Enqueue).await? {
             Admitted::Push(push, jid) => {
-                self.check_size(&push, &class)?;
                 self.broker.push(&[push]).await?;
                 Ok(jid)
             }
@@ -227,8 +235,9 @@ impl Client {
         Ok(())
     }
 
-    /// Runs the middleware chain for one job and, if it is admitted, makes it ready to push.
-    /// The scheduler uses this too when it moves due jobs to their queues.
+    /// Makes one job ready to push: the middleware chain, then the size check, then the
+    /// job's mechanisms, so a job refused for any reason leaves no lock or marker behind.
+    /// Every enqueue path comes through here: the scheduler and periodic ticks too.
     pub(crate) async fn admit(
         &self,
         envelope: Envelope,
@@ -238,18 +247,35 @@ impl Client {
     ) -> Result<Admitted, Error> {
         let mut job = ClientJob {
             envelope,
-            at,
+            at: at.map(from_epoch),
             options,
             origin,
             broker: Arc::clone(&self.broker),
         };
-        match self.chain.run(&mut job).await? {
-            Admission::Push => {
-                let jid = job.envelope.jid.clone();
-                Ok(Admitted::Push(to_push(job.envelope, job.at, now()), jid))
-            }
-            Admission::Existing { jid } => Ok(Admitted::Existing(jid)),
+        if let Admission::Existing { jid } = self.chain.run(&mut job).await? {
+            return Ok(Admitted::Existing(jid));
         }
+        // The chain may have moved the time; keep the caller's exact value when it did not.
+        let mut at = match (at, job.at) {
+            (Some(at), Some(after)) if from_epoch(at) == after => Some(at),
+            (_, after) => after.map(epoch_seconds),
+        };
+        let mut envelope = job.envelope;
+        let now = now();
+        let mut push = to_push(&mut envelope, at, now);
+        self.check_size(&push, &envelope.class)?;
+        let before = at;
+        let broker = self.broker.as_ref();
+        match mechanisms::apply(&self.mechanisms, broker, &envelope, options, origin, &mut at)
+            .await?
+        {
+            Admission::Existing { jid } => return Ok(Admitted::Existing(jid)),
+            Admission::Push => {}
+        }
+        if at != before {
+            push = to_push(&mut envelope, at, now);
+        }
+        Ok(Admitted::Push(push, envelope.jid))
     }
 }
 
@@ -274,7 +300,7 @@ fn envelope_for<J: Job>(job: &J, created_at: f64) -> Result<Envelope, Error> {
 
 /// A job due later goes to `schedule` without `enqueued_at`, as Sidekiq stores it; the
 /// scheduler sets `enqueued_at` when it moves the job to its queue.
-fn to_push(mut envelope: Envelope, at: Option<f64>, now: f64) -> Push {
+fn to_push(envelope: &mut Envelope, at: Option<f64>, now: f64) -> Push {
     let at = at.filter(|at| *at > now);
     envelope.enqueued_at = if at.is_none() { Some(now) } else { None };
     Push {

@@ -1,0 +1,224 @@
+//! What running job code sees: the [`Perform`] trait you implement, the [`JobContext`]
+//! it is given, and the [`JobError`] it returns. No raw broker: a job enqueues follow-ups
+//! through its context, so the mechanisms its attribute demands always apply.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::client::Client;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::job::{Job, JobOptions};
+
+/// The work a job does.
+///
+/// ```
+/// use jobqueue::{async_trait, Job, JobContext, JobError, Perform};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Job)]
+/// #[job(queue = "emails", idempotent)]
+/// struct SendWelcome { user_id: u64 }
+///
+/// #[async_trait]
+/// impl Perform for SendWelcome {
+///     async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+///         println!("welcome {} (job {})", self.user_id, ctx.jid);
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Perform: Job {
+    /// Runs the job. An error fails it; the retry policy decides what happens next.
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError>;
+
+    /// Overrides the delay before retry number `retry_count + 1` (0 after the first failure).
+    /// `None` keeps Sidekiq's backoff: `count^4 + 15 + rand(10) * (count + 1)` seconds.
+    fn retry_in(&self, retry_count: u32, error: &JobError) -> Option<Duration> {
+        let _ = (retry_count, error);
+        None
+    }
+}
+
+/// What a running job knows about itself, and what it may do besides its own work:
+/// enqueue follow-up jobs (through the worker's client, so every mechanism applies).
+///
+/// In a unit test, make one with [`JobContext::for_job`] and call `perform` directly.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct JobContext {
+    /// The job id (24 lowercase hex characters).
+    pub jid: String,
+    /// The queue the job was taken from.
+    pub queue: String,
+    /// The class name on the wire.
+    pub class: String,
+    /// How many times the job has been retried before this run (0 on the first run).
+    pub retries: u32,
+    options: &'static JobOptions,
+    client: Client,
+}
+
+impl JobContext {
+    pub(crate) fn new(envelope: &Envelope, queue: &str, options: &'static JobOptions, client: Client) -> Self {
+        Self {
+            jid: envelope.jid.clone(),
+            queue: queue.to_owned(),
+            class: envelope.class.clone(),
+            retries: envelope.retry_count.map_or(0, |n| n.saturating_add(1)),
+            options,
+            client,
+        }
+    }
+
+    /// A context for a first run of a `J` with a new job id, whose follow-up jobs go
+    /// through `client`: for calling `perform` directly in tests.
+    ///
+    /// ```
+    /// # use jobqueue::{async_trait, Job, JobContext, JobError, Perform};
+    /// # #[derive(serde::Serialize, serde::Deserialize, Job)]
+    /// # struct Ping;
+    /// # #[async_trait]
+    /// # impl Perform for Ping {
+    /// #     async fn perform(&self, _: &JobContext) -> Result<(), JobError> { Ok(()) }
+    /// # }
+    /// use jobqueue::{Client, MemoryBroker};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let ctx = JobContext::for_job::<Ping>(Client::new(MemoryBroker::new()));
+    /// Ping.perform(&ctx).await.unwrap();
+    /// # });
+    /// ```
+    pub fn for_job<J: Job>(client: Client) -> Self {
+        let envelope = Envelope::new(J::NAME, J::OPTIONS.queue, Vec::new());
+        Self::new(&envelope, J::OPTIONS.queue, &J::OPTIONS, client)
+    }
+
+    /// The options the job's `#[job(...)]` attribute chose.
+    pub fn options(&self) -> &'static JobOptions {
+        self.options
+    }
+
+    /// Enqueues a follow-up job; see [`Client::enqueue`].
+    pub async fn enqueue<J: Job>(&self, job: &J) -> Result<String, Error> {
+        self.client.enqueue(job).await
+    }
+
+    /// Enqueues a follow-up job to `queue`; see [`Client::enqueue_to`].
+    pub async fn enqueue_to<J: Job>(&self, queue: &str, job: &J) -> Result<String, Error> {
+        self.client.enqueue_to(queue, job).await
+    }
+
+    /// Enqueues a follow-up job that runs after `delay`; see [`Client::enqueue_in`].
+    pub async fn enqueue_in<J: Job>(&self, delay: Duration, job: &J) -> Result<String, Error> {
+        self.client.enqueue_in(delay, job).await
+    }
+
+    /// Enqueues a follow-up job that runs at `at`; see [`Client::enqueue_at`].
+    pub async fn enqueue_at<J: Job>(&self, at: SystemTime, job: &J) -> Result<String, Error> {
+        self.client.enqueue_at(at, job).await
+    }
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("jid", &self.jid)
+            .field("queue", &self.queue)
+            .field("class", &self.class)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a job failed: written to the payload as `error_class` and `error_message`.
+///
+/// Any `std::error::Error` converts into it, so `?` works inside `perform`.
+pub struct JobError {
+    class: Cow<'static, str>,
+    message: String,
+    pub(crate) no_retry: bool,
+    pub(crate) retry_in: Option<Duration>,
+    pub(crate) pause_queue: Option<Duration>,
+}
+
+impl JobError {
+    /// A failure with a message and the class `JobError`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            class: Cow::Borrowed("JobError"),
+            message: message.into(),
+            no_retry: false,
+            retry_in: None,
+            pause_queue: None,
+        }
+    }
+
+    /// Says that a service the job's queue depends on is down: the queue is paused for
+    /// `cooldown` and the job goes back to the front of it, not counted as a failure. Every
+    /// worker stops taking from the queue instead of failing job after job.
+    pub fn pause_queue(mut self, cooldown: Duration) -> Self {
+        self.pause_queue = Some(cooldown);
+        self
+    }
+
+    /// Sends the job to the dead set now, whatever retries it has left (Sidekiq's `:kill`):
+    /// for failures that a retry cannot mend.
+    pub fn no_retry(mut self) -> Self {
+        self.no_retry = true;
+        self
+    }
+
+    /// Sets the `error_class` reported for this failure.
+    pub fn with_class(mut self, class: impl Into<Cow<'static, str>>) -> Self {
+        self.class = class.into();
+        self
+    }
+
+    /// The `error_class` written to the payload.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// The `error_message` written to the payload.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(error: E) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        let full = std::any::type_name::<E>();
+        let class = full.rsplit("::").next().unwrap_or(full);
+        Self {
+            class: Cow::Borrowed(class),
+            message,
+            no_retry: false,
+            retry_in: None,
+            pause_queue: None,
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+impl fmt::Debug for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+

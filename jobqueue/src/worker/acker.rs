@@ -1,0 +1,62 @@
+//! Acknowledging: finished jobs leave the in-flight list in batches, whatever has queued
+//! up since the last round trip, so a fast worker pays one round trip for many jobs.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{settle, Shared};
+
+/// How many finished jobs are removed from the in-flight list per round trip, at most.
+const ACK_BATCH: usize = 256;
+
+/// What the acker is told.
+pub(crate) enum AckMessage {
+    /// This job (its payload as fetched) finished.
+    Done(String),
+    /// Answer once everything sent before has reached the broker.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Waits until every acknowledgement sent so far has reached the broker.
+pub(super) async fn flush(acks: &mpsc::UnboundedSender<AckMessage>) {
+    let (tx, rx) = oneshot::channel();
+    if acks.send(AckMessage::Flush(tx)).is_ok() {
+        let _ = rx.await;
+    }
+}
+
+/// Removes finished jobs from the in-flight list, batching whatever has queued up since the
+/// last round trip; a failed batch is tried again until the broker answers.
+pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AckMessage>) {
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                AckMessage::Done(payload) => batch.push(payload),
+                AckMessage::Flush(tx) => flushes.push(tx),
+            }
+            next = if batch.len() < ACK_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let mut delays = settle::backoff();
+        while let Err(e) = shared.broker.ack(&shared.identity, &batch).await {
+            let wait = delays.next().unwrap_or(settle::MAX_BACKOFF);
+            tracing::warn!(
+                "acknowledging {} job(s) failed, trying again in {wait:?}: {e}",
+                batch.len()
+            );
+            tokio::time::sleep(wait).await;
+        }
+        batch.clear();
+        for tx in flushes.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+}
+

@@ -1,0 +1,199 @@
+//! Runs one fetched job, as Sidekiq's processor: checks its payload, finds its type, runs
+//! it through the server middleware and its mechanisms, and settles it where it goes next
+//! (acknowledged, rescheduled, its queue paused, or where [`crate::retry`] sends a failure).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::acker::AckMessage;
+use super::mechanisms::Guarded;
+use super::middleware::{Outcome, ServerJob};
+use super::{settle, Shared};
+use crate::broker::{Fetched, Settle};
+use crate::envelope::Envelope;
+use crate::job::JobOptions;
+use crate::perform::{JobContext, JobError};
+use crate::retry::{self, error_class};
+use crate::schedule::window::quiet_until;
+use crate::time::after;
+
+/// Runs one job and settles it. Holds `permit` (a concurrency slot) until the job is done.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    job: Fetched,
+    acks: mpsc::UnboundedSender<AckMessage>,
+    permit: OwnedSemaphorePermit,
+) {
+    shared.busy.fetch_add(1, Ordering::Relaxed);
+    let ended = execute(&shared, &job).await;
+    shared.busy.fetch_sub(1, Ordering::Relaxed);
+    shared.processed.fetch_add(1, Ordering::Relaxed);
+    match ended {
+        Ok(Outcome::Done) => {
+            // The acker is gone only once shutdown has handed every job back.
+            let _ = acks.send(AckMessage::Done(job.payload));
+        }
+        Ok(Outcome::Skipped { .. }) => {
+            shared.skipped.fetch_add(1, Ordering::Relaxed);
+            let _ = acks.send(AckMessage::Done(job.payload));
+        }
+        Ok(Outcome::Reschedule { after: delay, .. }) => {
+            let to = Settle::Schedule {
+                payload: job.payload.clone(),
+                at: after(delay),
+            };
+            settle::one(&shared, &job.payload, to).await;
+        }
+        Ok(Outcome::PauseQueue { cooldown, .. }) => {
+            if let Err(e) = shared.broker.pause(&job.queue, Some(after(cooldown))).await {
+                tracing::warn!("pausing queue {} failed: {e}", job.queue);
+            }
+            let back = Settle::Queue {
+                queue: job.queue.clone(),
+                payload: job.payload.clone(),
+                front: true,
+            };
+            settle::one(&shared, &job.payload, back).await;
+        }
+        Err(Failed { to, job: known }) => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            let dies = retry::dies(&to);
+            settle::one(&shared, &job.payload, to).await;
+            if let (true, Some(known)) = (dies, known) {
+                let (envelope, options) = *known;
+                on_death(&shared, &envelope, options).await;
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// A failed job: where it goes, and the job and its options when its type is known (for
+/// the death handlers).
+struct Failed {
+    to: Settle,
+    job: Option<Box<(Envelope, &'static JobOptions)>>,
+}
+
+impl Failed {
+    fn unknown(to: Settle) -> Self {
+        Self { to, job: None }
+    }
+}
+
+async fn execute(shared: &Shared, job: &Fetched) -> Result<Outcome, Failed> {
+    let limit = shared.config.max_payload_bytes;
+    if job.payload.len() > limit {
+        tracing::error!(queue = %job.queue, "dead: a {} byte payload, over the limit of {limit}", job.payload.len());
+        return Err(Failed::unknown(retry::too_large(&job.queue, &job.payload, limit)));
+    }
+    let mut envelope = match Envelope::parse(&job.payload) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            tracing::error!(queue = %job.queue, "dead: {e}");
+            return Err(Failed::unknown(retry::invalid_payload(&job.queue, &job.payload, &e)));
+        }
+    };
+    let Some(handler) = shared.registry.get(&envelope.class) else {
+        let error = JobError::new(format!(
+            "no job class `{}` is registered with this worker (it runs: {}); register it, or \
+             stop this worker from taking queue `{}`",
+            envelope.class,
+            shared.registry.class_names().join(", "),
+            job.queue,
+        ))
+        .with_class(error_class::UNKNOWN_CLASS);
+        return Err(Failed::unknown(retry::after_failure(&mut envelope, &error)));
+    };
+    let options = handler.options();
+    if options.bulk {
+        if let Some(end) = quiet_until(&shared.config.quiet_windows, chrono::Utc::now()) {
+            tracing::info!(jid = %envelope.jid, class = %envelope.class, "bulk job waits for the quiet window's end at {end}");
+            let wait = std::time::SystemTime::from(end)
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            return Ok(Outcome::Reschedule {
+                after: wait,
+                reason: format!("a bulk job waits for the quiet window's end at {end}"),
+            });
+        }
+    }
+    let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone());
+    let server_job = ServerJob {
+        envelope: &envelope,
+        options,
+        ctx: &ctx,
+        broker: &shared.broker,
+    };
+    let endpoint = Guarded {
+        config: &shared.config.mechanisms,
+        handler: handler.as_ref(),
+    };
+    let run = AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint)).catch_unwind();
+    let error = match run.await {
+        Ok(Ok(outcome)) => {
+            match &outcome {
+                Outcome::Done => {}
+                Outcome::Skipped { reason } => {
+                    tracing::info!(jid = %envelope.jid, class = %envelope.class, "skipped: {reason}");
+                }
+                Outcome::Reschedule { after, reason } => {
+                    tracing::info!(jid = %envelope.jid, class = %envelope.class, "rescheduled in {after:?}: {reason}");
+                }
+                Outcome::PauseQueue { cooldown, reason } => {
+                    tracing::warn!(queue = %job.queue, "pausing the queue for {cooldown:?}: {reason}");
+                }
+            }
+            return Ok(outcome);
+        }
+        Ok(Err(error)) => match error.pause_queue {
+            Some(cooldown) => {
+                tracing::warn!(queue = %job.queue, "pausing the queue for {cooldown:?}: {error}");
+                return Ok(Outcome::PauseQueue {
+                    cooldown,
+                    reason: error.to_string(),
+                });
+            }
+            None => error,
+        },
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with a non-string payload".to_owned());
+            JobError::new(format!("perform panicked: {message}")).with_class(error_class::PANIC)
+        }
+    };
+    let to = retry::after_failure(&mut envelope, &error);
+    Err(Failed {
+        to,
+        job: Some(Box::new((envelope, options))),
+    })
+}
+
+/// The death handlers of a job that will not run again: its locks are released, then each
+/// server middleware's `on_death` runs.
+async fn on_death(shared: &Shared, envelope: &Envelope, options: &'static JobOptions) {
+    super::mechanisms::release_on_death(shared.broker.as_ref(), envelope, options).await;
+    shared
+        .server_chain
+        .on_death(envelope, options, &shared.client)
+        .await;
+}
+
+/// The death handlers of a job that died outside a run (a poison pill found in a dead
+/// process's in-flight list).
+pub(crate) async fn after_death(shared: &Shared, payload: &str) {
+    let Ok(envelope) = Envelope::parse(payload) else {
+        return;
+    };
+    if let Some(handler) = shared.registry.get(&envelope.class) {
+        on_death(shared, &envelope, handler.options()).await;
+    }
+}

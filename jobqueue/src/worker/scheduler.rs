@@ -1,0 +1,121 @@
+//! The scheduler: moves due jobs from the `schedule` and `retry` sets to their queues, as
+//! Sidekiq's `scheduled.rb`, through the client again (middleware, size check, mechanisms).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::{settle, Shared};
+use crate::broker::{Settle, SortedSet};
+use crate::client::{Admitted, Origin};
+use crate::envelope::Envelope;
+use crate::error::{BrokerError, Error};
+use crate::retry;
+use crate::time::{after, now};
+
+/// How long a due job waits when client middleware failed on it (a broker error).
+const MIDDLEWARE_RETRY: Duration = Duration::from_secs(5);
+
+/// How many due jobs are moved per round trip.
+const DUE_BATCH: usize = 1000;
+
+/// Moves due jobs to their queues until the worker stops. Sleeps until the earliest due
+/// time, woken early when a job is scheduled, and looks again at least every
+/// `poll_interval` for jobs scheduled by other producers.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut state = shared.state.subscribe();
+    let mut delays = settle::backoff();
+    while shared.is_running() {
+        let wait = match enqueue_due(&shared).await {
+            Ok(next) => {
+                delays = settle::backoff();
+                let poll = shared.config.poll_interval;
+                next.map_or(poll, |at| {
+                    Duration::from_secs_f64((at - now()).max(0.0)).min(poll)
+                })
+            }
+            Err(e) => {
+                tracing::warn!("scheduler: {e}");
+                delays.next().unwrap_or(settle::MAX_BACKOFF)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.wakeups.scheduled.notified() => {}
+            _ = state.changed() => {}
+        }
+    }
+}
+
+/// Moves every due job, then returns the next due time.
+async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, BrokerError> {
+    for set in [SortedSet::Retry, SortedSet::Schedule] {
+        loop {
+            let due = shared
+                .broker
+                .take_due(&shared.identity, set, now(), DUE_BATCH)
+                .await?;
+            // Through the client middleware concurrently, then to the queues in one trip.
+            let moves = join_all(due.iter().map(|payload| async move {
+                let to = match Envelope::parse(payload) {
+                    Ok(envelope) => to_queue(shared, payload, envelope, set).await,
+                    Err(e) => retry::invalid_payload(set.key(), payload, &e),
+                };
+                (payload.clone(), to)
+            }))
+            .await;
+            settle::many(shared, moves).await;
+            if due.len() < DUE_BATCH {
+                break;
+            }
+        }
+    }
+    shared.broker.next_due().await
+}
+
+/// Where a due job goes: through the client middleware again, as Sidekiq does, then to its
+/// queue, unless the middleware keeps it out.
+async fn to_queue(shared: &Shared, payload: &str, envelope: Envelope, set: SortedSet) -> Settle {
+    let origin = match set {
+        SortedSet::Retry => Origin::Retry,
+        _ => Origin::Scheduled,
+    };
+    let options = shared.registry.get(&envelope.class).map(|h| h.options());
+    let (class, jid) = (envelope.class.clone(), envelope.jid.clone());
+    match shared.client.admit(envelope, None, options, origin).await {
+        Ok(Admitted::Push(push, _)) => match push.at {
+            None => Settle::Queue {
+                queue: push.queue,
+                payload: push.payload,
+                front: false,
+            },
+            Some(at) => Settle::Schedule {
+                payload: push.payload,
+                at,
+            },
+        },
+        Ok(Admitted::Existing(existing)) => {
+            tracing::info!("{class} {jid} dropped when due: job {existing} stands for it");
+            Settle::Discard
+        }
+        Err(Error::Skipped { reason, .. }) => {
+            tracing::info!("{class} {jid} dropped when due: {reason}");
+            Settle::Discard
+        }
+        Err(Error::PayloadTooLarge { limit, .. }) => {
+            tracing::error!("{class} {jid} dead when due: its payload is over {limit} bytes");
+            retry::too_large(set.key(), payload, limit)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{class} {jid}: client middleware failed, trying again in {MIDDLEWARE_RETRY:?}: {e}"
+            );
+            Settle::Schedule {
+                payload: payload.to_owned(),
+                at: after(MIDDLEWARE_RETRY),
+            }
+        }
+    }
+}
+
