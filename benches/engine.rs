@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use jobqueue::client::{Admission, ClientChain, ClientJob, ClientMiddleware, ClientNext, Origin};
 use jobqueue::envelope::{decode_args, encode_args};
-use jobqueue::middleware::{
-    Admission, ClientChain, ClientJob, ClientMiddleware, ClientNext, Origin,
-};
 use jobqueue::{
     async_trait, Client, Envelope, Error, Job, JobContext, JobError, MemoryBroker, Perform, Worker,
 };

@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use jobqueue::{async_trait, Admin, Client, Job, JobContext, JobError, Perform, Worker};
-use jobqueue_middleware::Collapse;
 use serde::{Deserialize, Serialize};
 
 /// Recomputes an account's balance from scratch: only the latest request matters.
@@ -32,10 +31,10 @@ impl Perform for RefreshBalance {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = common::broker("collapsible").await?;
-    let before = Admin::from_shared(broker.clone()).stats().await?;
+    let before = Admin::new(broker.clone()).stats().await?;
 
-    // Producers install the client side: it records the newest job per key.
-    let client = Client::from_shared(broker.clone()).with(Collapse::new());
+    // Every client records the newest job per key: the attribute asks for it.
+    let client = Client::new(broker.clone());
     println!("enqueueing 5 refreshes for account 1 and 1 for account 2");
     for deposit in 1..=5 {
         let reason = format!("deposit {deposit}");
@@ -53,13 +52,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
 
-    // Workers install both sides: the stopper skips every job that is not the newest.
-    let worker = Worker::builder_shared(broker.clone())
-        .install(Collapse::new())
-        .register::<RefreshBalance>();
+    // Every worker's stopper skips every job that is not the newest.
+    let worker = Worker::builder(broker.clone()).register::<RefreshBalance>();
     common::run_for(worker, Duration::from_secs(1)).await?;
 
-    let after = Admin::from_shared(broker).stats().await?;
+    let after = Admin::new(broker).stats().await?;
     println!(
         "processed {}, skipped as stale {}",
         after.processed - before.processed,

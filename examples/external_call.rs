@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jobqueue::{async_trait, Client, Job, JobContext, JobError, Perform, Worker};
 use jobqueue_middleware::external::classify_reqwest;
-use jobqueue_middleware::{call, CallPolicy, Unique};
+use jobqueue_middleware::{call, CallPolicy};
 use serde::{Deserialize, Serialize};
 
 /// Not idempotent and external: no job-level retry, 2 call-level retries, and a
@@ -50,16 +50,15 @@ impl Perform for SendPush {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = scripted_http::serve(&[503, 503, 200]).await;
     let broker = common::broker("external").await?;
-    Client::from_shared(broker.clone())
-        .with(Unique::new())
+    // Not idempotent and external: the attribute implies a while-executing lock, which
+    // every client and worker applies by itself.
+    Client::new(broker.clone())
         .enqueue(&SendPush {
             url: service.url.clone(),
             player_id: 42,
         })
         .await?;
-    let worker = Worker::builder_shared(broker)
-        .install(Unique::new())
-        .register::<SendPush>();
+    let worker = Worker::builder(broker).register::<SendPush>();
     common::run_for(worker, Duration::from_secs(2)).await?;
     println!(
         "the service saw {} requests",

@@ -11,8 +11,8 @@
 //!     redis_commands_per_sec=.. cpu_percent=..
 //! ```
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
-//! flushed), `--middleware` (install the collapse and unique middleware, and use jobs that
-//! are collapsible or unique by their number).
+//! flushed), `--mechanisms` (use jobs that are collapsible or unique by their number, so
+//! every job pays for its collapse marker or uniqueness lock).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -22,7 +22,6 @@ use jobqueue::{
     async_trait, Client, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker,
     WorkerBuilder,
 };
-use jobqueue_middleware::{Collapse, Unique};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -126,7 +125,7 @@ struct Options {
     rate: u64,
     seconds: u64,
     redis: String,
-    middleware: bool,
+    mechanisms: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -137,7 +136,7 @@ fn parse_options() -> Result<Options, String> {
         rate: 1000,
         seconds: 10,
         redis: "redis://127.0.0.1:6379/15".into(),
-        middleware: false,
+        mechanisms: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -157,7 +156,7 @@ fn parse_options() -> Result<Options, String> {
             "--latency" => o.mode = Mode::Latency,
             "--scheduled" => o.mode = Mode::Scheduled,
             "--idle" => o.mode = Mode::Idle,
-            "--middleware" => o.middleware = true,
+            "--mechanisms" => o.mechanisms = true,
             other => {
                 return Err(format!(
                     "unknown option `{other}`; see the top of examples/loadtest.rs"
@@ -178,19 +177,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut conn = redis.get_multiplexed_async_connection().await?;
     redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
     let broker = RedisBroker::connect(&o.redis).await?;
-    let mut client = Client::new(broker.clone());
-    if o.middleware {
-        client = client.with(Collapse::new()).with(Unique::new());
-    }
+    let client = Client::new(broker.clone());
     let mut worker = Worker::builder(broker)
         .queues(Queues::strict(["loadtest"]))
         .concurrency(o.concurrency)
         .register::<Noop>()
         .register::<Stamped>();
-    if o.middleware {
+    if o.mechanisms {
         worker = worker
-            .install(Collapse::new())
-            .install(Unique::new())
             .register::<NoopCollapsible>()
             .register::<NoopUnique>();
     }
@@ -214,7 +208,7 @@ async fn drain(
     let mut n = 0;
     while n < o.jobs {
         let end = (n + CHUNK).min(o.jobs);
-        if !o.middleware {
+        if !o.mechanisms {
             let jobs: Vec<Noop> = (n..end).map(Noop).collect();
             client.enqueue_bulk(&jobs).await?;
         } else if n % (2 * CHUNK) == 0 {
@@ -237,7 +231,7 @@ async fn drain(
     let drain_s = started.elapsed().as_secs_f64();
     handle.shutdown();
     running.await??;
-    println!("rss_kb={}", jobqueue::worker::resident_memory_kb());
+    println!("rss_kb={}", resident_memory_kb());
     println!(
         "jobs={} concurrency={} enqueue_s={enqueue_s:.3} drain_s={drain_s:.3} jobs_per_sec={:.0}",
         o.jobs,
@@ -374,4 +368,13 @@ fn percentiles() -> (f64, f64, f64) {
         at(0.99),
         samples.last().copied().unwrap_or(f64::NAN),
     )
+}
+
+/// This process's resident memory in KiB, from `/proc/self/statm` (0 where there is none).
+fn resident_memory_kb() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * 4
 }

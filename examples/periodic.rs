@@ -46,7 +46,7 @@ fn worker(
         kind: "activity".into(),
     };
     let tz = jobqueue::chrono_tz::Europe::Berlin;
-    Ok(Worker::builder_shared(broker)
+    Ok(Worker::builder(broker)
         .register::<Digest>()
         .register::<Heartbeat>()
         .periodic(Periodic::cron(

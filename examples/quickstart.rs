@@ -93,8 +93,8 @@ impl Perform for ChargeCard {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = common::broker("quickstart").await?;
-    let client = Client::from_shared(Arc::clone(&broker));
-    let admin = Admin::from_shared(Arc::clone(&broker));
+    let client = Client::new(Arc::clone(&broker));
+    let admin = Admin::new(Arc::clone(&broker));
     let dead_before = admin.set_size(SortedSet::Dead).await?;
 
     println!("enqueueing 5 jobs:");
@@ -122,7 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
 
-    let worker = Worker::builder_shared(Arc::clone(&broker))
+    let worker = Worker::builder(Arc::clone(&broker))
         .concurrency(5)
         .register::<SendWelcome>()
         .register::<SyncInventory>()

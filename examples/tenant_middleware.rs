@@ -6,10 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use jobqueue::middleware::{
-    Admission, ClientJob, ClientMiddleware, ClientNext, Outcome, ServerJob, ServerMiddleware,
-    ServerNext,
-};
+use jobqueue::client::{Admission, ClientJob, ClientMiddleware, ClientNext};
+use jobqueue::worker::{Outcome, ServerJob, ServerMiddleware, ServerNext};
 use jobqueue::{async_trait, Client, Error, Job, JobContext, JobError, Perform, Worker};
 use serde::{Deserialize, Serialize};
 
@@ -62,14 +60,14 @@ impl Perform for BuildReport {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = common::broker("tenants").await?;
-    let client = Client::from_shared(broker.clone()).with(TenantMiddleware);
+    let client = Client::new(broker.clone()).with(TenantMiddleware);
     for tenant in ["acme", "globex"] {
         let job = BuildReport {
             month: "2026-10".into(),
         };
         TENANT.scope(tenant.into(), client.enqueue(&job)).await?;
     }
-    let worker = Worker::builder_shared(broker)
+    let worker = Worker::builder(broker)
         .install(TenantMiddleware)
         .register::<BuildReport>();
     common::run_for(worker, Duration::from_secs(1)).await?;

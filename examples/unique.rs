@@ -6,8 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use jobqueue::{async_trait, Client, Error, Job, JobContext, JobError, Perform, Worker};
-use jobqueue_middleware::Unique;
+use jobqueue::{
+    async_trait, Client, Error, Job, JobContext, JobError, MechanismConfig, Perform, Worker,
+};
 use serde::{Deserialize, Serialize};
 
 /// Locked from enqueue until it has run; a duplicate is refused.
@@ -60,7 +61,7 @@ impl Perform for SyncAccount {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = common::broker("unique").await?;
-    let client = Client::from_shared(broker.clone()).with(Unique::new());
+    let client = Client::new(broker.clone());
 
     // A new file name per run, so a run stopped halfway leaves nothing in the next one's way.
     let run = &jobqueue::envelope::new_jid()[..6];
@@ -83,8 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let worker = || {
-        Worker::builder_shared(broker.clone())
-            .install(Unique::new().reschedule_after(Duration::from_millis(50)))
+        Worker::builder(broker.clone())
+            .configure(|c| {
+                c.mechanisms = MechanismConfig::default().conflict_wait(Duration::from_millis(50))
+            })
             .concurrency(5)
             .register::<ImportFile>()
             .register::<SyncAccount>()

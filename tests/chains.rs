@@ -6,10 +6,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobqueue::middleware::{
-    Admission, ClientChain, ClientJob, ClientMiddleware, ClientNext, Origin, Outcome, ServerJob,
-    ServerMiddleware, ServerNext,
-};
+use jobqueue::client::{Admission, ClientChain, ClientJob, ClientMiddleware, ClientNext, Origin};
+use jobqueue::worker::{Outcome, ServerJob, ServerMiddleware, ServerNext};
 use jobqueue::{async_trait, Envelope, Error, JobError, SortedSet};
 use support::jobs::{self, Flaky, Note};
 use support::{eventually, start, Backend};

@@ -8,18 +8,12 @@ use std::time::Duration;
 
 use jobqueue::{async_trait, Client, Job, JobContext, JobError, MemoryBroker, Perform, SortedSet};
 use jobqueue_middleware::external::{classify_reqwest, idempotency_key};
-use jobqueue_middleware::{call, CallPolicy, Unique};
+use jobqueue_middleware::{call, CallPolicy};
 use serde::{Deserialize, Serialize};
 use support::scripted_http::serve;
 
-fn ctx(jid: &str) -> JobContext {
-    JobContext {
-        jid: jid.into(),
-        queue: "push".into(),
-        class: "Notify".into(),
-        retries: 0,
-        client: Client::new(MemoryBroker::new()),
-    }
+fn ctx() -> JobContext {
+    JobContext::for_job::<Notify>(Client::new(MemoryBroker::new()))
 }
 
 fn policy() -> CallPolicy {
@@ -42,7 +36,7 @@ async fn notify(ctx: &JobContext, url: &str) -> Result<u16, reqwest::Error> {
 #[tokio::test]
 async fn transient_failures_are_retried_with_the_same_idempotency_key() {
     let server = serve(&[503, 502, 200]).await;
-    let ctx = ctx("0123456789abcdef01234567");
+    let ctx = ctx();
     assert_eq!(notify(&ctx, &server.url).await.unwrap(), 200);
     let keys = server.keys.lock().unwrap().clone();
     assert_eq!(keys.len(), 3, "1 attempt + 2 retries");
@@ -60,7 +54,7 @@ async fn transient_failures_are_retried_with_the_same_idempotency_key() {
 #[tokio::test]
 async fn retries_stop_after_two() {
     let server = serve(&[500]).await;
-    let err = notify(&ctx("j"), &server.url).await.unwrap_err();
+    let err = notify(&ctx(), &server.url).await.unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(500));
     assert_eq!(server.keys.lock().unwrap().len(), 3);
 }
@@ -69,7 +63,7 @@ async fn retries_stop_after_two() {
 async fn client_errors_are_not_retried() {
     for status in [400, 404, 422] {
         let server = serve(&[status, 200]).await;
-        let err = notify(&ctx("j"), &server.url).await.unwrap_err();
+        let err = notify(&ctx(), &server.url).await.unwrap_err();
         assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
         assert_eq!(server.keys.lock().unwrap().len(), 1, "{status} is final");
     }
@@ -83,7 +77,7 @@ async fn connection_errors_are_retried() {
     let attempts = Arc::new(Mutex::new(0));
     let http = reqwest::Client::new();
     let counted = attempts.clone();
-    let result = call(&ctx("j"), "notify", &policy(), |_| {
+    let result = call(&ctx(), "notify", &policy(), |_| {
         *counted.lock().unwrap() += 1;
         let request = http.post(&url);
         async move { classify_reqwest(request.send().await) }
@@ -121,7 +115,7 @@ async fn an_external_job_retries_the_call_not_the_job() {
     let b = support::Backend::memory().await;
     let failing = serve(&[503]).await;
     let flaky = serve(&[503, 200]).await;
-    let client = b.client().with(Unique::new());
+    let client = b.client();
     client
         .enqueue(&Notify {
             url: failing.url.clone(),
@@ -140,12 +134,7 @@ async fn an_external_job_retries_the_call_not_the_job() {
         built.is_err(),
         "the while-executing lock needs the unique middleware"
     );
-    let worker = b
-        .worker()
-        .register::<Notify>()
-        .install(Unique::new())
-        .build()
-        .unwrap();
+    let worker = b.worker().register::<Notify>().build().unwrap();
     let handle = worker.handle();
     let task = tokio::spawn(worker.run_until(std::future::pending()));
     support::eventually(Duration::from_secs(20), "one ran, one died", || async {

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use jobqueue::worker::error_class;
+use jobqueue::retry::error_class;
 use jobqueue::SortedSet;
 use support::jobs::{self, Note};
 use support::{eventually, start, Backend};

@@ -1,14 +1,19 @@
 //! Collapsible jobs and uniqueness locks, on both brokers, including concurrent enqueues.
+//!
+//! Every client and worker here is the plainest one a user can build (`Client::new`,
+//! `Worker::builder`): the mechanisms a job's attribute demands need no installing.
 
 mod support;
 
 use std::time::Duration;
 
+use jobqueue::client::{Admission, ClientJob, ClientMiddleware, ClientNext};
+use jobqueue::schedule::Periodic;
+use jobqueue::worker::{Outcome, ServerJob, ServerMiddleware, ServerNext};
 use jobqueue::{
     async_trait, envelope::encode_args, Client, Envelope, Error, Job, JobContext, JobError,
-    Perform, SortedSet, WorkerBuilder,
+    MechanismConfig, Perform, SortedSet, WorkerBuilder,
 };
-use jobqueue_middleware::{Collapse, Unique};
 use serde::{Deserialize, Serialize};
 use support::jobs::{self, record};
 use support::{eventually, start, Backend};
@@ -27,6 +32,14 @@ on_both_brokers!(
     until_executing_releases_when_the_job_starts,
     until_expired_holds_for_its_ttl,
     a_dead_job_releases_its_lock,
+    every_enqueue_path_takes_the_lock,
+    a_job_waiting_for_its_retry_keeps_its_lock,
+    replace_takes_the_place_of_a_scheduled_or_retrying_holder,
+    until_and_while_executing_locks_at_enqueue_and_while_running,
+    a_refused_job_leaves_no_lock_or_marker,
+    custom_middleware_composes_around_the_mechanisms,
+    a_periodic_tick_takes_the_lock_like_any_enqueue,
+    outcome_pause_queue_pauses_and_puts_the_job_back,
 );
 
 #[derive(Serialize, Deserialize, Job, Clone)]
@@ -39,10 +52,16 @@ struct Refresh {
 
 #[async_trait]
 impl Perform for Refresh {
-    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
         record(&self.token, format!("{}:{}", self.account, self.seq));
+        record(&jids(&self.token), ctx.jid.clone());
         Ok(())
     }
+}
+
+/// Where a `Refresh` records the id of each job that ran.
+fn jids(token: &str) -> String {
+    format!("{token}-jids")
 }
 
 /// Declares a unique job type that records its label and sleeps `millis`.
@@ -101,13 +120,13 @@ impl Perform for Doomed {
 }
 
 fn client(b: &Backend) -> Client {
-    b.client().with(Collapse::new()).with(Unique::new())
+    b.client()
 }
 
 fn worker(b: &Backend) -> WorkerBuilder {
-    b.worker()
-        .install(Collapse::new())
-        .install(Unique::new().reschedule_after(Duration::from_millis(50)))
+    b.worker().configure(|c| {
+        c.mechanisms = MechanismConfig::default().conflict_wait(Duration::from_millis(50))
+    })
 }
 
 fn job<J: Job>(name: &str, job: &J) -> Envelope {
@@ -148,64 +167,66 @@ async fn only_the_newest_of_a_burst_of_collapsible_jobs_runs(b: Backend) {
 
 async fn concurrent_collapsible_enqueues_run_exactly_one_job(b: Backend) {
     let t = jobs::token();
+    let refresh = |seq| Refresh {
+        token: t.clone(),
+        account: 7,
+        seq,
+    };
+    // Eight producers, each with its own broker connection, as eight processes would have.
     let mut tasks = Vec::new();
     for producer in 0..8u64 {
-        let c = client(&b);
-        let t = t.clone();
+        let c = Client::new(b.another_broker().await);
+        let jobs: Vec<Refresh> = (0..10).map(|i| refresh(producer * 100 + i)).collect();
         tasks.push(tokio::spawn(async move {
-            for i in 0..10 {
-                let seq = producer * 100 + i;
-                c.enqueue(&Refresh {
-                    token: t.clone(),
-                    account: 7,
-                    seq,
-                })
-                .await
-                .unwrap();
+            for job in &jobs {
+                c.enqueue(job).await.unwrap();
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    let probe = Refresh {
-        token: t.clone(),
-        account: 7,
-        seq: 0,
-    };
-    let key = Collapse::marker_key(&job("Refresh", &probe), &Refresh::OPTIONS.collapse.unwrap());
-    let newest = b.broker.lock_holder(&key).await.unwrap().expect("a marker");
+    // Then one more, from yet another connection: it is the newest beyond doubt.
+    let last = Client::new(b.another_broker().await)
+        .enqueue(&refresh(999))
+        .await
+        .unwrap();
 
     let h = start(worker(&b).register::<Refresh>().concurrency(8));
-    eventually(LIMIT, "all 80 taken", || async {
-        b.admin().stats().await.unwrap().processed == 80
+    eventually(LIMIT, "all 81 taken", || async {
+        b.admin().stats().await.unwrap().processed == 81
     })
     .await;
     h.stop().await;
-    assert_eq!(jobs::runs(&t).len(), 1, "exactly one ran");
-    assert_eq!(b.admin().stats().await.unwrap().skipped, 79);
-    // The one that ran is the newest: its marker is unchanged and names it.
     assert_eq!(
-        b.broker.lock_holder(&key).await.unwrap().as_deref(),
-        Some(newest.as_str())
+        jobs::labels(&jids(&t)),
+        [last],
+        "exactly one ran: the last enqueued"
     );
+    assert_eq!(b.admin().stats().await.unwrap().skipped, 80);
 }
 
 async fn collapse_markers_expire(b: Backend) {
+    const TTL: Duration = Duration::from_millis(300);
     let c = b
         .client()
-        .with(Collapse::new().marker_ttl(Duration::from_millis(300)));
+        .mechanisms(MechanismConfig::default().collapse_marker_ttl(TTL));
     let refresh = Refresh {
         token: jobs::token(),
         account: 3,
         seq: 1,
     };
+    let key = Refresh::OPTIONS
+        .collapse
+        .unwrap()
+        .marker_key(&job("Refresh", &refresh));
+    let enqueued = std::time::Instant::now();
     let jid = c.enqueue(&refresh).await.unwrap();
-    let key = Collapse::marker_key(
-        &job("Refresh", &refresh),
-        &Refresh::OPTIONS.collapse.unwrap(),
-    );
-    assert_eq!(b.broker.lock_holder(&key).await.unwrap(), Some(jid));
+    let holder = b.broker.lock_holder(&key).await.unwrap();
+    // A stall past the TTL may have let it lapse already; otherwise it names the job.
+    if enqueued.elapsed() < TTL {
+        assert_eq!(holder, Some(jid));
+    }
     eventually(LIMIT, "the marker expired", || async {
         b.broker.lock_holder(&key).await.unwrap().is_none()
     })
@@ -399,14 +420,20 @@ async fn until_expired_holds_for_its_ttl(b: Backend) {
         label: "x".into(),
         millis: 0,
     };
+    let enqueued = std::time::Instant::now();
     c.enqueue(&job).await.unwrap();
     let h = start(worker(&b).register::<Expires>());
     eventually(LIMIT, "it ran", || async { jobs::runs(&t).len() == 2 }).await;
     h.stop().await;
-    assert!(
-        matches!(c.enqueue(&job).await, Err(Error::Skipped { .. })),
-        "still locked after running"
-    );
+    let again = c.enqueue(&job).await;
+    // Within its 1 s TTL the lock must still hold; a machine that stalled past it proves
+    // nothing here, and the expiry below is checked either way.
+    if enqueued.elapsed() < Duration::from_millis(900) {
+        assert!(
+            matches!(again, Err(Error::Skipped { .. })),
+            "still locked after running: {again:?}"
+        );
+    }
     eventually(LIMIT, "the lock expired", || async {
         c.enqueue(&job).await.is_ok()
     })
@@ -428,4 +455,397 @@ async fn a_dead_job_releases_its_lock(b: Backend) {
     })
     .await;
     h.stop().await;
+}
+
+unique_job!(
+    Guarded,
+    idempotent,
+    unique(lock = "until_and_while_executing", key = "token")
+);
+
+/// Idempotent and unique: fails its first run and waits an hour for its retry.
+#[derive(Serialize, Deserialize, Job, Clone)]
+#[job(idempotent, unique(key = "token"))]
+struct FailsFirst {
+    token: String,
+    label: String,
+}
+
+#[async_trait]
+impl Perform for FailsFirst {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        record(&self.token, self.label.clone());
+        Err(JobError::new("first try fails"))
+    }
+
+    fn retry_in(&self, _: u32, _: &JobError) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+}
+
+/// Idempotent, unique, replacing the holder on conflict; fails and retries in an hour.
+#[derive(Serialize, Deserialize, Job, Clone)]
+#[job(idempotent, unique(on_conflict = "replace", key = "token"))]
+struct Replacer {
+    token: String,
+    label: String,
+    fail: bool,
+}
+
+#[async_trait]
+impl Perform for Replacer {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        record(&self.token, self.label.clone());
+        if self.fail {
+            return Err(JobError::new("fails, to wait in the retry set"));
+        }
+        Ok(())
+    }
+
+    fn retry_in(&self, _: u32, _: &JobError) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+}
+
+fn is_refused(result: &Result<String, Error>) -> bool {
+    matches!(result, Err(Error::Skipped { .. }))
+}
+
+async fn every_enqueue_path_takes_the_lock(b: Backend) {
+    let t = jobs::token();
+    let c = client(&b);
+    // Bulk: the second of two twins is refused within the same call.
+    let jids = c
+        .enqueue_bulk(&[import(&t, "a"), import(&t, "b")])
+        .await
+        .unwrap();
+    assert!(jids[0].is_some() && jids[1].is_none(), "{jids:?}");
+    // Single, delayed and timed enqueues all meet the lock.
+    assert!(is_refused(&c.enqueue(&import(&t, "c")).await));
+    let later = Duration::from_secs(3600);
+    assert!(is_refused(&c.enqueue_in(later, &import(&t, "d")).await));
+    let at = std::time::SystemTime::now() + later;
+    assert!(is_refused(&c.enqueue_at(at, &import(&t, "e")).await));
+    let bulk_at = c.enqueue_bulk_at(at, &[import(&t, "f")]).await.unwrap();
+    assert_eq!(bulk_at, [None]);
+    // A follow-up enqueued by a running job meets it too.
+    #[derive(Serialize, Deserialize, Job)]
+    struct EnqueuesTwin {
+        token: String,
+    }
+    #[async_trait]
+    impl Perform for EnqueuesTwin {
+        async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+            let refused = is_refused(&ctx.enqueue(&import(&self.token, "g")).await);
+            record(&self.token, format!("follow-up refused: {refused}"));
+            Ok(())
+        }
+    }
+    c.enqueue_to("other", &EnqueuesTwin { token: t.clone() })
+        .await
+        .unwrap();
+    let h = start(
+        worker(&b)
+            .queues(jobqueue::Queues::strict(["other"]))
+            .register::<EnqueuesTwin>(),
+    );
+    eventually(LIMIT, "the follow-up was tried", || async {
+        !jobs::runs(&t).is_empty()
+    })
+    .await;
+    h.stop().await;
+    assert_eq!(jobs::labels(&t), ["follow-up refused: true"]);
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
+    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 0);
+}
+
+async fn a_job_waiting_for_its_retry_keeps_its_lock(b: Backend) {
+    let t = jobs::token();
+    let c = client(&b);
+    let job = FailsFirst {
+        token: t.clone(),
+        label: "1".into(),
+    };
+    c.enqueue(&job).await.unwrap();
+    let h = start(worker(&b).register::<FailsFirst>());
+    eventually(LIMIT, "it waits in the retry set", || async {
+        b.admin().set_size(SortedSet::Retry).await.unwrap() == 1
+    })
+    .await;
+    h.stop().await;
+    assert!(
+        is_refused(&c.enqueue(&job).await),
+        "a twin is refused while the job waits for its retry"
+    );
+    assert_eq!(jobs::runs(&t).len(), 1);
+}
+
+async fn replace_takes_the_place_of_a_scheduled_or_retrying_holder(b: Backend) {
+    let t = jobs::token();
+    let c = client(&b);
+    let replacer = |label: &str, fail: bool| Replacer {
+        token: t.clone(),
+        label: label.into(),
+        fail,
+    };
+    // A holder in the schedule set.
+    c.enqueue_in(Duration::from_secs(3600), &replacer("scheduled", false))
+        .await
+        .unwrap();
+    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
+    c.enqueue_to("parked", &replacer("replaces the scheduled one", true))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.admin().set_size(SortedSet::Schedule).await.unwrap(),
+        0,
+        "the scheduled holder was removed"
+    );
+    // The replacement fails and waits in the retry set, holding the lock there.
+    let h = start(
+        worker(&b)
+            .queues(jobqueue::Queues::strict(["parked"]))
+            .register::<Replacer>(),
+    );
+    eventually(LIMIT, "the replacement waits in the retry set", || async {
+        b.admin().set_size(SortedSet::Retry).await.unwrap() == 1
+    })
+    .await;
+    h.stop().await;
+    // A holder in the retry set is replaced as well.
+    c.enqueue(&replacer("replaces the retrying one", false))
+        .await
+        .unwrap();
+    assert_eq!(b.admin().set_size(SortedSet::Retry).await.unwrap(), 0);
+    let h = start(worker(&b).register::<Replacer>());
+    eventually(LIMIT, "the last replacement ran", || async {
+        jobs::runs(&t).len() == 2
+    })
+    .await;
+    h.stop().await;
+    assert_eq!(
+        jobs::labels(&t),
+        ["replaces the scheduled one", "replaces the retrying one"]
+    );
+}
+
+async fn until_and_while_executing_locks_at_enqueue_and_while_running(b: Backend) {
+    let t = jobs::token();
+    let c = client(&b);
+    let guarded = |label: &str, millis| Guarded {
+        token: t.clone(),
+        label: label.into(),
+        millis,
+    };
+    c.enqueue(&guarded("first", 300)).await.unwrap();
+    assert!(
+        is_refused(&c.enqueue(&guarded("twin", 0)).await),
+        "locked at enqueue"
+    );
+    let h = start(worker(&b).register::<Guarded>().concurrency(2));
+    eventually(LIMIT, "the first started", || async {
+        !jobs::runs(&t).is_empty()
+    })
+    .await;
+    // Started: the enqueue lock is gone, so a twin is accepted; the running lock keeps it
+    // from starting until the first has ended.
+    c.enqueue(&guarded("second", 0))
+        .await
+        .expect("the enqueue lock is released at the start");
+    eventually(LIMIT, "both ran", || async { jobs::runs(&t).len() == 4 }).await;
+    h.stop().await;
+    assert_eq!(
+        jobs::labels(&t),
+        ["start first", "end first", "start second", "end second"]
+    );
+}
+
+/// Refuses every job while its switch is on.
+struct Gate(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+#[async_trait]
+impl ClientMiddleware for Gate {
+    async fn call(&self, job: &mut ClientJob, next: ClientNext<'_>) -> Result<Admission, Error> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Skipped {
+                class: job.envelope.class.clone(),
+                reason: "the gate is shut".into(),
+            });
+        }
+        next.run(job).await
+    }
+}
+
+async fn a_refused_job_leaves_no_lock_or_marker(b: Backend) {
+    let t = jobs::token();
+    // Too large: refused before the lock or the marker is written.
+    let c = client(&b).max_payload_bytes(200);
+    let huge = Import {
+        token: t.clone(),
+        label: "x".repeat(500),
+        millis: 0,
+    };
+    let err = c.enqueue(&huge).await.unwrap_err();
+    assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
+    let spec = Import::OPTIONS.unique.unwrap();
+    let lock = spec.queued_key(&job("Import", &huge));
+    assert_eq!(b.broker.lock_holder(&lock).await.unwrap(), None);
+    let refresh = Refresh {
+        token: format!("{t}{}", "y".repeat(500)),
+        account: 9,
+        seq: 1,
+    };
+    assert!(c.enqueue(&refresh).await.is_err());
+    let marker = Refresh::OPTIONS
+        .collapse
+        .unwrap()
+        .marker_key(&job("Refresh", &refresh));
+    assert_eq!(b.broker.lock_holder(&marker).await.unwrap(), None);
+    // Refused by middleware: no lock either, so the job goes through once it is let in.
+    let shut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gated = client(&b).with(Gate(shut.clone()));
+    assert!(is_refused(&gated.enqueue(&import(&t, "1")).await));
+    assert_eq!(b.broker.lock_holder(&lock).await.unwrap(), None);
+    shut.store(false, std::sync::atomic::Ordering::SeqCst);
+    gated.enqueue(&import(&t, "2")).await.expect("not locked");
+    assert!(b.broker.lock_holder(&lock).await.unwrap().is_some());
+}
+
+/// Records the outcome of every job it wraps.
+struct Outcomes(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+#[async_trait]
+impl ServerMiddleware for Outcomes {
+    async fn call(&self, job: &ServerJob<'_>, next: ServerNext<'_>) -> Result<Outcome, JobError> {
+        let outcome = next.run(job).await;
+        let seen = match &outcome {
+            Ok(Outcome::Done) => "done".to_owned(),
+            Ok(Outcome::Skipped { .. }) => "skipped".to_owned(),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("error {e}"),
+        };
+        self.0.lock().unwrap().push(seen);
+        outcome
+    }
+}
+
+async fn custom_middleware_composes_around_the_mechanisms(b: Backend) {
+    let t = jobs::token();
+    let c = client(&b).with(Gate(Default::default()));
+    for seq in 1..=3 {
+        c.enqueue(&Refresh {
+            token: t.clone(),
+            account: 1,
+            seq,
+        })
+        .await
+        .unwrap();
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = start(
+        worker(&b)
+            .middleware(Outcomes(seen.clone()))
+            .register::<Refresh>(),
+    );
+    eventually(LIMIT, "all three taken", || async {
+        seen.lock().unwrap().len() == 3
+    })
+    .await;
+    h.stop().await;
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["done", "skipped", "skipped"],
+        "the stopper ran inside"
+    );
+    assert_eq!(jobs::labels(&t), ["1:3"]);
+}
+
+async fn a_periodic_tick_takes_the_lock_like_any_enqueue(b: Backend) {
+    let t = jobs::token();
+    // The lock is held by a job waiting an hour in the schedule set.
+    client(&b)
+        .enqueue_in(Duration::from_secs(3600), &import(&t, "held"))
+        .await
+        .unwrap();
+    let every = Periodic::every("ticks", Duration::from_millis(50), &import(&t, "tick")).unwrap();
+    let control = Periodic::every(
+        "control",
+        Duration::from_millis(50),
+        &jobs::Note::new(&t, "control tick"),
+    )
+    .unwrap();
+    let h = start(
+        worker(&b)
+            .queues(jobqueue::Queues::strict(["nothing"]))
+            .periodic(every)
+            .periodic(control),
+    );
+    // The control ticks prove the ticker ran while the lock refused every import tick.
+    eventually(LIMIT, "two control ticks were enqueued", || async {
+        b.admin().queue("default").await.unwrap().size >= 2
+    })
+    .await;
+    h.stop().await;
+    let queued = b
+        .broker
+        .set_range(SortedSet::Schedule, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "only the holder waits in the schedule set");
+    let mut imports = 0;
+    while let Some(payload) = b.broker.queue_oldest("default").await.unwrap() {
+        let envelope = Envelope::parse(&payload).unwrap();
+        imports += usize::from(envelope.class == "Import");
+        b.broker.remove_job("default", &envelope.jid).await.unwrap();
+    }
+    assert_eq!(imports, 0, "no tick pushed a twin past the lock");
+}
+
+/// Pauses its queue instead of running the job.
+struct DownstreamDown;
+
+#[async_trait]
+impl ServerMiddleware for DownstreamDown {
+    async fn call(&self, _: &ServerJob<'_>, _: ServerNext<'_>) -> Result<Outcome, JobError> {
+        Ok(Outcome::PauseQueue {
+            cooldown: Duration::from_secs(3600),
+            reason: "the mail service is down".into(),
+        })
+    }
+}
+
+async fn outcome_pause_queue_pauses_and_puts_the_job_back(b: Backend) {
+    let t = jobs::token();
+    let jid = client(&b)
+        .enqueue(&jobs::Note::new(&t, "waits"))
+        .await
+        .unwrap();
+    let h = start(
+        worker(&b)
+            .middleware(DownstreamDown)
+            .register::<jobs::Note>(),
+    );
+    eventually(LIMIT, "the queue was paused", || async {
+        !b.admin().paused().await.unwrap().is_empty()
+    })
+    .await;
+    eventually(LIMIT, "the job is back", || async {
+        b.admin().queue("default").await.unwrap().size == 1
+    })
+    .await;
+    h.stop().await;
+    let paused = b.admin().paused().await.unwrap();
+    assert_eq!(paused.len(), 1);
+    assert_eq!(paused[0].0, "default");
+    assert!(
+        paused[0].1.is_some(),
+        "paused for its cooldown, not for good"
+    );
+    let back = b.broker.queue_oldest("default").await.unwrap().unwrap();
+    assert_eq!(Envelope::parse(&back).unwrap().jid, jid);
+    let stats = b.admin().stats().await.unwrap();
+    assert_eq!(stats.failed, 0, "not counted as a failure");
+    assert!(jobs::runs(&t).is_empty());
 }

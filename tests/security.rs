@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use jobqueue::{Admin, Client, RedisBroker, RedisConfig, SortedSet, Worker};
-use jobqueue_middleware::Unique;
 use support::jobs::{self, ChargeCard, Note};
 use support::{eventually, fast_config, start, RedisServer};
 
@@ -20,7 +19,7 @@ async fn namespaced(url: &str, namespace: &str) -> RedisBroker {
 }
 
 async fn run_one_of_each(broker: RedisBroker, token: &str) {
-    let client = Client::new(broker.clone()).with(Unique::new());
+    let client = Client::new(broker.clone());
     client.enqueue(&Note::new(token, "ok")).await.unwrap();
     client
         .enqueue(&ChargeCard {
@@ -32,7 +31,6 @@ async fn run_one_of_each(broker: RedisBroker, token: &str) {
     let w = start(
         Worker::builder(broker)
             .config(fast_config())
-            .install(Unique::new())
             .register::<Note>()
             .register::<ChargeCard>(),
     );

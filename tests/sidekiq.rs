@@ -274,7 +274,7 @@ async fn sidekiq_api_reads_our_queues_sets_processes_and_stats() {
     assert_eq!(retry["error_class"], "UpstreamError");
     assert_eq!(retry["error_message"], "upstream returned 503");
     assert_eq!(retry["retry_count"], 0);
-    assert!(retry["at"].as_f64().unwrap() > jobqueue::envelope::now() + 10.0);
+    assert!(retry["at"].as_f64().unwrap() > support::jobs::now() + 10.0);
 
     let dead = &seen["dead"][0];
     assert_eq!(dead["class"], "Interop::Dies");

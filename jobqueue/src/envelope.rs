@@ -1,8 +1,6 @@
 //! The wire payload: Sidekiq-compatible JSON, so Ruby Sidekiq and this library can share
 //! queues and read each other's retry and dead sets.
 
-
-
 use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -65,18 +65,18 @@
 #![deny(missing_docs)]
 
 // Layers, lowest first; a module imports only from modules above it in this list.
-mod time;
-pub mod error;
-pub mod envelope;
-pub mod job;
+pub mod admin;
 pub mod broker;
 pub mod chain;
 pub mod client;
+pub mod envelope;
+pub mod error;
+pub mod job;
 pub mod perform;
 pub mod retry;
 pub mod schedule;
+mod time;
 pub mod worker;
-pub mod admin;
 
 pub use async_trait::async_trait;
 /// Time zones for cron schedules and quiet windows.

@@ -64,7 +64,12 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    pub(crate) fn new(envelope: &Envelope, queue: &str, options: &'static JobOptions, client: Client) -> Self {
+    pub(crate) fn new(
+        envelope: &Envelope,
+        queue: &str,
+        options: &'static JobOptions,
+        client: Client,
+    ) -> Self {
         Self {
             jid: envelope.jid.clone(),
             queue: queue.to_owned(),
@@ -221,4 +226,3 @@ impl fmt::Debug for JobError {
         fmt::Display::fmt(self, f)
     }
 }
-

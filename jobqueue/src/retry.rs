@@ -170,7 +170,11 @@ mod tests {
         let mut payload = Envelope::new("Job", "default", vec![]).to_json();
         for expected in 1..MAX_INTERRUPTIONS {
             match after_interruption(&payload) {
-                Settle::Queue { payload: p, front: true, .. } => {
+                Settle::Queue {
+                    payload: p,
+                    front: true,
+                    ..
+                } => {
                     let envelope = Envelope::parse(&p).unwrap();
                     assert_eq!(envelope.interrupted_count, Some(expected));
                     payload = p;
@@ -181,7 +185,10 @@ mod tests {
         match after_interruption(&payload) {
             Settle::Dead { payload } => {
                 let envelope = Envelope::parse(&payload).unwrap();
-                assert_eq!(envelope.error_class.as_deref(), Some(error_class::INTERRUPTED));
+                assert_eq!(
+                    envelope.error_class.as_deref(),
+                    Some(error_class::INTERRUPTED)
+                );
             }
             other => panic!("the last interruption went to {other:?}"),
         }

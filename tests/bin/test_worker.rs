@@ -2,11 +2,14 @@
 //! `jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]`.
 //! Runs tick jobs, each of which records its run by pushing to the `ran` queue (never
 //! consumed), sleeps, then records its completion to `done`; some hold unique locks.
+//!
+//! Its heartbeat and running-lock leases are long (a stalled machine never makes a live
+//! process look dead); a test that kills it declares it dead by deleting its heartbeat,
+//! and checks that its leases would lapse by themselves before it expires them.
 
 use std::time::Duration;
 
-use jobqueue::{Queues, RedisBroker, Worker, WorkerConfig};
-use jobqueue_middleware::Unique;
+use jobqueue::{MechanismConfig, Queues, RedisBroker, Worker};
 
 #[path = "../support/ticks.rs"]
 mod ticks;
@@ -23,23 +26,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shutdown_ms: u64 = args.next().unwrap_or_else(|| "25000".into()).parse()?;
     let broker = RedisBroker::connect(&url).await?;
     Worker::builder(broker)
-        .config(WorkerConfig {
-            queues: Queues::strict(["ticks"]),
-            concurrency,
-            shutdown_timeout: Duration::from_millis(shutdown_ms),
-            heartbeat_interval: Duration::from_millis(200),
-            heartbeat_ttl: Duration::from_secs(1),
-            recovery_interval: Duration::from_millis(200),
-            ..WorkerConfig::default()
+        .queues(Queues::strict(["ticks"]))
+        .concurrency(concurrency)
+        .shutdown_timeout(Duration::from_millis(shutdown_ms))
+        .configure(|c| {
+            c.heartbeat_interval = Duration::from_millis(200);
+            c.heartbeat_ttl = Duration::from_secs(60);
+            c.recovery_interval = Duration::from_millis(200);
+            c.mechanisms = MechanismConfig::default()
+                .running_lease(Duration::from_secs(60))
+                .conflict_wait(Duration::from_millis(200));
         })
         .register::<Tick>()
         .register::<LockedTick>()
         .register::<ExclusiveTick>()
-        .install(
-            Unique::new()
-                .lease(Duration::from_secs(1))
-                .reschedule_after(Duration::from_millis(200)),
-        )
         .build()?
         .run()
         .await?;

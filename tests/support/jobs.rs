@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use jobqueue::{async_trait, envelope::now, Job, JobContext, JobError, Perform};
+use jobqueue::{async_trait, Job, JobContext, JobError, Perform};
 use serde::{Deserialize, Serialize};
 
 /// A run: its label and start time in epoch seconds.
@@ -177,4 +177,12 @@ impl Perform for Bounded {
         record(&self.token, "finished");
         Ok(())
     }
+}
+
+/// The current time in float epoch seconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -53,17 +53,17 @@ impl Backend {
     }
 
     pub fn client(&self) -> jobqueue::Client {
-        jobqueue::Client::from_shared(Arc::clone(&self.broker))
+        jobqueue::Client::new(Arc::clone(&self.broker))
     }
 
     pub fn admin(&self) -> jobqueue::Admin {
-        jobqueue::Admin::from_shared(Arc::clone(&self.broker))
+        jobqueue::Admin::new(Arc::clone(&self.broker))
     }
 
     /// A worker builder with short intervals, so tests about heartbeats and recovery do not
     /// wait for production timeouts.
     pub fn worker(&self) -> WorkerBuilder {
-        jobqueue::Worker::builder_shared(Arc::clone(&self.broker)).config(fast_config())
+        jobqueue::Worker::builder(Arc::clone(&self.broker)).config(fast_config())
     }
 }
 
@@ -92,15 +92,17 @@ pub fn start(builder: WorkerBuilder) -> Running {
     Running { handle, task }
 }
 
+/// Quick recovery rounds, and a heartbeat that outlives any stall of a loaded machine:
+/// tests make a process dead on purpose (a heartbeat with a short TTL, or a deleted one),
+/// never by waiting for a live one to look dead.
 pub fn fast_config() -> WorkerConfig {
-    WorkerConfig {
-        concurrency: 4,
-        shutdown_timeout: Duration::from_secs(5),
-        heartbeat_interval: Duration::from_millis(200),
-        heartbeat_ttl: Duration::from_secs(1),
-        recovery_interval: Duration::from_millis(200),
-        ..WorkerConfig::default()
-    }
+    let mut config = WorkerConfig::default();
+    config.concurrency = 4;
+    config.shutdown_timeout = Duration::from_secs(5);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.heartbeat_ttl = Duration::from_secs(60);
+    config.recovery_interval = Duration::from_millis(200);
+    config
 }
 
 /// Waits until `condition` holds; panics with `what` after `limit`. A guard against hangs,

@@ -38,9 +38,9 @@ pub struct Record {
 
 /// Records the run, sleeps, records the completion.
 async fn tick(ctx: &JobContext, n: u64, millis: u64) -> Result<(), JobError> {
-    ctx.client.enqueue_to("ran", &Record { n }).await?;
+    ctx.enqueue_to("ran", &Record { n }).await?;
     tokio::time::sleep(Duration::from_millis(millis)).await;
-    ctx.client.enqueue_to("done", &Record { n }).await?;
+    ctx.enqueue_to("done", &Record { n }).await?;
     Ok(())
 }
 

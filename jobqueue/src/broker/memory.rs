@@ -12,8 +12,8 @@ use super::{
     Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
     Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT,
 };
-use crate::time::now;
 use crate::error::BrokerError;
+use crate::time::now;
 
 /// A broker that keeps everything in this process's memory.
 ///

@@ -17,8 +17,8 @@ use super::{
     Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
     Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT, RAW_MARKER,
 };
-use crate::time::now;
 use crate::error::BrokerError;
+use crate::time::now;
 
 /// Sidekiq keeps daily stats for five years.
 const STATS_TTL: i64 = 5 * 365 * 24 * 3600;

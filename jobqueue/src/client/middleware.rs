@@ -47,7 +47,6 @@ pub enum Origin {
 }
 
 /// A job on its way to the broker.
-#[non_exhaustive]
 pub struct ClientJob {
     /// The payload; middleware may change it.
     pub envelope: Envelope,

@@ -266,8 +266,15 @@ impl Client {
         self.check_size(&push, &envelope.class)?;
         let before = at;
         let broker = self.broker.as_ref();
-        match mechanisms::apply(&self.mechanisms, broker, &envelope, options, origin, &mut at)
-            .await?
+        match mechanisms::apply(
+            &self.mechanisms,
+            broker,
+            &envelope,
+            options,
+            origin,
+            &mut at,
+        )
+        .await?
         {
             Admission::Existing { jid } => return Ok(Admitted::Existing(jid)),
             Admission::Push => {}

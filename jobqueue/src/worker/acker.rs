@@ -59,4 +59,3 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack
         }
     }
 }
-

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use super::{recovery, RunState, Shared};
 use crate::broker::Heartbeat;
-use crate::time::now;
 use crate::error::BrokerError;
+use crate::time::now;
 
 /// Beats until `done` turns true, then once more so the last stats are flushed.
 pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {

@@ -90,13 +90,21 @@ async fn execute(shared: &Shared, job: &Fetched) -> Result<Outcome, Failed> {
     let limit = shared.config.max_payload_bytes;
     if job.payload.len() > limit {
         tracing::error!(queue = %job.queue, "dead: a {} byte payload, over the limit of {limit}", job.payload.len());
-        return Err(Failed::unknown(retry::too_large(&job.queue, &job.payload, limit)));
+        return Err(Failed::unknown(retry::too_large(
+            &job.queue,
+            &job.payload,
+            limit,
+        )));
     }
     let mut envelope = match Envelope::parse(&job.payload) {
         Ok(envelope) => envelope,
         Err(e) => {
             tracing::error!(queue = %job.queue, "dead: {e}");
-            return Err(Failed::unknown(retry::invalid_payload(&job.queue, &job.payload, &e)));
+            return Err(Failed::unknown(retry::invalid_payload(
+                &job.queue,
+                &job.payload,
+                &e,
+            )));
         }
     };
     let Some(handler) = shared.registry.get(&envelope.class) else {

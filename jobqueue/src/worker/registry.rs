@@ -8,10 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::retry::error_class;
 use crate::envelope::decode_args;
 use crate::job::JobOptions;
 use crate::perform::{JobContext, JobError, Perform};
+use crate::retry::error_class;
 
 #[async_trait]
 pub(crate) trait Handler: Send + Sync {

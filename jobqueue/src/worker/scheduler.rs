@@ -118,4 +118,3 @@ async fn to_queue(shared: &Shared, payload: &str, envelope: Envelope, set: Sorte
         }
     }
 }
-

@@ -27,4 +27,3 @@ pub(super) async fn listen(handle: &WorkerHandle) -> std::io::Result<()> {
     handle.shutdown();
     Ok(())
 }
-

@@ -194,4 +194,3 @@ async fn fire(
     }
     Ok(())
 }
-
