@@ -15,6 +15,7 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    quiet_and_shutdown_return_prefetched_jobs_to_the_front_in_order,
     runs_enqueued_jobs_with_their_arguments,
     bulk_enqueue_runs_every_job_once,
     two_workers_share_a_queue_without_running_a_job_twice,
@@ -765,4 +766,69 @@ async fn heartbeat_publishes_the_process_and_stats(b: Backend) {
     assert_eq!(info["identity"], h.handle.identity());
     h.stop().await;
     assert!(b.admin().processes().await.unwrap().is_empty());
+}
+
+/// The labels of the jobs in `queue`, front (next to run) first, taken out of it.
+async fn take_in_order(b: &Backend, queue: &str) -> Vec<String> {
+    let size = b.broker.queue_len(queue).await.unwrap();
+    b.broker
+        .fetch("reader:0:000000000000", &[queue.to_owned()], size)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let job = Envelope::parse(&f.payload).unwrap();
+            job.args[0]
+                .get("label")
+                .and_then(|l| l.as_str())
+                .unwrap_or("sleeps")
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn quiet_and_shutdown_return_prefetched_jobs_to_the_front_in_order(b: Backend) {
+    let t = jobs::token();
+    b.client()
+        .enqueue(&Sleeps {
+            token: t.clone(),
+            millis: 60_000,
+        })
+        .await
+        .unwrap();
+    for label in ["2", "3", "4", "5", "6"] {
+        b.client().enqueue(&Note::new(&t, label)).await.unwrap();
+    }
+    // One slot: the sleeper runs, the next two wait in the fetch buffer.
+    let h = start(
+        b.worker()
+            .concurrency(1)
+            .shutdown_timeout(Duration::from_millis(100))
+            .register::<Sleeps>()
+            .register::<Note>(),
+    );
+    let identity = h.handle.identity().to_owned();
+    eventually(LIMIT, "one running and two prefetched", || async {
+        b.broker.in_flight(&identity).await.unwrap().len() == 3
+    })
+    .await;
+    assert_eq!(jobs::labels(&t), ["started"]);
+
+    h.handle.quiet();
+    eventually(LIMIT, "the prefetched jobs were returned", || async {
+        b.broker.in_flight(&identity).await.unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 5);
+    let front = b.broker.queue_oldest("default").await.unwrap().unwrap();
+    assert_eq!(Envelope::parse(&front).unwrap().args[0]["label"], "2");
+
+    h.stop().await;
+    assert_eq!(jobs::labels(&t), ["started"], "nothing else started");
+    assert!(b.broker.in_flight(&identity).await.unwrap().is_empty());
+    assert_eq!(
+        take_in_order(&b, "default").await,
+        ["sleeps", "2", "3", "4", "5", "6"],
+        "the unfinished job first, then the returned ones, in their order"
+    );
 }

@@ -460,7 +460,11 @@ async fn a_dead_job_releases_its_lock(b: Backend) {
 unique_job!(
     Guarded,
     idempotent,
-    unique(lock = "until_and_while_executing", key = "token")
+    unique(
+        lock = "until_and_while_executing",
+        on_conflict = "reschedule",
+        key = "token"
+    )
 );
 
 /// Idempotent and unique: fails its first run and waits an hour for its retry.
@@ -593,7 +597,7 @@ async fn replace_takes_the_place_of_a_scheduled_or_retrying_holder(b: Backend) {
         .await
         .unwrap();
     assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
-    c.enqueue_to("parked", &replacer("replaces the scheduled one", true))
+    c.enqueue(&replacer("replaces the scheduled one", true))
         .await
         .unwrap();
     assert_eq!(
@@ -602,11 +606,7 @@ async fn replace_takes_the_place_of_a_scheduled_or_retrying_holder(b: Backend) {
         "the scheduled holder was removed"
     );
     // The replacement fails and waits in the retry set, holding the lock there.
-    let h = start(
-        worker(&b)
-            .queues(jobqueue::Queues::strict(["parked"]))
-            .register::<Replacer>(),
-    );
+    let h = start(worker(&b).register::<Replacer>());
     eventually(LIMIT, "the replacement waits in the retry set", || async {
         b.admin().set_size(SortedSet::Retry).await.unwrap() == 1
     })
@@ -631,32 +631,42 @@ async fn replace_takes_the_place_of_a_scheduled_or_retrying_holder(b: Backend) {
 
 async fn until_and_while_executing_locks_at_enqueue_and_while_running(b: Backend) {
     let t = jobs::token();
-    let c = client(&b);
+    let wait = MechanismConfig::default().conflict_wait(Duration::from_millis(50));
+    let c = client(&b).mechanisms(wait);
     let guarded = |label: &str, millis| Guarded {
         token: t.clone(),
         label: label.into(),
         millis,
     };
-    c.enqueue(&guarded("first", 300)).await.unwrap();
-    assert!(
-        is_refused(&c.enqueue(&guarded("twin", 0)).await),
-        "locked at enqueue"
+    c.enqueue(&guarded("first", 2000)).await.unwrap();
+    c.enqueue(&guarded("twin", 0)).await.unwrap();
+    assert_eq!(
+        b.admin().queue("default").await.unwrap().size,
+        1,
+        "locked at enqueue: the twin waits"
     );
-    let h = start(worker(&b).register::<Guarded>().concurrency(2));
-    eventually(LIMIT, "the first started", || async {
-        !jobs::runs(&t).is_empty()
+    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = start(
+        worker(&b)
+            .middleware(Outcomes(seen.clone()))
+            .register::<Guarded>()
+            .concurrency(2),
+    );
+    // Once the first has started, its enqueue lock is gone and the twin reaches the queue;
+    // its running lock then sends the twin away until it has ended.
+    eventually(LIMIT, "the twin met the running lock", || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.contains("Reschedule") && s.contains("is running"))
     })
     .await;
-    // Started: the enqueue lock is gone, so a twin is accepted; the running lock keeps it
-    // from starting until the first has ended.
-    c.enqueue(&guarded("second", 0))
-        .await
-        .expect("the enqueue lock is released at the start");
     eventually(LIMIT, "both ran", || async { jobs::runs(&t).len() == 4 }).await;
     h.stop().await;
     assert_eq!(
         jobs::labels(&t),
-        ["start first", "end first", "start second", "end second"]
+        ["start first", "end first", "start twin", "end twin"]
     );
 }
 

@@ -6,7 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use jobqueue::{Admin, Client, RedisBroker, RedisConfig, SortedSet, Worker};
+use jobqueue::{
+    async_trait, Admin, Client, Error, Job, JobContext, JobError, Perform, RedisBroker,
+    RedisConfig, SortedSet, Worker,
+};
+use serde::{Deserialize, Serialize};
 use support::jobs::{self, ChargeCard, Note};
 use support::{eventually, fast_config, start, RedisServer};
 
@@ -18,8 +22,41 @@ async fn namespaced(url: &str, namespace: &str) -> RedisBroker {
         .expect("connect")
 }
 
+/// Unique and idempotent: fails its first run, so it passes through the retry set holding
+/// its lock.
+#[derive(Serialize, Deserialize, Job)]
+#[job(idempotent, unique(key = "token"))]
+struct LockedRetry {
+    token: String,
+}
+
+#[async_trait]
+impl Perform for LockedRetry {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        jobs::record(&self.token, format!("run {}", ctx.retries));
+        if ctx.retries == 0 {
+            return Err(JobError::new("first run fails"));
+        }
+        Ok(())
+    }
+
+    fn retry_in(&self, _: u32, _: &JobError) -> Option<Duration> {
+        Some(Duration::from_millis(100))
+    }
+}
+
+/// Runs a job that succeeds, one that dies, and a unique one that is retried once: every
+/// structure (queues, in-flight lists, locks, the retry and dead sets, stats) is used.
 async fn run_one_of_each(broker: RedisBroker, token: &str) {
     let client = Client::new(broker.clone());
+    let locked = LockedRetry {
+        token: format!("{token}-locked"),
+    };
+    client.enqueue(&locked).await.unwrap();
+    assert!(
+        matches!(client.enqueue(&locked).await, Err(Error::Skipped { .. })),
+        "the unique lock was taken"
+    );
     client.enqueue(&Note::new(token, "ok")).await.unwrap();
     client
         .enqueue(&ChargeCard {
@@ -32,14 +69,27 @@ async fn run_one_of_each(broker: RedisBroker, token: &str) {
         Worker::builder(broker)
             .config(fast_config())
             .register::<Note>()
-            .register::<ChargeCard>(),
+            .register::<ChargeCard>()
+            .register::<LockedRetry>(),
     );
     eventually(LIMIT, "both ran", || async { jobs::runs(token).len() == 2 }).await;
+    eventually(
+        LIMIT,
+        "the unique job ran again from the retry set",
+        || async { jobs::labels(&locked.token) == ["run 0", "run 1"] },
+    )
+    .await;
+
     eventually(LIMIT, "the failure reached the dead set", || async {
         admin.set_size(SortedSet::Dead).await.unwrap() == 1
     })
     .await;
     w.stop().await;
+    // Released once it succeeded (the worker has stopped, so nothing runs it again).
+    client
+        .enqueue(&locked)
+        .await
+        .expect("the lock was released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,21 +103,31 @@ async fn two_namespaces_never_see_each_other() {
     run_one_of_each(a.clone(), &t).await;
 
     let (alpha, beta) = (Admin::new(a), Admin::new(b.clone()));
-    assert_eq!(alpha.stats().await.unwrap().processed, 2);
+    assert_eq!(alpha.stats().await.unwrap().processed, 4);
     assert_eq!(beta.stats().await.unwrap().processed, 0);
     assert_eq!(beta.set_size(SortedSet::Dead).await.unwrap(), 0);
     assert!(beta.queues().await.unwrap().is_empty());
+    // The unique job enqueued again at the end waits in alpha's queue.
     assert_eq!(alpha.queues().await.unwrap().len(), 1);
+    let before = alpha.queue("default").await.unwrap().size;
 
-    // A job left in alpha's queue is not taken by a worker of beta.
+    // A job left in alpha's queue is not taken by a worker of beta, which does run its own.
     Client::new(namespaced(&server.url(), "alpha").await)
         .enqueue(&Note::new(&t, "stays in alpha"))
         .await
         .unwrap();
+    let control = jobs::token();
+    Client::new(b.clone())
+        .enqueue(&Note::new(&control, "beta's own"))
+        .await
+        .unwrap();
     let w = start(Worker::builder(b).config(fast_config()).register::<Note>());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(LIMIT, "beta's worker ran beta's job", || async {
+        !jobs::runs(&control).is_empty()
+    })
+    .await;
     w.stop().await;
-    assert_eq!(alpha.queue("default").await.unwrap().size, 1);
+    assert_eq!(alpha.queue("default").await.unwrap().size, before + 1);
 
     // Every key written lives under one of the two namespaces.
     let client = redis::Client::open(server.url().as_str()).unwrap();

@@ -13,7 +13,7 @@ use jobqueue::{
     async_trait, Envelope, Error, Job, JobContext, JobError, Perform, SortedSet, Worker,
 };
 use serde::{Deserialize, Serialize};
-use support::jobs::{self, Note, Sleeps};
+use support::jobs::{self, now, Note, Sleeps};
 use support::{eventually, fast_config, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -134,10 +134,36 @@ async fn a_missed_tick_past_the_grace_period_is_skipped(b: Backend) {
         &Note::new("periodic", "yearly"),
     )
     .unwrap();
-    let s = scheduler(&b, yearly, Duration::from_secs(1)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A control schedule in the same process: once it has ticked, the start-up catch-up
+    // (which looks at the yearly tick first) is over.
+    let control = Periodic::every(
+        "control",
+        Duration::from_millis(100),
+        &Note::new("periodic", "control"),
+    )
+    .unwrap();
+    let s = start(
+        Worker::builder(b.another_broker().await)
+            .config(fast_config())
+            .configure(|c| c.periodic_grace = Duration::from_secs(1))
+            .periodic(yearly)
+            .periodic(control),
+    );
+    eventually(LIMIT, "a control tick", || async {
+        b.broker.queue_len("default").await.unwrap() >= 1
+    })
+    .await;
     s.stop().await;
-    assert_eq!(b.broker.queue_len("default").await.unwrap(), 0);
+    let labels: Vec<String> = drain(&b, "default")
+        .await
+        .iter()
+        .map(|job| job.args[0]["label"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!labels.is_empty());
+    assert!(
+        labels.iter().all(|l| l == "control"),
+        "the yearly tick was skipped: {labels:?}"
+    );
 }
 
 async fn after_downtime_only_the_latest_missed_tick_runs(b: Backend) {
@@ -326,22 +352,41 @@ async fn a_paused_queue_is_not_taken_until_resumed(b: Backend) {
 }
 
 async fn a_timed_pause_ends_by_itself(b: Backend) {
+    const PAUSE: Duration = Duration::from_millis(300);
     let t = jobs::token();
-    b.admin()
-        .pause_for("default", Duration::from_millis(300))
-        .await
-        .unwrap();
-    b.client().enqueue(&Note::new(&t, "later")).await.unwrap();
+    let control = jobs::token();
     let w = start(
         b.worker()
             .register::<Note>()
             .configure(|c| c.idle_poll = Duration::from_millis(50)),
     );
+    let paused_at = now();
+    b.admin().pause_for("default", PAUSE).await.unwrap();
+    b.client().enqueue(&Note::new(&t, "later")).await.unwrap();
+    // A job on another queue proves the worker was taking jobs during the pause.
+    b.client()
+        .enqueue_to("other", &Note::new(&control, "control"))
+        .await
+        .unwrap();
+    eventually(LIMIT, "the control job ran", || async {
+        !jobs::runs(&control).is_empty()
+    })
+    .await;
     eventually(LIMIT, "it ran once the pause ended", || async {
         !jobs::runs(&t).is_empty()
     })
     .await;
     w.stop().await;
+    let ran_at = jobs::runs(&t)[0].1;
+    assert!(
+        ran_at - paused_at >= PAUSE.as_secs_f64(),
+        "ran {:.3}s into a {PAUSE:?} pause",
+        ran_at - paused_at
+    );
+    assert!(
+        b.admin().paused().await.unwrap().is_empty(),
+        "the pause ended"
+    );
 }
 
 /// Its service is down on the first run.

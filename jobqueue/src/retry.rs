@@ -137,7 +137,7 @@ pub(crate) fn too_large(queue: &str, payload: &str, limit: usize) -> Settle {
         vec![Value::String(payload[..end].to_owned())],
     );
     let error = JobError::new(format!(
-        "the payload is {} bytes, over the limit of {limit}; its first {end} bytes are kept as the argument",
+        "the payload is {} bytes, over the worker's limit of {limit}; its first {end} bytes are kept as the argument",
         payload.len()
     ))
     .with_class(error_class::PAYLOAD_TOO_LARGE)

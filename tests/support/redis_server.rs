@@ -145,14 +145,7 @@ impl RedisServer {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--enable-debug-command",
-                "yes",
-            ])
+            .args(["--save", "", "--daemonize", "no"])
             .args(if self.append_only {
                 ["--appendonly", "yes", "--appendfsync", "always"]
             } else {

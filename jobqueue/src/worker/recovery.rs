@@ -39,16 +39,20 @@ pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerErro
     Ok(recovered)
 }
 
-/// Returns jobs this process fetched and will not start (it went quiet). One try: what
-/// stays in the in-flight list is returned at shutdown, or recovered if this dies.
-pub(crate) async fn return_unstarted(shared: &Shared, payloads: Vec<String>) {
+/// Returns jobs this process fetched and will not start (it went quiet), `payloads` in
+/// the order they were fetched. One try: what stays in the in-flight list is returned at
+/// shutdown, or recovered if this dies.
+pub(crate) async fn return_unstarted(shared: &Shared, mut payloads: Vec<String>) {
+    // Each goes to the front, so the last fetched goes first: the queue keeps its order.
+    payloads.reverse();
     let count = payloads.len();
     if let Err(e) = return_to_front(shared, payloads).await {
         tracing::warn!("returning {count} fetched job(s) to their queues failed: {e}");
     }
 }
 
-/// Returns every job still in this process's in-flight list (at shutdown).
+/// Returns every job still in this process's in-flight list (at shutdown). The list holds
+/// the newest first, so the oldest ends up at the front of its queue.
 pub(crate) async fn return_own(shared: &Shared) -> Result<usize, BrokerError> {
     let payloads = shared.broker.in_flight(&shared.identity).await?;
     return_to_front(shared, payloads).await
