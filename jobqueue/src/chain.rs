@@ -1,6 +1,6 @@
 //! An ordered list of middleware, shared by the client chain (around every enqueue) and the
 //! server chain (around every perform). It knows nothing of jobs: each side adds its own
-//! `run` and the methods that need the middleware trait ([`chain_methods`]).
+//! `run` and the methods that need the middleware trait.
 
 use std::any::TypeId;
 use std::fmt;

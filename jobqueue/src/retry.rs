@@ -3,7 +3,7 @@
 //! [`DEAD_MAX_JOBS`] and [`DEAD_TIMEOUT`]), or nowhere for `retry: false` and
 //! `dead: false`. Failures the library finds itself (bad payloads, unknown classes, panics,
 //! timeouts, a process dying under a job again and again) take the same road, under the
-//! [`error_class`] names. Whether a job [`dies`] decides whether the worker runs the death
+//! [`error_class`] names. Whether a job dies decides whether the worker runs the death
 //! handlers (lock releases, then each server middleware's `on_death`).
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::Value;
 
-use crate::broker::{Settle, RAW_MARKER};
+use crate::broker::{is_raw_bytes, Settle};
 pub use crate::broker::{DEAD_MAX_JOBS, DEAD_TIMEOUT};
 use crate::envelope::{DecodeError, Envelope, Retry};
 use crate::perform::JobError;
@@ -111,11 +111,12 @@ pub(crate) fn invalid_payload(queue: &str, payload: &str, error: &DecodeError) -
         queue,
         vec![Value::String(payload.to_owned())],
     );
-    let message = match payload.strip_prefix(RAW_MARKER) {
-        Some(_) => "payload is not UTF-8 text, so it cannot be a JSON job; its bytes are kept \
-                    as the argument, in hex"
-            .to_owned(),
-        None => error.to_string(),
+    let message = if is_raw_bytes(payload) {
+        "payload is not UTF-8 text, so it cannot be a JSON job; its bytes are kept as the \
+         argument, in hex"
+            .to_owned()
+    } else {
+        error.to_string()
     };
     let error = JobError::new(message)
         .with_class(error_class::INVALID_PAYLOAD)

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
-    Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT,
+    dead_trim, Broker, Fetched, Heartbeat, Orphans, Placement, ProcessEntry, Push, Settle,
+    SortedSet, Stats, WakeupHub, Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::now;
@@ -266,31 +266,29 @@ impl Broker for MemoryBroker {
                 if !removed {
                     continue;
                 }
-                match to.clone() {
-                    Settle::Queue {
+                match to.placement(now()) {
+                    Placement::Queue {
                         queue,
                         payload,
                         front,
                     } => {
-                        state.push_queue(&queue, payload, front);
+                        state.push_queue(queue, payload.to_owned(), front);
                         queued = true;
                     }
-                    Settle::Schedule { payload, at } => {
-                        state.schedule.add(at, payload);
-                        scheduled = true;
+                    Placement::Set {
+                        set,
+                        payload,
+                        score,
+                    } => {
+                        state.set(set).add(score, payload.to_owned());
+                        if set == SortedSet::Dead {
+                            let (before, keep) = dead_trim(score);
+                            state.dead.trim(before, keep);
+                        } else {
+                            scheduled = true;
+                        }
                     }
-                    Settle::Retry { payload, at } => {
-                        state.retry.add(at, payload);
-                        scheduled = true;
-                    }
-                    Settle::Dead { payload } => {
-                        let at = now();
-                        state.dead.add(at, payload);
-                        state
-                            .dead
-                            .trim(at - DEAD_TIMEOUT.as_secs_f64(), DEAD_MAX_JOBS);
-                    }
-                    Settle::Discard => {}
+                    Placement::Nowhere => {}
                 }
             }
         }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::sync::Notify;
 
 use crate::error::BrokerError;
@@ -23,10 +24,30 @@ pub const DEAD_MAX_JOBS: usize = 10_000;
 /// The dead set keeps jobs for at most this long, as Sidekiq does.
 pub const DEAD_TIMEOUT: Duration = Duration::from_secs(180 * 24 * 3600);
 
-/// Marks a payload whose bytes are not UTF-8 text (or that start with this marker); the
-/// rest is the bytes in hex. Such a payload fails to parse and is dead-lettered like any bad
-/// payload, while the broker can still remove it from its lists by value.
-pub(crate) const RAW_MARKER: &str = "\u{0}jobqueue-raw-bytes:";
+/// The longest wait between two tries of a broker call that failed.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Delays between tries of a failing broker call: 100 ms doubling to 5 s, with jitter,
+/// without end. Every loop that calls a broker again after a failure (fetch, ack, settle,
+/// the scheduler, the Redis wake-up listener) waits by this one curve.
+pub(crate) fn backoff_builder() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+}
+
+/// The delays of [`backoff_builder`], one after another.
+pub(crate) fn backoff() -> ExponentialBackoff {
+    backoff_builder().build()
+}
+
+/// Whether a payload stands for stored bytes that are not UTF-8 text (only the Redis broker
+/// meets such bytes; it carries them in a form it can still find by value).
+pub(crate) fn is_raw_bytes(payload: &str) -> bool {
+    redis::is_raw(payload)
+}
 
 /// A job to push: to its queue now, or to the `schedule` set when `at` is given.
 #[derive(Clone, Debug)]
@@ -104,6 +125,66 @@ pub enum Settle {
     },
     /// Nowhere: the job is discarded (a failed job with `retry: false`).
     Discard,
+}
+
+/// What a settle does to the stored structures: the one statement of its meaning that both
+/// brokers carry out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Placement<'a> {
+    /// Onto `queue`'s list, at its front or back; fetchers are woken.
+    Queue {
+        queue: &'a str,
+        payload: &'a str,
+        front: bool,
+    },
+    /// Into `set` at `score`. The scheduler is woken for the schedule and retry sets; the
+    /// dead set is trimmed to [`dead_trim`] after the addition.
+    Set {
+        set: SortedSet,
+        payload: &'a str,
+        score: f64,
+    },
+    /// Nowhere: the job is dropped.
+    Nowhere,
+}
+
+impl Settle {
+    /// Where this settle puts the job, `now` being the time of death for the dead set.
+    pub(crate) fn placement(&self, now: f64) -> Placement<'_> {
+        match self {
+            Settle::Queue {
+                queue,
+                payload,
+                front,
+            } => Placement::Queue {
+                queue,
+                payload,
+                front: *front,
+            },
+            Settle::Schedule { payload, at } => Placement::Set {
+                set: SortedSet::Schedule,
+                payload,
+                score: *at,
+            },
+            Settle::Retry { payload, at } => Placement::Set {
+                set: SortedSet::Retry,
+                payload,
+                score: *at,
+            },
+            Settle::Dead { payload } => Placement::Set {
+                set: SortedSet::Dead,
+                payload,
+                score: now,
+            },
+            Settle::Discard => Placement::Nowhere,
+        }
+    }
+}
+
+/// The dead set's trim after an addition at `now`: entries scored before the first value
+/// go, then all but the newest `DEAD_MAX_JOBS`.
+pub(crate) fn dead_trim(now: f64) -> (f64, usize) {
+    (now - DEAD_TIMEOUT.as_secs_f64(), DEAD_MAX_JOBS)
 }
 
 /// What a worker process publishes about itself, in Sidekiq's process hash.

@@ -126,7 +126,7 @@ impl Periodic {
         }
     }
 
-    /// The ticks in `(after, until]`, at most [`MAX_TICKS`], earliest first.
+    /// The ticks in `(after, until]`, at most 10,000, earliest first.
     pub fn ticks(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Vec<DateTime<Utc>> {
         let mut ticks = Vec::new();
         let mut t = after;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{settle, Shared};
+use super::Shared;
+use crate::broker;
 
 /// How many finished jobs are removed from the in-flight list per round trip, at most.
 const ACK_BATCH: usize = 256;
@@ -44,9 +45,9 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack
                 None
             };
         }
-        let mut delays = settle::backoff();
+        let mut delays = broker::backoff();
         while let Err(e) = shared.broker.ack(&shared.identity, &batch).await {
-            let wait = delays.next().unwrap_or(settle::MAX_BACKOFF);
+            let wait = delays.next().unwrap_or(broker::MAX_BACKOFF);
             tracing::warn!(
                 "acknowledging {} job(s) failed, trying again in {wait:?}: {e}",
                 batch.len()

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::acker::AckMessage;
-use super::{processor, recovery, settle, Shared};
-use crate::broker::Fetched;
+use super::{processor, recovery, Shared};
+use crate::broker::{self, Fetched};
 
 /// How often [`crate::Queues::all`] looks for new queues.
 const QUEUE_REFRESH: Duration = Duration::from_secs(5);
@@ -74,7 +74,7 @@ pub(crate) async fn run(
 /// Keeps the buffer filled until the worker stops taking work.
 async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usize) {
     let mut state = shared.state.subscribe();
-    let mut delays = settle::backoff();
+    let mut delays = broker::backoff();
     let mut known_queues: Vec<String> = Vec::new();
     let mut refreshed: Option<Instant> = None;
     let refill_at = prefetch.div_ceil(2);
@@ -103,11 +103,11 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
         let order = queues.fetch_order(&known_queues);
         let jobs = match shared.broker.fetch(&shared.identity, &order, wanted).await {
             Ok(jobs) => {
-                delays = settle::backoff();
+                delays = broker::backoff();
                 jobs
             }
             Err(e) => {
-                let wait = delays.next().unwrap_or(settle::MAX_BACKOFF);
+                let wait = delays.next().unwrap_or(broker::MAX_BACKOFF);
                 tracing::warn!("fetch failed, trying again in {wait:?}: {e}");
                 drop(room);
                 tokio::select! {

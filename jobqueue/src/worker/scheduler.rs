@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use super::{settle, Shared};
-use crate::broker::{Settle, SortedSet};
+use crate::broker::{self, Settle, SortedSet};
 use crate::client::{Admitted, Origin};
 use crate::envelope::Envelope;
 use crate::error::{BrokerError, Error};
@@ -25,11 +25,11 @@ const DUE_BATCH: usize = 1000;
 /// `poll_interval` for jobs scheduled by other producers.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut state = shared.state.subscribe();
-    let mut delays = settle::backoff();
+    let mut delays = broker::backoff();
     while shared.is_running() {
         let wait = match enqueue_due(&shared).await {
             Ok(next) => {
-                delays = settle::backoff();
+                delays = broker::backoff();
                 let poll = shared.config.poll_interval;
                 next.map_or(poll, |at| {
                     Duration::from_secs_f64((at - now()).max(0.0)).min(poll)
@@ -37,7 +37,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 tracing::warn!("scheduler: {e}");
-                delays.next().unwrap_or(settle::MAX_BACKOFF)
+                delays.next().unwrap_or(broker::MAX_BACKOFF)
             }
         };
         tokio::select! {

@@ -1,33 +1,13 @@
-//! Settling: moving jobs out of this process's in-flight list to where they go next, and
-//! the one backoff every worker loop uses when a broker call fails.
+//! Settling: moving jobs out of this process's in-flight list to where they go next.
 //!
 //! A job must not stay in the in-flight list of a live process, so a settle is tried again
 //! until the broker answers. A job already recovered by another process is left where that
 //! process put it.
 
-use std::time::Duration;
-
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
+use backon::Retryable;
 
 use super::Shared;
-use crate::broker::Settle;
-
-/// The longest wait between two tries of a broker call that failed.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Delays between tries of a failing broker call: 100 ms doubling to 5 s, with jitter,
-/// without end. Every worker loop (fetch, ack, settle, scheduler) waits by this curve.
-pub(crate) fn backoff() -> ExponentialBackoff {
-    backoff_builder().build()
-}
-
-fn backoff_builder() -> ExponentialBuilder {
-    ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(MAX_BACKOFF)
-        .with_jitter()
-        .without_max_times()
-}
+use crate::broker::{backoff_builder, Settle};
 
 /// Settles one job; see [`many`].
 pub(crate) async fn one(shared: &Shared, payload: &str, to: Settle) {

@@ -1,21 +1,17 @@
-//! The Redis broker: Sidekiq's key layout, plus in-flight lists for reliable fetch.
-//!
-//! Connection handling lives here; the protocol (which keys, which commands) is in the
-//! `.lua` scripts beside this file and in the pipelines below.
+//! The broker's commands: each [`Broker`] method as a script call or a pipeline.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
-use tokio::task::JoinHandle;
+use redis::AsyncCommands;
 
-use super::{
-    Broker, Fetched, Heartbeat, Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
-    Wakeups, DEAD_MAX_JOBS, DEAD_TIMEOUT, RAW_MARKER,
+use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
+use super::RedisBroker;
+use crate::broker::{
+    dead_trim, Broker, Fetched, Heartbeat, Orphans, Placement, ProcessEntry, Push, Settle,
+    SortedSet, Stats, Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::now;
@@ -23,258 +19,9 @@ use crate::time::now;
 /// Sidekiq keeps daily stats for five years.
 const STATS_TTL: i64 = 5 * 365 * 24 * 3600;
 
-/// How to reach Redis and where the keys live.
-#[derive(Clone, Debug)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db`.
-    pub url: String,
-    /// A prefix for every key (`NAMESPACE:queue:default`), as redis-namespace writes them.
-    pub namespace: Option<String>,
-    /// How long to wait for a connection.
-    pub connect_timeout: Duration,
-    /// How long to wait for an answer to a command.
-    pub response_timeout: Duration,
-    /// For `rediss://` URLs: a CA certificate (PEM) to trust instead of the system's trust
-    /// store, as for a server with a self-signed certificate.
-    pub tls_ca_pem: Option<Vec<u8>>,
-}
-
-impl RedisConfig {
-    /// The defaults for `url`: no namespace, 5 s to connect, 30 s to answer.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            namespace: None,
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(30),
-            tls_ca_pem: None,
-        }
-    }
-
-    /// Trusts the CA certificate `pem` for `rediss://` connections.
-    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls_ca_pem = Some(pem.into());
-        self
-    }
-
-    /// Prefixes every key with `namespace:`.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = Some(namespace.into());
-        self
-    }
-}
-
-struct Keys {
-    prefix: String,
-    queues: String,
-    fetchers: String,
-    processes: String,
-    paused: String,
-    wake: String,
-}
-
-impl Keys {
-    fn new(namespace: Option<&str>) -> Self {
-        let prefix = namespace.map(|ns| format!("{ns}:")).unwrap_or_default();
-        Self {
-            queues: format!("{prefix}queues"),
-            fetchers: format!("{prefix}jobqueue:fetchers"),
-            processes: format!("{prefix}processes"),
-            paused: format!("{prefix}jobqueue:paused"),
-            wake: format!("{prefix}jobqueue:wake"),
-            prefix,
-        }
-    }
-
-    fn plain(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    fn queue(&self, queue: &str) -> String {
-        format!("{}queue:{queue}", self.prefix)
-    }
-
-    fn set(&self, set: SortedSet) -> String {
-        self.plain(set.key())
-    }
-
-    fn in_flight(&self, process: &str) -> String {
-        format!("{}jobqueue:inflight:{process}", self.prefix)
-    }
-
-    fn lock(&self, key: &str) -> String {
-        format!("{}jobqueue:lock:{key}", self.prefix)
-    }
-}
-
-struct Scripts {
-    fetch: Script,
-    take_due: Script,
-    settle: Script,
-    forget: Script,
-    lock: Script,
-    unlock: Script,
-    remove_job: Script,
-}
-
-/// A broker on a Redis server, compatible with Sidekiq's keys and payloads.
-///
-/// Cheap to clone: clones share one multiplexed connection, which reconnects by itself.
-#[derive(Clone)]
-pub struct RedisBroker {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    conn: ConnectionManager,
-    keys: Keys,
-    scripts: Scripts,
-    hub: Arc<WakeupHub>,
-    listener: JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.listener.abort();
-    }
-}
-
-impl RedisBroker {
-    /// Connects to `url` with the default settings.
-    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        Self::connect_with(RedisConfig::new(url)).await
-    }
-
-    /// Connects with the given settings. Fails if Redis cannot be reached within the
-    /// connect timeout; once connected, lost connections are re-established by themselves.
-    pub async fn connect_with(config: RedisConfig) -> Result<Self, BrokerError> {
-        let client = open_client(&config)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(
-            config.connect_timeout * 2,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
-        )
-        .await
-        .map_err(|_| BrokerError::Timeout(config.connect_timeout))??;
-        let keys = Keys::new(config.namespace.as_deref());
-        let hub = Arc::new(WakeupHub::default());
-        let listener = tokio::spawn(listen(client, keys.wake.clone(), Arc::clone(&hub)));
-        Ok(Self {
-            inner: Arc::new(Inner {
-                conn,
-                keys,
-                scripts: Scripts {
-                    fetch: Script::new(include_str!("lua/fetch.lua")),
-                    take_due: Script::new(include_str!("lua/take_due.lua")),
-                    settle: Script::new(include_str!("lua/settle.lua")),
-                    forget: Script::new(include_str!("lua/forget.lua")),
-                    lock: Script::new(include_str!("lua/lock.lua")),
-                    unlock: Script::new(include_str!("lua/unlock.lua")),
-                    remove_job: Script::new(include_str!("lua/remove_job.lua")),
-                },
-                hub,
-                listener,
-            }),
-        })
-    }
-
-    fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
-    }
-}
-
-/// Payload bytes from Redis as a string, losslessly (see [`RAW_MARKER`]).
-fn payload_from_bytes(bytes: Vec<u8>) -> String {
-    match String::from_utf8(bytes) {
-        Ok(text) if !text.starts_with(RAW_MARKER) => text,
-        Ok(text) => raw_payload(text.as_bytes()),
-        Err(e) => raw_payload(e.as_bytes()),
-    }
-}
-
-fn raw_payload(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(RAW_MARKER.len() + bytes.len() * 2);
-    text.push_str(RAW_MARKER);
-    for b in bytes {
-        text.push_str(&format!("{b:02x}"));
-    }
-    text
-}
-
-/// The exact bytes stored in Redis for a payload string from [`payload_from_bytes`].
-fn payload_bytes(payload: &str) -> std::borrow::Cow<'_, [u8]> {
-    match payload.strip_prefix(RAW_MARKER) {
-        Some(hex) => (0..hex.len() / 2)
-            .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect::<Vec<u8>>()
-            .into(),
-        None => payload.as_bytes().into(),
-    }
-}
-
-fn payloads_from_bytes(list: Vec<Vec<u8>>) -> Vec<String> {
-    list.into_iter().map(payload_from_bytes).collect()
-}
-
-/// A client for the configured URL: `redis://`, or `rediss://` with TLS (user and password,
-/// for Redis ACLs, come from the URL either way).
-fn open_client(config: &RedisConfig) -> Result<redis::Client, BrokerError> {
-    let invalid = |e: redis::RedisError| BrokerError::InvalidUrl {
-        url: config.url.clone(),
-        reason: e.to_string(),
-    };
-    #[cfg(feature = "tls")]
-    if config.url.starts_with("rediss://") {
-        // rustls needs a crypto provider chosen once per process; another may be installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        if let Some(pem) = &config.tls_ca_pem {
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            };
-            return redis::Client::build_with_tls(config.url.as_str(), certs).map_err(invalid);
-        }
-    }
-    redis::Client::open(config.url.as_str()).map_err(invalid)
-}
-
 /// A TTL in milliseconds, at least 1 (Redis refuses 0).
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// Follows the wake channel and wakes this process's workers; reconnects when the
-/// connection drops, waking everyone since a message may have been missed meanwhile.
-async fn listen(client: redis::Client, channel: String, hub: Arc<WakeupHub>) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => {
-                if pubsub.subscribe(&channel).await.is_ok() {
-                    delay = Duration::from_millis(100);
-                    hub.wake(true, true);
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let scheduled = msg.get_payload_bytes() == b"scheduled";
-                        hub.wake(!scheduled, scheduled);
-                    }
-                }
-            }
-            Err(e) => tracing::debug!("wake-up channel: {e}"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-impl From<RedisBroker> for Arc<dyn Broker> {
-    fn from(broker: RedisBroker) -> Self {
-        Arc::new(broker)
-    }
 }
 
 #[async_trait]
@@ -365,49 +112,48 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let keys = &self.inner.keys;
-        let now = now();
+        let (dead_before, dead_keep) = dead_trim(now());
         let mut call = self.inner.scripts.settle.key(keys.in_flight(process));
         call.key(&keys.queues)
-            .arg(now - DEAD_TIMEOUT.as_secs_f64())
-            .arg(DEAD_MAX_JOBS)
+            .arg(dead_before)
+            .arg(dead_keep)
             .arg(&keys.wake);
+        let now = now();
         for (original, to) in moves {
-            let (op, dest, stored, fourth) = match to {
-                Settle::Queue {
+            // The script's four arguments per move; `target` is the queue's name (to list
+            // it in `queues`) or the score.
+            let (op, dest, stored, target) = match to.placement(now) {
+                Placement::Queue {
                     queue,
                     payload,
                     front,
                 } => (
-                    if *front { "rpush" } else { "lpush" },
+                    if front { "rpush" } else { "lpush" },
                     keys.queue(queue),
-                    payload.as_str(),
-                    queue.clone(),
+                    payload,
+                    queue.to_owned(),
                 ),
-                Settle::Schedule { payload, at } => (
-                    "zadd",
-                    keys.set(SortedSet::Schedule),
-                    payload.as_str(),
-                    at.to_string(),
+                Placement::Set {
+                    set,
+                    payload,
+                    score,
+                } => (
+                    if set == SortedSet::Dead {
+                        "dead"
+                    } else {
+                        "zadd"
+                    },
+                    keys.set(set),
+                    payload,
+                    score.to_string(),
                 ),
-                Settle::Retry { payload, at } => (
-                    "zadd",
-                    keys.set(SortedSet::Retry),
-                    payload.as_str(),
-                    at.to_string(),
-                ),
-                Settle::Dead { payload } => (
-                    "dead",
-                    keys.set(SortedSet::Dead),
-                    payload.as_str(),
-                    now.to_string(),
-                ),
-                Settle::Discard => ("discard", keys.set(SortedSet::Dead), "", String::new()),
+                Placement::Nowhere => ("discard", keys.set(SortedSet::Dead), "", String::new()),
             };
             call.key(dest)
                 .arg(payload_bytes(original).as_ref())
                 .arg(op)
                 .arg(stored)
-                .arg(fourth);
+                .arg(target);
         }
         let moved: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
         Ok(moved.into_iter().map(|m| m == 1).collect())
@@ -740,25 +486,5 @@ impl Broker for RedisBroker {
 
     fn subscribe(&self) -> Arc<Wakeups> {
         self.inner.hub.subscribe()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_bytes_round_trip_losslessly() {
-        let cases: [&[u8]; 4] = [
-            b"{\"class\":\"A\"}",
-            b"\xff\xfe not utf-8",
-            RAW_MARKER.as_bytes(),
-            b"",
-        ];
-        for bytes in cases {
-            let text = payload_from_bytes(bytes.to_vec());
-            assert_eq!(payload_bytes(&text).as_ref(), bytes);
-        }
-        assert!(payload_from_bytes(b"\xff".to_vec()).starts_with(RAW_MARKER));
     }
 }

@@ -3,27 +3,28 @@
 -- KEYS[2 + i] the destination of move i: a queue list or a sorted set.
 --   ARGV[1] dead: drop scores below   ARGV[2] dead: keep this many   ARGV[3] wake channel
 --   then four per move: the payload as fetched; op (lpush | rpush | zadd | dead | discard);
---   the payload to store; the queue name (lpush, rpush) or the score (zadd, dead).
+--   the payload to store; the target: the queue name (lpush, rpush) or the score (zadd,
+--   dead).
 -- Returns one 1 (moved) or 0 (no longer there) per move.
 local moved = {}
 local queued, scheduled = false, false
 for i = 1, #KEYS - 2 do
   local a = 3 + (i - 1) * 4
-  local original, op, stored, fourth = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local original, op, stored, target = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local dest = KEYS[2 + i]
   if redis.call('LREM', KEYS[1], -1, original) == 0 then
     moved[i] = 0
   else
     moved[i] = 1
     if op == 'lpush' or op == 'rpush' then
-      redis.call('SADD', KEYS[2], fourth)
+      redis.call('SADD', KEYS[2], target)
       redis.call(op, dest, stored)
       queued = true
     elseif op == 'zadd' then
-      redis.call('ZADD', dest, fourth, stored)
+      redis.call('ZADD', dest, target, stored)
       scheduled = true
     elseif op == 'dead' then
-      redis.call('ZADD', dest, fourth, stored)
+      redis.call('ZADD', dest, target, stored)
       redis.call('ZREMRANGEBYSCORE', dest, '-inf', ARGV[1])
       redis.call('ZREMRANGEBYRANK', dest, 0, -(tonumber(ARGV[2]) + 1))
     end

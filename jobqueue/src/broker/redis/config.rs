@@ -1,0 +1,69 @@
+//! How to reach Redis: the URL (`redis://`, or `rediss://` with TLS), timeouts and the key
+//! namespace.
+
+use std::time::Duration;
+
+use crate::error::BrokerError;
+
+/// How to reach Redis and where the keys live.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// A prefix for every key (`NAMESPACE:queue:default`), as redis-namespace writes them.
+    pub namespace: Option<String>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// How long to wait for an answer to a command.
+    pub response_timeout: Duration,
+    /// For `rediss://` URLs: a CA certificate (PEM) to trust instead of the system's trust
+    /// store, as for a server with a self-signed certificate.
+    pub tls_ca_pem: Option<Vec<u8>>,
+}
+
+impl RedisConfig {
+    /// The defaults for `url`: no namespace, 5 s to connect, 30 s to answer.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            tls_ca_pem: None,
+        }
+    }
+
+    /// Trusts the CA certificate `pem` for `rediss://` connections.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Prefixes every key with `namespace:`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+}
+
+/// A client for the configured URL: `redis://`, or `rediss://` with TLS (user and password,
+/// for Redis ACLs, come from the URL either way).
+pub(super) fn open_client(config: &RedisConfig) -> Result<redis::Client, BrokerError> {
+    let invalid = |e: redis::RedisError| BrokerError::InvalidUrl {
+        url: config.url.clone(),
+        reason: e.to_string(),
+    };
+    #[cfg(feature = "tls")]
+    if config.url.starts_with("rediss://") {
+        // rustls needs a crypto provider chosen once per process; another may be installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(pem) = &config.tls_ca_pem {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            };
+            return redis::Client::build_with_tls(config.url.as_str(), certs).map_err(invalid);
+        }
+    }
+    redis::Client::open(config.url.as_str()).map_err(invalid)
+}

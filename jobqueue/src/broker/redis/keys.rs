@@ -1,0 +1,50 @@
+//! The key layout: Sidekiq's keys (`queue:NAME`, `schedule`, `retry`, `dead`, `processes`,
+//! `stat:*`) and ours (`jobqueue:inflight:<identity>`, `jobqueue:lock:<key>`, ...), under
+//! an optional namespace. Nothing outside the Redis broker knows it.
+
+use super::super::SortedSet;
+
+/// Where everything lives: Sidekiq's keys, ours under `jobqueue:`, all under the
+/// namespace when one is set.
+pub(super) struct Keys {
+    pub(super) prefix: String,
+    pub(super) queues: String,
+    pub(super) fetchers: String,
+    pub(super) processes: String,
+    pub(super) paused: String,
+    pub(super) wake: String,
+}
+
+impl Keys {
+    pub(super) fn new(namespace: Option<&str>) -> Self {
+        let prefix = namespace.map(|ns| format!("{ns}:")).unwrap_or_default();
+        Self {
+            queues: format!("{prefix}queues"),
+            fetchers: format!("{prefix}jobqueue:fetchers"),
+            processes: format!("{prefix}processes"),
+            paused: format!("{prefix}jobqueue:paused"),
+            wake: format!("{prefix}jobqueue:wake"),
+            prefix,
+        }
+    }
+
+    pub(super) fn plain(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub(super) fn queue(&self, queue: &str) -> String {
+        format!("{}queue:{queue}", self.prefix)
+    }
+
+    pub(super) fn set(&self, set: SortedSet) -> String {
+        self.plain(set.key())
+    }
+
+    pub(super) fn in_flight(&self, process: &str) -> String {
+        format!("{}jobqueue:inflight:{process}", self.prefix)
+    }
+
+    pub(super) fn lock(&self, key: &str) -> String {
+        format!("{}jobqueue:lock:{key}", self.prefix)
+    }
+}

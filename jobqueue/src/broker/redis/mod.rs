@@ -1,0 +1,113 @@
+//! The Redis broker: Sidekiq's key layout, plus in-flight lists for reliable fetch.
+//!
+//! Split as redis-rs is: the connection and its settings here and in [`config`], the key
+//! layout in `keys`, payload bytes in `codec`, the wake-up channel in `listener`, and the
+//! protocol (which keys, which commands) in `commands` and the `.lua` scripts in `lua/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use tokio::task::JoinHandle;
+
+use super::{Broker, WakeupHub};
+use crate::error::BrokerError;
+
+mod codec;
+mod commands;
+pub mod config;
+mod keys;
+mod listener;
+
+pub(crate) use self::codec::is_raw;
+use self::config::open_client;
+pub use self::config::RedisConfig;
+use self::keys::Keys;
+use self::listener::listen;
+
+struct Scripts {
+    fetch: Script,
+    take_due: Script,
+    settle: Script,
+    forget: Script,
+    lock: Script,
+    unlock: Script,
+    remove_job: Script,
+}
+
+/// A broker on a Redis server, compatible with Sidekiq's keys and payloads.
+///
+/// Cheap to clone: clones share one multiplexed connection, which reconnects by itself.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Scripts,
+    hub: Arc<WakeupHub>,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl RedisBroker {
+    /// Connects to `url` with the default settings.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(RedisConfig::new(url)).await
+    }
+
+    /// Connects with the given settings. Fails if Redis cannot be reached within the
+    /// connect timeout; once connected, lost connections are re-established by themselves.
+    pub async fn connect_with(config: RedisConfig) -> Result<Self, BrokerError> {
+        let client = open_client(&config)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            config.connect_timeout * 2,
+            ConnectionManager::new_with_config(client.clone(), manager_config),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout(config.connect_timeout))??;
+        let keys = Keys::new(config.namespace.as_deref());
+        let hub = Arc::new(WakeupHub::default());
+        let listener = tokio::spawn(listen(client, keys.wake.clone(), Arc::clone(&hub)));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                keys,
+                scripts: Scripts {
+                    fetch: Script::new(include_str!("lua/fetch.lua")),
+                    take_due: Script::new(include_str!("lua/take_due.lua")),
+                    settle: Script::new(include_str!("lua/settle.lua")),
+                    forget: Script::new(include_str!("lua/forget.lua")),
+                    lock: Script::new(include_str!("lua/lock.lua")),
+                    unlock: Script::new(include_str!("lua/unlock.lua")),
+                    remove_job: Script::new(include_str!("lua/remove_job.lua")),
+                },
+                hub,
+                listener,
+            }),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+}
+
+impl From<RedisBroker> for Arc<dyn Broker> {
+    fn from(broker: RedisBroker) -> Self {
+        Arc::new(broker)
+    }
+}
