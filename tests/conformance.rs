@@ -15,6 +15,8 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    the_dead_set_keeps_the_newest_ten_thousand,
+    the_dead_set_drops_jobs_older_than_180_days,
     quiet_and_shutdown_return_prefetched_jobs_to_the_front_in_order,
     runs_enqueued_jobs_with_their_arguments,
     bulk_enqueue_runs_every_job_once,
@@ -552,7 +554,7 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
         identity: identity.into(),
         info: "{}".into(),
         busy: 0,
-        beat: now(),
+        beat: std::time::SystemTime::now(),
         quiet: false,
         rss_kb: 0,
         processed: 0,
@@ -831,4 +833,84 @@ async fn quiet_and_shutdown_return_prefetched_jobs_to_the_front_in_order(b: Back
         ["sleeps", "2", "3", "4", "5", "6"],
         "the unfinished job first, then the returned ones, in their order"
     );
+}
+
+/// Takes `payloads` into the in-flight list of a process and settles them all to the dead
+/// set in one call.
+async fn bury(b: &Backend, payloads: Vec<String>) {
+    let pushes: Vec<Push> = payloads
+        .iter()
+        .map(|payload| Push {
+            queue: "graveyard".into(),
+            payload: payload.clone(),
+            at: None,
+        })
+        .collect();
+    b.broker.push(&pushes).await.unwrap();
+    let taken = b
+        .broker
+        .fetch(
+            "digger:0:000000000000",
+            &["graveyard".into()],
+            payloads.len(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), payloads.len());
+    let moves: Vec<_> = taken
+        .into_iter()
+        .map(|f| {
+            let to = jobqueue::broker::Settle::Dead {
+                payload: f.payload.clone(),
+            };
+            (f.payload, to)
+        })
+        .collect();
+    b.broker
+        .settle_many("digger:0:000000000000", &moves)
+        .await
+        .unwrap();
+}
+
+async fn the_dead_set_keeps_the_newest_ten_thousand(b: Backend) {
+    let max = jobqueue::retry::DEAD_MAX_JOBS;
+    bury(&b, vec!["the first to die".into()]).await;
+    // Later deaths, so the first is the oldest.
+    eventually(LIMIT, "the clock moved on", || async {
+        let first = b.broker.set_range(SortedSet::Dead, 0, 1).await.unwrap()[0].0;
+        now() > first + 0.01
+    })
+    .await;
+    bury(&b, (0..max).map(|i| format!("death {i}")).collect()).await;
+    assert_eq!(b.admin().set_size(SortedSet::Dead).await.unwrap(), max);
+    let oldest = b.broker.set_range(SortedSet::Dead, 0, 1).await.unwrap();
+    assert_ne!(oldest[0].1, "the first to die", "the oldest was trimmed");
+}
+
+async fn the_dead_set_drops_jobs_older_than_180_days(b: Backend) {
+    // Only Redis lets a test write a death dated in the past; the in-memory broker's trim
+    // is checked by its own unit test.
+    let Some(server) = &b.server else { return };
+    let client = ::redis::Client::open(server.url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let timeout = jobqueue::retry::DEAD_TIMEOUT.as_secs_f64();
+    for (age, payload) in [(timeout + 60.0, "ancient"), (timeout - 60.0, "old")] {
+        ::redis::cmd("ZADD")
+            .arg("dead")
+            .arg(now() - age)
+            .arg(payload)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    bury(&b, vec!["fresh".into()]).await;
+    let kept: Vec<String> = b
+        .broker
+        .set_range(SortedSet::Dead, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(kept, ["old", "fresh"]);
 }

@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use jobqueue::{Broker, Client, Envelope, Job, RedisBroker, SortedSet};
-use support::ticks::{ExclusiveTick, LockedTick, Tick};
+use support::ticks::{ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick};
 use support::{eventually, RedisServer};
 
 fn spawn_worker(url: &str) -> Child {
@@ -524,5 +524,152 @@ async fn sigterm_under_load_acks_the_finished_and_hands_back_the_rest() {
         "the long ones are back"
     );
     assert_eq!(in_flight_total(&url).await, 0);
+    drop(server);
+}
+
+/// The lock keys (as stored) of a job: its queued lock and its running lease.
+fn stored_keys<J: Job>(job: &J) -> (String, String) {
+    let spec = J::OPTIONS.unique.expect("a unique job");
+    let envelope = envelope(job);
+    (
+        format!("jobqueue:lock:{}", spec.queued_key(&envelope)),
+        format!("jobqueue:lock:{}", spec.running_key(&envelope)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lock_mode_survives_kill_dash_nine() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let client = Client::new(broker.clone());
+    let limit = Duration::from_secs(60);
+    let lease = Duration::from_secs(60);
+
+    let executed = LockedTick { n: 1, millis: 1500 };
+    let exclusive = ExclusiveTick { n: 2, millis: 1500 };
+    let starts = StartsTick { n: 3, millis: 1500 };
+    let expires = ExpiresTick { n: 4, millis: 1500 };
+    let guarded = GuardedTick { n: 5, millis: 1500 };
+    client.enqueue(&executed).await.unwrap();
+    client.enqueue(&exclusive).await.unwrap();
+    client.enqueue(&starts).await.unwrap();
+    client.enqueue(&expires).await.unwrap();
+    client.enqueue(&guarded).await.unwrap();
+    let (executed_queued, _) = stored_keys(&executed);
+    let (_, exclusive_running) = stored_keys(&exclusive);
+    let (starts_queued, _) = stored_keys(&starts);
+    let (expires_queued, _) = stored_keys(&expires);
+    let (guarded_queued, guarded_running) = stored_keys(&guarded);
+
+    let worker = spawn_worker(&url);
+    let identity = identity_of(&url, &worker).await;
+    eventually(limit, "all five started", || async {
+        broker.queue_len("ran").await.unwrap() == 5
+    })
+    .await;
+    let held = kill_dash_nine_without_declaring(&url, worker, &identity).await;
+    assert_eq!(held.len(), 5, "all five were running at the kill");
+
+    // At the kill, each mode holds what it should, and nothing without a TTL.
+    for (key, bound) in [
+        (&executed_queued, LockedTick::OPTIONS.unique.unwrap().ttl),
+        (&exclusive_running, lease),
+        (&expires_queued, ExpiresTick::OPTIONS.unique.unwrap().ttl),
+        (&guarded_running, lease),
+    ] {
+        assert!(
+            redis_get(&url, key).await.is_some(),
+            "{key} held at the kill"
+        );
+        let left = ttl(&url, key)
+            .await
+            .unwrap_or_else(|| panic!("{key} has no TTL"));
+        assert!(left <= bound, "{key}: {left:?} left, over {bound:?}");
+    }
+    for key in [&starts_queued, &guarded_queued] {
+        assert_eq!(
+            redis_get(&url, key).await,
+            None,
+            "{key} released at the start"
+        );
+    }
+
+    // Declared dead, its jobs are recovered, keep their ids and so their locks, and run.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&identity)
+        .query_async(&mut conn(&url).await)
+        .await
+        .unwrap();
+    let mut survivor = spawn_worker(&url);
+    eventually(limit, "all five finished", || async {
+        counts(&url, "done").await.len() == 5
+    })
+    .await;
+    eventually(
+        limit,
+        "every lock but the until-expired one is gone",
+        || async { lock_keys(&url).await == [expires_queued.clone()] },
+    )
+    .await;
+    assert!(client.enqueue(&executed).await.is_ok());
+    assert!(client.enqueue(&starts).await.is_ok());
+    assert!(client.enqueue(&guarded).await.is_ok());
+    assert!(
+        matches!(
+            client.enqueue(&expires).await,
+            Err(jobqueue::Error::Skipped { .. })
+        ),
+        "until_expired holds for its TTL"
+    );
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigtstp_makes_a_worker_quiet() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let limit = Duration::from_secs(60);
+    let mut worker = spawn_worker(&url);
+    let identity = identity_of(&url, &worker).await;
+    let status = Command::new("kill")
+        .args(["-TSTP", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let entry = |broker: RedisBroker, identity: String| async move {
+        broker
+            .processes()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.identity == identity)
+            .expect("still registered")
+    };
+    eventually(limit, "the heartbeat says quiet", || async {
+        entry(broker.clone(), identity.clone()).await.quiet
+    })
+    .await;
+    let quiet_since = entry(broker.clone(), identity.clone()).await.beat;
+    Client::new(broker.clone())
+        .enqueue(&Tick { n: 1, millis: 1 })
+        .await
+        .unwrap();
+    // Two more heartbeats: the process is alive and looping, yet takes nothing.
+    eventually(limit, "two more heartbeats", || async {
+        entry(broker.clone(), identity.clone()).await.beat
+            > quiet_since + Duration::from_millis(300)
+    })
+    .await;
+    assert_eq!(broker.queue_len("ticks").await.unwrap(), 1, "not taken");
+    assert_eq!(broker.queue_len("ran").await.unwrap(), 0);
+    assert!(
+        sigterm(&mut worker).success(),
+        "clean exit on SIGTERM after quiet"
+    );
+    assert_eq!(broker.queue_len("ticks").await.unwrap(), 1);
     drop(server);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use jobqueue::{BrokerError, Client, Error, RedisBroker, RedisConfig, Worker};
+use jobqueue::{Broker, BrokerError, Client, Error, RedisBroker, RedisConfig, Worker};
 use support::jobs::{self, Note, Sleeps};
 use support::{eventually, fast_config, start, RedisServer};
 
@@ -180,4 +180,58 @@ async fn a_slow_redis_is_a_timeout_for_the_caller_then_recovers() {
         client.enqueue(&Note::new(&t, "later")).await.is_ok()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_finishing_while_redis_is_down_are_acknowledged_after_it_returns() {
+    let mut server = RedisServer::start_persistent();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    let t = jobs::token();
+    let jobs: Vec<Sleeps> = (0..4)
+        .map(|_| Sleeps {
+            token: t.clone(),
+            millis: 300,
+        })
+        .collect();
+    Client::new(broker.clone())
+        .enqueue_bulk(&jobs)
+        .await
+        .unwrap();
+    let worker = start(
+        Worker::builder(broker.clone())
+            .config(fast_config())
+            .register::<Sleeps>(),
+    );
+    let identity = worker.handle.identity().to_owned();
+    eventually(Duration::from_secs(20), "all four running", || async {
+        jobs::labels(&t).iter().filter(|l| *l == "started").count() == 4
+    })
+    .await;
+    // Redis goes away while the four run: they finish, and cannot be acknowledged.
+    server.kill();
+    eventually(Duration::from_secs(20), "all four finished", || async {
+        jobs::labels(&t).iter().filter(|l| *l == "finished").count() == 4
+    })
+    .await;
+    server.restart();
+    eventually(
+        Duration::from_secs(60),
+        "the in-flight list emptied",
+        || async {
+            broker
+                .in_flight(&identity)
+                .await
+                .is_ok_and(|held| held.is_empty())
+        },
+    )
+    .await;
+    worker.stop().await;
+    let labels = jobs::labels(&t);
+    assert_eq!(
+        labels.iter().filter(|l| *l == "started").count(),
+        4,
+        "each ran once: {labels:?}"
+    );
+    assert_eq!(broker.queue_len("default").await.unwrap(), 0);
+    assert!(broker.in_flight(&identity).await.unwrap().is_empty());
 }

@@ -188,8 +188,16 @@ async fn ruby_pushes_jobs_that_our_worker_runs() {
         handle.state() == RunState::Quiet
     })
     .await;
-    handle.shutdown();
-    task.await.unwrap().unwrap();
+    // And `stop!` shuts it down: the worker's run ends by itself, cleanly.
+    ruby(&url, "Sidekiq::ProcessSet.new.each(&:stop!)");
+    let ended = tokio::time::timeout(LIMIT, task)
+        .await
+        .expect("the worker stopped on Sidekiq's stop!");
+    ended.unwrap().unwrap();
+    assert!(
+        b.admin().processes().await.unwrap().is_empty(),
+        "it left Sidekiq's process set"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

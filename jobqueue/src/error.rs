@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// A broker could not do what was asked of it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// Redis refused the command, or the connection to it failed.
     #[error("redis: {0}")]
@@ -23,6 +24,7 @@ pub enum BrokerError {
 
 /// An enqueue, a worker start or an admin call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The broker failed; the operation may be retried once it is reachable again.
     #[error(transparent)]

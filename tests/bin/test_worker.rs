@@ -14,7 +14,7 @@ use jobqueue::{MechanismConfig, Queues, RedisBroker, Worker};
 #[path = "../support/ticks.rs"]
 mod ticks;
 
-use ticks::{ExclusiveTick, LockedTick, Tick};
+use ticks::{ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,6 +40,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register::<Tick>()
         .register::<LockedTick>()
         .register::<ExclusiveTick>()
+        .register::<StartsTick>()
+        .register::<ExpiresTick>()
+        .register::<GuardedTick>()
         .build()?
         .run()
         .await?;

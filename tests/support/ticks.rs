@@ -30,6 +30,38 @@ pub struct ExclusiveTick {
     pub millis: u64,
 }
 
+/// Like `Tick`, holding a lock from enqueue until it starts.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent, unique(lock = "until_executing"))]
+pub struct StartsTick {
+    pub n: u64,
+    pub millis: u64,
+}
+
+/// Like `Tick`, holding a lock from enqueue for its whole TTL.
+#[derive(Serialize, Deserialize, Job)]
+#[job(
+    queue = "ticks",
+    idempotent,
+    unique(lock = "until_expired", ttl = "10m")
+)]
+pub struct ExpiresTick {
+    pub n: u64,
+    pub millis: u64,
+}
+
+/// Like `Tick`, locked from enqueue until it starts, then while it runs.
+#[derive(Serialize, Deserialize, Job)]
+#[job(
+    queue = "ticks",
+    idempotent,
+    unique(lock = "until_and_while_executing")
+)]
+pub struct GuardedTick {
+    pub n: u64,
+    pub millis: u64,
+}
+
 /// Written by the ticks to the `ran` and `done` queues; never run.
 #[derive(Serialize, Deserialize, Job)]
 pub struct Record {
@@ -60,6 +92,27 @@ impl Perform for LockedTick {
 
 #[async_trait]
 impl Perform for ExclusiveTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        tick(ctx, self.n, self.millis).await
+    }
+}
+
+#[async_trait]
+impl Perform for StartsTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        tick(ctx, self.n, self.millis).await
+    }
+}
+
+#[async_trait]
+impl Perform for ExpiresTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        tick(ctx, self.n, self.millis).await
+    }
+}
+
+#[async_trait]
+impl Perform for GuardedTick {
     async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
         tick(ctx, self.n, self.millis).await
     }

@@ -13,7 +13,7 @@ use super::{
     SortedSet, Stats, WakeupHub, Wakeups,
 };
 use crate::error::BrokerError;
-use crate::time::now;
+use crate::time::{epoch_seconds, now};
 
 /// A broker that keeps everything in this process's memory.
 ///
@@ -198,7 +198,7 @@ impl Broker for MemoryBroker {
                         queued = true;
                     }
                     Some(at) => {
-                        state.schedule.add(at, job.payload.clone());
+                        state.schedule.add(epoch_seconds(at), job.payload.clone());
                         scheduled = true;
                     }
                 }
@@ -537,5 +537,39 @@ impl Broker for MemoryBroker {
 
     fn subscribe(&self) -> Arc<Wakeups> {
         self.hub.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{DEAD_MAX_JOBS, DEAD_TIMEOUT};
+
+    #[tokio::test]
+    async fn the_dead_set_drops_jobs_older_than_its_timeout() {
+        let broker = MemoryBroker::new();
+        let old = now() - DEAD_TIMEOUT.as_secs_f64() - 60.0;
+        broker.state().dead.add(old, "ancient".into());
+        broker.state().dead.add(now() - 60.0, "recent".into());
+        let push = Push {
+            queue: "q".into(),
+            payload: "fresh".into(),
+            at: None,
+        };
+        broker.push(&[push]).await.unwrap();
+        broker.fetch("p", &["q".into()], 1).await.unwrap();
+        let dead = Settle::Dead {
+            payload: "fresh".into(),
+        };
+        assert!(broker.settle("p", "fresh", dead).await.unwrap());
+        let kept: Vec<String> = broker
+            .set_range(SortedSet::Dead, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(kept, ["recent", "fresh"]);
+        assert!(DEAD_MAX_JOBS > kept.len());
     }
 }

@@ -5,7 +5,7 @@
 //! reliable fetch. The worker, scheduler and admin code is written once against this trait.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -56,8 +56,8 @@ pub struct Push {
     pub queue: String,
     /// The JSON payload.
     pub payload: String,
-    /// When the job is due, in epoch seconds; `None` means now.
-    pub at: Option<f64>,
+    /// When the job is due; `None` means now.
+    pub at: Option<SystemTime>,
 }
 
 /// A job taken from a queue into a process's in-flight list.
@@ -196,8 +196,8 @@ pub struct Heartbeat {
     pub info: String,
     /// Jobs running now.
     pub busy: usize,
-    /// The heartbeat time, epoch seconds.
-    pub beat: f64,
+    /// When the heartbeat was sent.
+    pub beat: SystemTime,
     /// The process has stopped fetching.
     pub quiet: bool,
     /// Resident memory in KiB.
@@ -221,8 +221,8 @@ pub struct ProcessEntry {
     pub info: String,
     /// Jobs running at its last heartbeat.
     pub busy: usize,
-    /// Its last heartbeat, epoch seconds.
-    pub beat: f64,
+    /// Its last heartbeat.
+    pub beat: SystemTime,
     /// Whether it has stopped fetching.
     pub quiet: bool,
 }

@@ -4,22 +4,6 @@
 //! calling it stops there. The first middleware in a chain is the outermost. The mechanisms
 //! a job's attribute demands (collapse markers, uniqueness locks) are not in the chain: the
 //! client applies them after it, every time, so no chain can leave them out.
-//!
-//! ```
-//! use jobqueue::client::{Admission, ClientJob, ClientMiddleware, ClientNext};
-//! use jobqueue::{async_trait, Error};
-//!
-//! /// Stamps every job with the tenant it was enqueued for.
-//! struct Tenant(String);
-//!
-//! #[async_trait]
-//! impl ClientMiddleware for Tenant {
-//!     async fn call(&self, job: &mut ClientJob, next: ClientNext<'_>) -> Result<Admission, Error> {
-//!         job.envelope.extra.insert("tenant".into(), self.0.clone().into());
-//!         next.run(job).await
-//!     }
-//! }
-//! ```
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -76,6 +60,22 @@ pub enum Admission {
 
 /// Runs around every enqueue: single, bulk, scheduled, periodic, and again when the
 /// scheduler moves a scheduled or retried job to its queue.
+///
+/// ```
+/// use jobqueue::client::{Admission, ClientJob, ClientMiddleware, ClientNext};
+/// use jobqueue::{async_trait, Error};
+///
+/// /// Stamps every job with the tenant it was enqueued for.
+/// struct Tenant(String);
+///
+/// #[async_trait]
+/// impl ClientMiddleware for Tenant {
+///     async fn call(&self, job: &mut ClientJob, next: ClientNext<'_>) -> Result<Admission, Error> {
+///         job.envelope.extra.insert("tenant".into(), self.0.clone().into());
+///         next.run(job).await
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait ClientMiddleware: Send + Sync + 'static {
     /// Handles one job. Call `next.run(job)` to go on; return

@@ -1,8 +1,8 @@
 //! Enqueueing: now, after a delay, at a time, or many jobs in one round trip.
 //!
 //! Every job passes, in order: the client middleware chain (which may change or refuse
-//! it), the payload size check, the mechanisms its attribute demands
-//! ([`mechanisms`]), and only then the broker. A refused job has left nothing behind.
+//! it), the payload size check, the mechanisms its attribute demands (collapse marker,
+//! uniqueness lock), and only then the broker. A refused job has left nothing behind.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use crate::error::Error;
 use crate::job::{Job, JobOptions};
 use crate::time::{epoch_seconds, from_epoch, now};
 
-pub mod mechanisms;
-pub mod middleware;
+mod mechanisms;
+mod middleware;
 
 pub use self::mechanisms::MechanismConfig;
 pub use self::middleware::{
@@ -313,6 +313,6 @@ fn to_push(envelope: &mut Envelope, at: Option<f64>, now: f64) -> Push {
     Push {
         queue: envelope.queue.clone(),
         payload: envelope.to_json(),
-        at,
+        at: at.map(from_epoch),
     }
 }

@@ -10,7 +10,6 @@ use tokio::sync::watch;
 use super::{recovery, RunState, Shared};
 use crate::broker::Heartbeat;
 use crate::error::BrokerError;
-use crate::time::now;
 
 /// Beats until `done` turns true, then once more so the last stats are flushed.
 pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {
@@ -44,7 +43,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         identity: shared.identity.clone(),
         info: shared.info.clone(),
         busy: shared.busy.load(Ordering::Relaxed),
-        beat: now(),
+        beat: std::time::SystemTime::now(),
         quiet: !shared.is_running(),
         rss_kb: resident_memory_kb(),
         processed,

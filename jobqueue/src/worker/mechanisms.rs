@@ -9,7 +9,7 @@
 //!
 //! A job waiting for a retry keeps its queued lock, since it is still enqueued; a job that
 //! dies (dead set, or discarded) releases both. The enqueue side is in
-//! [`crate::client::mechanisms`].
+//! `client/mechanisms.rs`.
 
 use std::convert::Infallible;
 use std::time::Duration;

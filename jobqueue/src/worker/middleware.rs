@@ -5,25 +5,6 @@
 //! outermost. The mechanisms a job's attribute demands (the stale-job stopper, the running
 //! lock, the lock releases) are not in the chain: the worker applies them inside it, around
 //! the job itself, every time.
-//!
-//! ```
-//! use std::time::Instant;
-//! use jobqueue::worker::{Outcome, ServerJob, ServerMiddleware, ServerNext};
-//! use jobqueue::{async_trait, JobError};
-//!
-//! /// Logs how long every job took.
-//! struct Timing;
-//!
-//! #[async_trait]
-//! impl ServerMiddleware for Timing {
-//!     async fn call(&self, job: &ServerJob<'_>, next: ServerNext<'_>) -> Result<Outcome, JobError> {
-//!         let start = Instant::now();
-//!         let outcome = next.run(job).await;
-//!         println!("{} took {:?}", job.envelope.class, start.elapsed());
-//!         outcome
-//!     }
-//! }
-//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +60,25 @@ pub enum Outcome {
 }
 
 /// Runs around every perform.
+///
+/// ```
+/// use std::time::Instant;
+/// use jobqueue::worker::{Outcome, ServerJob, ServerMiddleware, ServerNext};
+/// use jobqueue::{async_trait, JobError};
+///
+/// /// Logs how long every job took.
+/// struct Timing;
+///
+/// #[async_trait]
+/// impl ServerMiddleware for Timing {
+///     async fn call(&self, job: &ServerJob<'_>, next: ServerNext<'_>) -> Result<Outcome, JobError> {
+///         let start = Instant::now();
+///         let outcome = next.run(job).await;
+///         println!("{} took {:?}", job.envelope.class, start.elapsed());
+///         outcome
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait ServerMiddleware: Send + Sync + 'static {
     /// Handles one job. Call `next.run(job)` to go on to the job itself.

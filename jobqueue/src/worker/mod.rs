@@ -42,7 +42,7 @@ mod config;
 mod fetch;
 mod heartbeat;
 mod mechanisms;
-pub mod middleware;
+mod middleware;
 mod processor;
 mod queues;
 mod recovery;

@@ -12,7 +12,7 @@ use crate::client::{Admitted, Origin};
 use crate::envelope::Envelope;
 use crate::error::{BrokerError, Error};
 use crate::retry;
-use crate::time::{after, now};
+use crate::time::{after, epoch_seconds, now};
 
 /// How long a due job waits when client middleware failed on it (a broker error).
 const MIDDLEWARE_RETRY: Duration = Duration::from_secs(5);
@@ -92,7 +92,7 @@ async fn to_queue(shared: &Shared, payload: &str, envelope: Envelope, set: Sorte
             },
             Some(at) => Settle::Schedule {
                 payload: push.payload,
-                at,
+                at: epoch_seconds(at),
             },
         },
         Ok(Admitted::Existing(existing)) => {

@@ -14,7 +14,7 @@ use crate::broker::{
     SortedSet, Stats, Wakeups,
 };
 use crate::error::BrokerError;
-use crate::time::now;
+use crate::time::{epoch_seconds, from_epoch, now};
 
 /// Sidekiq keeps daily stats for five years.
 const STATS_TTL: i64 = 5 * 365 * 24 * 3600;
@@ -39,7 +39,7 @@ impl Broker for RedisBroker {
                     .entry(job.queue.as_str())
                     .or_default()
                     .push(&job.payload),
-                Some(at) => scheduled.push((at, &job.payload)),
+                Some(at) => scheduled.push((epoch_seconds(at), &job.payload)),
             }
         }
         let mut pipe = redis::pipe();
@@ -227,7 +227,7 @@ impl Broker for RedisBroker {
                 &[
                     ("info", beat.info.clone()),
                     ("busy", beat.busy.to_string()),
-                    ("beat", beat.beat.to_string()),
+                    ("beat", epoch_seconds(beat.beat).to_string()),
                     ("quiet", beat.quiet.to_string()),
                     ("rss", beat.rss_kb.to_string()),
                     ("rtt_us", "0".to_owned()),
@@ -372,7 +372,7 @@ impl Broker for RedisBroker {
                     identity,
                     info: info?,
                     busy: busy.unwrap_or(0),
-                    beat: beat.unwrap_or(0.0),
+                    beat: from_epoch(beat.unwrap_or(0.0)),
                     quiet: quiet.as_deref() == Some("true"),
                 })
             })
