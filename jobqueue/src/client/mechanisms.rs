@@ -6,13 +6,12 @@
 //! periodic), so the attribute's promise holds whatever client is built. The perform side
 //! (the stale-job stopper, the running lease, releases) is in the worker.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::broker::Broker;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::job::{JobOptions, OnConflict};
-use crate::time::now;
 
 use super::middleware::{Admission, Origin};
 
@@ -63,7 +62,7 @@ impl MechanismConfig {
     }
 }
 
-/// Applies the job's mechanisms just before its push. `at` (epoch seconds) may be moved
+/// Applies the job's mechanisms just before its push. `at` may be moved
 /// later by a reschedule on conflict. Nothing here runs for a job whose type is unknown to
 /// this process (`options` is `None`): its mechanisms are its own producer's business.
 pub(super) async fn apply(
@@ -72,7 +71,7 @@ pub(super) async fn apply(
     envelope: &Envelope,
     options: Option<&'static JobOptions>,
     origin: Origin,
-    at: &mut Option<f64>,
+    at: &mut Option<SystemTime>,
 ) -> Result<Admission, Error> {
     let Some(options) = options else {
         return Ok(Admission::Push);
@@ -101,8 +100,8 @@ pub(super) async fn apply(
                 }
                 OnConflict::Reschedule => {
                     // Not locked now; the lock is tried again when the job comes due.
-                    let base = at.unwrap_or(0.0).max(now());
-                    *at = Some(base + config.conflict_wait.as_secs_f64());
+                    let base = at.map_or(SystemTime::now(), |at| at.max(SystemTime::now()));
+                    *at = Some(base + config.conflict_wait);
                 }
                 OnConflict::Replace => {
                     let removed = broker.remove_job(&envelope.queue, &holder).await?;

@@ -14,7 +14,7 @@ use crate::broker::{Broker, Push};
 use crate::envelope::{encode_args, Envelope, Retry};
 use crate::error::Error;
 use crate::job::{Job, JobOptions};
-use crate::time::{epoch_seconds, from_epoch, now};
+use crate::time::{epoch_seconds, now};
 
 mod mechanisms;
 mod middleware;
@@ -120,13 +120,13 @@ impl Client {
 
     /// Runs `job` once `delay` has passed. Returns its job id.
     pub async fn enqueue_in<J: Job>(&self, delay: Duration, job: &J) -> Result<String, Error> {
-        self.enqueue_one(job, None, Some(crate::time::after(delay)))
+        self.enqueue_one(job, None, Some(SystemTime::now() + delay))
             .await
     }
 
     /// Runs `job` at `at` (at once if `at` has passed). Returns its job id.
     pub async fn enqueue_at<J: Job>(&self, at: SystemTime, job: &J) -> Result<String, Error> {
-        self.enqueue_one(job, None, Some(epoch_seconds(at))).await
+        self.enqueue_one(job, None, Some(at)).await
     }
 
     /// Pushes many jobs in one round trip. Returns, in order, each job's id, or `None` for
@@ -144,13 +144,13 @@ impl Client {
         at: SystemTime,
         jobs: impl IntoIterator<Item = &'a J>,
     ) -> Result<Vec<Option<String>>, Error> {
-        self.push_bulk(jobs, Some(epoch_seconds(at))).await
+        self.push_bulk(jobs, Some(at)).await
     }
 
     async fn push_bulk<'a, J: Job>(
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
-        at: Option<f64>,
+        at: Option<SystemTime>,
     ) -> Result<Vec<Option<String>>, Error> {
         let now = now();
         let envelopes = jobs
@@ -191,15 +191,14 @@ impl Client {
         envelope: Envelope,
         at: Option<SystemTime>,
     ) -> Result<String, Error> {
-        self.push_envelope(envelope, at.map(epoch_seconds), None)
-            .await
+        self.push_envelope(envelope, at, None).await
     }
 
     async fn enqueue_one<J: Job>(
         &self,
         job: &J,
         queue: Option<&str>,
-        at: Option<f64>,
+        at: Option<SystemTime>,
     ) -> Result<String, Error> {
         let mut envelope = envelope_for(job, now())?;
         if let Some(queue) = queue {
@@ -212,7 +211,7 @@ impl Client {
     async fn push_envelope(
         &self,
         envelope: Envelope,
-        at: Option<f64>,
+        at: Option<SystemTime>,
         options: Option<&'static JobOptions>,
     ) -> Result<String, Error> {
         match self.admit(envelope, at, options, Origin::Enqueue).await? {
@@ -241,13 +240,13 @@ impl Client {
     pub(crate) async fn admit(
         &self,
         envelope: Envelope,
-        at: Option<f64>,
+        at: Option<SystemTime>,
         options: Option<&'static JobOptions>,
         origin: Origin,
     ) -> Result<Admitted, Error> {
         let mut job = ClientJob {
             envelope,
-            at: at.map(from_epoch),
+            at,
             options,
             origin,
             broker: Arc::clone(&self.broker),
@@ -255,13 +254,9 @@ impl Client {
         if let Admission::Existing { jid } = self.chain.run(&mut job).await? {
             return Ok(Admitted::Existing(jid));
         }
-        // The chain may have moved the time; keep the caller's exact value when it did not.
-        let mut at = match (at, job.at) {
-            (Some(at), Some(after)) if from_epoch(at) == after => Some(at),
-            (_, after) => after.map(epoch_seconds),
-        };
+        let mut at = job.at;
         let mut envelope = job.envelope;
-        let now = now();
+        let now = SystemTime::now();
         let mut push = to_push(&mut envelope, at, now);
         self.check_size(&push, &envelope.class)?;
         let before = at;
@@ -307,12 +302,16 @@ fn envelope_for<J: Job>(job: &J, created_at: f64) -> Result<Envelope, Error> {
 
 /// A job due later goes to `schedule` without `enqueued_at`, as Sidekiq stores it; the
 /// scheduler sets `enqueued_at` when it moves the job to its queue.
-fn to_push(envelope: &mut Envelope, at: Option<f64>, now: f64) -> Push {
+fn to_push(envelope: &mut Envelope, at: Option<SystemTime>, now: SystemTime) -> Push {
     let at = at.filter(|at| *at > now);
-    envelope.enqueued_at = if at.is_none() { Some(now) } else { None };
+    envelope.enqueued_at = if at.is_none() {
+        Some(epoch_seconds(now))
+    } else {
+        None
+    };
     Push {
         queue: envelope.queue.clone(),
         payload: envelope.to_json(),
-        at: at.map(from_epoch),
+        at,
     }
 }

@@ -5,7 +5,7 @@
 //! otherwise.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -14,7 +14,6 @@ use crate::client::{Admitted, Origin};
 use crate::error::Error;
 use crate::schedule::window::quiet_until;
 use crate::schedule::Periodic;
-use crate::time::epoch_seconds;
 
 /// A tick's claim outlives the grace period by this much, so no late process claims it.
 const CLAIM_MARGIN: Duration = Duration::from_secs(60);
@@ -162,7 +161,7 @@ async fn fire(
         .bulk
         .then(|| quiet_until(&shared.config.quiet_windows, tick.max(Utc::now())))
         .flatten()
-        .map(|end| epoch_seconds(end.into()));
+        .map(SystemTime::from);
     let jid = envelope.jid.clone();
     match shared
         .client
