@@ -17,8 +17,11 @@ fn start_worker(
     jobqueue::WorkerHandle,
     tokio::task::JoinHandle<Result<(), jobqueue::Error>>,
 ) {
+    // A short heartbeat TTL: the test waits for a stopped worker to be taken for dead, and
+    // no other worker runs beside it to be mistaken.
     let worker = Worker::builder(broker)
         .config(fast_config())
+        .configure(|c| c.heartbeat_ttl = Duration::from_secs(1))
         .register::<Sleeps>()
         .shutdown_timeout(Duration::from_millis(200))
         .build()

@@ -275,10 +275,15 @@ async fn a_bulk_job_fetched_in_a_quiet_window_waits_for_its_end(b: Backend) {
         .await
         .unwrap()
         .remove(0);
-    assert_eq!(
-        entry.at,
-        std::time::SystemTime::from(end),
-        "due at the window's end"
+    // Due at the window's end (never before), give or take the moment it took to settle.
+    let due = std::time::SystemTime::from(end);
+    let late = entry
+        .at
+        .duration_since(due)
+        .expect("not due inside the window");
+    assert!(
+        late < Duration::from_secs(1),
+        "due {late:?} after the window's end"
     );
     assert_eq!(b.admin().stats().await.unwrap().failed, 0);
 }
