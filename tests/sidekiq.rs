@@ -338,3 +338,94 @@ fn stop_sidekiq(child: &mut std::process::Child) {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
 }
+
+/// Not idempotent: its first run fails (to the dead set), any later run succeeds.
+#[derive(Serialize, Deserialize, Job)]
+#[job(name = "Interop::FailsFirst", queue = "interop")]
+struct FailsFirst {
+    token: String,
+}
+
+#[async_trait]
+impl Perform for FailsFirst {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let first = jobs::runs(&self.token).is_empty();
+        jobs::record(&self.token, format!("run, retries {}", ctx.retries));
+        if first {
+            return Err(JobError::new("not yet").with_class("NotYet"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_retried_by_hand_through_sidekiqs_api_run_here() {
+    require_sidekiq();
+    let b = Backend::redis().await;
+    let url = redis_url(&b);
+    let dead = jobs::token();
+    let client = b.client();
+    client
+        .enqueue(&FailsFirst {
+            token: dead.clone(),
+        })
+        .await
+        .unwrap();
+    let worker = b
+        .worker()
+        .register::<FailsFirst>()
+        .register::<Retried>()
+        .queues(Queues::strict(["interop"]))
+        .configure(|c| c.idle_poll = Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    let admin = b.admin();
+    eventually(LIMIT, "it died at its first failure", || async {
+        admin.set_size(jobqueue::SortedSet::Dead).await.unwrap() == 1
+    })
+    .await;
+
+    // Sidekiq's "Retry All" on the dead set: retry_count comes back as -1.
+    ruby(&url, "Sidekiq::DeadSet.new.retry_all");
+    eventually(LIMIT, "the retried job ran here and succeeded", || async {
+        jobs::runs(&dead).len() == 2
+    })
+    .await;
+    assert_eq!(
+        jobs::labels(&dead),
+        ["run, retries 0", "run, retries 0"],
+        "a job retried by hand counts from where Sidekiq put it"
+    );
+
+    // `SortedEntry#retry` on a job waiting in the retry set, too.
+    client.enqueue(&Retried { id: 7 }).await.unwrap();
+    eventually(LIMIT, "it waits in the retry set", || async {
+        admin.set_size(jobqueue::SortedSet::Retry).await.unwrap() == 1
+    })
+    .await;
+    ruby(&url, "Sidekiq::RetrySet.new.each(&:retry)");
+    eventually(
+        LIMIT,
+        "it ran again and is back in the retry set",
+        || async {
+            let failed = b.broker.stats().await.unwrap().failed;
+            failed == 3 && admin.set_size(jobqueue::SortedSet::Retry).await.unwrap() == 1
+        },
+    )
+    .await;
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(admin.set_size(jobqueue::SortedSet::Dead).await.unwrap(), 0);
+    let seen = read_with_sidekiq_api(&url);
+    assert_eq!(
+        seen["retry"][0]["retry_count"], 0,
+        "failed again after the hand retry"
+    );
+    assert_eq!(
+        seen["dead"],
+        serde_json::json!([]),
+        "nothing dead-lettered as invalid"
+    );
+}

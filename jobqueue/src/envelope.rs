@@ -31,9 +31,11 @@ pub struct Envelope {
     /// When the job was last pushed to its queue.
     #[serde(default, with = "epoch", skip_serializing_if = "Option::is_none")]
     pub enqueued_at: Option<f64>,
-    /// Retries so far: absent before the first failure, 0 after it.
+    /// Retries so far: absent before the first failure, 0 after it. Sidekiq lowers it by
+    /// one when a job is retried by hand (the Web UI's Retry buttons, `SortedEntry#retry`),
+    /// so a job that died at its first failure comes back with -1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_count: Option<u32>,
+    pub retry_count: Option<i64>,
     /// The class of the last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_class: Option<String>,
@@ -205,7 +207,7 @@ impl Envelope {
             }
         };
         self.retry_count = Some(count);
-        count
+        u32::try_from(count.max(0)).unwrap_or(u32::MAX)
     }
 }
 
@@ -323,6 +325,53 @@ mod tests {
             Envelope::parse(eight).unwrap().enqueued_at,
             Some(1_700_000_000.25)
         );
+    }
+
+    /// Payloads as Sidekiq 6.4, 7.3 and 8.1 write them (from their `job_retry.rb`,
+    /// `client.rb` and `api.rb`), including a job retried by hand from the dead set.
+    #[test]
+    fn reads_every_field_sidekiq_writes() {
+        let six_retried_by_hand = r#"{"class":"A","args":[1],"jid":"j6","queue":"q",
+            "retry":true,"created_at":1700000000.1,"enqueued_at":1700000100.2,
+            "error_message":"boom","error_class":"RuntimeError","failed_at":1700000050.3,
+            "retry_count":-1,"backtrace":true,"error_backtrace":"eJzLSM3JyQcABiwCFQ=="}"#;
+        let seven = r#"{"class":"A","args":[],"jid":"j7","queue":"q","retry":5,
+            "retry_for":3600,"retry_queue":"low","backtrace":10,"tags":["a"],
+            "cattr":{"tenant":1},"created_at":1700000000.5,"enqueued_at":1700000000.6,
+            "retry_count":0,"failed_at":1700000001.0,"error_class":"E","error_message":"m"}"#;
+        let eight = r#"{"class":"A","args":[],"jid":"j8","queue":"q","retry":false,
+            "created_at":1700000000500,"enqueued_at":1700000000600,"retry_count":3,
+            "failed_at":1700000001000,"retried_at":1700000002000,"discarded_at":1700000003000,
+            "error_class":"E","error_message":null,"dead":false,"wrapped":"W"}"#;
+        let six = Envelope::parse(six_retried_by_hand).unwrap();
+        assert_eq!(six.retry_count, Some(-1));
+        assert_eq!(six.retry, Retry::Default);
+        let seven = Envelope::parse(seven).unwrap();
+        assert_eq!((seven.retry, seven.retry_count), (Retry::Count(5), Some(0)));
+        let eight = Envelope::parse(eight).unwrap();
+        assert_eq!(eight.created_at, Some(1_700_000_000.5));
+        assert_eq!(eight.retried_at, Some(1_700_000_002.0));
+        assert_eq!(eight.error_message, None);
+        // Their own keys survive a round trip untouched.
+        let back: Value = serde_json::from_str(&seven.to_json()).unwrap();
+        assert_eq!(back["retry_for"], 3600);
+        assert_eq!(back["cattr"]["tenant"], 1);
+        let back: Value = serde_json::from_str(&eight.to_json()).unwrap();
+        assert_eq!(back["discarded_at"], 1_700_000_003_000_i64);
+        assert_eq!(back["dead"], false);
+    }
+
+    #[test]
+    fn a_job_retried_by_hand_fails_like_sidekiq() {
+        // Died at its first failure (0), retried by hand (-1), fails again: Sidekiq adds
+        // one, to 0, and stamps `retried_at`.
+        let mut env = Envelope::new("A", "q", vec![]);
+        env.retry_count = Some(-1);
+        env.failed_at = Some(1.0);
+        assert_eq!(env.record_failure("E", "again"), 0);
+        assert_eq!(env.retry_count, Some(0));
+        assert!(env.retried_at.is_some());
+        assert_eq!(env.failed_at, Some(1.0));
     }
 
     #[test]

@@ -74,7 +74,9 @@ impl JobContext {
             jid: envelope.jid.clone(),
             queue: queue.to_owned(),
             class: envelope.class.clone(),
-            retries: envelope.retry_count.map_or(0, |n| n.saturating_add(1)),
+            retries: envelope.retry_count.map_or(0, |n| {
+                u32::try_from(n.saturating_add(1).max(0)).unwrap_or(u32::MAX)
+            }),
             options,
             client,
         }
