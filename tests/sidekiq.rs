@@ -152,19 +152,24 @@ async fn ruby_pushes_jobs_that_our_worker_runs() {
     require_sidekiq();
     let b = Backend::redis().await;
     let url = redis_url(&b);
+    // Pollers a minute apart: every job below must be picked up because Redis told the
+    // worker of the change, well within the 30 s the test waits.
     let worker = b
         .worker()
         .register::<Greeting>()
-        .queues(Queues::strict(["interop"]))
-        // Ruby's client does not notify; poll its pushes quickly.
         .configure(|c| {
-            c.idle_poll = Duration::from_millis(50);
-            c.poll_interval = Duration::from_millis(100);
+            c.idle_poll = Duration::from_secs(60);
+            c.poll_interval = Duration::from_secs(60);
         })
         .build()
         .unwrap();
     let handle = worker.handle();
     let task = tokio::spawn(worker.run_until(std::future::pending()));
+    let admin = b.admin();
+    eventually(LIMIT, "the worker is up and idle", || async {
+        !admin.processes().await.unwrap().is_empty()
+    })
+    .await;
 
     let jid = ruby(
         &url,
@@ -179,6 +184,41 @@ async fn ruby_pushes_jobs_that_our_worker_runs() {
     assert_eq!(jobs::labels("greeting-world"), [format!("worldx3@{jid}")]);
     eventually(LIMIT, "the Ruby-scheduled job ran", || async {
         !jobs::runs("greeting-later").is_empty()
+    })
+    .await;
+
+    // A bulk push, onto a queue nobody had used before.
+    ruby(
+        &url,
+        r#"Sidekiq::Client.push_bulk("class" => "Ruby::Greeting", "queue" => "brand.new", "args" => [["bulk1", 1], ["bulk2", 2]])"#,
+    );
+    eventually(
+        LIMIT,
+        "the bulk-pushed jobs ran from the new queue",
+        || async {
+            !jobs::runs("greeting-bulk1").is_empty() && !jobs::runs("greeting-bulk2").is_empty()
+        },
+    )
+    .await;
+
+    // A producer that does nothing but LPUSH.
+    let payload = serde_json::json!({
+        "class": "Ruby::Greeting", "queue": "interop", "args": ["plain", 1],
+        "jid": "0123456789abcdef01234567", "retry": true, "enqueued_at": support::jobs::now(),
+    });
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("LPUSH")
+        .arg("queue:interop")
+        .arg(payload.to_string())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    eventually(LIMIT, "the plain LPUSH ran", || async {
+        !jobs::runs("greeting-plain").is_empty()
     })
     .await;
 

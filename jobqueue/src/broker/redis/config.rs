@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use redis::{IntoConnectionInfo, ProtocolVersion};
+
 use crate::error::BrokerError;
 
 /// How to reach Redis and where the keys live.
@@ -48,11 +50,21 @@ impl RedisConfig {
 
 /// A client for the configured URL: `redis://`, or `rediss://` with TLS (user and password,
 /// for Redis ACLs, come from the URL either way).
-pub(super) fn open_client(config: &RedisConfig) -> Result<redis::Client, BrokerError> {
+pub(super) fn open_client(
+    config: &RedisConfig,
+    protocol: ProtocolVersion,
+) -> Result<redis::Client, BrokerError> {
     let invalid = |e: redis::RedisError| BrokerError::InvalidUrl {
         url: config.url.clone(),
         reason: e.to_string(),
     };
+    let info = config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(invalid)?;
+    let settings = info.redis_settings().clone().set_protocol(protocol);
+    let info = info.set_redis_settings(settings);
     #[cfg(feature = "tls")]
     if config.url.starts_with("rediss://") {
         // rustls needs a crypto provider chosen once per process; another may be installed.
@@ -62,8 +74,8 @@ pub(super) fn open_client(config: &RedisConfig) -> Result<redis::Client, BrokerE
                 client_tls: None,
                 root_cert: Some(pem.clone()),
             };
-            return redis::Client::build_with_tls(config.url.as_str(), certs).map_err(invalid);
+            return redis::Client::build_with_tls(info, certs).map_err(invalid);
         }
     }
-    redis::Client::open(config.url.as_str()).map_err(invalid)
+    redis::Client::open(info).map_err(invalid)
 }

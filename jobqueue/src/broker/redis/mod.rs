@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::{ProtocolVersion, Script};
 use tokio::task::JoinHandle;
 
 use super::{Broker, WakeupHub};
@@ -24,7 +24,7 @@ pub(crate) use self::codec::is_raw;
 use self::config::open_client;
 pub use self::config::RedisConfig;
 use self::keys::Keys;
-use self::listener::listen;
+use self::listener::{listen, track};
 
 struct Scripts {
     fetch: Script,
@@ -49,12 +49,14 @@ struct Inner {
     keys: Keys,
     scripts: Scripts,
     hub: Arc<WakeupHub>,
-    listener: JoinHandle<()>,
+    listeners: [JoinHandle<()>; 2],
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.listener.abort();
+        for listener in &self.listeners {
+            listener.abort();
+        }
     }
 }
 
@@ -67,7 +69,8 @@ impl RedisBroker {
     /// Connects with the given settings. Fails if Redis cannot be reached within the
     /// connect timeout; once connected, lost connections are re-established by themselves.
     pub async fn connect_with(config: RedisConfig) -> Result<Self, BrokerError> {
-        let client = open_client(&config)?;
+        let client = open_client(&config, ProtocolVersion::RESP2)?;
+        let tracking = open_client(&config, ProtocolVersion::RESP3)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -81,7 +84,10 @@ impl RedisBroker {
         .map_err(|_| BrokerError::Timeout(config.connect_timeout))??;
         let keys = Keys::new(config.namespace.as_deref());
         let hub = Arc::new(WakeupHub::default());
-        let listener = tokio::spawn(listen(client, keys.wake.clone(), Arc::clone(&hub)));
+        let listeners = [
+            tokio::spawn(listen(client, keys.wake.clone(), Arc::clone(&hub))),
+            tokio::spawn(track(tracking, keys.watched(), Arc::clone(&hub))),
+        ];
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
@@ -96,7 +102,7 @@ impl RedisBroker {
                     remove_job: Script::new(include_str!("lua/remove_job.lua")),
                 },
                 hub,
-                listener,
+                listeners,
             }),
         })
     }
