@@ -10,6 +10,9 @@
 //! cargo run --release --example loadtest -- --idle --seconds S [--concurrency C]
 //!     redis_commands_per_sec=.. cpu_percent=..
 //! ```
+//! `--plain` makes the latency and scheduled modes' producer write to Redis itself, as a
+//! producer that does not notify would (Ruby Sidekiq's client, `redis-cli`): a plain `LPUSH`
+//! onto the queue, or a `ZADD` onto the schedule set. The figures are then pickup times.
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
 //! flushed), `--mechanisms` (use jobs that are collapsible or unique by their number, so
 //! every job pays for its collapse marker or uniqueness lock).
@@ -126,6 +129,7 @@ struct Options {
     seconds: u64,
     redis: String,
     mechanisms: bool,
+    plain: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -137,6 +141,7 @@ fn parse_options() -> Result<Options, String> {
         seconds: 10,
         redis: "redis://127.0.0.1:6379/15".into(),
         mechanisms: false,
+        plain: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -157,6 +162,7 @@ fn parse_options() -> Result<Options, String> {
             "--scheduled" => o.mode = Mode::Scheduled,
             "--idle" => o.mode = Mode::Idle,
             "--mechanisms" => o.mechanisms = true,
+            "--plain" => o.plain = true,
             other => {
                 return Err(format!(
                     "unknown option `{other}`; see the top of examples/loadtest.rs"
@@ -190,8 +196,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     match o.mode {
         Mode::Drain => drain(&o, &client, worker).await,
-        Mode::Latency => latency(&o, &client, worker).await,
-        Mode::Scheduled => scheduled(&o, &client, worker).await,
+        Mode::Latency => latency(&o, &client, &mut conn, worker).await,
+        Mode::Scheduled => scheduled(&o, &client, &mut conn, worker).await,
         Mode::Idle => idle(&o, &mut conn, worker).await,
     }
 }
@@ -241,9 +247,20 @@ async fn drain(
     Ok(())
 }
 
+/// A `Stamped` job as a producer outside this library writes it.
+fn plain_payload(due_us: u64) -> String {
+    let jid = jobqueue::envelope::new_jid();
+    serde_json::json!({
+        "class": Stamped::NAME, "queue": "loadtest", "args": [due_us], "jid": jid,
+        "retry": true, "created_at": now_us() as f64 / 1e6, "enqueued_at": now_us() as f64 / 1e6,
+    })
+    .to_string()
+}
+
 async fn latency(
     o: &Options,
     client: &Client,
+    conn: &mut redis::aio::MultiplexedConnection,
     worker: WorkerBuilder,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let total = o.rate * o.seconds;
@@ -258,7 +275,15 @@ async fn latency(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for _ in 0..total {
         ticker.tick().await;
-        client.enqueue(&Stamped(now_us())).await?;
+        if o.plain {
+            redis::cmd("LPUSH")
+                .arg("queue:loadtest")
+                .arg(plain_payload(now_us()))
+                .query_async::<()>(conn)
+                .await?;
+        } else {
+            client.enqueue(&Stamped(now_us())).await?;
+        }
     }
     finished.await;
     handle.shutdown();
@@ -271,6 +296,7 @@ async fn latency(
 async fn scheduled(
     o: &Options,
     client: &Client,
+    conn: &mut redis::aio::MultiplexedConnection,
     worker: WorkerBuilder,
 ) -> Result<(), Box<dyn std::error::Error>> {
     PROGRESS.target.store(o.jobs, Ordering::Relaxed);
@@ -281,9 +307,23 @@ async fn scheduled(
 
     let due = SystemTime::now() + Duration::from_secs(3);
     let due_us = due.duration_since(UNIX_EPOCH)?.as_micros() as u64;
-    let jobs: Vec<Stamped> = (0..o.jobs).map(|_| Stamped(due_us)).collect();
-    for chunk in jobs.chunks(CHUNK as usize) {
-        client.enqueue_bulk_at(due, chunk).await?;
+    if o.plain {
+        // Pushed once the worker is idle, so its scheduler has nothing due to wake it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let score = due_us as f64 / 1e6;
+        for _ in 0..o.jobs {
+            redis::cmd("ZADD")
+                .arg("schedule")
+                .arg(score)
+                .arg(plain_payload(due_us))
+                .query_async::<()>(conn)
+                .await?;
+        }
+    } else {
+        let jobs: Vec<Stamped> = (0..o.jobs).map(|_| Stamped(due_us)).collect();
+        for chunk in jobs.chunks(CHUNK as usize) {
+            client.enqueue_bulk_at(due, chunk).await?;
+        }
     }
     finished.await;
     handle.shutdown();

@@ -376,6 +376,17 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A handle woken when jobs are pushed or scheduled, so workers need not poll.
     fn subscribe(&self) -> Arc<Wakeups>;
+
+    /// Asks to be woken (through [`Broker::subscribe`]'s handle) at the next change to
+    /// `queues` or to the list of queues, and with `sets` to the schedule and retry sets,
+    /// by any producer, including one that does not notify (Ruby Sidekiq's client, a plain
+    /// `LPUSH`). Returns whether anything was newly watched: a change made just before is
+    /// not signalled, so the caller then looks once more. A broker whose every change wakes
+    /// its subscribers anyway has nothing to do.
+    async fn watch(&self, queues: &[String], sets: bool) -> Result<bool, BrokerError> {
+        let _ = (queues, sets);
+        Ok(false)
+    }
 }
 
 /// Wake-ups for one worker: a job was pushed to a queue, or scheduled.

@@ -119,6 +119,13 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
         };
         if jobs.is_empty() {
             drop(room);
+            // Idle: be told of pushes by producers that do not notify. A push that came
+            // before the watch began is found by one more look.
+            match shared.broker.watch(&order, false).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::debug!("watching the queues: {e}"),
+            }
             tokio::select! {
                 _ = shared.wakeups.queued.notified() => {}
                 _ = tokio::time::sleep(shared.config.idle_poll) => {}

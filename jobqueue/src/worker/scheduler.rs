@@ -29,6 +29,13 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     while shared.is_running() {
         let wait = match enqueue_due(&shared).await {
             Ok(next) => {
+                // Be told of jobs scheduled by producers that do not notify; one made before
+                // the watch began is found by one more look.
+                match shared.broker.watch(&[], true).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!("watching the schedule: {e}"),
+                }
                 delays = broker::backoff();
                 let poll = shared.config.poll_interval;
                 next.map_or(poll, |at| {

@@ -484,6 +484,19 @@ impl Broker for RedisBroker {
         Ok(removed == 1)
     }
 
+    async fn watch(&self, queues: &[String], sets: bool) -> Result<bool, BrokerError> {
+        let keys = &self.inner.keys;
+        let mut watched: Vec<String> = queues.iter().map(|q| keys.queue(q)).collect();
+        if !queues.is_empty() {
+            watched.push(keys.queues.clone());
+        }
+        if sets {
+            watched.push(keys.set(SortedSet::Schedule));
+            watched.push(keys.set(SortedSet::Retry));
+        }
+        self.inner.tracker.arm(watched).await
+    }
+
     fn subscribe(&self) -> Arc<Wakeups> {
         self.inner.hub.subscribe()
     }

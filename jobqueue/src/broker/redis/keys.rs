@@ -47,13 +47,4 @@ impl Keys {
     pub(super) fn lock(&self, key: &str) -> String {
         format!("{}jobqueue:lock:{key}", self.prefix)
     }
-
-    /// The key prefixes whose changes mean work: any queue, the schedule and retry sets.
-    pub(super) fn watched(&self) -> [String; 3] {
-        [
-            format!("{}queue:", self.prefix),
-            self.set(SortedSet::Schedule),
-            self.set(SortedSet::Retry),
-        ]
-    }
 }

@@ -1,15 +1,19 @@
 //! Wake-ups from Redis: this process's workers wake when a job is pushed or scheduled by
 //! anyone. Our own producers publish on the wake channel ([`listen`]); producers that do not
-//! (Ruby Sidekiq's client, a plain `LPUSH`) are seen through Redis's client-side-caching
-//! invalidations ([`track`]): Redis tells us whenever a queue or the schedule or retry set
-//! changes, at no cost while idle.
+//! (Ruby Sidekiq's client, a plain `LPUSH`) are seen through Redis's client-side caching
+//! ([`Tracker`]): an idle worker reads the keys it waits on through a tracking connection,
+//! and Redis tells it once when any of them changes. Nothing is sent while a worker is
+//! idle, and nothing while it is busy either, since only idle workers arm the keys.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-
+use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushKind, Value};
 use tokio::sync::mpsc;
+
+use crate::error::BrokerError;
 
 use super::super::{backoff, WakeupHub, MAX_BACKOFF};
 
@@ -36,11 +40,78 @@ pub(super) async fn listen(client: redis::Client, channel: String, hub: Arc<Wake
     }
 }
 
-/// Follows changes to the `watched` key prefixes (any queue; the schedule and retry sets)
-/// with `CLIENT TRACKING ... BCAST` on a RESP3 connection, and wakes this process's workers.
-/// Where Redis refuses tracking (an ACL without it, a server that predates it), it logs once
-/// and stops: workers then find such jobs at their `idle_poll`.
-pub(super) async fn track(client: redis::Client, watched: [String; 3], hub: Arc<WakeupHub>) {
+/// A RESP3 connection with `CLIENT TRACKING ON`, and the keys armed on it: read through
+/// it since their last change, so Redis will say when they next change.
+#[derive(Default)]
+pub(super) struct Tracker {
+    conn: Mutex<Option<MultiplexedConnection>>,
+    armed: Mutex<HashSet<String>>,
+}
+
+impl Tracker {
+    /// Arms `keys` that are not armed yet: the next change to any of them, by anyone, wakes
+    /// this process. Returns whether any key was newly armed; the caller then looks once
+    /// more, for a change made before the key was armed. Without a tracking connection
+    /// (not yet connected, or refused by the server) nothing is armed and workers poll.
+    pub(super) async fn arm(&self, keys: Vec<String>) -> Result<bool, BrokerError> {
+        let Some(mut conn) = lock(&self.conn).clone() else {
+            return Ok(false);
+        };
+        let fresh: Vec<String> = {
+            let mut armed = lock(&self.armed);
+            // Marked before the read, so an invalidation that overtakes the reply unmarks it.
+            keys.into_iter()
+                .filter(|k| armed.insert(k.clone()))
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(false);
+        }
+        let read = redis::cmd("EXISTS")
+            .arg(&fresh)
+            .query_async::<i64>(&mut conn)
+            .await;
+        if let Err(e) = read {
+            let mut armed = lock(&self.armed);
+            for key in &fresh {
+                armed.remove(key);
+            }
+            return Err(e.into());
+        }
+        Ok(true)
+    }
+
+    /// Forgets armed keys that changed (all of them when no key is named: a flush).
+    fn changed(&self, keys: &[&[u8]]) {
+        let mut armed = lock(&self.armed);
+        if keys.is_empty() {
+            armed.clear();
+        } else {
+            armed.retain(|k| !keys.contains(&k.as_bytes()));
+        }
+    }
+
+    fn set_connection(&self, conn: Option<MultiplexedConnection>) {
+        *lock(&self.conn) = conn;
+        lock(&self.armed).clear();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps the tracking connection of `tracker` up and wakes this process's workers when an
+/// armed key changes: a queue (`queue_prefix`), or the schedule or retry set. Where Redis
+/// refuses tracking (an ACL without it, a server that predates it), it logs once and stops:
+/// workers then find such jobs at their `idle_poll`.
+pub(super) async fn track(
+    client: redis::Client,
+    queue_prefix: String,
+    queues_key: String,
+    tracker: Arc<Tracker>,
+    hub: Arc<WakeupHub>,
+) {
     let mut delays = backoff();
     loop {
         let (pushes, mut received) = mpsc::unbounded_channel();
@@ -49,28 +120,41 @@ pub(super) async fn track(client: redis::Client, watched: [String; 3], hub: Arc<
             .get_multiplexed_async_connection_with_config(&config)
             .await
         {
-            // The connection stays open while its pushes are read, until this arm ends.
             Ok(mut conn) => {
-                let mut tracking = redis::cmd("CLIENT");
-                tracking.arg("TRACKING").arg("ON").arg("BCAST");
-                for prefix in &watched {
-                    tracking.arg("PREFIX").arg(prefix);
-                }
-                match tracking.query_async::<()>(&mut conn).await {
+                let on = redis::cmd("CLIENT")
+                    .arg("TRACKING")
+                    .arg("ON")
+                    .query_async::<()>(&mut conn)
+                    .await;
+                match on {
                     Ok(()) => {
                         delays = backoff();
-                        // Changes made while we were not listening.
+                        tracker.set_connection(Some(conn));
+                        // Changes made while nothing was armed.
                         hub.wake(true, true);
                         while let Some(push) = received.recv().await {
                             match push.kind {
                                 PushKind::Invalidate => {
-                                    let (queued, scheduled) = classify(&push.data, &watched);
+                                    let mut keys = Vec::new();
+                                    collect_keys(&push.data, &mut keys);
+                                    tracker.changed(&keys);
+                                    let queued = keys.is_empty()
+                                        || keys.iter().any(|k| {
+                                            k.starts_with(queue_prefix.as_bytes())
+                                                || *k == queues_key.as_bytes()
+                                        });
+                                    let scheduled = keys.is_empty()
+                                        || keys.iter().any(|k| {
+                                            !k.starts_with(queue_prefix.as_bytes())
+                                                && *k != queues_key.as_bytes()
+                                        });
                                     hub.wake(queued, scheduled);
                                 }
                                 PushKind::Disconnection => break,
                                 _ => {}
                             }
                         }
+                        tracker.set_connection(None);
                     }
                     Err(e) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
                         tracing::info!(
@@ -86,21 +170,6 @@ pub(super) async fn track(client: redis::Client, watched: [String; 3], hub: Arc<
         }
         tokio::time::sleep(delays.next().unwrap_or(MAX_BACKOFF)).await;
     }
-}
-
-/// Whether an invalidation names a queue, and whether it names the schedule or retry set.
-/// No key at all (a flush) wakes both.
-fn classify(data: &[Value], watched: &[String; 3]) -> (bool, bool) {
-    let mut keys = Vec::new();
-    collect_keys(data, &mut keys);
-    if keys.is_empty() {
-        return (true, true);
-    }
-    let queued = keys.iter().any(|k| k.starts_with(watched[0].as_bytes()));
-    let scheduled = keys
-        .iter()
-        .any(|k| *k == watched[1].as_bytes() || *k == watched[2].as_bytes());
-    (queued, scheduled)
 }
 
 fn collect_keys<'a>(values: &'a [Value], keys: &mut Vec<&'a [u8]>) {

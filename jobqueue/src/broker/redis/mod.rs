@@ -24,7 +24,7 @@ pub(crate) use self::codec::is_raw;
 use self::config::open_client;
 pub use self::config::RedisConfig;
 use self::keys::Keys;
-use self::listener::{listen, track};
+use self::listener::{listen, track, Tracker};
 
 struct Scripts {
     fetch: Script,
@@ -49,6 +49,7 @@ struct Inner {
     keys: Keys,
     scripts: Scripts,
     hub: Arc<WakeupHub>,
+    tracker: Arc<Tracker>,
     listeners: [JoinHandle<()>; 2],
 }
 
@@ -84,9 +85,16 @@ impl RedisBroker {
         .map_err(|_| BrokerError::Timeout(config.connect_timeout))??;
         let keys = Keys::new(config.namespace.as_deref());
         let hub = Arc::new(WakeupHub::default());
+        let tracker = Arc::new(Tracker::default());
         let listeners = [
             tokio::spawn(listen(client, keys.wake.clone(), Arc::clone(&hub))),
-            tokio::spawn(track(tracking, keys.watched(), Arc::clone(&hub))),
+            tokio::spawn(track(
+                tracking,
+                keys.queue(""),
+                keys.queues.clone(),
+                Arc::clone(&tracker),
+                Arc::clone(&hub),
+            )),
         ];
         Ok(Self {
             inner: Arc::new(Inner {
@@ -102,6 +110,7 @@ impl RedisBroker {
                     remove_job: Script::new(include_str!("lua/remove_job.lua")),
                 },
                 hub,
+                tracker,
                 listeners,
             }),
         })
