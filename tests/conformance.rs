@@ -561,6 +561,8 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
         failed: 0,
         skipped: 0,
         ttl: Duration::from_secs(1),
+        concurrency: 1,
+        running: Vec::new(),
     };
     b.broker.heartbeat(&beat).await.unwrap();
     let taken = b

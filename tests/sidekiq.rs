@@ -469,3 +469,95 @@ async fn jobs_retried_by_hand_through_sidekiqs_api_run_here() {
         "nothing dead-lettered as invalid"
     );
 }
+
+/// Holds a card token that must not be shown; runs until told to stop.
+#[derive(Serialize, Deserialize, Job)]
+#[job(name = "Interop::Charge", queue = "interop", sensitive = "card")]
+struct Charge {
+    order: u64,
+    card: String,
+    token: String,
+}
+
+#[async_trait]
+impl Perform for Charge {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        jobs::record(&self.token, "started");
+        while jobs::runs(&format!("{}-stop", self.token)).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+const RUBY_BUSY: &str = r#"
+busy = Sidekiq::Workers.new.map { |process, tid, work|
+  job = Sidekiq::JobRecord.new(work["payload"])
+  { "process" => process, "tid" => tid, "queue" => work["queue"], "run_at" => work["run_at"],
+    "class" => job.display_class, "args" => job.display_args, "jid" => job.jid } }
+processes = Sidekiq::ProcessSet.new.map { |p| { "rtt_us" => p["rtt_us"], "busy" => p["busy"] } }
+puts JSON.generate({ "busy" => busy, "size" => Sidekiq::Workers.new.size, "processes" => processes })
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidekiqs_busy_view_lists_our_running_jobs() {
+    require_sidekiq();
+    let b = Backend::redis().await;
+    let url = redis_url(&b);
+    let t = jobs::token();
+    let jid = b
+        .client()
+        .enqueue(&Charge {
+            order: 42,
+            card: "4242-4242-4242-4242".into(),
+            token: t.clone(),
+        })
+        .await
+        .unwrap();
+    let worker = b.worker().register::<Charge>().build().unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    eventually(LIMIT, "the job started", || async {
+        !jobs::runs(&t).is_empty()
+    })
+    .await;
+    let busy = || -> Value { serde_json::from_str(ruby(&url, RUBY_BUSY).trim()).unwrap() };
+    // Listed at a heartbeat; `rtt_us` is measured from the one before.
+    eventually(
+        LIMIT,
+        "a heartbeat listed it, with a measured rtt",
+        || async {
+            let seen = busy();
+            seen["size"] == 1
+                && seen["processes"][0]["rtt_us"]
+                    .as_u64()
+                    .is_some_and(|r| r > 0)
+        },
+    )
+    .await;
+    let seen = busy();
+    let work = &seen["busy"][0];
+    assert_eq!(work["process"], handle.identity());
+    assert_eq!(work["queue"], "interop");
+    assert_eq!(work["class"], "Interop::Charge");
+    assert_eq!(work["jid"], jid.as_str());
+    let args = work["args"].to_string();
+    assert!(args.contains("42"), "{args}");
+    assert!(!args.contains("4242-4242"), "the card is hidden: {args}");
+    let run_at = work["run_at"].as_f64().unwrap();
+    assert!((run_at - support::jobs::now()).abs() < 600.0, "{run_at}");
+    let process = &seen["processes"][0];
+    assert_eq!(process["busy"], 1);
+    assert!(
+        process["rtt_us"].as_u64().unwrap() > 0,
+        "a measured rtt: {process}"
+    );
+
+    jobs::record(&format!("{t}-stop"), "stop");
+    eventually(LIMIT, "the Busy view emptied", || async {
+        busy()["size"] == 0
+    })
+    .await;
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}

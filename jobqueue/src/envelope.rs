@@ -258,6 +258,19 @@ pub fn decode_args<T: DeserializeOwned>(
     })
 }
 
+impl Envelope {
+    /// The payload as JSON with the values of `sensitive` fields hidden, for showing it to
+    /// operators (Sidekiq's Busy page).
+    pub(crate) fn to_json_redacted(&self, sensitive: &[&str]) -> String {
+        if sensitive.is_empty() {
+            return self.to_json();
+        }
+        let mut shown = self.clone();
+        shown.args = redact(&self.args, sensitive).0;
+        shown.to_json()
+    }
+}
+
 /// The arguments with the values of `sensitive` fields replaced, and those values as text.
 /// Positional arguments cannot be told apart, so with sensitive fields they are all hidden.
 fn redact(args: &[Value], sensitive: &[&str]) -> (Vec<Value>, Vec<String>) {

@@ -187,6 +187,19 @@ pub(crate) fn dead_trim(now: f64) -> (f64, usize) {
     (now - DEAD_TIMEOUT.as_secs_f64(), DEAD_MAX_JOBS)
 }
 
+/// A job running in a process, as Sidekiq's Busy page lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Running {
+    /// Which of the process's slots runs it (Sidekiq's thread id).
+    pub slot: String,
+    /// The queue it was taken from.
+    pub queue: String,
+    /// Its payload, with sensitive argument values hidden.
+    pub payload: String,
+    /// When it started.
+    pub since: SystemTime,
+}
+
 /// What a worker process publishes about itself, in Sidekiq's process hash.
 #[derive(Clone, Debug)]
 pub struct Heartbeat {
@@ -210,6 +223,10 @@ pub struct Heartbeat {
     pub skipped: u64,
     /// How long the process hash lives without a further heartbeat.
     pub ttl: Duration,
+    /// How many jobs it runs at once.
+    pub concurrency: usize,
+    /// The jobs running now.
+    pub running: Vec<Running>,
 }
 
 /// A process seen in the `processes` set.

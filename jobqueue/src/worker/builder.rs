@@ -2,7 +2,7 @@
 //! check that can be made before the worker runs is made in [`WorkerBuilder::build`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::RngCore;
@@ -192,6 +192,8 @@ impl WorkerBuilder {
                 info,
                 state,
                 busy: AtomicUsize::new(0),
+                running: Mutex::default(),
+                next_slot: AtomicU64::new(0),
                 processed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),

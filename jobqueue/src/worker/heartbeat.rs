@@ -50,6 +50,8 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         failed,
         skipped,
         ttl: shared.config.heartbeat_ttl,
+        concurrency: shared.config.concurrency,
+        running: shared.running_jobs(),
     };
     match shared.broker.heartbeat(&heartbeat).await {
         Ok(signal) => {

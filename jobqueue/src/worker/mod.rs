@@ -24,15 +24,17 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::broker::{Broker, Wakeups};
+use crate::broker::{Broker, Running, Wakeups};
 use crate::client::Client;
+use crate::envelope::Envelope;
 use crate::error::{BrokerError, Error};
 use crate::schedule::Periodic;
 
@@ -73,6 +75,28 @@ pub enum RunState {
     Stopping,
 }
 
+/// A job a slot has started.
+#[derive(Clone)]
+pub(crate) struct Started {
+    pub(crate) queue: String,
+    pub(crate) payload: String,
+    pub(crate) sensitive: &'static [&'static str],
+    pub(crate) since: std::time::SystemTime,
+}
+
+/// Sidekiq's thread ids are short base-36 strings.
+fn base36(mut n: u64) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.iter().rev().collect()
+}
+
 /// State shared by the worker's tasks.
 pub(crate) struct Shared {
     pub(crate) broker: Arc<dyn Broker>,
@@ -86,12 +110,42 @@ pub(crate) struct Shared {
     pub(crate) wakeups: Arc<Wakeups>,
     pub(crate) state: watch::Sender<RunState>,
     pub(crate) busy: AtomicUsize,
+    /// The jobs running now, by slot, for the heartbeat.
+    pub(crate) running: Mutex<HashMap<u64, Started>>,
+    /// The next slot number (a job's "thread id" on Sidekiq's Busy page).
+    pub(crate) next_slot: AtomicU64,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) skipped: AtomicU64,
 }
 
 impl Shared {
+    pub(crate) fn running_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Started>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The jobs running now, oldest first, with sensitive argument values hidden.
+    pub(crate) fn running_jobs(&self) -> Vec<Running> {
+        let mut started: Vec<(u64, Started)> = self
+            .running_map()
+            .iter()
+            .map(|(slot, s)| (*slot, s.clone()))
+            .collect();
+        started.sort_by_key(|(_, s)| s.since);
+        started
+            .into_iter()
+            .map(|(slot, s)| Running {
+                slot: base36(slot),
+                payload: match Envelope::parse(&s.payload) {
+                    Ok(envelope) => envelope.to_json_redacted(s.sensitive),
+                    Err(_) => s.payload,
+                },
+                queue: s.queue,
+                since: s.since,
+            })
+            .collect()
+    }
+
     pub(crate) fn is_running(&self) -> bool {
         *self.state.borrow() == RunState::Running
     }

@@ -5,7 +5,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::acker::AckMessage;
 use super::mechanisms::Guarded;
 use super::middleware::{Outcome, ServerJob};
-use super::{settle, Shared};
+use super::{settle, Shared, Started};
 use crate::broker::{Fetched, Settle};
 use crate::envelope::Envelope;
 use crate::job::JobOptions;
@@ -30,7 +30,9 @@ pub(crate) async fn run(
     permit: OwnedSemaphorePermit,
 ) {
     shared.busy.fetch_add(1, Ordering::Relaxed);
-    let ended = execute(&shared, &job).await;
+    let slot = Slot::take(&shared);
+    let ended = execute(&shared, &job, &slot).await;
+    drop(slot);
     shared.busy.fetch_sub(1, Ordering::Relaxed);
     shared.processed.fetch_add(1, Ordering::Relaxed);
     match ended {
@@ -86,7 +88,38 @@ impl Failed {
     }
 }
 
-async fn execute(shared: &Shared, job: &Fetched) -> Result<Outcome, Failed> {
+/// A concurrency slot's entry in the list of running jobs; leaves it when dropped.
+struct Slot<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> Slot<'a> {
+    fn take(shared: &'a Shared) -> Self {
+        let id = shared.next_slot.fetch_add(1, Ordering::Relaxed);
+        Self { shared, id }
+    }
+
+    /// Lists the job as running, for the heartbeat (Sidekiq's Busy page). The payload is
+    /// redacted only when a heartbeat shows it, not on every job's path.
+    fn show(&self, job: &Fetched, options: &'static JobOptions) {
+        let started = Started {
+            queue: job.queue.clone(),
+            payload: job.payload.clone(),
+            sensitive: options.sensitive,
+            since: SystemTime::now(),
+        };
+        self.shared.running_map().insert(self.id, started);
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.shared.running_map().remove(&self.id);
+    }
+}
+
+async fn execute(shared: &Shared, job: &Fetched, slot: &Slot<'_>) -> Result<Outcome, Failed> {
     let limit = shared.config.max_payload_bytes;
     if job.payload.len() > limit {
         tracing::error!(queue = %job.queue, "dead: a {} byte payload, over the limit of {limit}", job.payload.len());
@@ -131,6 +164,7 @@ async fn execute(shared: &Shared, job: &Fetched) -> Result<Outcome, Failed> {
             });
         }
     }
+    slot.show(job, options);
     let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone());
     let server_job = ServerJob {
         envelope: &envelope,

@@ -1,8 +1,9 @@
 //! The broker's commands: each [`Broker`] method as a script call or a pipeline.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -196,6 +197,8 @@ impl Broker for RedisBroker {
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError> {
         let keys = &self.inner.keys;
+        // Sidekiq's `rtt_us`: the round trip of this process's previous heartbeat.
+        let rtt_us = self.inner.rtt_us.load(Ordering::Relaxed);
         let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let ttl = i64::try_from(beat.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let mut pipe = redis::pipe();
@@ -218,6 +221,46 @@ impl Broker for RedisBroker {
                 .ignore();
         }
         let hash = keys.plain(&beat.identity);
+        // The running jobs, under both names Sidekiq's tools read: `:workers` (6.4.1) and
+        // `:work` (6.4.2 and later); each value is JSON with the payload as a string.
+        let work: Vec<(String, String)> = beat
+            .running
+            .iter()
+            .map(|r| {
+                let run_at = r
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let value = serde_json::json!({
+                    "queue": r.queue, "payload": r.payload, "run_at": run_at,
+                });
+                (r.slot.clone(), value.to_string())
+            })
+            .collect();
+        // An idle process that was idle at its last beat has nothing to clear.
+        let was_busy = {
+            let mut busy = self
+                .inner
+                .busy_at_last_beat
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if work.is_empty() {
+                busy.remove(&beat.identity)
+            } else {
+                !busy.insert(beat.identity.clone())
+            }
+        };
+        for key in [format!("{hash}:workers"), format!("{hash}:work")] {
+            if was_busy {
+                pipe.unlink(&key).ignore();
+            }
+            if !work.is_empty() {
+                pipe.hset_multiple(&key, &work)
+                    .ignore()
+                    .expire(&key, ttl)
+                    .ignore();
+            }
+        }
         pipe.sadd(&keys.processes, &beat.identity)
             .ignore()
             .sadd(&keys.fetchers, &beat.identity)
@@ -230,14 +273,19 @@ impl Broker for RedisBroker {
                     ("beat", epoch_seconds(beat.beat).to_string()),
                     ("quiet", beat.quiet.to_string()),
                     ("rss", beat.rss_kb.to_string()),
-                    ("rtt_us", "0".to_owned()),
+                    ("rtt_us", rtt_us.to_string()),
+                    // Read at the top level by Sidekiq 8.1.2 and later, in `info` before.
+                    ("concurrency", beat.concurrency.to_string()),
                 ],
             )
             .ignore()
             .expire(&hash, ttl)
             .ignore()
             .rpop(format!("{hash}-signals"), None);
+        let started = Instant::now();
         let (signal,): (Option<String>,) = pipe.query_async(&mut self.conn()).await?;
+        let rtt = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.inner.rtt_us.store(rtt.max(1), Ordering::Relaxed);
         Ok(signal)
     }
 
@@ -247,7 +295,11 @@ impl Broker for RedisBroker {
         redis::pipe()
             .srem(&keys.processes, identity)
             .ignore()
-            .del(&[hash.clone(), format!("{hash}:workers")])
+            .del(&[
+                hash.clone(),
+                format!("{hash}:workers"),
+                format!("{hash}:work"),
+            ])
             .ignore()
             .query_async::<()>(&mut self.conn())
             .await?;

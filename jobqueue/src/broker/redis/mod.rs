@@ -4,7 +4,9 @@
 //! layout in `keys`, payload bytes in `codec`, the wake-up channel in `listener`, and the
 //! protocol (which keys, which commands) in `commands` and the `.lua` scripts in `lua/`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -50,6 +52,10 @@ struct Inner {
     scripts: Scripts,
     hub: Arc<WakeupHub>,
     tracker: Arc<Tracker>,
+    /// The round trip of the last heartbeat, in microseconds (Sidekiq's `rtt_us`).
+    rtt_us: AtomicU64,
+    /// Processes of this broker that had running jobs at their last heartbeat.
+    busy_at_last_beat: Mutex<HashSet<String>>,
     listeners: [JoinHandle<()>; 2],
 }
 
@@ -111,6 +117,8 @@ impl RedisBroker {
                 },
                 hub,
                 tracker,
+                rtt_us: AtomicU64::new(0),
+                busy_at_last_beat: Mutex::default(),
                 listeners,
             }),
         })
