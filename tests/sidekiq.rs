@@ -561,3 +561,119 @@ async fn sidekiqs_busy_view_lists_our_running_jobs() {
     handle.shutdown();
     task.await.unwrap().unwrap();
 }
+
+/// What Sidekiq 7.3 and 8.1 read, taken from their `lib/sidekiq/api.rb` (`ProcessSet#each`
+/// reads `info`, `busy`, `beat`, `quiet`, `rss`, `rtt_us` and, from 8.1.2, `concurrency`;
+/// `WorkSet#each` reads `<identity>:work`, each value JSON with `queue`, `run_at` in epoch
+/// seconds and `payload` as a JSON string). Only Sidekiq 6.4 runs here, so newer versions
+/// are checked against the shapes their code reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_and_work_hashes_have_the_shapes_sidekiq_7_and_8_read() {
+    let b = Backend::redis().await;
+    let url = redis_url(&b);
+    let t = jobs::token();
+    b.client()
+        .enqueue(&Charge {
+            order: 7,
+            card: "secret-card".into(),
+            token: t.clone(),
+        })
+        .await
+        .unwrap();
+    let worker = b
+        .worker()
+        .register::<Charge>()
+        .configure(|c| c.tag = "shapes".into())
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let identity = handle.identity().to_owned();
+    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let work_key = format!("{identity}:work");
+    eventually(LIMIT, "the running job is in the :work hash", || async {
+        let len: usize = redis::cmd("HLEN")
+            .arg(&work_key)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        len == 1
+    })
+    .await;
+
+    let work: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&work_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (_, value) = work.iter().next().unwrap();
+    let value: Value = serde_json::from_str(value).unwrap();
+    assert_eq!(value["queue"], "interop");
+    let run_at = value["run_at"].as_u64().expect("integer epoch seconds");
+    assert!((run_at as f64 - support::jobs::now()).abs() < 600.0);
+    let payload: Value =
+        serde_json::from_str(value["payload"].as_str().expect("the payload as a string")).unwrap();
+    assert_eq!(payload["class"], "Interop::Charge");
+    assert_eq!(payload["args"][0]["card"], "[redacted]");
+    let workers: usize = redis::cmd("HLEN")
+        .arg(format!("{identity}:workers"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(workers, 1, "and under the 6.4.1 name");
+
+    let fields: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(&identity)
+        .arg(&[
+            "info",
+            "busy",
+            "beat",
+            "quiet",
+            "rss",
+            "rtt_us",
+            "concurrency",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let field = |i: usize| {
+        fields[i]
+            .clone()
+            .unwrap_or_else(|| panic!("field {i} missing"))
+    };
+    let info: Value = serde_json::from_str(&field(0)).unwrap();
+    for key in [
+        "hostname",
+        "started_at",
+        "pid",
+        "tag",
+        "concurrency",
+        "queues",
+        "labels",
+        "identity",
+    ] {
+        assert!(!info[key].is_null(), "info lacks {key}: {info}");
+    }
+    assert_eq!(info["identity"], identity.as_str());
+    assert_eq!(field(1), "1", "busy");
+    assert!(
+        field(2).parse::<f64>().unwrap() > 1.6e9,
+        "beat in float seconds"
+    );
+    assert!(["true", "false"].contains(&field(3).as_str()), "quiet");
+    field(4).parse::<u64>().expect("rss in KiB");
+    field(5).parse::<u64>().expect("rtt_us");
+    assert_eq!(
+        field(6),
+        info["concurrency"].to_string(),
+        "concurrency in both places"
+    );
+
+    jobs::record(&format!("{t}-stop"), "stop");
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
