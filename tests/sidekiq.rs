@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobqueue::{async_trait, Client, Job, JobContext, JobError, Perform, Queues, RunState};
+use jobqueue::{
+    async_trait, Client, Envelope, Job, JobContext, JobError, Perform, Queues, RunState,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use support::{eventually, jobs, Backend};
@@ -676,4 +678,189 @@ async fn process_and_work_hashes_have_the_shapes_sidekiq_7_and_8_read() {
     jobs::record(&format!("{t}-stop"), "stop");
     handle.shutdown();
     task.await.unwrap().unwrap();
+}
+
+/// Sidekiq's Web UI (`sidekiq/web` on Debian's rack and webrick), on a free loopback port.
+struct SidekiqWeb {
+    child: std::process::Child,
+    url: String,
+}
+
+impl SidekiqWeb {
+    fn start(redis_url: &str) -> Self {
+        let port = support::redis_server::free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ruby/sidekiq_web.rb");
+        let child = Command::new("ruby")
+            .arg(script)
+            .env("REDIS_URL", redis_url)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Sidekiq's Web UI (apt-get install ruby-sidekiq ruby-rack ruby-webrick)");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < LIMIT, "Sidekiq's Web UI did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn page(&self, path: &str) -> String {
+        format!("{}/{path}", self.url)
+    }
+}
+
+impl Drop for SidekiqWeb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidekiqs_web_ui_sees_and_steers_our_jobs() {
+    require_sidekiq();
+    let b = Backend::redis().await;
+    let url = redis_url(&b);
+    let (dead, running) = (jobs::token(), jobs::token());
+    let client = b.client();
+    client
+        .enqueue(&FailsFirst {
+            token: dead.clone(),
+        })
+        .await
+        .unwrap();
+    client.enqueue(&Retried { id: 9 }).await.unwrap();
+    client
+        .enqueue(&Charge {
+            order: 1,
+            card: "1111-2222".into(),
+            token: running.clone(),
+        })
+        .await
+        .unwrap();
+    let scheduled = client
+        .enqueue_in(
+            Duration::from_secs(3600),
+            &Greeting {
+                name: "web".into(),
+                times: 1,
+            },
+        )
+        .await
+        .unwrap();
+    client.enqueue_to("waiting", &Dies { id: 5 }).await.unwrap();
+    let worker = b
+        .worker()
+        .register::<FailsFirst>()
+        .register::<Retried>()
+        .register::<Charge>()
+        .register::<Greeting>()
+        .queues(Queues::strict(["interop"]))
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run_until(std::future::pending()));
+    let admin = b.admin();
+    eventually(LIMIT, "a dead, a retrying and a running job", || async {
+        admin.set_size(jobqueue::SortedSet::Dead).await.unwrap() == 1
+            && admin.set_size(jobqueue::SortedSet::Retry).await.unwrap() == 1
+            && !jobs::runs(&running).is_empty()
+    })
+    .await;
+    let failed_jid = Envelope::parse(&dead_payload(&b).await).unwrap().jid;
+
+    let web = SidekiqWeb::start(&url);
+    let browser = support::browser::Browser::start("sidekiq_web").await;
+
+    // Busy: our process and its running job, with the card hidden.
+    let mut busy = String::new();
+    for _ in 0..100 {
+        busy = browser.open(&web.page("busy")).await;
+        if busy.contains("Interop::Charge") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.screenshot("busy").await;
+    assert!(busy.contains("Interop::Charge"), "{busy}");
+    assert!(busy.contains(handle.identity()), "{busy}");
+    assert!(busy.contains("interop"), "{busy}");
+    assert!(!busy.contains("1111-2222"), "the card is hidden: {busy}");
+
+    // Queues: sizes.
+    let queues = browser.open(&web.page("queues")).await;
+    browser.screenshot("queues").await;
+    let row: Vec<&str> = queues
+        .lines()
+        .find(|l| l.starts_with("waiting"))
+        .unwrap_or_else(|| panic!("no `waiting` row: {queues}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "1", "its size: {row:?}");
+    assert!(row[2].parse::<f64>().unwrap() > 0.0, "its latency: {row:?}");
+
+    // Dead: "Retry Now" makes our worker run the job, to success this time.
+    let morgue = browser.open(&web.page("morgue")).await;
+    assert!(morgue.contains("Interop::FailsFirst"), "{morgue}");
+    browser.screenshot("dead").await;
+    browser.click(&format!("a[href*='{failed_jid}']")).await;
+    browser.screenshot("dead-job").await;
+    browser.click("input[name='retry']").await;
+    eventually(LIMIT, "the dead job ran again, and succeeded", || async {
+        jobs::runs(&dead).len() == 2
+    })
+    .await;
+    assert_eq!(admin.set_size(jobqueue::SortedSet::Dead).await.unwrap(), 0);
+
+    // Retries: "Delete" removes the waiting retry.
+    let retries = browser.open(&web.page("retries")).await;
+    assert!(retries.contains("Interop::Retried"), "{retries}");
+    browser.screenshot("retries").await;
+    browser.click("a[href*='retries/']").await;
+    browser.click("input[name='delete']").await;
+    eventually(LIMIT, "the retry was deleted", || async {
+        admin.set_size(jobqueue::SortedSet::Retry).await.unwrap() == 0
+    })
+    .await;
+
+    // Scheduled: "Add to queue" runs the job now.
+    let page = browser.open(&web.page("scheduled")).await;
+    assert!(page.contains("Ruby::Greeting"), "{page}");
+    browser.screenshot("scheduled").await;
+    browser.click(&format!("a[href*='{scheduled}']")).await;
+    browser.click("input[name='add_to_queue']").await;
+    eventually(LIMIT, "the scheduled job ran now", || async {
+        !jobs::runs("greeting-web").is_empty()
+    })
+    .await;
+
+    // Busy: "Quiet" on our process quiets the worker.
+    browser.open(&web.page("busy")).await;
+    browser.click("table button[name='quiet']").await;
+    eventually(LIMIT, "the worker went quiet", || async {
+        handle.state() == RunState::Quiet
+    })
+    .await;
+    browser.open(&web.page("busy")).await;
+    browser.screenshot("busy-quiet").await;
+
+    jobs::record(&format!("{running}-stop"), "stop");
+    browser.close().await;
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+async fn dead_payload(b: &Backend) -> String {
+    b.broker
+        .set_range(jobqueue::SortedSet::Dead, 0, 1)
+        .await
+        .unwrap()
+        .remove(0)
+        .1
 }

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: a private Redis, both brokers, test jobs.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod jobs;
 pub mod redis_server;
 pub mod scripted_http;
