@@ -13,6 +13,7 @@
 //! `--plain` makes the latency and scheduled modes' producer write to Redis itself, as a
 //! producer that does not notify would (Ruby Sidekiq's client, `redis-cli`): a plain `LPUSH`
 //! onto the queue, or a `ZADD` onto the schedule set. The figures are then pickup times.
+//! `--ruby` makes the latency mode's producer Ruby Sidekiq's own client (`ruby-sidekiq`).
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
 //! flushed), `--mechanisms` (use jobs that are collapsible or unique by their number, so
 //! every job pays for its collapse marker or uniqueness lock).
@@ -130,6 +131,7 @@ struct Options {
     redis: String,
     mechanisms: bool,
     plain: bool,
+    ruby: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -142,6 +144,7 @@ fn parse_options() -> Result<Options, String> {
         redis: "redis://127.0.0.1:6379/15".into(),
         mechanisms: false,
         plain: false,
+        ruby: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -163,6 +166,7 @@ fn parse_options() -> Result<Options, String> {
             "--idle" => o.mode = Mode::Idle,
             "--mechanisms" => o.mechanisms = true,
             "--plain" => o.plain = true,
+            "--ruby" => o.ruby = true,
             other => {
                 return Err(format!(
                     "unknown option `{other}`; see the top of examples/loadtest.rs"
@@ -247,6 +251,18 @@ async fn drain(
     Ok(())
 }
 
+/// Pushes `Stamped` jobs through Ruby Sidekiq's client at `RATE` per second.
+const RUBY_PRODUCER: &str = r#"
+require "sidekiq"
+Sidekiq.configure_client { |c| c.redis = { url: ENV.fetch("REDIS_URL") } }
+interval = 1.0 / Float(ENV.fetch("RATE"))
+Integer(ENV.fetch("COUNT")).times do
+  Sidekiq::Client.push("class" => "Stamped", "queue" => "loadtest",
+    "args" => [(Time.now.to_f * 1_000_000).to_i])
+  sleep interval
+end
+"#;
+
 /// A `Stamped` job as a producer outside this library writes it.
 fn plain_payload(due_us: u64) -> String {
     let jid = jobqueue::envelope::new_jid();
@@ -271,6 +287,27 @@ async fn latency(
     let running = tokio::spawn(worker.run_until(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    if o.ruby {
+        // Ruby stamps each job with its own clock, read just before its push.
+        let status = tokio::process::Command::new("ruby")
+            .args(["-e", RUBY_PRODUCER])
+            .env("REDIS_URL", &o.redis)
+            .env("RATE", o.rate.to_string())
+            .env("COUNT", total.to_string())
+            // redis-rb's deprecation notices, one per push.
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            return Err("the Ruby producer failed (apt-get install ruby-sidekiq)".into());
+        }
+        finished.await;
+        handle.shutdown();
+        running.await??;
+        let (p50, p99, max) = percentiles();
+        println!("p50_ms={p50:.3} p99_ms={p99:.3} max_ms={max:.3}");
+        return Ok(());
+    }
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate as f64));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for _ in 0..total {
