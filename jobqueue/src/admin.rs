@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::broker::{Broker, ProcessEntry, SortedSet, Stats};
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::time::{after, from_epoch, now};
+use crate::time::{after, from_epoch};
 
 /// Views of a broker's queues, sets and processes, and the pause switch of each queue.
 #[derive(Clone)]
@@ -59,12 +59,7 @@ impl Admin {
     pub async fn queue(&self, name: &str) -> Result<QueueInfo, Error> {
         let size = self.broker.queue_len(name).await?;
         let latency = match self.broker.queue_oldest(name).await? {
-            Some(payload) => Envelope::parse(&payload)
-                .ok()
-                .and_then(|e| e.enqueued_at.or(e.created_at))
-                .map_or(Duration::ZERO, |at| {
-                    Duration::try_from_secs_f64(now() - at).unwrap_or(Duration::ZERO)
-                }),
+            Some(payload) => Envelope::parse(&payload).map_or(Duration::ZERO, |e| e.waited()),
             None => Duration::ZERO,
         };
         Ok(QueueInfo {

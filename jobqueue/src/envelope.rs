@@ -259,6 +259,14 @@ pub fn decode_args<T: DeserializeOwned>(
 }
 
 impl Envelope {
+    /// How long the job has waited since it was pushed to its queue (or created).
+    pub(crate) fn waited(&self) -> std::time::Duration {
+        self.enqueued_at
+            .or(self.created_at)
+            .and_then(|at| std::time::Duration::try_from_secs_f64(now() - at).ok())
+            .unwrap_or_default()
+    }
+
     /// The payload as JSON with the values of `sensitive` fields hidden, for showing it to
     /// operators (Sidekiq's Busy page).
     pub(crate) fn to_json_redacted(&self, sensitive: &[&str]) -> String {

@@ -72,6 +72,7 @@ pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod job;
+pub mod metrics;
 pub mod perform;
 pub mod retry;
 pub mod schedule;

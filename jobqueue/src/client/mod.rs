@@ -14,6 +14,7 @@ use crate::broker::{Broker, Push};
 use crate::envelope::{encode_args, Envelope, Retry};
 use crate::error::Error;
 use crate::job::{Job, JobOptions};
+use crate::metrics;
 use crate::time::{epoch_seconds, now};
 
 mod mechanisms;
@@ -181,6 +182,9 @@ impl Client {
             }
         }
         self.broker.push(&pushes).await?;
+        for push in &pushes {
+            metrics::enqueued(&push.queue, J::NAME, 1);
+        }
         Ok(jids)
     }
 
@@ -214,9 +218,11 @@ impl Client {
         at: Option<SystemTime>,
         options: Option<&'static JobOptions>,
     ) -> Result<String, Error> {
+        let class = envelope.class.clone();
         match self.admit(envelope, at, options, Origin::Enqueue).await? {
             Admitted::Push(push, jid) => {
-                self.broker.push(&[push]).await?;
+                self.broker.push(std::slice::from_ref(&push)).await?;
+                metrics::enqueued(&push.queue, &class, 1);
                 Ok(jid)
             }
             Admitted::Existing(jid) => Ok(jid),

@@ -42,7 +42,7 @@ struct CronSchedule {
 pub struct Periodic {
     pub(crate) name: String,
     every: Every,
-    class: &'static str,
+    pub(crate) class: &'static str,
     args: Vec<Value>,
     pub(crate) options: &'static JobOptions,
 }

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use crate::broker;
+use crate::metrics;
 
 /// How many finished jobs are removed from the in-flight list per round trip, at most.
 const ACK_BATCH: usize = 256;
@@ -48,6 +49,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack
         let mut delays = broker::backoff();
         while let Err(e) = shared.broker.ack(&shared.identity, &batch).await {
             let wait = delays.next().unwrap_or(broker::MAX_BACKOFF);
+            metrics::broker_error("ack");
             tracing::warn!(
                 "acknowledging {} job(s) failed, trying again in {wait:?}: {e}",
                 batch.len()

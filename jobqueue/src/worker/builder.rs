@@ -163,6 +163,7 @@ impl WorkerBuilder {
             return Err(Error::Config(errors.join("; ")));
         }
 
+        crate::metrics::describe();
         let identity = process_identity();
         let info = serde_json::json!({
             "hostname": hostname(),

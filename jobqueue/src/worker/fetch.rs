@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use super::acker::AckMessage;
 use super::{processor, recovery, Shared};
 use crate::broker::{self, Fetched};
+use crate::metrics;
 
 /// How often [`crate::Queues::all`] looks for new queues.
 const QUEUE_REFRESH: Duration = Duration::from_secs(5);
@@ -97,7 +98,10 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
                     known_queues = found;
                     refreshed = Some(Instant::now());
                 }
-                Err(e) => tracing::warn!("listing queues: {e}"),
+                Err(e) => {
+                    metrics::broker_error("queues");
+                    tracing::warn!("listing queues: {e}");
+                }
             }
         }
         let order = queues.fetch_order(&known_queues);
@@ -108,6 +112,7 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
             }
             Err(e) => {
                 let wait = delays.next().unwrap_or(broker::MAX_BACKOFF);
+                metrics::broker_error("fetch");
                 tracing::warn!("fetch failed, trying again in {wait:?}: {e}");
                 drop(room);
                 tokio::select! {

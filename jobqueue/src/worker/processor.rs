@@ -5,7 +5,8 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -17,6 +18,7 @@ use super::{settle, Shared, Started};
 use crate::broker::{Fetched, Settle};
 use crate::envelope::Envelope;
 use crate::job::JobOptions;
+use crate::metrics::{self, Ended};
 use crate::perform::{JobContext, JobError};
 use crate::retry::{self, error_class};
 use crate::schedule::window::quiet_until;
@@ -32,9 +34,16 @@ pub(crate) async fn run(
     shared.busy.fetch_add(1, Ordering::Relaxed);
     let slot = Slot::take(&shared);
     let ended = execute(&shared, &job, &slot).await;
+    let (class, ran) = slot
+        .started
+        .get()
+        .map_or((metrics::UNKNOWN_CLASS, None), |(class, at)| {
+            (*class, Some(at.elapsed()))
+        });
     drop(slot);
     shared.busy.fetch_sub(1, Ordering::Relaxed);
     shared.processed.fetch_add(1, Ordering::Relaxed);
+    metrics::finished(&job.queue, class, ended_as(&ended), ran);
     match ended {
         Ok(Outcome::Done) => {
             // The acker is gone only once shutdown has handed every job back.
@@ -75,6 +84,21 @@ pub(crate) async fn run(
     drop(permit);
 }
 
+/// The `outcome` label of a job's end.
+fn ended_as(ended: &Result<Outcome, Failed>) -> Ended {
+    match ended {
+        Ok(Outcome::Done) => Ended::Succeeded,
+        Ok(Outcome::Skipped { .. }) => Ended::Skipped,
+        Ok(Outcome::Reschedule { .. }) => Ended::Rescheduled,
+        Ok(Outcome::PauseQueue { .. }) => Ended::Paused,
+        Err(Failed { to, .. }) => match to {
+            Settle::Dead { .. } => Ended::Dead,
+            Settle::Discard => Ended::Discarded,
+            _ => Ended::Retried,
+        },
+    }
+}
+
 /// A failed job: where it goes, and the job and its options when its type is known (for
 /// the death handlers).
 struct Failed {
@@ -92,17 +116,24 @@ impl Failed {
 struct Slot<'a> {
     shared: &'a Shared,
     id: u64,
+    /// The class and start of the job, once it is about to run.
+    started: OnceLock<(&'static str, Instant)>,
 }
 
 impl<'a> Slot<'a> {
     fn take(shared: &'a Shared) -> Self {
         let id = shared.next_slot.fetch_add(1, Ordering::Relaxed);
-        Self { shared, id }
+        Self {
+            shared,
+            id,
+            started: OnceLock::new(),
+        }
     }
 
     /// Lists the job as running, for the heartbeat (Sidekiq's Busy page). The payload is
     /// redacted only when a heartbeat shows it, not on every job's path.
-    fn show(&self, job: &Fetched, options: &'static JobOptions) {
+    fn show(&self, job: &Fetched, class: &'static str, options: &'static JobOptions) {
+        let _ = self.started.set((class, Instant::now()));
         let started = Started {
             queue: job.queue.clone(),
             payload: job.payload.clone(),
@@ -164,7 +195,7 @@ async fn execute(shared: &Shared, job: &Fetched, slot: &Slot<'_>) -> Result<Outc
             });
         }
     }
-    slot.show(job, options);
+    slot.show(job, handler.class(), options);
     let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone());
     let server_job = ServerJob {
         envelope: &envelope,

@@ -18,6 +18,8 @@ pub(crate) trait Handler: Send + Sync {
     /// Decodes the arguments and performs the job.
     async fn call(&self, args: &[Value], ctx: &JobContext) -> Result<(), JobError>;
     fn options(&self) -> &'static JobOptions;
+    /// The class name it runs under.
+    fn class(&self) -> &'static str;
 }
 
 struct Typed<J>(PhantomData<fn() -> J>);
@@ -41,6 +43,10 @@ impl<J: Perform> Handler for Typed<J> {
 
     fn options(&self) -> &'static JobOptions {
         &J::OPTIONS
+    }
+
+    fn class(&self) -> &'static str {
+        J::NAME
     }
 }
 

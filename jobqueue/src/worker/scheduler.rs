@@ -11,6 +11,7 @@ use crate::broker::{self, Settle, SortedSet};
 use crate::client::{Admitted, Origin};
 use crate::envelope::Envelope;
 use crate::error::{BrokerError, Error};
+use crate::metrics;
 use crate::retry;
 use crate::time::{after, epoch_seconds, now};
 
@@ -43,6 +44,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 })
             }
             Err(e) => {
+                metrics::broker_error("schedule");
                 tracing::warn!("scheduler: {e}");
                 delays.next().unwrap_or(broker::MAX_BACKOFF)
             }

@@ -8,6 +8,7 @@ use backon::Retryable;
 
 use super::Shared;
 use crate::broker::{backoff_builder, Settle};
+use crate::metrics;
 
 /// Settles one job; see [`many`].
 pub(crate) async fn one(shared: &Shared, payload: &str, to: Settle) {
@@ -22,7 +23,10 @@ pub(crate) async fn many(shared: &Shared, moves: Vec<(String, Settle)>) {
     let settle = || shared.broker.settle_many(&shared.identity, &moves);
     let moved = settle
         .retry(backoff_builder())
-        .notify(|e, wait| tracing::warn!("settling jobs failed, trying again in {wait:?}: {e}"))
+        .notify(|e, wait| {
+            metrics::broker_error("settle");
+            tracing::warn!("settling jobs failed, trying again in {wait:?}: {e}")
+        })
         .await;
     if let Ok(moved) = moved {
         let gone = moved.iter().filter(|m| !**m).count();

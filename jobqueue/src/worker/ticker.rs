@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::Shared;
 use crate::client::{Admitted, Origin};
 use crate::error::Error;
+use crate::metrics;
 use crate::schedule::window::quiet_until;
 use crate::schedule::Periodic;
 
@@ -169,7 +170,8 @@ async fn fire(
         .await
     {
         Ok(Admitted::Push(push, _)) => {
-            shared.broker.push(&[push]).await?;
+            shared.broker.push(std::slice::from_ref(&push)).await?;
+            metrics::enqueued(&push.queue, periodic.class, 1);
             if late {
                 tracing::info!(
                     "periodic job `{}`: tick {tick} enqueued late, within the grace period",

@@ -1,0 +1,136 @@
+//! The library's metrics, through the [`metrics`](https://docs.rs/metrics) facade: install
+//! any recorder (Prometheus, StatsD, ...) and they appear. Names and units follow Prometheus
+//! conventions; labels are bounded to `queue`, `class` (registered class names, or
+//! `unknown`), `outcome`, `set` and `operation`, never a job id or arguments.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `jobqueue_jobs_enqueued_total` | counter | queue, class | jobs pushed by a client, a periodic tick or a job |
+//! | `jobqueue_jobs_finished_total` | counter | queue, class, outcome | jobs taken and ended: `succeeded`, `skipped`, `retried`, `dead`, `discarded`, `rescheduled`, `paused` (failures are `retried` + `dead` + `discarded`) |
+//! | `jobqueue_job_duration_seconds` | histogram | queue, class | time from a job's start to its end, for jobs that ran |
+//! | `jobqueue_busy_slots` | gauge | | jobs running in this process |
+//! | `jobqueue_concurrency` | gauge | | this process's concurrency |
+//! | `jobqueue_queue_size` | gauge | queue | jobs waiting; sampled by one process at a time |
+//! | `jobqueue_queue_latency_seconds` | gauge | queue | age of a queue's oldest job; sampled by one process at a time |
+//! | `jobqueue_set_size` | gauge | set | jobs in the `schedule`, `retry` and `dead` sets; sampled by one process at a time |
+//! | `jobqueue_broker_errors_total` | counter | operation | failed broker calls of the worker's loops, each retried |
+
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+
+/// The `class` label of a job whose class this process does not run.
+pub(crate) const UNKNOWN_CLASS: &str = "unknown";
+
+/// Registers the descriptions and units of every metric with the installed recorder.
+pub(crate) fn describe() {
+    describe_counter!(
+        "jobqueue_jobs_enqueued_total",
+        Unit::Count,
+        "Jobs pushed by a client, a periodic tick or a job"
+    );
+    describe_counter!(
+        "jobqueue_jobs_finished_total",
+        Unit::Count,
+        "Jobs taken and ended, by outcome"
+    );
+    describe_histogram!(
+        "jobqueue_job_duration_seconds",
+        Unit::Seconds,
+        "Time from a job's start to its end"
+    );
+    describe_gauge!(
+        "jobqueue_busy_slots",
+        Unit::Count,
+        "Jobs running in this process"
+    );
+    describe_gauge!(
+        "jobqueue_concurrency",
+        Unit::Count,
+        "This process's concurrency"
+    );
+    describe_gauge!(
+        "jobqueue_queue_size",
+        Unit::Count,
+        "Jobs waiting in a queue"
+    );
+    describe_gauge!(
+        "jobqueue_queue_latency_seconds",
+        Unit::Seconds,
+        "Age of a queue's oldest waiting job"
+    );
+    describe_gauge!(
+        "jobqueue_set_size",
+        Unit::Count,
+        "Jobs in the schedule, retry and dead sets"
+    );
+    describe_counter!(
+        "jobqueue_broker_errors_total",
+        Unit::Count,
+        "Failed broker calls of the worker's loops"
+    );
+}
+
+pub(crate) fn enqueued(queue: &str, class: &str, count: u64) {
+    counter!("jobqueue_jobs_enqueued_total", "queue" => queue.to_owned(), "class" => class.to_owned())
+        .increment(count);
+}
+
+/// How a taken job ended, as the `outcome` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Succeeded,
+    Skipped,
+    Retried,
+    Dead,
+    Discarded,
+    Rescheduled,
+    Paused,
+}
+
+impl Ended {
+    fn label(self) -> &'static str {
+        match self {
+            Ended::Succeeded => "succeeded",
+            Ended::Skipped => "skipped",
+            Ended::Retried => "retried",
+            Ended::Dead => "dead",
+            Ended::Discarded => "discarded",
+            Ended::Rescheduled => "rescheduled",
+            Ended::Paused => "paused",
+        }
+    }
+}
+
+pub(crate) fn finished(queue: &str, class: &'static str, ended: Ended, ran: Option<Duration>) {
+    counter!(
+        "jobqueue_jobs_finished_total",
+        "queue" => queue.to_owned(), "class" => class, "outcome" => ended.label()
+    )
+    .increment(1);
+    if let Some(ran) = ran {
+        histogram!("jobqueue_job_duration_seconds", "queue" => queue.to_owned(), "class" => class)
+            .record(ran.as_secs_f64());
+    }
+}
+
+pub(crate) fn process(busy: usize, concurrency: usize) {
+    gauge!("jobqueue_busy_slots").set(busy as f64);
+    gauge!("jobqueue_concurrency").set(concurrency as f64);
+}
+
+pub(crate) fn queue(queue: &str, size: usize, latency: Duration) {
+    gauge!("jobqueue_queue_size", "queue" => queue.to_owned()).set(size as f64);
+    gauge!("jobqueue_queue_latency_seconds", "queue" => queue.to_owned())
+        .set(latency.as_secs_f64());
+}
+
+pub(crate) fn set(set: &'static str, size: usize) {
+    gauge!("jobqueue_set_size", "set" => set).set(size as f64);
+}
+
+pub(crate) fn broker_error(operation: &'static str) {
+    counter!("jobqueue_broker_errors_total", "operation" => operation).increment(1);
+}

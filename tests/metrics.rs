@@ -1,0 +1,195 @@
+//! Metric values after a known workload, on both brokers: counts exact, histogram counts
+//! exact, sampled gauges plausible. One recorder serves the whole binary, so each backend's
+//! workload uses queues of its own.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::jobs::{self, ChargeCard, Flaky, Note};
+use support::{eventually, start, Backend};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+on_both_brokers!(a_known_workload_gives_exact_counts);
+
+/// What the recorder has seen so far. Its snapshots take the values out (counters and
+/// gauges back to 0, histograms emptied), so they are folded in here: counters summed,
+/// gauges kept at their highest, histogram values kept.
+#[derive(Clone, Debug)]
+enum Seen {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(Vec<f64>),
+}
+
+fn recorder() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("the only recorder of this test binary");
+        snapshotter
+    })
+}
+
+/// The value of `name` with exactly these labels.
+fn seen(name: &str, labels: &[(&str, &str)]) -> Option<Seen> {
+    static SEEN: OnceLock<Mutex<HashMap<String, Seen>>> = OnceLock::new();
+    let mut all = SEEN.get_or_init(Default::default).lock().unwrap();
+    for (key, _, _, value) in recorder().snapshot().into_vec() {
+        let mut pairs: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        pairs.sort();
+        let id = format!("{}{{{}}}", key.key().name(), pairs.join(","));
+        let entry = all.entry(id).or_insert(match value {
+            DebugValue::Counter(_) => Seen::Counter(0),
+            DebugValue::Gauge(_) => Seen::Gauge(f64::MIN),
+            DebugValue::Histogram(_) => Seen::Histogram(Vec::new()),
+        });
+        match (entry, value) {
+            (Seen::Counter(total), DebugValue::Counter(n)) => *total += n,
+            (Seen::Gauge(max), DebugValue::Gauge(g)) => *max = max.max(g.into_inner()),
+            (Seen::Histogram(all), DebugValue::Histogram(values)) => {
+                all.extend(values.into_iter().map(|v| v.into_inner()))
+            }
+            (entry, value) => panic!("{entry:?} changed kind: {value:?}"),
+        }
+    }
+    let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    all.get(&format!("{name}{{{}}}", pairs.join(","))).cloned()
+}
+
+fn count(name: &str, labels: &[(&str, &str)]) -> u64 {
+    match seen(name, labels) {
+        Some(Seen::Counter(n)) => n,
+        Some(Seen::Histogram(values)) => values.len() as u64,
+        None => 0,
+        other => panic!("{name} is not a count: {other:?}"),
+    }
+}
+
+fn gauge(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    match seen(name, labels) {
+        Some(Seen::Gauge(g)) => Some(g),
+        None => None,
+        other => panic!("{name} is not a gauge: {other:?}"),
+    }
+}
+
+async fn a_known_workload_gives_exact_counts(b: Backend) {
+    recorder();
+    let kind = if b.server.is_some() {
+        "redis"
+    } else {
+        "memory"
+    };
+    let (work, waiting) = (format!("work-{kind}"), format!("waiting-{kind}"));
+    let t = jobs::token();
+    let client = b.client();
+    for i in 0..5 {
+        client
+            .enqueue_to(&work, &Note::new(&t, i.to_string()))
+            .await
+            .unwrap();
+    }
+    client
+        .enqueue_to(&work, &ChargeCard { token: t.clone() })
+        .await
+        .unwrap();
+    client
+        .enqueue_to(
+            &work,
+            &Flaky {
+                token: format!("{t}-flaky"),
+                failures: 1,
+            },
+        )
+        .await
+        .unwrap();
+    for i in 0..3 {
+        client
+            .enqueue_to(&waiting, &Note::new(&t, format!("waits {i}")))
+            .await
+            .unwrap();
+    }
+    let h = start(
+        b.worker()
+            .queues(jobqueue::Queues::strict([work.as_str()]))
+            .register::<Note>()
+            .register::<ChargeCard>()
+            .register::<Flaky>()
+            .configure(|c| c.metrics_interval = Duration::from_millis(100)),
+    );
+    let q = work.as_str();
+    eventually(LIMIT, "every job ended", || async {
+        count(
+            "jobqueue_jobs_finished_total",
+            &[("queue", q), ("class", "Note"), ("outcome", "succeeded")],
+        ) == 5
+            && count(
+                "jobqueue_jobs_finished_total",
+                &[("queue", q), ("class", "Flaky"), ("outcome", "succeeded")],
+            ) == 1
+            && count(
+                "jobqueue_jobs_finished_total",
+                &[("queue", q), ("class", "ChargeCard"), ("outcome", "dead")],
+            ) == 1
+    })
+    .await;
+    eventually(LIMIT, "the waiting queue was sampled", || async {
+        gauge("jobqueue_queue_size", &[("queue", waiting.as_str())]) == Some(3.0)
+    })
+    .await;
+    h.stop().await;
+
+    let finished = |class, outcome| {
+        count(
+            "jobqueue_jobs_finished_total",
+            &[("queue", q), ("class", class), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(finished("Flaky", "retried"), 1);
+    assert_eq!(finished("Note", "retried"), 0);
+    assert_eq!(finished("ChargeCard", "retried"), 0);
+    let enqueued = |class| {
+        count(
+            "jobqueue_jobs_enqueued_total",
+            &[("queue", q), ("class", class)],
+        )
+    };
+    assert_eq!(enqueued("Note"), 5);
+    assert_eq!(enqueued("ChargeCard"), 1);
+    assert_eq!(enqueued("Flaky"), 1, "a retry is not an enqueue");
+    let waiting_enqueued = count(
+        "jobqueue_jobs_enqueued_total",
+        &[("queue", waiting.as_str()), ("class", "Note")],
+    );
+    assert_eq!(waiting_enqueued, 3);
+    let durations = |class| {
+        count(
+            "jobqueue_job_duration_seconds",
+            &[("queue", q), ("class", class)],
+        )
+    };
+    assert_eq!(durations("Note"), 5);
+    assert_eq!(durations("Flaky"), 2);
+    assert_eq!(durations("ChargeCard"), 1);
+    let latency = gauge(
+        "jobqueue_queue_latency_seconds",
+        &[("queue", waiting.as_str())],
+    )
+    .expect("a latency for the waiting queue");
+    assert!((0.0..600.0).contains(&latency), "{latency}");
+    assert!(gauge("jobqueue_set_size", &[("set", "dead")]).is_some());
+    assert_eq!(gauge("jobqueue_concurrency", &[]), Some(4.0));
+}
