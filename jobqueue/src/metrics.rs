@@ -15,10 +15,13 @@
 //! | `jobqueue_set_size` | gauge | set | jobs in the `schedule`, `retry` and `dead` sets; sampled by one process at a time |
 //! | `jobqueue_broker_errors_total` | counter | operation | failed broker calls of the worker's loops, each retried |
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
 };
 
 /// The `class` label of a job whose class this process does not run.
@@ -91,6 +94,17 @@ pub(crate) enum Ended {
 }
 
 impl Ended {
+    /// Every outcome, in declaration order (so `ended as usize` indexes it).
+    const ALL: [Ended; 7] = [
+        Ended::Succeeded,
+        Ended::Skipped,
+        Ended::Retried,
+        Ended::Dead,
+        Ended::Discarded,
+        Ended::Rescheduled,
+        Ended::Paused,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Ended::Succeeded => "succeeded",
@@ -104,15 +118,60 @@ impl Ended {
     }
 }
 
-pub(crate) fn finished(queue: &str, class: &'static str, ended: Ended, ran: Option<Duration>) {
-    counter!(
-        "jobqueue_jobs_finished_total",
-        "queue" => queue.to_owned(), "class" => class, "outcome" => ended.label()
-    )
-    .increment(1);
-    if let Some(ran) = ran {
-        histogram!("jobqueue_job_duration_seconds", "queue" => queue.to_owned(), "class" => class)
-            .record(ran.as_secs_f64());
+/// The handles of one queue and class's job metrics, registered once: the hot path then
+/// pays no label building or lookup per job.
+struct JobHandles {
+    finished: [Counter; Ended::ALL.len()],
+    duration: Histogram,
+}
+
+impl JobHandles {
+    fn new(queue: &str, class: &'static str) -> Self {
+        Self {
+            finished: Ended::ALL.map(|ended| {
+                counter!(
+                    "jobqueue_jobs_finished_total",
+                    "queue" => queue.to_owned(), "class" => class, "outcome" => ended.label()
+                )
+            }),
+            duration: histogram!(
+                "jobqueue_job_duration_seconds", "queue" => queue.to_owned(), "class" => class
+            ),
+        }
+    }
+}
+
+/// The job metric handles of one worker, by queue and class.
+#[derive(Default)]
+pub(crate) struct JobMetrics {
+    handles: Mutex<HashMap<String, HashMap<&'static str, Arc<JobHandles>>>>,
+}
+
+impl JobMetrics {
+    /// Counts a taken job's end, and how long it ran when it did.
+    pub(crate) fn finished(
+        &self,
+        queue: &str,
+        class: &'static str,
+        ended: Ended,
+        ran: Option<Duration>,
+    ) {
+        let handles = {
+            let mut all = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+            let by_class = match all.get_mut(queue) {
+                Some(by_class) => by_class,
+                None => all.entry(queue.to_owned()).or_default(),
+            };
+            Arc::clone(
+                by_class
+                    .entry(class)
+                    .or_insert_with(|| Arc::new(JobHandles::new(queue, class))),
+            )
+        };
+        handles.finished[ended as usize].increment(1);
+        if let Some(ran) = ran {
+            handles.duration.record(ran.as_secs_f64());
+        }
     }
 }
 

@@ -195,6 +195,7 @@ impl WorkerBuilder {
                 busy: AtomicUsize::new(0),
                 running: Mutex::default(),
                 next_slot: AtomicU64::new(0),
+                job_metrics: crate::metrics::JobMetrics::default(),
                 processed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),

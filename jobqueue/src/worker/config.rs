@@ -42,7 +42,7 @@ pub struct WorkerConfig {
     /// inside one, or ticking inside one, waits for its end.
     pub quiet_windows: Vec<QuietWindow>,
     /// How often the gauges that need broker reads (queue sizes and latency, set sizes) are
-    /// sampled, by one process at a time (default 15 s).
+    /// sampled, by one process at a time (default 30 s).
     pub metrics_interval: Duration,
     /// Settings of the collapse and uniqueness mechanisms, for the perform side and for
     /// this worker's own enqueues (due jobs, periodic ticks, follow-up jobs).
@@ -62,7 +62,7 @@ impl Default for WorkerConfig {
             idle_poll: Duration::from_secs(2),
             tag: String::new(),
             max_payload_bytes: crate::client::DEFAULT_MAX_PAYLOAD_BYTES,
-            metrics_interval: Duration::from_secs(15),
+            metrics_interval: Duration::from_secs(30),
             mechanisms: MechanismConfig::default(),
             periodic_grace: Duration::from_secs(60),
             quiet_windows: Vec::new(),

@@ -114,6 +114,8 @@ pub(crate) struct Shared {
     pub(crate) running: Mutex<HashMap<u64, Started>>,
     /// The next slot number (a job's "thread id" on Sidekiq's Busy page).
     pub(crate) next_slot: AtomicU64,
+    /// The registered handles of the per-job metrics.
+    pub(crate) job_metrics: crate::metrics::JobMetrics,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) skipped: AtomicU64,

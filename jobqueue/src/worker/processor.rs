@@ -43,7 +43,9 @@ pub(crate) async fn run(
     drop(slot);
     shared.busy.fetch_sub(1, Ordering::Relaxed);
     shared.processed.fetch_add(1, Ordering::Relaxed);
-    metrics::finished(&job.queue, class, ended_as(&ended), ran);
+    shared
+        .job_metrics
+        .finished(&job.queue, class, ended_as(&ended), ran);
     match ended {
         Ok(Outcome::Done) => {
             // The acker is gone only once shutdown has handed every job back.
