@@ -3,20 +3,18 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
 use super::{recovery, RunState, Shared};
-use crate::broker::{Heartbeat, SortedSet};
-use crate::envelope::Envelope;
+use crate::broker::Heartbeat;
 use crate::error::BrokerError;
 use crate::metrics;
 
 /// Beats until `done` turns true, then once more so the last stats are flushed.
 pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {
     let mut last_recovery = Instant::now();
-    let mut last_sample: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
@@ -29,14 +27,6 @@ pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {
             metrics::broker_error("heartbeat");
             tracing::warn!("heartbeat: {e}");
         }
-        let interval = shared.config.metrics_interval;
-        if last_sample.is_none_or(|at| at.elapsed() >= interval) {
-            last_sample = Some(Instant::now());
-            if let Err(e) = sample(&shared).await {
-                metrics::broker_error("sample");
-                tracing::warn!("sampling queue metrics: {e}");
-            }
-        }
         if last_recovery.elapsed() >= shared.config.recovery_interval {
             last_recovery = Instant::now();
             if let Err(e) = recovery::recover_orphans(&shared).await {
@@ -45,36 +35,6 @@ pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {
         }
     }
 }
-
-/// Sets the gauges that need broker reads (queue sizes and latency, set sizes), when this
-/// process holds the sampling claim: one process samples at a time, and keeps the claim
-/// while it lives, so the gauges come from one place.
-async fn sample(shared: &Shared) -> Result<(), BrokerError> {
-    let claim = shared.config.metrics_interval * 3;
-    if shared
-        .broker
-        .lock(SAMPLER_CLAIM, &shared.identity, claim)
-        .await?
-        .is_some()
-    {
-        return Ok(());
-    }
-    for queue in shared.broker.queues().await? {
-        let size = shared.broker.queue_len(&queue).await?;
-        let waited = match shared.broker.queue_oldest(&queue).await? {
-            Some(payload) => Envelope::parse(&payload).map_or(Duration::ZERO, |e| e.waited()),
-            None => Duration::ZERO,
-        };
-        metrics::queue(&queue, size, waited);
-    }
-    for set in [SortedSet::Schedule, SortedSet::Retry, SortedSet::Dead] {
-        metrics::set(set.key(), shared.broker.set_len(set).await?);
-    }
-    Ok(())
-}
-
-/// The claim of the process that samples the broker-wide gauges.
-const SAMPLER_CLAIM: &str = "metrics:sampler";
 
 /// Publishes one heartbeat. Counts that could not be flushed are kept for the next one.
 pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {

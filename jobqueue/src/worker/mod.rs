@@ -49,6 +49,7 @@ mod processor;
 mod queues;
 mod recovery;
 mod registry;
+mod sampler;
 mod scheduler;
 mod settle;
 mod signals;
@@ -241,7 +242,8 @@ impl Worker {
         tracing::info!(identity = %shared.identity, "worker started");
 
         let (done_tx, done_rx) = watch::channel(false);
-        let heartbeat = tokio::spawn(heartbeat::run(Arc::clone(&shared), done_rx));
+        let heartbeat = tokio::spawn(heartbeat::run(Arc::clone(&shared), done_rx.clone()));
+        let sampler = tokio::spawn(sampler::run(Arc::clone(&shared), done_rx));
         let scheduler = tokio::spawn(scheduler::run(Arc::clone(&shared)));
         let periodic = tokio::spawn(ticker::run(Arc::clone(&shared)));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -297,7 +299,7 @@ impl Worker {
         while running.join_next().await.is_some() {}
         drop(ack_tx);
         let _ = done_tx.send(true);
-        for mut task in [acker, heartbeat] {
+        for mut task in [acker, heartbeat, sampler] {
             if tokio::time::timeout(LAST_CALLS, &mut task).await.is_err() {
                 task.abort();
             }
