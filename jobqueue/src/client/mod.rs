@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use tracing::Instrument;
 
 use crate::broker::{Broker, Push};
 use crate::envelope::{encode_args, Envelope, Retry};
@@ -244,6 +245,25 @@ impl Client {
     /// job's mechanisms, so a job refused for any reason leaves no lock or marker behind.
     /// Every enqueue path comes through here: the scheduler and periodic ticks too.
     pub(crate) async fn admit(
+        &self,
+        envelope: Envelope,
+        at: Option<SystemTime>,
+        options: Option<&'static JobOptions>,
+        origin: Origin,
+    ) -> Result<Admitted, Error> {
+        let span = tracing::info_span!(
+            "jobqueue.enqueue",
+            jid = %envelope.jid,
+            class = %envelope.class,
+            queue = %envelope.queue,
+            origin = ?origin,
+        );
+        self.admit_in_span(envelope, at, options, origin)
+            .instrument(span)
+            .await
+    }
+
+    async fn admit_in_span(
         &self,
         envelope: Envelope,
         at: Option<SystemTime>,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Instrument;
 
 use super::acker::AckMessage;
 use super::mechanisms::Guarded;
@@ -209,7 +210,16 @@ async fn execute(shared: &Shared, job: &Fetched, slot: &Slot<'_>) -> Result<Outc
         config: &shared.config.mechanisms,
         handler: handler.as_ref(),
     };
-    let run = AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint)).catch_unwind();
+    let span = tracing::info_span!(
+        "jobqueue.perform",
+        jid = %envelope.jid,
+        class = %envelope.class,
+        queue = %job.queue,
+        retry_count = ctx.retries,
+    );
+    let run = AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint))
+        .catch_unwind()
+        .instrument(span);
     let error = match run.await {
         Ok(Ok(outcome)) => {
             match &outcome {
