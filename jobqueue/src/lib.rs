@@ -77,6 +77,7 @@ pub mod perform;
 pub mod retry;
 pub mod schedule;
 mod time;
+pub mod trace;
 pub mod worker;
 
 pub use async_trait::async_trait;

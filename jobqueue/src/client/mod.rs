@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::job::{Job, JobOptions};
 use crate::metrics;
 use crate::time::{epoch_seconds, now};
+use crate::trace;
 
 mod mechanisms;
 mod middleware;
@@ -265,11 +266,15 @@ impl Client {
 
     async fn admit_in_span(
         &self,
-        envelope: Envelope,
+        mut envelope: Envelope,
         at: Option<SystemTime>,
         options: Option<&'static JobOptions>,
         origin: Origin,
     ) -> Result<Admitted, Error> {
+        // A new job carries the trace that made it; a due job keeps the one it has.
+        if matches!(origin, Origin::Enqueue | Origin::Periodic) {
+            trace::inject(&mut envelope);
+        }
         let mut job = ClientJob {
             envelope,
             at,

@@ -217,6 +217,7 @@ async fn execute(shared: &Shared, job: &Fetched, slot: &Slot<'_>) -> Result<Outc
         queue = %job.queue,
         retry_count = ctx.retries,
     );
+    crate::trace::continue_from(&envelope, &span);
     let run = AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint))
         .catch_unwind()
         .instrument(span);
