@@ -390,14 +390,22 @@ async fn redis_get(url: &str, key: &str) -> Option<String> {
         .unwrap()
 }
 
+/// The keys of jobs' locks and leases (not the workers' own claims, such as the metrics
+/// sampler's), sorted.
 async fn lock_keys(url: &str) -> Vec<String> {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("KEYS")
-        .arg("jobqueue:lock:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+    let mut keys = Vec::new();
+    for kind in ["unique", "running", "collapse"] {
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("jobqueue:lock:{kind}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(found);
+    }
+    keys.sort();
+    keys
 }
 
 /// 20,000 jobs, two worker processes, 20 `kill -9`s spread over the run, a new worker

@@ -64,7 +64,9 @@
 
 #![deny(missing_docs)]
 
-// Layers, lowest first; a module imports only from modules above it in this list.
+// The layers, lowest first (each imports only from those before it): error, time,
+// envelope; job; broker; chain, client; perform; retry; schedule; worker; admin. Metrics
+// and trace are leaves any layer may use; runner sits on top.
 pub mod admin;
 pub mod broker;
 pub mod chain;
@@ -75,6 +77,8 @@ pub mod job;
 pub mod metrics;
 pub mod perform;
 pub mod retry;
+#[cfg(feature = "runner")]
+pub mod runner;
 pub mod schedule;
 mod time;
 pub mod trace;
