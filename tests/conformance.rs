@@ -15,6 +15,7 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    health_follows_the_heartbeat_and_the_state,
     the_dead_set_keeps_the_newest_ten_thousand,
     the_dead_set_drops_jobs_older_than_180_days,
     quiet_and_shutdown_return_prefetched_jobs_to_the_front_in_order,
@@ -915,4 +916,23 @@ async fn the_dead_set_drops_jobs_older_than_180_days(b: Backend) {
         .map(|(_, p)| p)
         .collect();
     assert_eq!(kept, ["old", "fresh"]);
+}
+
+async fn health_follows_the_heartbeat_and_the_state(b: Backend) {
+    let h = start(b.worker().register::<Note>());
+    eventually(LIMIT, "ready", || async { h.handle.health().ready }).await;
+    let health = h.handle.health();
+    assert!(health.live && health.broker_reachable, "{health:?}");
+    assert!(health.last_beat.is_some());
+    h.handle.quiet();
+    let health = h.handle.health();
+    assert!(
+        health.live && !health.ready,
+        "quiet is alive, not ready: {health:?}"
+    );
+    let handle = h.handle.clone();
+    h.stop().await;
+    let health = handle.health();
+    assert_eq!(health.state, RunState::Stopping);
+    assert!(!health.ready, "{health:?}");
 }

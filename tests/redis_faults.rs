@@ -238,3 +238,25 @@ async fn jobs_finishing_while_redis_is_down_are_acknowledged_after_it_returns() 
     assert_eq!(broker.queue_len("default").await.unwrap(), 0);
     assert!(broker.in_flight(&identity).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_an_unreachable_broker_and_recovers() {
+    let mut server = RedisServer::start_persistent();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    let w = start(
+        Worker::builder(broker)
+            .config(fast_config())
+            .register::<Note>(),
+    );
+    let limit = Duration::from_secs(30);
+    eventually(limit, "ready", || async { w.handle.health().ready }).await;
+    server.kill();
+    eventually(limit, "the broker is unreachable, so not ready", || async {
+        let health = w.handle.health();
+        !health.broker_reachable && !health.ready
+    })
+    .await;
+    server.restart();
+    eventually(limit, "ready again", || async { w.handle.health().ready }).await;
+    w.stop().await;
+}

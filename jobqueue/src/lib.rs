@@ -98,4 +98,6 @@ pub use crate::job::{
     CollapseSpec, Job, JobOptions, OnConflict, RetryPolicy, UniqueLock, UniqueSpec,
 };
 pub use crate::perform::{JobContext, JobError, Perform};
-pub use crate::worker::{Queues, RunState, Worker, WorkerBuilder, WorkerConfig, WorkerHandle};
+pub use crate::worker::{
+    Health, Queues, RunState, Worker, WorkerBuilder, WorkerConfig, WorkerHandle,
+};

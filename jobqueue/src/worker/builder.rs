@@ -196,6 +196,7 @@ impl WorkerBuilder {
                 running: Mutex::default(),
                 next_slot: AtomicU64::new(0),
                 job_metrics: crate::metrics::JobMetrics::default(),
+                health: super::health::Beats::default(),
                 processed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),

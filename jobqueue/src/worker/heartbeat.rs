@@ -57,7 +57,9 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         concurrency: shared.config.concurrency,
         running: shared.running_jobs(),
     };
-    match shared.broker.heartbeat(&heartbeat).await {
+    let beat = shared.broker.heartbeat(&heartbeat).await;
+    shared.health.record(beat.is_ok());
+    match beat {
         Ok(signal) => {
             match signal.as_deref() {
                 Some("TSTP") => shared.set_state(RunState::Quiet),

@@ -42,6 +42,7 @@ mod acker;
 mod builder;
 mod config;
 mod fetch;
+mod health;
 mod heartbeat;
 mod mechanisms;
 mod middleware;
@@ -57,6 +58,7 @@ mod ticker;
 
 pub use self::builder::WorkerBuilder;
 pub use self::config::WorkerConfig;
+pub use self::health::Health;
 pub use self::middleware::{Outcome, ServerChain, ServerJob, ServerMiddleware, ServerNext};
 pub use self::queues::Queues;
 use self::registry::Registry;
@@ -115,6 +117,8 @@ pub(crate) struct Shared {
     pub(crate) running: Mutex<HashMap<u64, Started>>,
     /// The next slot number (a job's "thread id" on Sidekiq's Busy page).
     pub(crate) next_slot: AtomicU64,
+    /// What the heartbeat last saw, for health checks.
+    pub(crate) health: health::Beats,
     /// The registered handles of the per-job metrics.
     pub(crate) job_metrics: crate::metrics::JobMetrics,
     pub(crate) processed: AtomicU64,
@@ -181,6 +185,14 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// Whether the worker is alive and ready, for an orchestrator's probes.
+    pub fn health(&self) -> Health {
+        self.shared.health.health(
+            self.shared.config.heartbeat_ttl,
+            *self.shared.state.borrow(),
+        )
+    }
+
     /// Stops taking new jobs; running ones finish. The worker keeps its heartbeat.
     pub fn quiet(&self) {
         self.shared.set_state(RunState::Quiet);
