@@ -1,37 +1,42 @@
 //! Dedicated worker processes sharing one Redis, as Sidekiq and Celery deployments run them:
 //! three processes each own one kind of work, with concurrency tuned to it, and a default
-//! process takes the rest.
+//! process takes the rest. Each is configured from environment variables alone, as a
+//! Deployment's `env:` (or Helm values) would set them, through `jobqueue::runner`.
 //!
 //! ```text
-//! cargo run --example workers -- player_data   # one process per role, e.g. under systemd
-//! cargo run --example workers -- push
-//! cargo run --example workers -- bulk
-//! cargo run --example workers -- default
-//! cargo run --example workers -- demo          # starts all four, enqueues, stops them
+//! JOBQUEUE_QUEUES=player_data JOBQUEUE_CONCURRENCY=20 cargo run --example workers -- worker
+//! JOBQUEUE_QUEUES="critical,2 default" cargo run --example workers -- worker
+//! cargo run --example workers -- worker -q push -c 50     # flags work too
+//! cargo run --example workers -- demo   # starts the four roles, enqueues, stops them
 //! ```
 //! `REDIS_URL` picks the server (default `redis://127.0.0.1:6379`).
 
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use jobqueue::{
-    async_trait, Client, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker,
-};
+use clap::Parser;
+use jobqueue::runner::{self, WorkerArgs};
+use jobqueue::{async_trait, Client, Job, JobContext, JobError, Perform, RedisBroker};
 use serde::{Deserialize, Serialize};
 
-/// Who consumes what, and how many at once.
-fn role(name: &str) -> Option<(Queues, usize)> {
-    Some(match name {
-        // CPU-light, latency-sensitive: many slots.
-        "player_data" => (Queues::strict(["player_data"]), 20),
-        // Waits on third-party push services: many slots.
-        "push" => (Queues::strict(["push"]), 50),
-        // Long bulk jobs: few slots so they never crowd the database.
-        "bulk" => (Queues::strict(["bulk"]), 2),
-        // Everything else; `critical` comes first twice as often as `default`.
-        "default" => (Queues::weighted([("critical", 2), ("default", 1)]), 10),
-        _ => return None,
-    })
+/// The four roles of the deployment, as the environment of each process.
+const ROLES: [(&str, &str, &str); 4] = [
+    // CPU-light, latency-sensitive: many slots.
+    ("player_data", "player_data", "20"),
+    // Waits on third-party push services: many slots.
+    ("push", "push", "50"),
+    // Long bulk jobs: few slots so they never crowd the database.
+    ("bulk", "bulk", "2"),
+    // Everything else; `critical` comes first twice as often as `default`.
+    ("default", "critical,2 default", "10"),
+];
+
+#[derive(Parser)]
+enum Cli {
+    /// Runs one worker process, configured by flags, environment and `--config`.
+    Worker(WorkerArgs),
+    /// Starts the four roles from environment variables alone, enqueues work, stops them.
+    Demo,
 }
 
 #[derive(Serialize, Deserialize, Job)]
@@ -98,37 +103,41 @@ impl Perform for Housekeeping {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let name = std::env::args().nth(1).unwrap_or_else(|| "demo".into());
-    if name == "demo" {
-        return demo(&url).await;
+    match Cli::parse() {
+        Cli::Worker(args) => {
+            println!("pid {:>6} starts: {args:?}", std::process::id());
+            runner::run(args, |w| {
+                w.register::<RecomputeSegment>()
+                    .register::<SendPush>()
+                    .register::<NightlyExport>()
+                    .register::<Housekeeping>()
+            })
+            .await?;
+            Ok(())
+        }
+        Cli::Demo => {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            demo(&url).await
+        }
     }
-    let (queues, concurrency) =
-        role(&name).ok_or("role must be player_data, push, bulk, default or demo")?;
-    println!(
-        "pid {:>6} runs role {name}: queues {queues}, concurrency {concurrency}",
-        std::process::id()
-    );
-    Worker::builder(RedisBroker::connect(&url).await?)
-        .queues(queues)
-        .concurrency(concurrency)
-        .register::<RecomputeSegment>()
-        .register::<SendPush>()
-        .register::<NightlyExport>()
-        .register::<Housekeeping>()
-        .configure(|c| c.tag = name.clone())
-        .build()?
-        .run() // until SIGTERM or Ctrl-C
-        .await?;
-    Ok(())
 }
 
-/// Starts the four roles as processes, enqueues work for each, then stops them with SIGTERM.
+/// Starts the four roles as processes configured by their environment alone, enqueues work
+/// for each, then stops them with SIGTERM.
 async fn demo(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
-    let mut children: Vec<Child> = ["player_data", "push", "bulk", "default"]
+    let mut children: Vec<Child> = ROLES
         .iter()
-        .map(|role| Command::new(&exe).arg(role).env("REDIS_URL", url).spawn())
+        .map(|(tag, queues, concurrency)| {
+            Command::new(&exe)
+                .arg("worker")
+                .env("REDIS_URL", url)
+                .env("JOBQUEUE_QUEUES", queues)
+                .env("JOBQUEUE_CONCURRENCY", concurrency)
+                .env("JOBQUEUE_TAG", tag)
+                .spawn()
+        })
         .collect::<Result<_, _>>()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
