@@ -192,4 +192,12 @@ async fn a_known_workload_gives_exact_counts(b: Backend) {
     assert!((0.0..600.0).contains(&latency), "{latency}");
     assert!(gauge("jobqueue_set_size", &[("set", "dead")]).is_some());
     assert_eq!(gauge("jobqueue_concurrency", &[]), Some(4.0));
+    // The flaky job's retry came due and was moved: its lateness was measured.
+    match seen("jobqueue_scheduled_lateness_seconds", &[("set", "retry")]) {
+        Some(Seen::Histogram(late)) => {
+            assert!(!late.is_empty());
+            assert!(late.iter().all(|s| (0.0..60.0).contains(s)), "{late:?}");
+        }
+        other => panic!("no lateness for the retry set: {other:?}"),
+    }
 }

@@ -13,6 +13,7 @@
 //! | `jobqueue_queue_size` | gauge | queue | jobs waiting; sampled by one process at a time |
 //! | `jobqueue_queue_latency_seconds` | gauge | queue | age of a queue's oldest job; sampled by one process at a time |
 //! | `jobqueue_set_size` | gauge | set | jobs in the `schedule`, `retry` and `dead` sets; sampled by one process at a time |
+//! | `jobqueue_scheduled_lateness_seconds` | histogram | set | how long after its due time a scheduled (`schedule`) or retried (`retry`) job reached its queue |
 //! | `jobqueue_broker_errors_total` | counter | operation | failed broker calls of the worker's loops, each retried |
 
 use std::collections::HashMap;
@@ -68,6 +69,11 @@ pub(crate) fn describe() {
         "jobqueue_set_size",
         Unit::Count,
         "Jobs in the schedule, retry and dead sets"
+    );
+    describe_histogram!(
+        "jobqueue_scheduled_lateness_seconds",
+        Unit::Seconds,
+        "How long after its due time a scheduled or retried job reached its queue"
     );
     describe_counter!(
         "jobqueue_broker_errors_total",
@@ -188,6 +194,11 @@ pub(crate) fn queue(queue: &str, size: usize, latency: Duration) {
 
 pub(crate) fn set(set: &'static str, size: usize) {
     gauge!("jobqueue_set_size", "set" => set).set(size as f64);
+}
+
+/// How long after its due time a scheduled or retried job was moved to its queue.
+pub(crate) fn late(set: &'static str, seconds: f64) {
+    histogram!("jobqueue_scheduled_lateness_seconds", "set" => set).record(seconds.max(0.0));
 }
 
 pub(crate) fn broker_error(operation: &'static str) {

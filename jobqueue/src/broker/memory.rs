@@ -302,16 +302,16 @@ impl Broker for MemoryBroker {
         set: SortedSet,
         now: f64,
         limit: usize,
-    ) -> Result<Vec<String>, BrokerError> {
+    ) -> Result<Vec<(f64, String)>, BrokerError> {
         let mut state = self.state();
         let mut due = Vec::new();
         while due.len() < limit && state.set(set).first_score().is_some_and(|s| s <= now) {
-            if let Some((_, payload)) = state.set(set).pop_first() {
-                due.push(payload);
+            if let Some(entry) = state.set(set).pop_first() {
+                due.push(entry);
             }
         }
         let list = state.in_flight.entry(process.to_owned()).or_default();
-        for payload in &due {
+        for (_, payload) in &due {
             list.push_front(payload.clone());
         }
         Ok(due)

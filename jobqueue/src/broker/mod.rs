@@ -305,14 +305,15 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Moves up to `limit` jobs due by `now` from `set` into the in-flight list of
-    /// `process`, so that a crash before they reach their queue loses nothing.
+    /// `process`, so that a crash before they reach their queue loses nothing. Returns each
+    /// job's due time (epoch seconds) and payload.
     async fn take_due(
         &self,
         process: &str,
         set: SortedSet,
         now: f64,
         limit: usize,
-    ) -> Result<Vec<String>, BrokerError>;
+    ) -> Result<Vec<(f64, String)>, BrokerError>;
 
     /// The earliest due time in `schedule` and `retry`, if any.
     async fn next_due(&self) -> Result<Option<f64>, BrokerError>;

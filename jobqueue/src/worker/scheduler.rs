@@ -61,12 +61,16 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, BrokerError> {
     for set in [SortedSet::Retry, SortedSet::Schedule] {
         loop {
+            let taken_at = now();
             let due = shared
                 .broker
-                .take_due(&shared.identity, set, now(), DUE_BATCH)
+                .take_due(&shared.identity, set, taken_at, DUE_BATCH)
                 .await?;
+            for (at, _) in &due {
+                metrics::late(set.key(), taken_at - at);
+            }
             // Through the client middleware concurrently, then to the queues in one trip.
-            let moves = join_all(due.iter().map(|payload| async move {
+            let moves = join_all(due.iter().map(|(_, payload)| async move {
                 let to = match Envelope::parse(payload) {
                     Ok(envelope) => to_queue(shared, payload, envelope, set).await,
                     Err(e) => retry::invalid_payload(set.key(), payload, &e),

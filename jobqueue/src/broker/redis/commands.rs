@@ -166,9 +166,9 @@ impl Broker for RedisBroker {
         set: SortedSet,
         now: f64,
         limit: usize,
-    ) -> Result<Vec<String>, BrokerError> {
+    ) -> Result<Vec<(f64, String)>, BrokerError> {
         let keys = &self.inner.keys;
-        let due: Vec<Vec<u8>> = self
+        let due: Vec<(Vec<u8>, f64)> = self
             .inner
             .scripts
             .take_due
@@ -178,7 +178,10 @@ impl Broker for RedisBroker {
             .arg(limit)
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(payloads_from_bytes(due))
+        Ok(due
+            .into_iter()
+            .map(|(payload, at)| (at, payload_from_bytes(payload)))
+            .collect())
     }
 
     async fn next_due(&self) -> Result<Option<f64>, BrokerError> {
