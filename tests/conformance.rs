@@ -15,6 +15,7 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    operators_act_on_sets_queues_and_processes,
     health_follows_the_heartbeat_and_the_state,
     the_dead_set_keeps_the_newest_ten_thousand,
     the_dead_set_drops_jobs_older_than_180_days,
@@ -935,4 +936,82 @@ async fn health_follows_the_heartbeat_and_the_state(b: Backend) {
     let health = handle.health();
     assert_eq!(health.state, RunState::Stopping);
     assert!(!health.ready, "{health:?}");
+}
+
+async fn operators_act_on_sets_queues_and_processes(b: Backend) {
+    let t = jobs::token();
+    let admin = b.admin();
+    // A dead job that had failed once (retry_count 0), and a scheduled one.
+    let mut dead = Envelope::new(
+        "Note",
+        "default",
+        jobqueue::envelope::encode_args(&Note::new(&t, "dead")).unwrap(),
+    );
+    dead.record_failure("E", "boom");
+    bury(&b, vec![dead.to_json()]).await;
+    let later = b
+        .client()
+        .enqueue_in(Duration::from_secs(3600), &Note::new(&t, "later"))
+        .await
+        .unwrap();
+    let other = b
+        .client()
+        .enqueue_in(Duration::from_secs(3600), &Note::new(&t, "other"))
+        .await
+        .unwrap();
+
+    // Run the dead job now: it is back in its queue, its retry_count lowered as Sidekiq does.
+    let entry = admin
+        .find(SortedSet::Dead, &dead.jid)
+        .await
+        .unwrap()
+        .expect("in the dead set");
+    assert!(entry.matches(Some("Note"), Some("default"), Some("boo")));
+    assert!(!entry.matches(Some("Other"), None, None));
+    assert!(admin.run_now(SortedSet::Dead, &entry).await.unwrap());
+    assert!(
+        !admin.run_now(SortedSet::Dead, &entry).await.unwrap(),
+        "only once"
+    );
+    let queued =
+        Envelope::parse(&b.broker.queue_oldest("default").await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (queued.jid.as_str(), queued.retry_count),
+        (dead.jid.as_str(), Some(-1))
+    );
+
+    // Delete one scheduled job, kill the other.
+    let entry = admin
+        .find(SortedSet::Schedule, &later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(admin.delete(SortedSet::Schedule, &entry).await.unwrap());
+    let entry = admin
+        .find(SortedSet::Schedule, &other)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(admin.kill(SortedSet::Schedule, &entry).await.unwrap());
+    assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 0);
+    assert!(admin.find(SortedSet::Dead, &other).await.unwrap().is_some());
+
+    // Clear the queue.
+    assert_eq!(admin.clear("default").await.unwrap(), 1);
+    assert_eq!(admin.queue("default").await.unwrap().size, 0);
+
+    // Quiet, then stop, a running worker through the broker.
+    let h = start(b.worker().register::<Note>());
+    let identity = h.handle.identity().to_owned();
+    admin.quiet(&identity).await.unwrap();
+    eventually(LIMIT, "quiet", || async {
+        h.handle.state() == RunState::Quiet
+    })
+    .await;
+    admin.stop(&identity).await.unwrap();
+    eventually(LIMIT, "stopping", || async {
+        h.handle.state() == RunState::Stopping
+    })
+    .await;
+    h.stop().await;
 }

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::broker::{Broker, ProcessEntry, SortedSet, Stats};
+use crate::broker::{Broker, ProcessEntry, Settle, SortedSet, Stats};
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::time::{after, from_epoch};
+use crate::time::{after, from_epoch, now};
 
 /// Views of a broker's queues, sets and processes, and the pause switch of each queue.
 #[derive(Clone)]
@@ -35,6 +35,26 @@ pub struct SetEntry {
     pub at: SystemTime,
     /// The job, or the raw text when it does not parse.
     pub job: Result<Envelope, String>,
+    /// The payload exactly as stored, which identifies the entry.
+    pub payload: String,
+}
+
+impl SetEntry {
+    /// The job id, when the payload is a job.
+    pub fn jid(&self) -> Option<&str> {
+        self.job.as_ref().ok().map(|job| job.jid.as_str())
+    }
+
+    /// Whether the job's class and queue are these (when given) and its error message
+    /// contains `error` (when given).
+    pub fn matches(&self, class: Option<&str>, queue: Option<&str>, error: Option<&str>) -> bool {
+        let Ok(job) = &self.job else {
+            return class.is_none() && queue.is_none() && error.is_none();
+        };
+        class.is_none_or(|c| job.class == c)
+            && queue.is_none_or(|q| job.queue == q)
+            && error.is_none_or(|e| job.error_message.as_deref().is_some_and(|m| m.contains(e)))
+    }
 }
 
 impl Admin {
@@ -88,9 +108,85 @@ impl Admin {
             .into_iter()
             .map(|(at, payload)| SetEntry {
                 at: from_epoch(at),
-                job: Envelope::parse(&payload).map_err(|_| payload),
+                job: Envelope::parse(&payload).map_err(|_| payload.clone()),
+                payload,
             })
             .collect())
+    }
+
+    /// Every job of `set`, earliest first.
+    pub async fn all_entries(&self, set: SortedSet) -> Result<Vec<SetEntry>, Error> {
+        const PAGE: usize = 500;
+        let mut all = Vec::new();
+        loop {
+            let page = self.set_entries(set, all.len(), PAGE).await?;
+            let done = page.len() < PAGE;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// The job `jid` in `set`, if it is there.
+    pub async fn find(&self, set: SortedSet, jid: &str) -> Result<Option<SetEntry>, Error> {
+        Ok(self
+            .all_entries(set)
+            .await?
+            .into_iter()
+            .find(|e| e.jid() == Some(jid)))
+    }
+
+    /// Sends `entry` of `set` to its queue now, as Sidekiq's "Retry Now" and "Add to
+    /// queue" do (a retried job's `retry_count` goes down by one, as Sidekiq's does).
+    /// Returns whether it was still there.
+    pub async fn run_now(&self, set: SortedSet, entry: &SetEntry) -> Result<bool, Error> {
+        let Ok(job) = &entry.job else {
+            return Ok(false);
+        };
+        let mut job = job.clone();
+        if set != SortedSet::Schedule {
+            job.retry_count = job.retry_count.map(|n| n - 1);
+        }
+        job.enqueued_at = Some(now());
+        let to = Settle::Queue {
+            queue: job.queue.clone(),
+            payload: job.to_json(),
+            front: false,
+        };
+        Ok(self.broker.move_entry(set, &entry.payload, to).await?)
+    }
+
+    /// Deletes `entry` of `set`. Returns whether it was still there.
+    pub async fn delete(&self, set: SortedSet, entry: &SetEntry) -> Result<bool, Error> {
+        Ok(self
+            .broker
+            .move_entry(set, &entry.payload, Settle::Discard)
+            .await?)
+    }
+
+    /// Moves `entry` of `set` to the dead set, as Sidekiq's "Kill" does. Returns whether it
+    /// was still there.
+    pub async fn kill(&self, set: SortedSet, entry: &SetEntry) -> Result<bool, Error> {
+        let to = Settle::Dead {
+            payload: entry.payload.clone(),
+        };
+        Ok(self.broker.move_entry(set, &entry.payload, to).await?)
+    }
+
+    /// Quiets the process `identity` at its next heartbeat: it takes no new jobs.
+    pub async fn quiet(&self, identity: &str) -> Result<(), Error> {
+        Ok(self.broker.signal(identity, "TSTP").await?)
+    }
+
+    /// Stops the process `identity` gracefully at its next heartbeat.
+    pub async fn stop(&self, identity: &str) -> Result<(), Error> {
+        Ok(self.broker.signal(identity, "TERM").await?)
+    }
+
+    /// Removes every job waiting in `queue`; returns how many there were.
+    pub async fn clear(&self, queue: &str) -> Result<usize, Error> {
+        Ok(self.broker.clear(queue).await?)
     }
 
     /// The processes with a live heartbeat.

@@ -82,6 +82,10 @@ impl ScoredSet {
         self.ordered.insert((Score(score), member));
     }
 
+    fn contains(&self, member: &str) -> bool {
+        self.scores.contains_key(member)
+    }
+
     fn remove(&mut self, member: &str) {
         if let Some(score) = self.scores.remove(member) {
             self.ordered.remove(&(score, member.to_owned()));
@@ -119,6 +123,35 @@ impl ScoredSet {
 }
 
 impl State {
+    /// Carries out a settle's placement; returns whether it woke fetchers and the scheduler.
+    fn place(&mut self, placement: Placement<'_>) -> (bool, bool) {
+        match placement {
+            Placement::Queue {
+                queue,
+                payload,
+                front,
+            } => {
+                self.push_queue(queue, payload.to_owned(), front);
+                (true, false)
+            }
+            Placement::Set {
+                set,
+                payload,
+                score,
+            } => {
+                self.set(set).add(score, payload.to_owned());
+                if set == SortedSet::Dead {
+                    let (before, keep) = dead_trim(score);
+                    self.dead.trim(before, keep);
+                    (false, false)
+                } else {
+                    (false, true)
+                }
+            }
+            Placement::Nowhere => (false, false),
+        }
+    }
+
     fn set(&mut self, set: SortedSet) -> &mut ScoredSet {
         match set {
             SortedSet::Schedule => &mut self.schedule,
@@ -159,15 +192,6 @@ impl MemoryBroker {
         // A panic while holding the lock cannot leave the state half-written: every
         // operation below completes its changes without calling out.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sends a signal (`TSTP` or `TERM`) to a process, as Sidekiq's Web UI does.
-    pub fn signal(&self, identity: &str, signal: &str) {
-        self.state()
-            .signals
-            .entry(identity.to_owned())
-            .or_default()
-            .push_front(signal.to_owned());
     }
 }
 
@@ -266,30 +290,9 @@ impl Broker for MemoryBroker {
                 if !removed {
                     continue;
                 }
-                match to.placement(now()) {
-                    Placement::Queue {
-                        queue,
-                        payload,
-                        front,
-                    } => {
-                        state.push_queue(queue, payload.to_owned(), front);
-                        queued = true;
-                    }
-                    Placement::Set {
-                        set,
-                        payload,
-                        score,
-                    } => {
-                        state.set(set).add(score, payload.to_owned());
-                        if set == SortedSet::Dead {
-                            let (before, keep) = dead_trim(score);
-                            state.dead.trim(before, keep);
-                        } else {
-                            scheduled = true;
-                        }
-                    }
-                    Placement::Nowhere => {}
-                }
+                let (q, s) = state.place(to.placement(now()));
+                queued |= q;
+                scheduled |= s;
             }
         }
         self.hub.wake(queued, scheduled);
@@ -533,6 +536,41 @@ impl Broker for MemoryBroker {
             }
         }
         Ok(false)
+    }
+
+    async fn signal(&self, identity: &str, signal: &str) -> Result<(), BrokerError> {
+        self.state()
+            .signals
+            .entry(identity.to_owned())
+            .or_default()
+            .push_front(signal.to_owned());
+        Ok(())
+    }
+
+    async fn move_entry(
+        &self,
+        set: SortedSet,
+        payload: &str,
+        to: Settle,
+    ) -> Result<bool, BrokerError> {
+        let (queued, scheduled) = {
+            let mut state = self.state();
+            if !state.set(set).contains(payload) {
+                return Ok(false);
+            }
+            state.set(set).remove(payload);
+            state.place(to.placement(now()))
+        };
+        self.hub.wake(queued, scheduled);
+        Ok(true)
+    }
+
+    async fn clear(&self, queue: &str) -> Result<usize, BrokerError> {
+        Ok(self
+            .state()
+            .queues
+            .get_mut(queue)
+            .map_or(0, |list| list.drain(..).count()))
     }
 
     fn subscribe(&self) -> Arc<Wakeups> {

@@ -395,6 +395,22 @@ pub trait Broker: Send + Sync + 'static {
     /// A handle woken when jobs are pushed or scheduled, so workers need not poll.
     fn subscribe(&self) -> Arc<Wakeups>;
 
+    /// Sends a signal to a process, read at its next heartbeat, as Sidekiq's API does:
+    /// `TSTP` quiets it, `TERM` stops it.
+    async fn signal(&self, identity: &str, signal: &str) -> Result<(), BrokerError>;
+
+    /// Moves the job `payload` (exactly as stored) out of `set` to where `to` says: a
+    /// queue, the dead set, or nowhere. Returns whether it was there.
+    async fn move_entry(
+        &self,
+        set: SortedSet,
+        payload: &str,
+        to: Settle,
+    ) -> Result<bool, BrokerError>;
+
+    /// Removes every job waiting in `queue`; returns how many there were.
+    async fn clear(&self, queue: &str) -> Result<usize, BrokerError>;
+
     /// Asks to be woken (through [`Broker::subscribe`]'s handle) at the next change to
     /// `queues` or to the list of queues, and with `sets` to the schedule and retry sets,
     /// by any producer, including one that does not notify (Ruby Sidekiq's client, a plain

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 
 use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
+use super::keys::Keys;
 use super::RedisBroker;
 use crate::broker::{
     dead_trim, Broker, Fetched, Heartbeat, Orphans, Placement, ProcessEntry, Push, Settle,
@@ -121,35 +122,7 @@ impl Broker for RedisBroker {
             .arg(&keys.wake);
         let now = now();
         for (original, to) in moves {
-            // The script's four arguments per move; `target` is the queue's name (to list
-            // it in `queues`) or the score.
-            let (op, dest, stored, target) = match to.placement(now) {
-                Placement::Queue {
-                    queue,
-                    payload,
-                    front,
-                } => (
-                    if front { "rpush" } else { "lpush" },
-                    keys.queue(queue),
-                    payload,
-                    queue.to_owned(),
-                ),
-                Placement::Set {
-                    set,
-                    payload,
-                    score,
-                } => (
-                    if set == SortedSet::Dead {
-                        "dead"
-                    } else {
-                        "zadd"
-                    },
-                    keys.set(set),
-                    payload,
-                    score.to_string(),
-                ),
-                Placement::Nowhere => ("discard", keys.set(SortedSet::Dead), "", String::new()),
-            };
+            let (op, dest, stored, target) = script_args(keys, to.placement(now));
             call.key(dest)
                 .arg(payload_bytes(original).as_ref())
                 .arg(op)
@@ -552,7 +525,95 @@ impl Broker for RedisBroker {
         self.inner.tracker.arm(watched).await
     }
 
+    async fn signal(&self, identity: &str, signal: &str) -> Result<(), BrokerError> {
+        let key = format!("{}-signals", self.inner.keys.plain(identity));
+        redis::pipe()
+            .atomic()
+            .lpush(&key, signal)
+            .ignore()
+            .expire(&key, 60)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn move_entry(
+        &self,
+        set: SortedSet,
+        payload: &str,
+        to: Settle,
+    ) -> Result<bool, BrokerError> {
+        let keys = &self.inner.keys;
+        let (dead_before, dead_keep) = dead_trim(now());
+        let (op, dest, stored, target) = script_args(keys, to.placement(now()));
+        let moved: i64 = self
+            .inner
+            .scripts
+            .move_entry
+            .key(keys.set(set))
+            .key(dest)
+            .key(&keys.queues)
+            .arg(payload_bytes(payload).as_ref())
+            .arg(op)
+            .arg(stored)
+            .arg(target)
+            .arg(dead_before)
+            .arg(dead_keep)
+            .arg(&keys.wake)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(moved == 1)
+    }
+
+    async fn clear(&self, queue: &str) -> Result<usize, BrokerError> {
+        let key = self.inner.keys.queue(queue);
+        let (len, _): (usize, i64) = redis::pipe()
+            .atomic()
+            .llen(&key)
+            .del(&key)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(len)
+    }
+
     fn subscribe(&self) -> Arc<Wakeups> {
         self.inner.hub.subscribe()
+    }
+}
+
+/// A settle's placement as the settle and move scripts take it: the operation, its
+/// destination key, the payload to store, and the `target` (the queue's name, to list it
+/// in `queues`, or the score).
+fn script_args<'a>(
+    keys: &Keys,
+    placement: Placement<'a>,
+) -> (&'static str, String, &'a str, String) {
+    match placement {
+        Placement::Queue {
+            queue,
+            payload,
+            front,
+        } => (
+            if front { "rpush" } else { "lpush" },
+            keys.queue(queue),
+            payload,
+            queue.to_owned(),
+        ),
+        Placement::Set {
+            set,
+            payload,
+            score,
+        } => (
+            if set == SortedSet::Dead {
+                "dead"
+            } else {
+                "zadd"
+            },
+            keys.set(set),
+            payload,
+            score.to_string(),
+        ),
+        Placement::Nowhere => ("discard", keys.set(SortedSet::Dead), "", String::new()),
     }
 }

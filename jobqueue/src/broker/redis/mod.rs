@@ -36,6 +36,7 @@ struct Scripts {
     lock: Script,
     unlock: Script,
     remove_job: Script,
+    move_entry: Script,
 }
 
 /// A broker on a Redis server, compatible with Sidekiq's keys and payloads.
@@ -114,6 +115,7 @@ impl RedisBroker {
                     lock: Script::new(include_str!("lua/lock.lua")),
                     unlock: Script::new(include_str!("lua/unlock.lua")),
                     remove_job: Script::new(include_str!("lua/remove_job.lua")),
+                    move_entry: Script::new(include_str!("lua/move_entry.lua")),
                 },
                 hub,
                 tracker,
