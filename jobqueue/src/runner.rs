@@ -188,19 +188,9 @@ fn read_file(path: &Path) -> Result<File, Error> {
     })
 }
 
-/// `500ms`, `25s`, `2m`, `1h`.
+/// `500ms`, `25s`, `2m`, `1h 30m`: a number and a unit is required.
 fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
-        _ => None,
-    }
+    humantime::parse_duration(text.trim()).ok()
 }
 
 /// Connects to the configured Redis and runs a worker with the job types `register` adds,
@@ -278,6 +268,6 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("25"), None);
         assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_duration("3 days"), None);
+        assert_eq!(parse_duration("3 fortnights"), None);
     }
 }

@@ -1,0 +1,301 @@
+//! The `jobqueue` command run as a process against a private Redis: every subcommand, its
+//! output, its exit codes, and state written by Ruby Sidekiq.
+
+#[allow(dead_code)]
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use redis_server::RedisServer;
+use serde_json::{json, Value};
+
+/// Runs `jobqueue ARGS` against `url`, with no terminal on its input.
+fn jobqueue(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jobqueue"))
+        .arg("--redis")
+        .arg(url)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the jobqueue command")
+}
+
+fn ok(url: &str, args: &[&str]) -> String {
+    let out = jobqueue(url, args);
+    assert!(
+        out.status.success(),
+        "jobqueue {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json_of(url: &str, args: &[&str]) -> Value {
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    serde_json::from_str(ok(url, &with_json).trim()).unwrap()
+}
+
+fn redis(url: &str, args: &[&str]) -> redis::Value {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut conn).unwrap()
+}
+
+/// A Sidekiq-format job, as any producer writes it.
+fn job(jid: &str, class: &str, queue: &str, error: Option<&str>) -> String {
+    let mut job = json!({
+        "class": class, "queue": queue, "args": [1], "jid": jid, "retry": true,
+        "created_at": 1_700_000_000.0, "enqueued_at": 1_700_000_000.0,
+    });
+    if let Some(error) = error {
+        job["error_class"] = json!("RuntimeError");
+        job["error_message"] = json!(error);
+        job["retry_count"] = json!(0);
+        job["failed_at"] = json!(1_700_000_000.0);
+    }
+    job.to_string()
+}
+
+#[test]
+fn every_subcommand_against_a_private_redis() {
+    let server = RedisServer::start();
+    let url = server.url();
+    for i in 0..2 {
+        redis(&url, &["SADD", "queues", "mail"]);
+        redis(
+            &url,
+            &[
+                "LPUSH",
+                "queue:mail",
+                &job(&format!("mail{i}"), "Mailer", "mail", None),
+            ],
+        );
+    }
+    redis(
+        &url,
+        &[
+            "ZADD",
+            "dead",
+            "1700000100",
+            &job("dead1", "Boom", "mail", Some("exploded")),
+        ],
+    );
+    redis(
+        &url,
+        &[
+            "ZADD",
+            "dead",
+            "1700000200",
+            &job("dead2", "Fizz", "mail", Some("fizzled")),
+        ],
+    );
+    redis(
+        &url,
+        &[
+            "ZADD",
+            "retry",
+            "4000000000",
+            &job("retry1", "Flaky", "mail", Some("503")),
+        ],
+    );
+    redis(
+        &url,
+        &[
+            "ZADD",
+            "schedule",
+            "4000000000",
+            &job("later1", "Mailer", "mail", None),
+        ],
+    );
+
+    let stats = json_of(&url, &["stats"]);
+    assert_eq!(stats["enqueued"], 2);
+    assert_eq!(
+        (
+            stats["dead"].clone(),
+            stats["retries"].clone(),
+            stats["scheduled"].clone()
+        ),
+        (json!(2), json!(1), json!(1))
+    );
+
+    let table = ok(&url, &["queues"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("mail") && l.contains(" 2 ")),
+        "{table}"
+    );
+
+    // Lists, filters, one job whole, and a job that is not there.
+    let dead = json_of(&url, &["dead", "list", "--class", "Boom"]);
+    assert_eq!(dead.as_array().unwrap().len(), 1);
+    assert_eq!(dead[0]["job"]["jid"], "dead1");
+    let by_error = json_of(&url, &["dead", "list", "--error", "fizz"]);
+    assert_eq!(by_error[0]["job"]["jid"], "dead2");
+    let shown = json_of(&url, &["dead", "show", "dead1"]);
+    assert_eq!(shown["job"]["error_message"], "exploded");
+    let missing = jobqueue(&url, &["dead", "show", "nope"]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("dead list"));
+
+    // Retry one dead job now: back in its queue, retry_count lowered as Sidekiq does.
+    ok(&url, &["dead", "retry", "dead1"]);
+    let queues = json_of(&url, &["queues"]);
+    assert_eq!(queues[0]["size"], 3);
+    let head: String = match redis(&url, &["LINDEX", "queue:mail", "0"]) {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let head: Value = serde_json::from_str(&head).unwrap();
+    assert_eq!(
+        (head["jid"].clone(), head["retry_count"].clone()),
+        (json!("dead1"), json!(-1))
+    );
+
+    // A bulk action needs a confirmation; without a terminal that is --yes.
+    let refused = jobqueue(&url, &["dead", "delete", "--all"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    assert_eq!(json_of(&url, &["stats"])["dead"], 1);
+    ok(&url, &["dead", "delete", "--all", "--yes"]);
+    assert_eq!(json_of(&url, &["stats"])["dead"], 0);
+
+    ok(&url, &["retries", "kill", "retry1"]);
+    assert_eq!(json_of(&url, &["stats"])["dead"], 1);
+    ok(
+        &url,
+        &["scheduled", "retry", "--all", "--class", "Mailer", "--yes"],
+    );
+    assert_eq!(json_of(&url, &["queues"])[0]["size"], 4);
+
+    // Pause for a while, resume, clear.
+    ok(&url, &["pause", "mail", "--for", "10m"]);
+    let paused = json_of(&url, &["queues"]);
+    assert_eq!(paused[0]["paused"], true);
+    assert!(paused[0]["paused_until"].as_f64().unwrap() > 1.7e9);
+    ok(&url, &["resume", "mail"]);
+    assert_eq!(json_of(&url, &["queues"])[0]["paused"], false);
+    assert_eq!(jobqueue(&url, &["clear", "mail"]).status.code(), Some(2));
+    ok(&url, &["clear", "mail", "--yes"]);
+    assert_eq!(json_of(&url, &["queues"])[0]["size"], 0);
+
+    // Enqueue a job by class name.
+    let jid = ok(
+        &url,
+        &["enqueue", "Report", "--queue", "reports", "--args", "[7]"],
+    );
+    assert_eq!(jid.trim().len(), 24);
+    let reports = json_of(&url, &["queues"]);
+    let reports = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "reports")
+        .unwrap();
+    assert_eq!(reports["size"], 1);
+    assert_eq!(
+        jobqueue(&url, &["enqueue", "Report", "--args", "{"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // An unknown process, and a Redis that is not there.
+    assert_eq!(
+        jobqueue(&url, &["quiet", "nobody:1:2"]).status.code(),
+        Some(3)
+    );
+    let port = redis_server::free_port();
+    let down = jobqueue(&format!("redis://127.0.0.1:{port}"), &["stats"]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr)
+        .to_lowercase()
+        .contains("refused"));
+}
+
+const RUBY_STATE: &str = r#"
+require "sidekiq"
+require "sidekiq/api"
+Sidekiq.configure_client { |c| c.redis = { url: ENV.fetch("REDIS_URL") } }
+Sidekiq::Client.push("class" => "RubyMailer", "queue" => "ruby_mail", "args" => ["hi"])
+Sidekiq::Client.push("class" => "RubyMailer", "queue" => "ruby_mail", "args" => ["later"], "at" => Time.now.to_f + 3600)
+Sidekiq::DeadSet.new.kill(Sidekiq.dump_json("class" => "RubyMailer", "queue" => "ruby_mail", "args" => ["dead"],
+  "jid" => "rubydead0000000000000001", "error_message" => "smtp down", "error_class" => "Net::SMTPError"))
+"#;
+
+const RUBY_WORKER: &str = r#"
+require "sidekiq"
+class RubyMailer
+  include Sidekiq::Worker
+  def perform(*) = nil
+end
+"#;
+
+#[test]
+fn state_written_by_ruby_sidekiq() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let pushed = Command::new("ruby")
+        .args(["-e", RUBY_STATE])
+        .env("REDIS_URL", &url)
+        .stderr(Stdio::null())
+        .status()
+        .expect("Ruby Sidekiq is missing: apt-get install ruby-sidekiq (scripts/test does)");
+    assert!(pushed.success());
+
+    let queues = json_of(&url, &["queues"]);
+    assert_eq!(queues[0]["name"], "ruby_mail");
+    assert_eq!(queues[0]["size"], 1);
+    let scheduled = json_of(&url, &["scheduled", "list"]);
+    assert_eq!(scheduled[0]["job"]["args"], json!(["later"]));
+    let dead = json_of(&url, &["dead", "list", "--error", "smtp"]);
+    assert_eq!(dead[0]["job"]["jid"], "rubydead0000000000000001");
+
+    // A Ruby Sidekiq process: listed, and quieted through its signals list.
+    let dir = std::env::temp_dir().join(format!("jobqueue-cli-{}", redis_server::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let worker_file = dir.join("worker.rb");
+    std::fs::write(&worker_file, RUBY_WORKER).unwrap();
+    let mut sidekiq = Command::new("sidekiq")
+        .args(["-q", "elsewhere", "-c", "1", "-r"])
+        .arg(&worker_file)
+        .env("REDIS_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start Ruby Sidekiq");
+    let started = Instant::now();
+    let identity = loop {
+        let processes = json_of(&url, &["processes"]);
+        if let Some(p) = processes.as_array().unwrap().first() {
+            break p["identity"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "Sidekiq never registered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ok(&url, &["quiet", &identity]);
+    let quieted = loop {
+        let processes = json_of(&url, &["processes"]);
+        if processes[0]["quiet"] == true {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = Command::new("kill").arg(sidekiq.id().to_string()).status();
+    let _ = sidekiq.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(quieted, "the Ruby process went quiet");
+}
