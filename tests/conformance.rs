@@ -15,6 +15,7 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    periodic_schedules_are_published_with_their_next_tick,
     operators_act_on_sets_queues_and_processes,
     health_follows_the_heartbeat_and_the_state,
     the_dead_set_keeps_the_newest_ten_thousand,
@@ -1014,4 +1015,31 @@ async fn operators_act_on_sets_queues_and_processes(b: Backend) {
     })
     .await;
     h.stop().await;
+}
+
+async fn periodic_schedules_are_published_with_their_next_tick(b: Backend) {
+    let hourly = jobqueue::schedule::Periodic::every(
+        "hourly-report",
+        Duration::from_secs(3600),
+        &Note::new("periodic", "hourly"),
+    )
+    .unwrap();
+    let h = start(b.worker().periodic(hourly));
+    let admin = b.admin();
+    eventually(LIMIT, "the schedule was published", || async {
+        !admin.periodic().await.unwrap().is_empty()
+    })
+    .await;
+    h.stop().await;
+    let published = admin.periodic().await.unwrap();
+    let report = &published[0];
+    assert_eq!(report["name"], "hourly-report");
+    assert_eq!(report["class"], "Note");
+    assert_eq!(report["queue"], "default");
+    let next = report["next_tick"].as_f64().unwrap();
+    assert!(next > now() && next <= now() + 3600.0, "{report}");
+    assert!(
+        report["schedule"].as_str().unwrap().contains("3600"),
+        "{report}"
+    );
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+use indicatif::ProgressBar;
 use jobqueue::admin::SetEntry;
 use jobqueue::{Admin, Client, Envelope, RedisBroker, RedisConfig, SortedSet};
 use serde_json::{json, Value};
@@ -73,6 +74,8 @@ enum Command {
         #[arg(long = "in", value_parser = humantime::parse_duration)]
         delay: Option<Duration>,
     },
+    /// The periodic schedules workers run, with their next tick.
+    Periodic,
     /// Jobs waiting for a retry.
     Retries(SetCommand),
     /// Jobs scheduled for later.
@@ -234,6 +237,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Periodic => periodic(&admin, &out).await,
         Command::Retries(c) => set(&admin, &out, SortedSet::Retry, c.action).await,
         Command::Scheduled(c) => set(&admin, &out, SortedSet::Schedule, c.action).await,
         Command::Dead(c) => set(&admin, &out, SortedSet::Dead, c.action).await,
@@ -373,6 +377,34 @@ async fn processes(admin: &Admin, out: &Out) -> Result<(), Failure> {
     Ok(())
 }
 
+async fn periodic(admin: &Admin, out: &Out) -> Result<(), Failure> {
+    let schedules = admin.periodic().await?;
+    let now = seconds(SystemTime::now());
+    let rows = schedules
+        .iter()
+        .map(|s| {
+            let text = |key: &str| s[key].as_str().unwrap_or_default().to_owned();
+            let next = s["next_tick"]
+                .as_f64()
+                .map(|t| format!("in {:.0}s", (t - now).max(0.0)))
+                .unwrap_or_default();
+            vec![
+                text("name"),
+                text("schedule"),
+                text("class"),
+                text("queue"),
+                next,
+            ]
+        })
+        .collect();
+    out.table(
+        &["name", "schedule", "class", "queue", "next tick"],
+        rows,
+        Value::Array(schedules),
+    );
+    Ok(())
+}
+
 async fn known_process(admin: &Admin, identity: &str) -> Result<(), Failure> {
     if admin
         .processes()
@@ -472,6 +504,12 @@ async fn act(
             entries
         }
     };
+    // A progress bar on a terminal, for long bulk actions; nothing for scripts.
+    let progress = if std::io::stderr().is_terminal() && entries.len() > 1 {
+        ProgressBar::new(entries.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     let mut done = 0;
     for entry in &entries {
         let moved = match act {
@@ -480,7 +518,9 @@ async fn act(
             Act::Kill => admin.kill(set, entry).await?,
         };
         done += usize::from(moved);
+        progress.inc(1);
     }
+    progress.finish_and_clear();
     let verb = match act {
         Act::Retry => "sent to their queue",
         Act::Delete => "deleted",

@@ -299,3 +299,59 @@ fn state_written_by_ruby_sidekiq() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(quieted, "the Ruby process went quiet");
 }
+
+/// The argument of the periodic job the next test's worker publishes.
+#[derive(serde::Serialize, serde::Deserialize, jobqueue::Job)]
+#[job(queue = "reports")]
+struct NightlyReport {
+    kind: String,
+}
+
+#[test]
+fn periodic_schedules_with_their_next_tick() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = rt.block_on(jobqueue::RedisBroker::connect(&url)).unwrap();
+    let nightly = jobqueue::schedule::Periodic::cron(
+        "nightly-report",
+        "0 3 * * *",
+        jobqueue::chrono_tz::UTC,
+        &NightlyReport {
+            kind: "sales".into(),
+        },
+    )
+    .unwrap();
+    let worker = jobqueue::Worker::builder(broker)
+        .periodic(nightly)
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let task = rt.spawn(worker.run_until(std::future::pending()));
+    let started = Instant::now();
+    let listed = loop {
+        let listed = json_of(&url, &["periodic"]);
+        if !listed.as_array().unwrap().is_empty() {
+            break listed;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never published"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed[0]["name"], "nightly-report");
+    assert_eq!(listed[0]["queue"], "reports");
+    assert!(listed[0]["schedule"]
+        .as_str()
+        .unwrap()
+        .contains("0 3 * * *"));
+    assert!(listed[0]["next_tick"].as_f64().unwrap() > 1.7e9);
+    let table = ok(&url, &["periodic"]);
+    assert!(
+        table.contains("nightly-report") && table.contains("in "),
+        "{table}"
+    );
+    handle.shutdown();
+    rt.block_on(task).unwrap().unwrap();
+}

@@ -184,6 +184,18 @@ impl Admin {
         Ok(self.broker.signal(identity, "TERM").await?)
     }
 
+    /// The periodic schedules worker processes have published: each one's name, schedule,
+    /// class, queue, next tick and when it was last published, as JSON.
+    pub async fn periodic(&self) -> Result<Vec<serde_json::Value>, Error> {
+        Ok(self
+            .broker
+            .periodic()
+            .await?
+            .into_iter()
+            .filter_map(|(_, description)| serde_json::from_str(&description).ok())
+            .collect())
+    }
+
     /// Removes every job waiting in `queue`; returns how many there were.
     pub async fn clear(&self, queue: &str) -> Result<usize, Error> {
         Ok(self.broker.clear(queue).await?)

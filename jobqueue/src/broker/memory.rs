@@ -36,6 +36,7 @@ struct State {
     fetchers: BTreeSet<String>,
     processes: HashMap<String, LiveProcess>,
     signals: HashMap<String, VecDeque<String>>,
+    periodic: HashMap<String, String>,
     stats: Stats,
     locks: HashMap<String, (String, Instant)>,
     /// Paused queues and when each resumes by itself (epoch seconds; infinite: never).
@@ -563,6 +564,25 @@ impl Broker for MemoryBroker {
         };
         self.hub.wake(queued, scheduled);
         Ok(true)
+    }
+
+    async fn publish_periodic(&self, schedules: &[(String, String)]) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        for (name, description) in schedules {
+            state.periodic.insert(name.clone(), description.clone());
+        }
+        Ok(())
+    }
+
+    async fn periodic(&self) -> Result<Vec<(String, String)>, BrokerError> {
+        let mut all: Vec<_> = self
+            .state()
+            .periodic
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort();
+        Ok(all)
     }
 
     async fn clear(&self, queue: &str) -> Result<usize, BrokerError> {

@@ -411,6 +411,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes every job waiting in `queue`; returns how many there were.
     async fn clear(&self, queue: &str) -> Result<usize, BrokerError>;
 
+    /// Publishes periodic schedules (name, description as JSON) for operators' tools.
+    async fn publish_periodic(&self, schedules: &[(String, String)]) -> Result<(), BrokerError>;
+
+    /// The periodic schedules published so far (name, description as JSON).
+    async fn periodic(&self) -> Result<Vec<(String, String)>, BrokerError>;
+
     /// Asks to be woken (through [`Broker::subscribe`]'s handle) at the next change to
     /// `queues` or to the list of queues, and with `sets` to the schedule and retry sets,
     /// by any producer, including one that does not notify (Ruby Sidekiq's client, a plain

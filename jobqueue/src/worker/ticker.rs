@@ -57,6 +57,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+        if let Err(e) = publish(&shared, now).await {
+            tracing::debug!("publishing the periodic schedules: {e}");
+        }
         let next = shared
             .periodic
             .iter()
@@ -71,6 +74,26 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             _ = state.changed() => {}
         }
     }
+}
+
+/// Publishes this process's schedules with their next tick, for operators' tools.
+async fn publish(shared: &Shared, now: DateTime<Utc>) -> Result<(), Error> {
+    let schedules: Vec<(String, String)> = shared
+        .periodic
+        .iter()
+        .map(|p| {
+            let description = serde_json::json!({
+                "name": p.name,
+                "schedule": p.describe(),
+                "class": p.class,
+                "queue": p.options.queue,
+                "next_tick": p.next_tick(now).map(|t| t.timestamp_millis() as f64 / 1000.0),
+                "published_at": now.timestamp_millis() as f64 / 1000.0,
+            });
+            (p.name.clone(), description.to_string())
+        })
+        .collect();
+    Ok(shared.broker.publish_periodic(&schedules).await?)
 }
 
 /// Enqueues the latest tick in `(from, until]`, if any, once: a process coming back after

@@ -566,6 +566,21 @@ impl Broker for RedisBroker {
         Ok(moved == 1)
     }
 
+    async fn publish_periodic(&self, schedules: &[(String, String)]) -> Result<(), BrokerError> {
+        if schedules.is_empty() {
+            return Ok(());
+        }
+        let key = self.inner.keys.plain("jobqueue:periodic");
+        let _: () = self.conn().hset_multiple(&key, schedules).await?;
+        Ok(())
+    }
+
+    async fn periodic(&self) -> Result<Vec<(String, String)>, BrokerError> {
+        let key = self.inner.keys.plain("jobqueue:periodic");
+        let all: BTreeMap<String, String> = self.conn().hgetall(&key).await?;
+        Ok(all.into_iter().collect())
+    }
+
     async fn clear(&self, queue: &str) -> Result<usize, BrokerError> {
         let key = self.inner.keys.queue(queue);
         let (len, _): (usize, i64) = redis::pipe()
