@@ -86,7 +86,7 @@ fn gauge(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     }
 }
 
-async fn a_known_workload_gives_exact_counts(b: Backend) {
+async fn a_known_workload_gives_exact_counts(mut b: Backend) {
     recorder();
     let kind = if b.server.is_some() {
         "redis"
@@ -192,6 +192,21 @@ async fn a_known_workload_gives_exact_counts(b: Backend) {
     assert!((0.0..600.0).contains(&latency), "{latency}");
     assert!(gauge("jobqueue_set_size", &[("set", "dead")]).is_some());
     assert_eq!(gauge("jobqueue_concurrency", &[]), Some(4.0));
+    // A Redis restart: the wake-up and tracking connections come back, and say so.
+    if let Some(server) = b.server.as_mut() {
+        server.restart();
+        eventually(LIMIT, "both connections came back", || async {
+            count(
+                "jobqueue_broker_reconnects_total",
+                &[("connection", "wake")],
+            ) >= 1
+                && count(
+                    "jobqueue_broker_reconnects_total",
+                    &[("connection", "tracking")],
+                ) >= 1
+        })
+        .await;
+    }
     // The flaky job's retry came due and was moved: its lateness was measured.
     match seen("jobqueue_scheduled_lateness_seconds", &[("set", "retry")]) {
         Some(Seen::Histogram(late)) => {

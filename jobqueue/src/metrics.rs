@@ -15,6 +15,7 @@
 //! | `jobqueue_set_size` | gauge | set | jobs in the `schedule`, `retry` and `dead` sets; sampled by one process at a time |
 //! | `jobqueue_scheduled_lateness_seconds` | histogram | set | how long after its due time a scheduled (`schedule`) or retried (`retry`) job reached its queue |
 //! | `jobqueue_broker_errors_total` | counter | operation | failed broker calls of the worker's loops, each retried |
+//! | `jobqueue_broker_reconnects_total` | counter | connection | reconnections of the Redis wake-up (`wake`) and key-tracking (`tracking`) connections after they dropped |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,11 @@ pub(crate) fn describe() {
         "jobqueue_scheduled_lateness_seconds",
         Unit::Seconds,
         "How long after its due time a scheduled or retried job reached its queue"
+    );
+    describe_counter!(
+        "jobqueue_broker_reconnects_total",
+        Unit::Count,
+        "Reconnections of the broker's wake-up and tracking connections"
     );
     describe_counter!(
         "jobqueue_broker_errors_total",
@@ -199,6 +205,11 @@ pub(crate) fn set(set: &'static str, size: usize) {
 /// How long after its due time a scheduled or retried job was moved to its queue.
 pub(crate) fn late(set: &'static str, seconds: f64) {
     histogram!("jobqueue_scheduled_lateness_seconds", "set" => set).record(seconds.max(0.0));
+}
+
+/// A connection of the broker's came back after it dropped.
+pub(crate) fn reconnected(connection: &'static str) {
+    counter!("jobqueue_broker_reconnects_total", "connection" => connection).increment(1);
 }
 
 pub(crate) fn broker_error(operation: &'static str) {

@@ -14,6 +14,7 @@ use redis::{AsyncConnectionConfig, PushKind, Value};
 use tokio::sync::mpsc;
 
 use crate::error::BrokerError;
+use crate::metrics;
 
 use super::super::{backoff, WakeupHub, MAX_BACKOFF};
 
@@ -21,10 +22,14 @@ use super::super::{backoff, WakeupHub, MAX_BACKOFF};
 /// connection drops, waking everyone since a message may have been missed meanwhile.
 pub(super) async fn listen(client: redis::Client, channel: String, hub: Arc<WakeupHub>) {
     let mut delays = backoff();
+    let mut connected_before = false;
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
                 if pubsub.subscribe(&channel).await.is_ok() {
+                    if std::mem::replace(&mut connected_before, true) {
+                        metrics::reconnected("wake");
+                    }
                     delays = backoff();
                     hub.wake(true, true);
                     let mut messages = pubsub.on_message();
@@ -113,6 +118,7 @@ pub(super) async fn track(
     hub: Arc<WakeupHub>,
 ) {
     let mut delays = backoff();
+    let mut connected_before = false;
     loop {
         let (pushes, mut received) = mpsc::unbounded_channel();
         let config = AsyncConnectionConfig::new().set_push_sender(pushes);
@@ -128,6 +134,9 @@ pub(super) async fn track(
                     .await;
                 match on {
                     Ok(()) => {
+                        if std::mem::replace(&mut connected_before, true) {
+                            metrics::reconnected("tracking");
+                        }
                         delays = backoff();
                         tracker.set_connection(Some(conn));
                         // Changes made while nothing was armed.
