@@ -294,10 +294,29 @@ fn state_written_by_ruby_sidekiq() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    // And `stop` makes it shut down by itself.
+    let stopped = quieted && {
+        ok(&url, &["stop", &identity]);
+        loop {
+            if sidekiq.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if started.elapsed() > Duration::from_secs(90) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     let _ = Command::new("kill").arg(sidekiq.id().to_string()).status();
     let _ = sidekiq.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(quieted, "the Ruby process went quiet");
+    assert!(stopped, "the Ruby process stopped on `jobqueue stop`");
+    assert_eq!(
+        json_of(&url, &["processes"]),
+        json!([]),
+        "and left the process set"
+    );
 }
 
 /// The argument of the periodic job the next test's worker publishes.
