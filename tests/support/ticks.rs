@@ -7,60 +7,47 @@ use std::time::Duration;
 use jobqueue::{async_trait, Job, JobContext, JobError, Perform};
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent)]
-pub struct Tick {
-    pub n: u64,
-    pub millis: u64,
+/// Declares a tick job type: `n` and `millis`, run by [`tick`], with its own attribute.
+macro_rules! tick_job {
+    ($(#[$doc:meta])* $name:ident, $($attr:tt)*) => {
+        $(#[$doc])*
+        #[derive(Serialize, Deserialize, Job)]
+        #[job($($attr)*)]
+        pub struct $name {
+            pub n: u64,
+            pub millis: u64,
+        }
+
+        #[async_trait]
+        impl Perform for $name {
+            async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+                tick(ctx, self.n, self.millis).await
+            }
+        }
+    };
 }
 
-/// Like `Tick`, holding a lock from enqueue until it has executed.
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent, unique(lock = "until_executed"))]
-pub struct LockedTick {
-    pub n: u64,
-    pub millis: u64,
-}
-
-/// Like `Tick`, never running twice at once for the same arguments.
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent, unique(lock = "while_executing"))]
-pub struct ExclusiveTick {
-    pub n: u64,
-    pub millis: u64,
-}
-
-/// Like `Tick`, holding a lock from enqueue until it starts.
-#[derive(Serialize, Deserialize, Job)]
-#[job(queue = "ticks", idempotent, unique(lock = "until_executing"))]
-pub struct StartsTick {
-    pub n: u64,
-    pub millis: u64,
-}
-
-/// Like `Tick`, holding a lock from enqueue for its whole TTL.
-#[derive(Serialize, Deserialize, Job)]
-#[job(
-    queue = "ticks",
-    idempotent,
-    unique(lock = "until_expired", ttl = "10m")
-)]
-pub struct ExpiresTick {
-    pub n: u64,
-    pub millis: u64,
-}
-
-/// Like `Tick`, locked from enqueue until it starts, then while it runs.
-#[derive(Serialize, Deserialize, Job)]
-#[job(
-    queue = "ticks",
-    idempotent,
-    unique(lock = "until_and_while_executing")
-)]
-pub struct GuardedTick {
-    pub n: u64,
-    pub millis: u64,
-}
+tick_job!(Tick, queue = "ticks", idempotent);
+tick_job!(
+    /// Like `Tick`, holding a lock from enqueue until it has executed.
+    LockedTick, queue = "ticks", idempotent, unique(lock = "until_executed")
+);
+tick_job!(
+    /// Like `Tick`, never running twice at once for the same arguments.
+    ExclusiveTick, queue = "ticks", idempotent, unique(lock = "while_executing")
+);
+tick_job!(
+    /// Like `Tick`, holding a lock from enqueue until it starts.
+    StartsTick, queue = "ticks", idempotent, unique(lock = "until_executing")
+);
+tick_job!(
+    /// Like `Tick`, holding a lock from enqueue for its whole TTL.
+    ExpiresTick, queue = "ticks", idempotent, unique(lock = "until_expired", ttl = "10m")
+);
+tick_job!(
+    /// Like `Tick`, locked from enqueue until it starts, then while it runs.
+    GuardedTick, queue = "ticks", idempotent, unique(lock = "until_and_while_executing")
+);
 
 /// Written by the ticks to the `ran` and `done` queues; never run.
 #[derive(Serialize, Deserialize, Job)]
@@ -74,46 +61,4 @@ async fn tick(ctx: &JobContext, n: u64, millis: u64) -> Result<(), JobError> {
     tokio::time::sleep(Duration::from_millis(millis)).await;
     ctx.enqueue_to("done", &Record { n }).await?;
     Ok(())
-}
-
-#[async_trait]
-impl Perform for Tick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
-}
-
-#[async_trait]
-impl Perform for LockedTick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
-}
-
-#[async_trait]
-impl Perform for ExclusiveTick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
-}
-
-#[async_trait]
-impl Perform for StartsTick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
-}
-
-#[async_trait]
-impl Perform for ExpiresTick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
-}
-
-#[async_trait]
-impl Perform for GuardedTick {
-    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
-        tick(ctx, self.n, self.millis).await
-    }
 }
