@@ -184,8 +184,16 @@ impl Client {
             }
         }
         self.broker.push(&pushes).await?;
+        // Counted per run of one queue, not per job: a bulk is usually one queue.
+        let mut runs: Vec<(&str, u64)> = Vec::new();
         for push in &pushes {
-            metrics::enqueued(&push.queue, J::NAME, 1);
+            match runs.last_mut() {
+                Some((queue, count)) if *queue == push.queue => *count += 1,
+                _ => runs.push((&push.queue, 1)),
+            }
+        }
+        for (queue, count) in runs {
+            metrics::enqueued(queue, J::NAME, count);
         }
         Ok(jids)
     }

@@ -3,9 +3,10 @@
 //! the broker, and the worker is taking jobs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::RunState;
+use crate::time::{from_epoch, now};
 
 /// A worker's health, from [`WorkerHandle::health`](super::WorkerHandle::health).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,8 +29,8 @@ pub struct Health {
 /// What the heartbeat saw.
 #[derive(Debug, Default)]
 pub(crate) struct Beats {
-    /// Milliseconds since the epoch of the last heartbeat that reached the broker; 0: none.
-    last_ok_ms: AtomicU64,
+    /// When the last heartbeat reached the broker, as the bits of its epoch seconds; 0: none.
+    last_ok: AtomicU64,
     last_failed: AtomicBool,
 }
 
@@ -37,16 +38,13 @@ impl Beats {
     pub(crate) fn record(&self, ok: bool) {
         self.last_failed.store(!ok, Ordering::Relaxed);
         if ok {
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            self.last_ok_ms.store(ms, Ordering::Relaxed);
+            self.last_ok.store(now().to_bits(), Ordering::Relaxed);
         }
     }
 
     pub(crate) fn health(&self, ttl: Duration, state: RunState) -> Health {
-        let ms = self.last_ok_ms.load(Ordering::Relaxed);
-        let last_beat = (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms));
+        let bits = self.last_ok.load(Ordering::Relaxed);
+        let last_beat = (bits != 0).then(|| from_epoch(f64::from_bits(bits)));
         let live = last_beat
             .and_then(|at| SystemTime::now().duration_since(at).ok())
             .is_some_and(|age| age < ttl);

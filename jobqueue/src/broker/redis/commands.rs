@@ -114,13 +114,14 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let keys = &self.inner.keys;
-        let (dead_before, dead_keep) = dead_trim(now());
+        // One moment for the whole settle: the dead set's scores and its trim.
+        let now = now();
+        let (dead_before, dead_keep) = dead_trim(now);
         let mut call = self.inner.scripts.settle.key(keys.in_flight(process));
         call.key(&keys.queues)
             .arg(dead_before)
             .arg(dead_keep)
             .arg(&keys.wake);
-        let now = now();
         for (original, to) in moves {
             let (op, dest, stored, target) = script_args(keys, to.placement(now));
             call.key(dest)
@@ -203,10 +204,8 @@ impl Broker for RedisBroker {
             .running
             .iter()
             .map(|r| {
-                let run_at = r
-                    .since
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                // Sidekiq reads whole epoch seconds here.
+                let run_at = epoch_seconds(r.since).trunc() as u64;
                 let value = serde_json::json!({
                     "queue": r.queue, "payload": r.payload, "run_at": run_at,
                 });
@@ -545,8 +544,9 @@ impl Broker for RedisBroker {
         to: Settle,
     ) -> Result<bool, BrokerError> {
         let keys = &self.inner.keys;
-        let (dead_before, dead_keep) = dead_trim(now());
-        let (op, dest, stored, target) = script_args(keys, to.placement(now()));
+        let now = now();
+        let (dead_before, dead_keep) = dead_trim(now);
+        let (op, dest, stored, target) = script_args(keys, to.placement(now));
         let moved: i64 = self
             .inner
             .scripts
