@@ -566,6 +566,7 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
         ttl: Duration::from_secs(1),
         concurrency: 1,
         running: Vec::new(),
+        classes: String::new(),
     };
     b.broker.heartbeat(&beat).await.unwrap();
     let taken = b

@@ -1,13 +1,21 @@
 //! A look inside: queue sizes and latency, the scheduled, retry and dead sets, live
 //! processes and totals, as Sidekiq's API and Web UI show them; and pausing queues.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::broker::{Broker, ProcessEntry, Settle, SortedSet, Stats};
-use crate::envelope::Envelope;
+use crate::broker::{Broker, ProcessEntry, Push, Settle, SortedSet, Stats};
+use crate::class_stats::{self, ClassStats};
+use crate::envelope::{Envelope, Retry};
 use crate::error::Error;
+use crate::schedule::periodic::{last_key, paused_key};
 use crate::time::{after, from_epoch, now};
+
+/// How long "paused until resumed" lasts for a periodic schedule.
+const PAUSED_FOR_GOOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The owner recorded on a periodic schedule's pause.
+const PAUSED_BY: &str = "admin";
 
 /// Views of a broker's queues, sets and processes, and the pause switch of each queue.
 #[derive(Clone)]
@@ -25,6 +33,36 @@ pub struct QueueInfo {
     pub size: usize,
     /// How long the oldest waiting job has waited (zero when empty).
     pub latency: Duration,
+}
+
+/// A job waiting in a queue.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct QueuedJob {
+    /// The job, or the raw text when it does not parse.
+    pub job: Result<Envelope, String>,
+    /// The payload exactly as stored.
+    pub payload: String,
+}
+
+/// The argument fields each job class declares `sensitive`, as the live worker processes
+/// publish them: what to hide when showing a job.
+#[derive(Clone, Debug, Default)]
+pub struct Sensitive {
+    by_class: HashMap<String, Vec<String>>,
+}
+
+impl Sensitive {
+    /// `job` with the values of its class's sensitive fields hidden.
+    pub fn redact(&self, job: &Envelope) -> Envelope {
+        match self.by_class.get(&job.class) {
+            Some(fields) => {
+                let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+                job.redacted(&fields)
+            }
+            None => job.clone(),
+        }
+    }
 }
 
 /// A job in the `schedule`, `retry` or `dead` set.
@@ -87,6 +125,30 @@ impl Admin {
             size,
             latency,
         })
+    }
+
+    /// Up to `count` jobs waiting in `queue` from `offset`, the next to run first.
+    pub async fn queue_jobs(
+        &self,
+        queue: &str,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<QueuedJob>, Error> {
+        Ok(self
+            .broker
+            .queue_range(queue, offset, count)
+            .await?
+            .into_iter()
+            .map(|payload| QueuedJob {
+                job: Envelope::parse(&payload).map_err(|_| payload.clone()),
+                payload,
+            })
+            .collect())
+    }
+
+    /// Removes the job `jid` from `queue`. Returns whether it was there.
+    pub async fn delete_queued(&self, queue: &str, jid: &str) -> Result<bool, Error> {
+        Ok(self.broker.remove_job(queue, jid).await?)
     }
 
     /// The number of jobs in `set`.
@@ -184,16 +246,88 @@ impl Admin {
         Ok(self.broker.signal(identity, "TERM").await?)
     }
 
-    /// The periodic schedules worker processes have published: each one's name, schedule,
-    /// class, queue, next tick and when it was last published, as JSON.
+    /// The periodic schedules worker processes have published, as JSON: each one's
+    /// `name`, `schedule`, `class`, `queue`, `args`, `next_tick` and `next_ticks` (epoch
+    /// seconds), `published_at`, and, read now, `last_tick` (the latest tick a process
+    /// enqueued, or null), `paused` and `paused_until` (null when paused until resumed).
     pub async fn periodic(&self) -> Result<Vec<serde_json::Value>, Error> {
+        let mut schedules = Vec::new();
+        for (name, description) in self.broker.periodic().await? {
+            let Ok(mut schedule) = serde_json::from_str::<serde_json::Value>(&description) else {
+                continue;
+            };
+            let last = self.broker.lock_holder(&last_key(&name)).await?;
+            let last = last
+                .and_then(|ms| ms.parse::<f64>().ok())
+                .map(|ms| ms / 1000.0);
+            let paused = self.broker.lock_holder(&paused_key(&name)).await?;
+            schedule["last_tick"] = last.into();
+            schedule["paused"] = paused.is_some().into();
+            schedule["paused_until"] = paused.and_then(|until| until.parse::<f64>().ok()).into();
+            schedules.push(schedule);
+        }
+        Ok(schedules)
+    }
+
+    /// Pauses the periodic schedule `name` (for `cooldown`, or until resumed): its ticks
+    /// pass without enqueueing.
+    pub async fn pause_periodic(
+        &self,
+        name: &str,
+        cooldown: Option<Duration>,
+    ) -> Result<(), Error> {
+        let (until, ttl) = match cooldown {
+            Some(cooldown) => (after(cooldown).to_string(), cooldown),
+            None => (PAUSED_BY.to_owned(), PAUSED_FOR_GOOD),
+        };
         Ok(self
             .broker
-            .periodic()
-            .await?
-            .into_iter()
-            .filter_map(|(_, description)| serde_json::from_str(&description).ok())
-            .collect())
+            .lock_force(&paused_key(name), &until, ttl)
+            .await?)
+    }
+
+    /// Resumes the periodic schedule `name`.
+    pub async fn resume_periodic(&self, name: &str) -> Result<(), Error> {
+        let key = paused_key(name);
+        if let Some(owner) = self.broker.lock_holder(&key).await? {
+            self.broker.unlock(&key, &owner).await?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues the job of the periodic schedule `name` now, outside its schedule, as a
+    /// worker's tick would (straight into its queue: client middleware does not run).
+    /// Returns the new job's id, or `None` when no process publishes that schedule.
+    pub async fn run_periodic(&self, name: &str) -> Result<Option<String>, Error> {
+        let schedules = self.broker.periodic().await?;
+        let Some(schedule) = schedules
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, d)| serde_json::from_str::<serde_json::Value>(d).ok())
+        else {
+            return Ok(None);
+        };
+        let (Some(class), Some(queue)) = (schedule["class"].as_str(), schedule["queue"].as_str())
+        else {
+            return Ok(None);
+        };
+        let args = schedule["args"].as_array().cloned().unwrap_or_default();
+        let mut job = Envelope::new(class, queue, args);
+        if let Some(retries) = schedule["retry"].as_u64() {
+            job.retry = Retry::Count(u32::try_from(retries).unwrap_or(u32::MAX));
+        }
+        job.enqueued_at = Some(now());
+        job.extra.insert(
+            "periodic".into(),
+            serde_json::json!({ "name": name, "tick": now(), "manual": true }),
+        );
+        let push = Push {
+            queue: job.queue.clone(),
+            payload: job.to_json(),
+            at: None,
+        };
+        self.broker.push(std::slice::from_ref(&push)).await?;
+        Ok(Some(job.jid))
     }
 
     /// Removes every job waiting in `queue`; returns how many there were.
@@ -229,6 +363,38 @@ impl Admin {
             .into_iter()
             .map(|(queue, until)| (queue, until.map(from_epoch)))
             .collect())
+    }
+
+    /// Per job class, the runs of the last minute (throughput, failures, duration
+    /// percentiles) and since start, summed over the live worker processes.
+    pub async fn classes(&self) -> Result<Vec<ClassStats>, Error> {
+        let processes = self.broker.processes().await?;
+        Ok(class_stats::merge(
+            processes.iter().map(|p| p.classes.as_str()),
+        ))
+    }
+
+    /// The sensitive argument fields of each job class the live worker processes run.
+    pub async fn sensitive(&self) -> Result<Sensitive, Error> {
+        let mut by_class: HashMap<String, Vec<String>> = HashMap::new();
+        for process in self.broker.processes().await? {
+            let Ok(info) = serde_json::from_str::<serde_json::Value>(&process.info) else {
+                continue;
+            };
+            let Some(classes) = info["sensitive"].as_object() else {
+                continue;
+            };
+            for (class, fields) in classes {
+                let fields = fields.as_array().into_iter().flatten();
+                let known = by_class.entry(class.clone()).or_default();
+                for field in fields.filter_map(|f| f.as_str()) {
+                    if !known.iter().any(|k| k == field) {
+                        known.push(field.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(Sensitive { by_class })
     }
 
     /// Processed and failed totals.

@@ -273,9 +273,16 @@ impl Envelope {
         if sensitive.is_empty() {
             return self.to_json();
         }
+        self.redacted(sensitive).to_json()
+    }
+
+    /// This job with the values of its `sensitive` argument fields replaced by
+    /// [`REDACTED`], for showing it (positional arguments are all hidden when any field is
+    /// sensitive, since they cannot be told apart).
+    pub fn redacted(&self, sensitive: &[&str]) -> Envelope {
         let mut shown = self.clone();
         shown.args = redact(&self.args, sensitive).0;
-        shown.to_json()
+        shown
     }
 }
 

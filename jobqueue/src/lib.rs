@@ -70,6 +70,7 @@
 pub mod admin;
 pub mod broker;
 pub mod chain;
+pub mod class_stats;
 pub mod client;
 pub mod envelope;
 pub mod error;
@@ -91,6 +92,7 @@ pub use jobqueue_derive::Job;
 
 pub use crate::admin::Admin;
 pub use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisConfig, SortedSet};
+pub use crate::class_stats::ClassStats;
 pub use crate::client::{Client, MechanismConfig};
 pub use crate::envelope::Envelope;
 pub use crate::error::{BrokerError, Error};

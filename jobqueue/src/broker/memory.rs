@@ -338,13 +338,7 @@ impl Broker for MemoryBroker {
         state.processes.insert(
             beat.identity.clone(),
             LiveProcess {
-                entry: ProcessEntry {
-                    identity: beat.identity.clone(),
-                    info: beat.info.clone(),
-                    busy: beat.busy,
-                    beat: beat.beat,
-                    quiet: beat.quiet,
-                },
+                entry: ProcessEntry::from_beat(beat),
                 expires: Instant::now() + beat.ttl,
             },
         );
@@ -410,6 +404,17 @@ impl Broker for MemoryBroker {
             .queues
             .get(queue)
             .and_then(|q| q.back().cloned()))
+    }
+
+    async fn queue_range(
+        &self,
+        queue: &str,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<String>, BrokerError> {
+        Ok(self.state().queues.get(queue).map_or_else(Vec::new, |q| {
+            q.iter().rev().skip(offset).take(count).cloned().collect()
+        }))
     }
 
     async fn set_len(&self, set: SortedSet) -> Result<usize, BrokerError> {

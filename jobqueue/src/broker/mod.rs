@@ -227,10 +227,13 @@ pub struct Heartbeat {
     pub concurrency: usize,
     /// The jobs running now.
     pub running: Vec<Running>,
+    /// Per-class run figures of the last minute, as JSON (see [`crate::class_stats`]).
+    pub classes: String,
 }
 
 /// A process seen in the `processes` set.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ProcessEntry {
     /// Its identity.
     pub identity: String,
@@ -242,6 +245,29 @@ pub struct ProcessEntry {
     pub beat: SystemTime,
     /// Whether it has stopped fetching.
     pub quiet: bool,
+    /// Resident memory in KiB at its last heartbeat.
+    pub rss_kb: u64,
+    /// The jobs it was running at its last heartbeat, oldest first.
+    pub running: Vec<Running>,
+    /// Its per-class run figures, as JSON (empty from processes that publish none, such
+    /// as Ruby Sidekiq's).
+    pub classes: String,
+}
+
+impl ProcessEntry {
+    /// What a process's heartbeat says about it.
+    pub(crate) fn from_beat(beat: &Heartbeat) -> Self {
+        Self {
+            identity: beat.identity.clone(),
+            info: beat.info.clone(),
+            busy: beat.busy,
+            beat: beat.beat,
+            quiet: beat.quiet,
+            rss_kb: beat.rss_kb,
+            running: beat.running.clone(),
+            classes: beat.classes.clone(),
+        }
+    }
 }
 
 /// The in-flight jobs of a process whose heartbeat has expired.
@@ -342,6 +368,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The job that has waited longest in `queue`.
     async fn queue_oldest(&self, queue: &str) -> Result<Option<String>, BrokerError>;
+
+    /// Up to `count` jobs waiting in `queue` from `offset`, the next to run first.
+    async fn queue_range(
+        &self,
+        queue: &str,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<String>, BrokerError>;
 
     /// The number of jobs in `set`.
     async fn set_len(&self, set: SortedSet) -> Result<usize, BrokerError>;

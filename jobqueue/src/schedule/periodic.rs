@@ -165,8 +165,47 @@ impl Periodic {
     }
 
     pub(crate) fn last_key(&self) -> String {
-        format!("periodic:{}:last", self.name)
+        last_key(&self.name)
     }
+
+    pub(crate) fn paused_key(&self) -> String {
+        paused_key(&self.name)
+    }
+
+    /// What the ticker publishes for operators' tools, at `now`: the schedule, the job
+    /// and its arguments, and the next five ticks.
+    pub(crate) fn description(&self, now: DateTime<Utc>) -> serde_json::Value {
+        let mut next_ticks = Vec::new();
+        let mut after = now;
+        while next_ticks.len() < 5 {
+            let Some(tick) = self.next_tick(after) else {
+                break;
+            };
+            next_ticks.push(epoch_seconds(tick.into()));
+            after = tick;
+        }
+        json!({
+            "name": self.name,
+            "schedule": self.describe(),
+            "class": self.class,
+            "queue": self.options.queue,
+            "args": self.args,
+            "retry": self.options.retry.job_retries,
+            "next_tick": next_ticks.first(),
+            "next_ticks": next_ticks,
+            "published_at": epoch_seconds(now.into()),
+        })
+    }
+}
+
+/// The lock key holding the latest tick of the schedule `name` (epoch milliseconds).
+pub(crate) fn last_key(name: &str) -> String {
+    format!("periodic:{name}:last")
+}
+
+/// The lock key whose presence pauses the schedule `name` until it expires.
+pub(crate) fn paused_key(name: &str) -> String {
+    format!("periodic:{name}:paused")
 }
 
 #[cfg(test)]

@@ -174,6 +174,8 @@ impl WorkerBuilder {
             "queues": self.config.queues.names(),
             "labels": ["jobqueue"],
             "identity": identity,
+            // Ours: what the dashboard hides when it shows these classes' arguments.
+            "sensitive": self.registry.sensitive(),
         })
         .to_string();
         let (state, _) = watch::channel(RunState::Running);
@@ -196,6 +198,7 @@ impl WorkerBuilder {
                 running: Mutex::default(),
                 next_slot: AtomicU64::new(0),
                 job_metrics: crate::metrics::JobMetrics::default(),
+                class_stats: crate::class_stats::Recorder::default(),
                 health: super::health::Beats::default(),
                 processed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),

@@ -56,6 +56,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         ttl: shared.config.heartbeat_ttl,
         concurrency: shared.config.concurrency,
         running: shared.running_jobs(),
+        classes: shared.class_stats.snapshot(std::time::SystemTime::now()),
     };
     let beat = shared.broker.heartbeat(&heartbeat).await;
     shared.health.record(beat.is_ok());

@@ -121,6 +121,8 @@ pub(crate) struct Shared {
     pub(crate) health: health::Beats,
     /// The registered handles of the per-job metrics.
     pub(crate) job_metrics: crate::metrics::JobMetrics,
+    /// Per-class run figures, published with the heartbeat.
+    pub(crate) class_stats: crate::class_stats::Recorder,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) skipped: AtomicU64,

@@ -44,9 +44,14 @@ pub(crate) async fn run(
     drop(slot);
     shared.busy.fetch_sub(1, Ordering::Relaxed);
     shared.processed.fetch_add(1, Ordering::Relaxed);
-    shared
-        .job_metrics
-        .finished(&job.queue, class, ended_as(&ended), ran);
+    let outcome = ended_as(&ended);
+    shared.job_metrics.finished(&job.queue, class, outcome, ran);
+    if let Some(ran) = ran {
+        let failed = matches!(outcome, Ended::Retried | Ended::Dead | Ended::Discarded);
+        shared
+            .class_stats
+            .record(class, failed, ran, SystemTime::now());
+    }
     match ended {
         Ok(Outcome::Done) => {
             // The acker is gone only once shutdown has handed every job back.

@@ -77,6 +77,17 @@ impl Registry {
         self.handlers.is_empty()
     }
 
+    /// The sensitive argument fields of each class that has some.
+    pub(crate) fn sensitive(
+        &self,
+    ) -> std::collections::BTreeMap<&'static str, &'static [&'static str]> {
+        self.handlers
+            .iter()
+            .map(|(class, (handler, _))| (*class, handler.options().sensitive))
+            .filter(|(_, fields)| !fields.is_empty())
+            .collect()
+    }
+
     pub(crate) fn class_names(&self) -> Vec<&'static str> {
         let mut names: Vec<_> = self.handlers.keys().copied().collect();
         names.sort_unstable();

@@ -81,17 +81,7 @@ async fn publish(shared: &Shared, now: DateTime<Utc>) -> Result<(), Error> {
     let schedules: Vec<(String, String)> = shared
         .periodic
         .iter()
-        .map(|p| {
-            let description = serde_json::json!({
-                "name": p.name,
-                "schedule": p.describe(),
-                "class": p.class,
-                "queue": p.options.queue,
-                "next_tick": p.next_tick(now).map(|t| t.timestamp_millis() as f64 / 1000.0),
-                "published_at": now.timestamp_millis() as f64 / 1000.0,
-            });
-            (p.name.clone(), description.to_string())
-        })
+        .map(|p| (p.name.clone(), p.description(now).to_string()))
         .collect();
     Ok(shared.broker.publish_periodic(&schedules).await?)
 }
@@ -162,6 +152,18 @@ async fn fire(
     tick: DateTime<Utc>,
     late: bool,
 ) -> Result<(), Error> {
+    if shared
+        .broker
+        .lock_holder(&periodic.paused_key())
+        .await?
+        .is_some()
+    {
+        tracing::info!(
+            "periodic job `{}`: tick {tick} skipped: paused",
+            periodic.name
+        );
+        return Ok(());
+    }
     let ttl = shared.config.periodic_grace + CLAIM_MARGIN;
     let claimed = shared
         .broker

@@ -12,7 +12,7 @@ use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
 use super::RedisBroker;
 use crate::broker::{
-    dead_trim, Broker, Fetched, Heartbeat, Orphans, Placement, ProcessEntry, Push, Settle,
+    dead_trim, Broker, Fetched, Heartbeat, Orphans, Placement, ProcessEntry, Push, Running, Settle,
     SortedSet, Stats, Wakeups,
 };
 use crate::error::BrokerError;
@@ -251,6 +251,8 @@ impl Broker for RedisBroker {
                     ("rtt_us", rtt_us.to_string()),
                     // Read at the top level by Sidekiq 8.1.2 and later, in `info` before.
                     ("concurrency", beat.concurrency.to_string()),
+                    // Ours: Sidekiq's tools read named fields and pass this one by.
+                    ("classes", beat.classes.clone()),
                 ],
             )
             .ignore()
@@ -350,6 +352,26 @@ impl Broker for RedisBroker {
         Ok(last.pop().map(payload_from_bytes))
     }
 
+    async fn queue_range(
+        &self,
+        queue: &str,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<String>, BrokerError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        // Jobs are pushed at the head and taken from the tail: the next to run is last.
+        let stop = -1 - isize::try_from(offset).unwrap_or(isize::MAX - 1);
+        let start = stop.saturating_sub(isize::try_from(count).unwrap_or(isize::MAX) - 1);
+        let mut jobs: Vec<Vec<u8>> = self
+            .conn()
+            .lrange(self.inner.keys.queue(queue), start, stop)
+            .await?;
+        jobs.reverse();
+        Ok(payloads_from_bytes(jobs))
+    }
+
     async fn set_len(&self, set: SortedSet) -> Result<usize, BrokerError> {
         Ok(self.conn().zcard(self.inner.keys.set(set)).await?)
     }
@@ -385,22 +407,35 @@ impl Broker for RedisBroker {
         }
         let mut pipe = redis::pipe();
         for identity in &identities {
+            let hash = keys.plain(identity);
             pipe.cmd("HMGET")
-                .arg(keys.plain(identity))
-                .arg(&["info", "busy", "beat", "quiet"]);
+                .arg(&hash)
+                .arg(&["info", "busy", "beat", "quiet", "rss", "classes"])
+                .hgetall(format!("{hash}:work"));
         }
-        type Fields = (Option<String>, Option<usize>, Option<f64>, Option<String>);
-        let rows: Vec<Fields> = pipe.query_async(&mut conn).await?;
+        type Fields = (
+            Option<String>,
+            Option<usize>,
+            Option<f64>,
+            Option<String>,
+            Option<u64>,
+            Option<String>,
+        );
+        let rows: Vec<(Fields, Vec<(String, String)>)> = pipe.query_async(&mut conn).await?;
         Ok(identities
             .into_iter()
             .zip(rows)
-            .filter_map(|(identity, (info, busy, beat, quiet))| {
+            .filter_map(|(identity, (fields, work))| {
+                let (info, busy, beat, quiet, rss, classes) = fields;
                 Some(ProcessEntry {
                     identity,
                     info: info?,
                     busy: busy.unwrap_or(0),
                     beat: from_epoch(beat.unwrap_or(0.0)),
                     quiet: quiet.as_deref() == Some("true"),
+                    rss_kb: rss.unwrap_or(0),
+                    running: running_from_work(work),
+                    classes: classes.unwrap_or_default(),
                 })
             })
             .collect())
@@ -631,4 +666,29 @@ fn script_args<'a>(
         ),
         Placement::Nowhere => ("discard", keys.set(SortedSet::Dead), "", String::new()),
     }
+}
+
+/// The running jobs of a process's `:work` hash (slot → `{queue, payload, run_at}`), oldest
+/// first; entries that do not parse are left out.
+fn running_from_work(work: Vec<(String, String)>) -> Vec<Running> {
+    #[derive(serde::Deserialize)]
+    struct Work {
+        queue: String,
+        payload: String,
+        run_at: f64,
+    }
+    let mut running: Vec<Running> = work
+        .into_iter()
+        .filter_map(|(slot, value)| {
+            let work: Work = serde_json::from_str(&value).ok()?;
+            Some(Running {
+                slot,
+                queue: work.queue,
+                payload: work.payload,
+                since: from_epoch(work.run_at),
+            })
+        })
+        .collect();
+    running.sort_by_key(|r| r.since);
+    running
 }
