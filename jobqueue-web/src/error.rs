@@ -1,0 +1,60 @@
+//! Why a page or an action failed, as an HTTP status and a short page saying what to do.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maud::html;
+
+/// A failed request.
+#[derive(Debug)]
+pub(crate) enum WebError {
+    /// The broker did not answer.
+    Broker(jobqueue::Error),
+    /// The request names something that is not there.
+    NotFound(String),
+    /// The request is malformed.
+    BadRequest(String),
+    /// The form's CSRF token is missing or wrong.
+    Forbidden,
+    /// An action on a read-only dashboard.
+    ReadOnly,
+    /// The dashboard is wired wrongly (a bug of ours).
+    Internal(&'static str),
+}
+
+impl From<jobqueue::Error> for WebError {
+    fn from(e: jobqueue::Error) -> Self {
+        WebError::Broker(e)
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            WebError::Broker(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("The broker did not answer: {e}. Reload the page to try again."),
+            ),
+            WebError::NotFound(what) => (StatusCode::NOT_FOUND, what),
+            WebError::BadRequest(what) => (StatusCode::BAD_REQUEST, what),
+            WebError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "The form's security token is missing or does not match this browser's: \
+                 reload the page and try again."
+                    .to_owned(),
+            ),
+            WebError::ReadOnly => (
+                StatusCode::FORBIDDEN,
+                "This dashboard is read-only: it shows the queues and changes nothing.".to_owned(),
+            ),
+            WebError::Internal(what) => (StatusCode::INTERNAL_SERVER_ERROR, what.to_owned()),
+        };
+        let page = html! {
+            (maud::DOCTYPE)
+            html lang="en" {
+                head { meta charset="utf-8"; title { "jobqueue: " (status) } }
+                body { h1 { (status) } p.error { (message) } }
+            }
+        };
+        (status, page).into_response()
+    }
+}

@@ -1,0 +1,685 @@
+//! The web dashboard (`jobqueue-web`) driven in Debian's headless Chromium, on both
+//! brokers: every page shows what the broker holds; Retry, Pause, Resume and Delete do
+//! what they say to a running worker; hostile payloads show as text and run nothing; forms
+//! without this browser's CSRF token and a read-only dashboard change nothing.
+//! Screenshots land in `target/screenshots/web-*/`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fantoccini::Locator;
+use jobqueue::broker::{Push, Settle};
+use jobqueue::schedule::Periodic;
+use jobqueue::{
+    async_trait, Broker, Envelope, Job, JobContext, JobError, Perform, Queues, SortedSet,
+};
+use serde::{Deserialize, Serialize};
+use support::browser::Browser;
+use support::jobs::{self, Note};
+use support::{eventually, start, Backend};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The dashboard of `broker`, nested at `/jobs` in a service on a free loopback port.
+struct Site {
+    base: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Site {
+    async fn start(dashboard: jobqueue_web::Dashboard) -> Self {
+        let app = axum::Router::new().nest("/jobs", dashboard.router());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let base = format!("http://{}/jobs", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("the dashboard serves");
+        });
+        Self { base, server }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn backends() -> [(&'static str, Backend); 2] {
+    [
+        ("memory", Backend::memory().await),
+        ("redis", Backend::redis().await),
+    ]
+}
+
+/// Fails on its first run (not idempotent: straight to the dead set) and records every run.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "billing")]
+struct ChargeOnce {
+    token: String,
+    api_key: String,
+}
+
+#[async_trait]
+impl Perform for ChargeOnce {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        let first = jobs::runs(&self.token).is_empty();
+        jobs::record(&self.token, "charge");
+        if first {
+            return Err(JobError::new("card declined").with_class("CardDeclined"));
+        }
+        Ok(())
+    }
+}
+
+/// A job whose `password` the dashboard must hide.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "accounts", idempotent, retries = 5, sensitive = "password")]
+struct Login {
+    user: String,
+    password: String,
+}
+
+#[async_trait]
+impl Perform for Login {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        Err(JobError::new("directory unreachable").with_class("LdapError"))
+    }
+
+    fn retry_in(&self, _count: u32, _error: &JobError) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+}
+
+/// A payload pushed as-is, into a queue or (with `at`) the scheduled set.
+async fn push_raw(broker: &Arc<dyn Broker>, job: &Envelope, at: Option<std::time::SystemTime>) {
+    let push = Push {
+        queue: job.queue.clone(),
+        payload: job.to_json(),
+        at,
+    };
+    broker.push(&[push]).await.expect("push");
+}
+
+/// Moves a scheduled `job` into the retry or dead set with `failed` as its payload there.
+async fn fail_into(broker: &Arc<dyn Broker>, job: &Envelope, failed: &Envelope, dead: bool) {
+    let payload = failed.to_json();
+    let to = if dead {
+        Settle::Dead { payload }
+    } else {
+        Settle::Retry {
+            payload,
+            at: 4_000_000_000.0,
+        }
+    };
+    let moved = broker
+        .move_entry(SortedSet::Schedule, &job.to_json(), to)
+        .await
+        .expect("move");
+    assert!(moved, "the scheduled job was there to move");
+}
+
+fn in_an_hour() -> Option<std::time::SystemTime> {
+    Some(std::time::SystemTime::now() + Duration::from_secs(3600))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_shows_what_the_broker_holds() {
+    for (name, b) in backends().await {
+        let t = jobs::token();
+        let report = Note::new(&t, "report");
+        let worker = start(
+            b.worker()
+                .queues(Queues::strict(["accounts", "billing", "default"]))
+                .register::<Note>()
+                .register::<Login>()
+                .register::<ChargeOnce>()
+                .periodic(
+                    Periodic::every("hourly-report", Duration::from_secs(3600), &report).unwrap(),
+                ),
+        );
+        let client = b.client();
+        let admin = b.admin();
+        client
+            .enqueue(&Login {
+                user: "ann".into(),
+                password: "hunter2".into(),
+            })
+            .await
+            .unwrap();
+        // Its own token: it fails on the first run recorded under it.
+        client
+            .enqueue(&ChargeOnce {
+                token: jobs::token(),
+                api_key: "k-123".into(),
+            })
+            .await
+            .unwrap();
+        client
+            .enqueue_in(Duration::from_secs(3600), &Note::new(&t, "later"))
+            .await
+            .unwrap();
+        // Runs recorded for the Classes page.
+        for i in 0..3 {
+            client
+                .enqueue(&Note::new(&t, format!("note {i}")))
+                .await
+                .unwrap();
+        }
+        eventually(LIMIT, "a retry, a death and three notes", || async {
+            admin.set_size(SortedSet::Retry).await.unwrap() == 1
+                && admin.set_size(SortedSet::Dead).await.unwrap() == 1
+                && jobs::labels(&t)
+                    .iter()
+                    .filter(|l| l.starts_with("note"))
+                    .count()
+                    == 3
+        })
+        .await;
+        // Waiting in a queue no worker reads.
+        client
+            .enqueue_to("waiting", &Note::new(&t, "queued"))
+            .await
+            .unwrap();
+        eventually(LIMIT, "the classes and the schedule published", || async {
+            let classes = admin.classes().await.unwrap();
+            classes
+                .iter()
+                .any(|c| c.class.ends_with("Note") && c.total_runs >= 3)
+                && !admin.periodic().await.unwrap().is_empty()
+        })
+        .await;
+
+        let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+        let browser = Browser::start(&format!("web-{name}")).await;
+
+        let text = browser.open(&site.url("")).await;
+        assert!(
+            text.contains("Processed") && text.contains("Dead"),
+            "{text}"
+        );
+        // The live chart draws once two polls have come back.
+        eventually(LIMIT, "the live chart drew", || async {
+            browser
+                .client
+                .find(Locator::Id("rate"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains("/s processed")
+        })
+        .await;
+        browser.screenshot("overview").await;
+
+        let text = browser.open(&site.url("/queues")).await;
+        assert!(
+            text.contains("waiting") && text.contains("running"),
+            "{text}"
+        );
+        browser.screenshot("queues").await;
+        let text = browser.open(&site.url("/queues/waiting")).await;
+        assert!(
+            text.contains("queued") && text.contains("1 waiting"),
+            "{text}"
+        );
+        browser.screenshot("queue").await;
+
+        let identity = admin.processes().await.unwrap()[0].identity.clone();
+        let text = browser.open(&site.url("/busy")).await;
+        assert!(text.contains(&identity) && text.contains("MB"), "{text}");
+        browser.screenshot("busy").await;
+
+        let text = browser.open(&site.url("/scheduled")).await;
+        assert!(text.contains("later") && text.contains("in 59m"), "{text}");
+        browser.screenshot("scheduled").await;
+
+        let text = browser.open(&site.url("/retries")).await;
+        assert!(text.contains("LdapError") && text.contains("ann"), "{text}");
+        assert!(!text.contains("hunter2"), "a sensitive field shows: {text}");
+        browser.screenshot("retries").await;
+        browser.click("tr[data-jid] td a").await;
+        let text = browser.text().await;
+        assert!(
+            text.contains("directory unreachable") && text.contains("[redacted]"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "a sensitive field shows: {text}");
+        browser.screenshot("retry-detail").await;
+
+        let text = browser.open(&site.url("/dead")).await;
+        assert!(
+            text.contains("CardDeclined") && text.contains("k-123"),
+            "{text}"
+        );
+        browser.screenshot("dead").await;
+
+        let text = browser.open(&site.url("/periodic")).await;
+        assert!(
+            text.contains("hourly-report") && text.contains("every 3600s"),
+            "{text}"
+        );
+        browser.screenshot("periodic").await;
+
+        let text = browser.open(&site.url("/classes")).await;
+        assert!(text.contains("Note") && text.contains("Login"), "{text}");
+        let row = browser
+            .client
+            .find(Locator::Css("tr[data-class$='Note']"))
+            .await
+            .expect("a row for the Note class")
+            .text()
+            .await
+            .unwrap();
+        assert!(row.contains("rare (5.00s)"), "{row}");
+        browser.screenshot("classes").await;
+
+        // A phone's width: the navigation wraps and tables scroll inside their box.
+        browser.client.set_window_size(390, 844).await.unwrap();
+        browser.open(&site.url("/retries")).await;
+        let overflow: bool = browser
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth > window.innerWidth + 1",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_bool()
+            .unwrap();
+        assert!(!overflow, "the page is wider than a phone's screen");
+        browser.screenshot("retries-phone").await;
+
+        browser.close().await;
+        worker.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_a_dead_job_makes_the_worker_perform_it() {
+    for (name, b) in backends().await {
+        let t = jobs::token();
+        let worker = start(b.worker().register::<ChargeOnce>());
+        let admin = b.admin();
+        let jid = b
+            .client()
+            .enqueue(&ChargeOnce {
+                token: t.clone(),
+                api_key: "k".into(),
+            })
+            .await
+            .unwrap();
+        eventually(LIMIT, "the job died", || async {
+            admin.set_size(SortedSet::Dead).await.unwrap() == 1
+        })
+        .await;
+
+        let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+        let browser = Browser::start(&format!("web-{name}")).await;
+        browser.open(&site.url("/dead")).await;
+        browser
+            .click(&format!("tr[data-jid='{jid}'] input[type=checkbox]"))
+            .await;
+        browser.screenshot("dead-selected").await;
+        browser.click("#bulk button[value=run]").await;
+        eventually(LIMIT, "the worker ran the job again", || async {
+            jobs::runs(&t).len() == 2
+        })
+        .await;
+        assert_eq!(admin.set_size(SortedSet::Dead).await.unwrap(), 0);
+        let text = browser.text().await;
+        assert!(text.contains("Retry now: 1 job(s)."), "{text}");
+        browser.screenshot("dead-retried").await;
+        browser.close().await;
+        worker.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_fetching_from_a_queue_and_resume_restarts_it() {
+    for (name, b) in backends().await {
+        let t = jobs::token();
+        // `pausable` comes first: a fetch that finds jobs in both takes its job first.
+        let worker = start(
+            b.worker()
+                .queues(Queues::strict(["pausable", "other"]))
+                .register::<Note>()
+                .configure(|c| c.idle_poll = Duration::from_millis(50)),
+        );
+        let client = b.client();
+        client
+            .enqueue_to("pausable", &Note::new(&t, "warm-up"))
+            .await
+            .unwrap();
+        eventually(LIMIT, "the queue exists and ran a job", || async {
+            jobs::runs(&t).len() == 1
+        })
+        .await;
+
+        let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+        let browser = Browser::start(&format!("web-{name}")).await;
+        browser.open(&site.url("/queues")).await;
+        browser
+            .click("tr[data-queue='pausable'] button[value=pause]")
+            .await;
+        let text = browser.text().await;
+        assert!(text.contains("Paused pausable until resumed."), "{text}");
+        browser.screenshot("paused").await;
+
+        // Pushed in this order: any fetch that returns `after` saw `held` too, and would
+        // have taken it first had the queue not been paused.
+        client
+            .enqueue_to("pausable", &Note::new(&t, "held"))
+            .await
+            .unwrap();
+        client
+            .enqueue_to("other", &Note::new(&t, "after"))
+            .await
+            .unwrap();
+        eventually(LIMIT, "the other queue's job ran", || async {
+            jobs::labels(&t).contains(&"after".to_owned())
+        })
+        .await;
+        assert!(
+            !jobs::labels(&t).contains(&"held".to_owned()),
+            "{:?}",
+            jobs::labels(&t)
+        );
+        assert_eq!(b.admin().queue("pausable").await.unwrap().size, 1);
+
+        browser
+            .click("tr[data-queue='pausable'] button[value=resume]")
+            .await;
+        eventually(LIMIT, "the held job ran after resume", || async {
+            jobs::labels(&t).contains(&"held".to_owned())
+        })
+        .await;
+        browser.screenshot("resumed").await;
+        browser.close().await;
+        worker.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_a_job() {
+    for (name, b) in backends().await {
+        let t = jobs::token();
+        let client = b.client();
+        let admin = b.admin();
+        let scheduled = client
+            .enqueue_in(Duration::from_secs(3600), &Note::new(&t, "doomed"))
+            .await
+            .unwrap();
+        let kept = client
+            .enqueue_in(Duration::from_secs(7200), &Note::new(&t, "kept"))
+            .await
+            .unwrap();
+        let queued = client
+            .enqueue_to("idle", &Note::new(&t, "queued"))
+            .await
+            .unwrap();
+
+        let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+        let browser = Browser::start(&format!("web-{name}")).await;
+        browser.open(&site.url("/scheduled")).await;
+        browser
+            .click(&format!("tr[data-jid='{scheduled}'] td a"))
+            .await;
+        assert!(browser.text().await.contains("doomed"));
+        browser.click("button[value=delete]").await;
+        let text = browser.text().await;
+        assert!(text.contains("Delete: 1 job(s)."), "{text}");
+        assert!(admin
+            .find(SortedSet::Schedule, &scheduled)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(admin
+            .find(SortedSet::Schedule, &kept)
+            .await
+            .unwrap()
+            .is_some());
+        browser.screenshot("scheduled-deleted").await;
+
+        browser.open(&site.url("/queues/idle")).await;
+        browser.click("button[value=delete]").await;
+        let text = browser.text().await;
+        assert!(text.contains(&format!("Deleted job {queued}.")), "{text}");
+        assert_eq!(admin.queue("idle").await.unwrap().size, 0);
+        browser.close().await;
+    }
+}
+
+/// Markup and script where a payload's class, arguments and error go.
+const HOSTILE_CLASS: &str = "<script>window.__pwned = 'class'</script>";
+const HOSTILE_ARG: &str = "<img src=x onerror=\"window.__pwned = 'arg'\"><b>bold</b>";
+const HOSTILE_ERROR: &str = "</td><script>window.__pwned = 'error'</script>";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_payloads_show_as_text_and_run_nothing() {
+    for (name, b) in backends().await {
+        let hostile = |queue: &str| {
+            let mut job = Envelope::new(
+                HOSTILE_CLASS,
+                queue,
+                vec![serde_json::json!({ "name": HOSTILE_ARG })],
+            );
+            job.extra
+                .insert("note".into(), serde_json::json!(HOSTILE_ERROR));
+            job
+        };
+        let queued = hostile("evil<i>queue</i>");
+        push_raw(&b.broker, &queued, None).await;
+        let scheduled = hostile("default");
+        push_raw(&b.broker, &scheduled, in_an_hour()).await;
+        for dead in [false, true] {
+            let job = hostile("default");
+            push_raw(&b.broker, &job, in_an_hour()).await;
+            let mut failed = job.clone();
+            failed.error_class = Some(HOSTILE_CLASS.into());
+            failed.error_message = Some(HOSTILE_ERROR.into());
+            failed.retry_count = Some(0);
+            failed.failed_at = Some(1.7e9);
+            fail_into(&b.broker, &job, &failed, dead).await;
+        }
+
+        let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+        let browser = Browser::start(&format!("web-{name}")).await;
+        // Each page, and the payload text it must show literally.
+        let pages = [
+            ("/queues".to_owned(), vec![queued.queue.as_str()]),
+            (
+                format!("/queues/{}", encode(&queued.queue)),
+                vec![HOSTILE_CLASS, "<b>bold</b>"],
+            ),
+            ("/scheduled".to_owned(), vec![HOSTILE_CLASS, "<b>bold</b>"]),
+            (
+                format!("/scheduled/{}", scheduled.jid),
+                vec![HOSTILE_CLASS, "<b>bold</b>", HOSTILE_ERROR],
+            ),
+            ("/retries".to_owned(), vec![HOSTILE_CLASS, HOSTILE_ERROR]),
+            ("/dead".to_owned(), vec![HOSTILE_CLASS, HOSTILE_ERROR]),
+        ];
+        for (i, (page, shown)) in pages.iter().enumerate() {
+            let text = browser.open(&site.url(page)).await;
+            for literal in shown {
+                assert!(
+                    text.contains(literal),
+                    "{page} does not show {literal:?}: {text}"
+                );
+            }
+            assert_nothing_injected(&browser, page).await;
+            browser.screenshot(&format!("hostile-{i}")).await;
+        }
+        // The detail page shows the error and the arguments literally (the argument as a
+        // JSON string, its quotes escaped).
+        let text = browser.open(&site.url("/retries")).await;
+        assert!(text.contains(HOSTILE_ERROR), "{text}");
+        browser.click("tr[data-jid] td a").await;
+        let text = browser.text().await;
+        assert!(
+            text.contains(HOSTILE_ERROR)
+                && text.contains(&serde_json::to_string(HOSTILE_ARG).unwrap()),
+            "{text}"
+        );
+        assert_nothing_injected(&browser, "a retry's detail").await;
+        browser.screenshot("hostile-detail").await;
+        browser.close().await;
+    }
+}
+
+/// No payload script ran on the page, and no payload markup became an element.
+async fn assert_nothing_injected(browser: &Browser, page: &str) {
+    let pwned = browser
+        .client
+        .execute(
+            "return window.__pwned === undefined ? null : window.__pwned",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(pwned.is_null(), "{page}: a payload's script ran: {pwned}");
+    let elements = browser
+        .client
+        .execute(
+            "return document.querySelectorAll('main script, main img, main i').length \
+             + [...document.querySelectorAll('main b')].filter(b => b.textContent === 'bold').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(elements, 0, "{page}: a payload's markup became elements");
+}
+
+fn encode(segment: &str) -> String {
+    let mut out = String::new();
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A plain HTTP request to the dashboard: (status, body).
+async fn http(
+    method: &str,
+    url: &str,
+    cookie: Option<&str>,
+    form: &str,
+) -> (u16, String, Vec<String>) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut request = match method {
+        "POST" => client
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned()),
+        _ => client.get(url),
+    };
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.expect("the dashboard answers");
+    let status = response.status().as_u16();
+    let cookies = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    (status, response.text().await.unwrap(), cookies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_need_this_browsers_token_and_read_only_refuses_them() {
+    let b = Backend::memory().await;
+    b.client()
+        .enqueue_to("kept", &Note::new(&jobs::token(), "x"))
+        .await
+        .unwrap();
+    let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+    let clear = site.url("/queues/kept/act");
+
+    // No cookie and no token; a token without its cookie; a cookie with another token.
+    let (status, _, cookies) = http("GET", &site.url("/queues"), None, "").await;
+    assert_eq!(status, 200);
+    let cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("jobqueue_csrf="))
+        .expect("a CSRF cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(cookies[0].contains("SameSite=Strict") && cookies[0].contains("Path=/jobs"));
+    let token = cookie.trim_start_matches("jobqueue_csrf=").to_owned();
+    let forged = "0".repeat(64);
+    for (cookie, field) in [
+        (None, None),
+        (None, Some(token.as_str())),
+        (Some(cookie.as_str()), Some(forged.as_str())),
+        (Some(cookie.as_str()), None),
+    ] {
+        let form = match field {
+            Some(field) => format!("action=clear&csrf={field}"),
+            None => "action=clear".to_owned(),
+        };
+        let (status, body, _) = http("POST", &clear, cookie, &form).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(b.admin().queue("kept").await.unwrap().size, 1);
+    }
+    // The page's own token with its cookie is what a click sends.
+    let (status, _, _) = http(
+        "POST",
+        &clear,
+        Some(&cookie),
+        &format!("action=clear&csrf={token}"),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(b.admin().queue("kept").await.unwrap().size, 0);
+
+    b.client()
+        .enqueue_to("kept", &Note::new(&jobs::token(), "y"))
+        .await
+        .unwrap();
+    let read_only =
+        Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker)).read_only()).await;
+    let (status, page, cookies) = http("GET", &read_only.url("/queues"), None, "").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("kept") && page.contains("read-only"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<form method=\"post\""),
+        "a read-only page offers an action"
+    );
+    let cookie = cookies[0].split(';').next().unwrap().to_owned();
+    let token = cookie.trim_start_matches("jobqueue_csrf=");
+    let (status, body, _) = http(
+        "POST",
+        &read_only.url("/queues/kept/act"),
+        Some(&cookie),
+        &format!("action=clear&csrf={token}"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    assert_eq!(b.admin().queue("kept").await.unwrap().size, 1);
+}
