@@ -146,7 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 width: 640,
             })
             .await?;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             let cents = 500 + n % 7 * 1_000;
             client.enqueue(&ChargeCard { order_id: n, cents }).await?;
         }
