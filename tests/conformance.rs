@@ -16,6 +16,9 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
     periodic_schedules_are_published_with_their_next_tick,
+    periodic_schedules_pause_resume_and_run_now,
+    a_queues_jobs_are_listed_next_first_and_deleted_by_id,
+    processes_show_memory_running_jobs_and_class_figures,
     operators_act_on_sets_queues_and_processes,
     health_follows_the_heartbeat_and_the_state,
     the_dead_set_keeps_the_newest_ten_thousand,
@@ -1042,5 +1045,183 @@ async fn periodic_schedules_are_published_with_their_next_tick(b: Backend) {
     assert!(
         report["schedule"].as_str().unwrap().contains("3600"),
         "{report}"
+    );
+}
+
+async fn periodic_schedules_pause_resume_and_run_now(b: Backend) {
+    let t = jobs::token();
+    // Both tick every second; the ticker fires `a` before `b` for the same tick, and
+    // their jobs share one queue, so `a`'s job would run before `b`'s.
+    let every = |name: &str| {
+        jobqueue::schedule::Periodic::every(name, Duration::from_secs(1), &Note::new(&t, name))
+            .unwrap()
+    };
+    let admin = b.admin();
+    admin.pause_periodic("a", None).await.unwrap();
+    let h = start(
+        b.worker()
+            .register::<Note>()
+            .periodic(every("a"))
+            .periodic(every("b")),
+    );
+    eventually(LIMIT, "two ticks of b", || async {
+        jobs::labels(&t).iter().filter(|l| *l == "b").count() >= 2
+    })
+    .await;
+    assert!(
+        !jobs::labels(&t).contains(&"a".to_owned()),
+        "a paused schedule ticked"
+    );
+    let listed = admin.periodic().await.unwrap();
+    let a = listed.iter().find(|s| s["name"] == "a").unwrap();
+    let b_listed = listed.iter().find(|s| s["name"] == "b").unwrap();
+    assert_eq!(
+        (a["paused"].as_bool(), a["last_tick"].is_null()),
+        (Some(true), true),
+        "{a}"
+    );
+    assert_eq!(b_listed["paused"], false);
+    assert!(
+        b_listed["last_tick"].as_f64().unwrap() > now() - 60.0,
+        "{b_listed}"
+    );
+    assert_eq!(
+        b_listed["next_ticks"].as_array().unwrap().len(),
+        5,
+        "{b_listed}"
+    );
+    assert_eq!(b_listed["args"][0]["label"], "b", "{b_listed}");
+
+    // Enqueue now runs a paused schedule's job once, by hand.
+    let jid = admin
+        .run_periodic("a")
+        .await
+        .unwrap()
+        .expect("a is published");
+    assert!(admin.run_periodic("nope").await.unwrap().is_none());
+    eventually(LIMIT, "a ran by hand", || async {
+        jobs::labels(&t).contains(&"a".to_owned())
+    })
+    .await;
+    assert_eq!(jid.len(), 24);
+
+    admin.resume_periodic("a").await.unwrap();
+    eventually(LIMIT, "a ticks again", || async {
+        jobs::labels(&t).iter().filter(|l| *l == "a").count() >= 2
+    })
+    .await;
+    admin
+        .pause_periodic("b", Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let listed = admin.periodic().await.unwrap();
+    let b_listed = listed.iter().find(|s| s["name"] == "b").unwrap();
+    let until = b_listed["paused_until"].as_f64().unwrap();
+    assert!(
+        (now() + 590.0..now() + 610.0).contains(&until),
+        "{b_listed}"
+    );
+    h.stop().await;
+}
+
+async fn a_queues_jobs_are_listed_next_first_and_deleted_by_id(b: Backend) {
+    let t = jobs::token();
+    let mut jids = Vec::new();
+    for i in 0..5 {
+        jids.push(
+            b.client()
+                .enqueue_to("listed", &Note::new(&t, i.to_string()))
+                .await
+                .unwrap(),
+        );
+    }
+    let admin = b.admin();
+    let label = |job: &jobqueue::admin::QueuedJob| {
+        job.job.as_ref().unwrap().args[0]["label"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first: Vec<String> = admin
+        .queue_jobs("listed", 0, 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(label)
+        .collect();
+    assert_eq!(first, ["0", "1"]);
+    let rest: Vec<String> = admin
+        .queue_jobs("listed", 3, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(label)
+        .collect();
+    assert_eq!(rest, ["3", "4"]);
+    assert!(admin.queue_jobs("listed", 5, 10).await.unwrap().is_empty());
+    assert!(admin.queue_jobs("nowhere", 0, 10).await.unwrap().is_empty());
+
+    assert!(admin.delete_queued("listed", &jids[1]).await.unwrap());
+    assert!(
+        !admin.delete_queued("listed", &jids[1]).await.unwrap(),
+        "only once"
+    );
+    let left: Vec<String> = admin
+        .queue_jobs("listed", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(label)
+        .collect();
+    assert_eq!(left, ["0", "2", "3", "4"]);
+}
+
+async fn processes_show_memory_running_jobs_and_class_figures(b: Backend) {
+    let t = jobs::token();
+    let h = start(b.worker().register::<Sleeps>());
+    b.client()
+        .enqueue(&Sleeps {
+            token: t.clone(),
+            millis: 1_500,
+        })
+        .await
+        .unwrap();
+    let admin = b.admin();
+    eventually(LIMIT, "the heartbeat lists the running job", || async {
+        admin
+            .processes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| !p.running.is_empty())
+    })
+    .await;
+    let process = admin.processes().await.unwrap().remove(0);
+    assert!(process.rss_kb > 0);
+    let running = &process.running[0];
+    assert_eq!(running.queue, "default");
+    let job = Envelope::parse(&running.payload).unwrap();
+    assert_eq!(job.class, "Sleeps");
+
+    eventually(LIMIT, "the class figures include the run", || async {
+        admin
+            .classes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.class == "Sleeps" && c.total_runs == 1)
+    })
+    .await;
+    let sleeps = admin.classes().await.unwrap().remove(0);
+    assert_eq!((sleeps.runs_per_minute, sleeps.failed_per_minute), (1, 0));
+    assert!(
+        sleeps.p50 >= Duration::from_millis(1_500) && sleeps.p50 <= sleeps.max,
+        "{sleeps:?}"
+    );
+    assert!(admin.processes().await.unwrap()[0].running.is_empty());
+    h.stop().await;
+    assert!(
+        admin.classes().await.unwrap().is_empty(),
+        "figures leave with their process"
     );
 }
