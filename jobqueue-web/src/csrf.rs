@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use rand::RngCore;
 
-use crate::page::base_path;
+use crate::mount::base_path;
 
 const COOKIE_NAME: &str = "jobqueue_csrf";
 

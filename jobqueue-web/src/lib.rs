@@ -1,4 +1,4 @@
-//! A web dashboard for [jobqueue](jobqueue): an axum [`Router`] a service mounts under any
+//! A web dashboard for [jobqueue]: an axum [`Router`] a service mounts under any
 //! prefix, behind its own authentication.
 //!
 //! Pages: an overview with live throughput, queues (pause, resume, clear, their jobs),
@@ -39,6 +39,7 @@
 
 mod csrf;
 mod error;
+mod mount;
 mod page;
 mod pages;
 

@@ -15,33 +15,13 @@ use maud::{html, Markup, DOCTYPE};
 
 use crate::csrf::Token;
 use crate::error::WebError;
+use crate::mount::mount_of;
 use crate::App;
 
 const STYLE: &str = include_str!("../assets/style.css");
 const SCRIPT: &str = include_str!("../assets/app.js");
 /// Rows per page of a list.
 pub(crate) const PER_PAGE: usize = 25;
-
-/// The path the service mounted the dashboard at ("" at the root, "/jobs" nested there),
-/// from the full path and the path the nested router sees.
-pub(crate) fn base_path(request: &Request) -> String {
-    let inner = request.uri().path();
-    let full = request
-        .extensions()
-        .get::<OriginalUri>()
-        .map_or(inner, |original| original.0.path());
-    mount_of(full, inner)
-}
-
-fn mount_of(full: &str, inner: &str) -> String {
-    let base = match full.strip_suffix(inner) {
-        Some(base) => base,
-        // `/jobs` nested at `/jobs` reaches the inner router as `/`.
-        None if inner == "/" => full,
-        None => "",
-    };
-    base.trim_end_matches('/').to_owned()
-}
 
 /// The request as a page sees it: the mount path, the CSRF token, the mode, the query.
 pub(crate) struct Ctx {
@@ -325,6 +305,13 @@ pub(crate) fn precise(d: Duration) -> String {
     }
 }
 
+/// A path segment with everything but plain characters escaped.
+pub(crate) fn encode(segment: &str) -> String {
+    form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
 /// JSON as indented text.
 pub(crate) fn pretty(value: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
@@ -373,15 +360,6 @@ pub(crate) type PageResult = Result<Markup, WebError>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_mount_path_from_full_and_inner_paths() {
-        assert_eq!(mount_of("/jobs/queues", "/queues"), "/jobs");
-        assert_eq!(mount_of("/jobs", "/"), "/jobs");
-        assert_eq!(mount_of("/jobs/", "/"), "/jobs");
-        assert_eq!(mount_of("/queues", "/queues"), "");
-        assert_eq!(mount_of("/", "/"), "");
-    }
 
     #[test]
     fn durations_read_at_a_glance() {

@@ -9,7 +9,9 @@ use axum::response::Response;
 use maud::{html, Markup};
 
 use crate::error::WebError;
-use crate::page::{brief, layout, pager, short, when, Ctx, Nav, PageResult, Posted, PER_PAGE};
+use crate::page::{
+    brief, encode, layout, pager, short, when, Ctx, Nav, PageResult, Posted, PER_PAGE,
+};
 use crate::State;
 
 /// The pause lengths offered, beside "until resumed".
@@ -40,13 +42,6 @@ fn controls(ctx: &Ctx, name: &str, paused: bool) -> Markup {
                 data-confirm=(format!("Delete every job waiting in {name}?")) { "Clear" }
         }))
     }
-}
-
-/// A path segment with everything but plain characters escaped.
-pub(crate) fn encode(segment: &str) -> String {
-    form_urlencoded::byte_serialize(segment.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 /// `GET /queues`.

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::error::WebError;
 use crate::page::{
-    brief, from_epoch, layout, pager, pretty, when, Ctx, Nav, PageResult, Posted, PER_PAGE,
+    brief, encode, from_epoch, layout, pager, pretty, when, Ctx, Nav, PageResult, Posted, PER_PAGE,
 };
 use crate::State;
 
@@ -258,11 +258,7 @@ fn row(
         return html! { tr { td colspan="7" .mono { "not a job: " (brief(&entry.payload, 200)) } } };
     };
     let shown = sensitive.redact(job);
-    let detail = ctx.link(&format!(
-        "{}/{}?at={position}",
-        kind.path,
-        super::queues::encode(&job.jid)
-    ));
+    let detail = ctx.link(&format!("{}/{}?at={position}", kind.path, encode(&job.jid)));
     html! {
         tr data-jid=(job.jid) {
             @if !ctx.read_only {
