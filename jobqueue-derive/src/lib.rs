@@ -97,6 +97,22 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         None => quote!(::core::option::Option::None),
     };
 
+    let budget = {
+        let budget = attr.budget.unwrap_or_default();
+        let bytes = |n: Option<u64>| match n {
+            Some(n) => quote!(::core::option::Option::Some(#n)),
+            None => quote!(::core::option::Option::None),
+        };
+        let (alloc, retained) = (bytes(budget.alloc), bytes(budget.retained));
+        let time = match budget.time_ms {
+            Some(ms) => {
+                quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms)))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        quote!(::jobqueue::Budget { alloc: #alloc, retained: #retained, time: #time })
+    };
+
     Ok(quote! {
         #[automatically_derived]
         impl ::jobqueue::Job for #ident {
@@ -111,6 +127,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 retry: ::jobqueue::RetryPolicy::derive(#idempotent, #external, #retries),
                 collapse: #collapse,
                 unique: #unique,
+                budget: #budget,
             };
         }
     })

@@ -6,8 +6,8 @@ use syn::{LitInt, LitStr};
 
 use crate::{int_value, string_value};
 
-const KEYS: &str =
-    "queue, idempotent, external, bulk, retries, timeout, sensitive, name, collapsible, unique";
+const KEYS: &str = "queue, idempotent, external, bulk, retries, timeout, sensitive, name, \
+                    collapsible, unique, budget";
 const DEFAULT_UNIQUE_TTL_SECS: u64 = 3600;
 
 #[derive(Default)]
@@ -22,6 +22,15 @@ pub(crate) struct JobAttr {
     pub retries: Option<(Span, LitInt)>,
     pub collapsible: Option<Collapse>,
     pub unique: Option<Unique>,
+    pub budget: Option<Budget>,
+}
+
+/// `budget(alloc = "100MB", retained = "10MB", time = "1s")`: bytes and milliseconds.
+#[derive(Default)]
+pub(crate) struct Budget {
+    pub alloc: Option<u64>,
+    pub retained: Option<u64>,
+    pub time_ms: Option<u64>,
 }
 
 pub(crate) struct Collapse {
@@ -152,27 +161,70 @@ fn named<T: Copy>(lit: &LitStr, names: &[(&str, T)], key: &str) -> syn::Result<T
 
 /// `"30s"`, `"10m"`, `"2h"`, `"1d"` as seconds.
 fn duration_secs(lit: &LitStr, key: &str) -> syn::Result<u64> {
-    let text = lit.value();
-    let error = || {
+    const UNITS: [(&str, u64); 4] = [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)];
+    quantity(lit, &UNITS).ok_or_else(|| {
         syn::Error::new(
             lit.span(),
-            format!("`{key}` must be a positive number with a unit s, m, h or d, as in \"10m\"; not \"{text}\""),
+            format!(
+                "`{key}` must be a positive number with a unit s, m, h or d, as in \"10m\"; not \"{}\"",
+                lit.value()
+            ),
         )
-    };
-    let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(error)?;
+    })
+}
+
+/// A duration in milliseconds: `"500ms"`, `"1s"`, `"2m"`.
+fn duration_ms(lit: &LitStr, key: &str) -> syn::Result<u64> {
+    const UNITS: [(&str, u64); 5] = [
+        ("ms", 1),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ];
+    quantity(lit, &UNITS).ok_or_else(|| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "`{key}` must be a positive number with a unit ms, s, m, h or d, as in \"1s\"; not \"{}\"",
+                lit.value()
+            ),
+        )
+    })
+}
+
+/// A size in bytes: `"512KB"`, `"100MB"`, `"1GiB"` (KB, MB, GB count in thousands; KiB, MiB,
+/// GiB in 1024s).
+fn bytes(lit: &LitStr, key: &str) -> syn::Result<u64> {
+    const UNITS: [(&str, u64); 7] = [
+        ("B", 1),
+        ("KB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+    ];
+    quantity(lit, &UNITS).ok_or_else(|| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "`{key}` must be a positive number of bytes with a unit B, KB, MB, GB, KiB, MiB or GiB, as in \"100MB\"; not \"{}\"",
+                lit.value()
+            ),
+        )
+    })
+}
+
+/// A positive whole number followed by one of `units`, scaled by it.
+fn quantity(lit: &LitStr, units: &[(&str, u64)]) -> Option<u64> {
+    let text = lit.value();
+    let text = text.trim();
+    let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(unit_at);
-    let number: u64 = number.parse().map_err(|_| error())?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(error()),
-    };
-    match number.checked_mul(scale) {
-        Some(secs) if secs > 0 => Ok(secs),
-        _ => Err(error()),
-    }
+    let number: u64 = number.parse().ok()?;
+    let (_, scale) = units.iter().find(|(name, _)| *name == unit.trim())?;
+    number.checked_mul(*scale).filter(|n| *n > 0)
 }
 
 impl JobAttr {
@@ -256,6 +308,42 @@ impl JobAttr {
                     flag(meta, "collapsible")?;
                 }
                 set_once(&mut self.collapsible, collapse, meta, "collapsible")
+            }
+            "budget" => {
+                if !meta.input.peek(syn::token::Paren) {
+                    return Err(meta.error(
+                        "`budget` takes limits: write `budget(alloc = \"100MB\", retained = \"10MB\", time = \"1s\")`",
+                    ));
+                }
+                let mut budget = Budget::default();
+                meta.parse_nested_meta(|inner| {
+                    let inner_key = inner
+                        .path
+                        .get_ident()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    match inner_key.as_str() {
+                        "alloc" => {
+                            let lit = string_value(&inner, "alloc", "100MB")?;
+                            budget.alloc = Some(bytes(&lit, "alloc")?);
+                        }
+                        "retained" => {
+                            let lit = string_value(&inner, "retained", "10MB")?;
+                            budget.retained = Some(bytes(&lit, "retained")?);
+                        }
+                        "time" => {
+                            let lit = string_value(&inner, "time", "1s")?;
+                            budget.time_ms = Some(duration_ms(&lit, "time")?);
+                        }
+                        _ => {
+                            return Err(inner.error(
+                                "unknown key in `budget(...)`; expected alloc, retained or time",
+                            ))
+                        }
+                    }
+                    Ok(())
+                })?;
+                set_once(&mut self.budget, budget, meta, "budget")
             }
             "unique" => {
                 let mut unique = Unique {

@@ -20,7 +20,11 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 const SLICE_SECS: u64 = 5;
 const SLICES: u64 = WINDOW.as_secs() / SLICE_SECS;
 
-/// Runs of one class over a span: counts and a histogram of durations.
+/// How many violations each class keeps, per process and summed.
+const VIOLATIONS_KEPT: usize = 10;
+
+/// Runs of one class over a span: counts, a histogram of durations, and the most memory a
+/// run held and left behind (when a tracking allocator counts it).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Runs {
     runs: u64,
@@ -28,21 +32,35 @@ struct Runs {
     max_us: u64,
     /// Histogram bucket → runs, sparse.
     hist: BTreeMap<u16, u64>,
+    #[serde(default)]
+    peak_max: Option<u64>,
+    #[serde(default)]
+    retained_max: Option<u64>,
+}
+
+fn max_of(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    a.max(b)
 }
 
 impl Runs {
-    fn record(&mut self, failed: bool, ran: Duration) {
-        let us = u64::try_from(ran.as_micros()).unwrap_or(u64::MAX);
+    fn record(&mut self, run: &Run) {
+        let us = u64::try_from(run.ran.as_micros()).unwrap_or(u64::MAX);
         self.runs += 1;
-        self.failed += u64::from(failed);
+        self.failed += u64::from(run.failed);
         self.max_us = self.max_us.max(us);
         *self.hist.entry(bucket(us)).or_default() += 1;
+        if let Some((peak, retained)) = run.memory {
+            self.peak_max = max_of(self.peak_max, Some(peak));
+            self.retained_max = max_of(self.retained_max, Some(retained));
+        }
     }
 
     fn add(&mut self, other: &Runs) {
         self.runs += other.runs;
         self.failed += other.failed;
         self.max_us = self.max_us.max(other.max_us);
+        self.peak_max = max_of(self.peak_max, other.peak_max);
+        self.retained_max = max_of(self.retained_max, other.retained_max);
         for (bucket, count) in &other.hist {
             *self.hist.entry(*bucket).or_default() += count;
         }
@@ -85,6 +103,33 @@ fn upper_edge(bucket: u16) -> u64 {
     u64::try_from(edge).unwrap_or(u64::MAX)
 }
 
+/// One run as the recorder takes it.
+pub(crate) struct Run {
+    pub(crate) failed: bool,
+    pub(crate) ran: Duration,
+    pub(crate) at: SystemTime,
+    /// Peak and retained bytes, when counted.
+    pub(crate) memory: Option<(u64, u64)>,
+}
+
+/// A run over its budget, as the class's record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Violation {
+    /// The run's job id.
+    pub jid: String,
+    /// Which limit: `alloc`, `retained`, `time` or `misclassified`.
+    pub limit: String,
+    /// What the run used: bytes, or microseconds for time.
+    pub figure: u64,
+    /// What it may use, in the same unit.
+    pub allowed: u64,
+    /// When, in epoch milliseconds.
+    pub at_ms: u64,
+    /// The tier the class was in: `frequent`, `rare` or `bulk`.
+    pub tier: String,
+}
+
 /// What a process publishes for one class.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Published {
@@ -92,6 +137,9 @@ struct Published {
     window: Runs,
     /// Runs and failures since the process started.
     total: (u64, u64),
+    /// The latest runs over budget, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    violations: Vec<Violation>,
 }
 
 /// One class's runs in this process, by five-second slice.
@@ -99,6 +147,7 @@ struct Published {
 struct ClassRuns {
     slices: VecDeque<(u64, Runs)>,
     total: (u64, u64),
+    violations: VecDeque<Violation>,
 }
 
 impl ClassRuns {
@@ -124,22 +173,52 @@ fn slice_of(at: SystemTime) -> u64 {
 }
 
 impl Recorder {
-    /// Records a run of `class` that ended at `at` after running `ran`.
-    pub(crate) fn record(&self, class: &'static str, failed: bool, ran: Duration, at: SystemTime) {
-        let slice = slice_of(at);
+    /// Records a run of `class`; returns how many runs of it ended in the last minute.
+    pub(crate) fn record(&self, class: &'static str, run: &Run) -> u64 {
+        let slice = slice_of(run.at);
         let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
         let runs = classes.entry(class).or_default();
         runs.total.0 += 1;
-        runs.total.1 += u64::from(failed);
+        runs.total.1 += u64::from(run.failed);
         match runs.slices.back_mut() {
-            Some((last, current)) if *last == slice => current.record(failed, ran),
+            Some((last, current)) if *last == slice => current.record(run),
             _ => {
                 let mut current = Runs::default();
-                current.record(failed, ran);
+                current.record(run);
                 runs.slices.push_back((slice, current));
                 runs.forget_before(slice.saturating_sub(SLICES - 1));
             }
         }
+        runs.slices.iter().map(|(_, r)| r.runs).sum()
+    }
+
+    /// How many runs of `class` ended in the last minute in this process.
+    pub(crate) fn runs_per_minute(&self, class: &str) -> u64 {
+        let oldest = slice_of(SystemTime::now()).saturating_sub(SLICES - 1);
+        let classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
+        classes.get(class).map_or(0, |runs| {
+            runs.slices
+                .iter()
+                .filter(|(slice, _)| *slice >= oldest)
+                .map(|(_, r)| r.runs)
+                .sum()
+        })
+    }
+
+    /// Whether any run was recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.classes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Keeps `violation` in `class`'s record (the latest few).
+    pub(crate) fn violated(&self, class: &'static str, violation: Violation) {
+        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = &mut classes.entry(class).or_default().violations;
+        kept.push_front(violation);
+        kept.truncate(VIOLATIONS_KEPT);
     }
 
     /// The figures to publish at `at`, as JSON: per class, the last minute and the totals.
@@ -159,6 +238,7 @@ impl Recorder {
                     Published {
                         window,
                         total: runs.total,
+                        violations: runs.violations.iter().cloned().collect(),
                     },
                 )
             })
@@ -189,6 +269,12 @@ pub struct ClassStats {
     pub p99: Duration,
     /// The longest run in the last minute.
     pub max: Duration,
+    /// The most memory a run held at once in the last minute (when counted).
+    pub peak_bytes: Option<u64>,
+    /// The most memory a run left allocated in the last minute (when counted).
+    pub retained_bytes: Option<u64>,
+    /// The latest runs over budget, newest first.
+    pub violations: Vec<Violation>,
 }
 
 impl ClassStats {
@@ -214,10 +300,16 @@ pub(crate) fn merge<'a>(published: impl IntoIterator<Item = &'a str>) -> Vec<Cla
             sum.window.add(&figures.window);
             sum.total.0 += figures.total.0;
             sum.total.1 += figures.total.1;
+            sum.violations.extend(figures.violations);
         }
     }
     by_class
         .into_iter()
+        .map(|(class, mut sum)| {
+            sum.violations.sort_by_key(|v| std::cmp::Reverse(v.at_ms));
+            sum.violations.truncate(VIOLATIONS_KEPT);
+            (class, sum)
+        })
         .map(|(class, sum)| ClassStats {
             class,
             runs_per_minute: sum.window.runs,
@@ -228,6 +320,9 @@ pub(crate) fn merge<'a>(published: impl IntoIterator<Item = &'a str>) -> Vec<Cla
             p95: sum.window.percentile(0.95),
             p99: sum.window.percentile(0.99),
             max: Duration::from_micros(sum.window.max_us),
+            peak_bytes: sum.window.peak_max,
+            retained_bytes: sum.window.retained_max,
+            violations: sum.violations,
         })
         .collect()
 }
@@ -257,13 +352,32 @@ mod tests {
     fn percentiles_and_sums_over_processes() {
         let at = SystemTime::now();
         let (a, b) = (Recorder::default(), Recorder::default());
+        let run = |failed, ran, memory| Run {
+            failed,
+            ran,
+            at,
+            memory,
+        };
         for ms in 1..=90 {
-            a.record("Fast", false, Duration::from_millis(ms), at);
+            a.record(
+                "Fast",
+                &run(false, Duration::from_millis(ms), Some((ms * 1000, 0))),
+            );
         }
         for _ in 0..10 {
-            b.record("Fast", true, Duration::from_secs(2), at);
+            b.record("Fast", &run(true, Duration::from_secs(2), None));
         }
-        b.record("Other", false, Duration::from_millis(5), at);
+        b.record("Other", &run(false, Duration::from_millis(5), None));
+        let violation = |jid: &str, at_ms| Violation {
+            jid: jid.into(),
+            limit: "time".into(),
+            figure: 2_000_000,
+            allowed: 1_000_000,
+            at_ms,
+            tier: "frequent".into(),
+        };
+        a.violated("Fast", violation("older", 1));
+        b.violated("Fast", violation("newer", 2));
         let stats = merge([a.snapshot(at).as_str(), b.snapshot(at).as_str(), "junk"]);
         assert_eq!(stats.len(), 2);
         let fast = &stats[0];
@@ -275,15 +389,32 @@ mod tests {
         assert!((0.050..=0.050 * 1.25).contains(&p50), "p50 {p50}");
         assert_eq!(fast.p95, Duration::from_secs(2));
         assert_eq!(fast.max, Duration::from_secs(2));
+        assert_eq!(
+            (fast.peak_bytes, fast.retained_bytes),
+            (Some(90_000), Some(0))
+        );
+        let jids: Vec<&str> = fast.violations.iter().map(|v| v.jid.as_str()).collect();
+        assert_eq!(jids, ["newer", "older"]);
+        assert_eq!(stats[1].peak_bytes, None);
     }
 
     #[test]
     fn the_window_forgets_runs_older_than_a_minute() {
         let recorder = Recorder::default();
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        recorder.record("Job", false, Duration::from_millis(1), start);
+        let run = |at| Run {
+            failed: false,
+            ran: Duration::from_millis(1),
+            at,
+            memory: None,
+        };
+        assert_eq!(recorder.record("Job", &run(start)), 1);
         let later = start + WINDOW + Duration::from_secs(SLICE_SECS);
-        recorder.record("Job", false, Duration::from_millis(1), later);
+        assert_eq!(
+            recorder.record("Job", &run(later)),
+            1,
+            "the first run has left the window"
+        );
         let stats = merge([recorder.snapshot(later).as_str()]);
         assert_eq!(stats[0].runs_per_minute, 1);
         assert_eq!(stats[0].total_runs, 2);

@@ -58,4 +58,12 @@ pub enum Error {
     /// The worker was configured in a way that cannot run safely.
     #[error("worker configuration: {0}")]
     Config(String),
+    /// A job performed at enqueue (`testing::Fake::inline`) failed.
+    #[error("{class} failed when performed inline: {message}")]
+    PerformedInline {
+        /// The class name of the job.
+        class: String,
+        /// The job's error.
+        message: String,
+    },
 }

@@ -118,6 +118,62 @@ pub struct JobOptions {
     pub collapse: Option<CollapseSpec>,
     /// A uniqueness lock.
     pub unique: Option<UniqueSpec>,
+    /// How much memory and time one run may take.
+    pub budget: Budget,
+}
+
+/// How much memory and time one run of a job may take (`#[job(budget(alloc = "100MB",
+/// retained = "10MB", time = "1s"))]`); what is not given takes the guidelines' default.
+/// A run over budget is reported (a warning, a metric, the class's record of violations)
+/// and, in strict mode, fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// The most live memory a run may hold at once, in bytes.
+    pub alloc: Option<u64>,
+    /// The most memory a run may leave allocated when it ends, in bytes.
+    pub retained: Option<u64>,
+    /// How long a run may take; without it, by the class's tier: 1 s for a class run 60 or
+    /// more times a minute, 5 s for a rarer one. Bulk jobs have no time limit.
+    pub time: Option<Duration>,
+}
+
+impl Budget {
+    /// The guidelines' memory limit: 100 MB held at once.
+    pub const ALLOC: u64 = 100_000_000;
+    /// The guidelines' retained-memory limit: 10 MB.
+    pub const RETAINED: u64 = 10_000_000;
+    /// Runs per minute from which a class is frequent.
+    pub const FREQUENT_PER_MINUTE: u64 = 60;
+    /// A frequent class's time limit.
+    pub const FREQUENT_TIME: Duration = Duration::from_secs(1);
+    /// A rare class's time limit, and the longest a job that is not bulk should run.
+    pub const RARE_TIME: Duration = Duration::from_secs(5);
+    /// Every limit from the guidelines.
+    pub const DEFAULT: Budget = Budget {
+        alloc: None,
+        retained: None,
+        time: None,
+    };
+
+    /// The memory limit that applies.
+    pub fn alloc_limit(&self) -> u64 {
+        self.alloc.unwrap_or(Self::ALLOC)
+    }
+
+    /// The retained-memory limit that applies.
+    pub fn retained_limit(&self) -> u64 {
+        self.retained.unwrap_or(Self::RETAINED)
+    }
+
+    /// The time limit that applies to a class run `runs_per_minute` times a minute.
+    pub fn time_limit(&self, runs_per_minute: u64) -> Duration {
+        self.time
+            .unwrap_or(if runs_per_minute >= Self::FREQUENT_PER_MINUTE {
+                Self::FREQUENT_TIME
+            } else {
+                Self::RARE_TIME
+            })
+    }
 }
 
 impl JobOptions {
@@ -132,6 +188,7 @@ impl JobOptions {
         retry: RetryPolicy::derive(false, false, None),
         collapse: None,
         unique: None,
+        budget: Budget::DEFAULT,
     };
 }
 

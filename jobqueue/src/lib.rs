@@ -69,6 +69,7 @@
 // and trace are leaves any layer may use; runner sits on top.
 pub mod admin;
 pub mod broker;
+pub mod budget;
 pub mod chain;
 pub mod class_stats;
 pub mod client;
@@ -81,6 +82,8 @@ pub mod retry;
 #[cfg(feature = "runner")]
 pub mod runner;
 pub mod schedule;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod time;
 pub mod trace;
 pub mod worker;
@@ -97,7 +100,7 @@ pub use crate::client::{Client, MechanismConfig};
 pub use crate::envelope::Envelope;
 pub use crate::error::{BrokerError, Error};
 pub use crate::job::{
-    CollapseSpec, Job, JobOptions, OnConflict, RetryPolicy, UniqueLock, UniqueSpec,
+    Budget, CollapseSpec, Job, JobOptions, OnConflict, RetryPolicy, UniqueLock, UniqueSpec,
 };
 pub use crate::perform::{JobContext, JobError, Perform};
 pub use crate::worker::{

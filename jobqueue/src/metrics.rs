@@ -212,6 +212,11 @@ pub(crate) fn reconnected(connection: &'static str) {
     counter!("jobqueue_broker_reconnects_total", "connection" => connection).increment(1);
 }
 
+/// A run went over its budget's `limit` (`alloc`, `retained`, `time`, `misclassified`).
+pub(crate) fn budget_violation(class: &'static str, limit: &'static str) {
+    counter!("jobqueue_budget_violations_total", "class" => class, "limit" => limit).increment(1);
+}
+
 pub(crate) fn broker_error(operation: &'static str) {
     counter!("jobqueue_broker_errors_total", "operation" => operation).increment(1);
 }

@@ -38,6 +38,8 @@ pub mod error_class {
     pub const TIMEOUT: &str = "jobqueue::Timeout";
     /// Another job with the same unique key was running (`on_conflict = "reject"`).
     pub const UNIQUE_CONFLICT: &str = "jobqueue::UniqueConflict";
+    /// The run went over its budget, and the worker is in strict mode.
+    pub const BUDGET_EXCEEDED: &str = "jobqueue::BudgetExceeded";
 }
 
 /// Sidekiq's delay before retry `count + 1` (count is 0 after the first failure):

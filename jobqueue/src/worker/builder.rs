@@ -199,6 +199,7 @@ impl WorkerBuilder {
                 next_slot: AtomicU64::new(0),
                 job_metrics: crate::metrics::JobMetrics::default(),
                 class_stats: crate::class_stats::Recorder::default(),
+                budgets: super::budgets::Budgets::default(),
                 health: super::health::Beats::default(),
                 processed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),

@@ -47,6 +47,10 @@ pub struct WorkerConfig {
     /// Settings of the collapse and uniqueness mechanisms, for the perform side and for
     /// this worker's own enqueues (due jobs, periodic ticks, follow-up jobs).
     pub mechanisms: MechanismConfig,
+    /// Strict budgets, for staging: a run over its budget fails with the error class
+    /// `jobqueue::BudgetExceeded` (and goes where its retry policy sends failures), instead
+    /// of only being reported.
+    pub strict_budgets: bool,
 }
 
 impl Default for WorkerConfig {
@@ -66,6 +70,7 @@ impl Default for WorkerConfig {
             mechanisms: MechanismConfig::default(),
             periodic_grace: Duration::from_secs(60),
             quiet_windows: Vec::new(),
+            strict_budgets: false,
         }
     }
 }

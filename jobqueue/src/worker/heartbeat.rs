@@ -3,18 +3,23 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{recovery, RunState, Shared};
 use crate::broker::Heartbeat;
+use crate::class_stats;
 use crate::error::BrokerError;
 use crate::metrics;
+
+/// How often the class rates of every process are read.
+const RATES_EVERY: Duration = Duration::from_secs(30);
 
 /// Beats until `done` turns true, then once more so the last stats are flushed.
 pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {
     let mut last_recovery = Instant::now();
+    let mut last_rates = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
@@ -26,6 +31,22 @@ pub(crate) async fn run(shared: Arc<Shared>, mut done: watch::Receiver<bool>) {
         if let Err(e) = beat(&shared).await {
             metrics::broker_error("heartbeat");
             tracing::warn!("heartbeat: {e}");
+        }
+        // A class's tier (and so its time limit) follows its rate over every process; a
+        // process that has run nothing has no use for it.
+        if last_rates.elapsed() >= RATES_EVERY && !shared.class_stats.is_empty() {
+            last_rates = Instant::now();
+            match shared.broker.processes().await {
+                Ok(processes) => {
+                    let merged = class_stats::merge(processes.iter().map(|p| p.classes.as_str()));
+                    let rates = merged
+                        .into_iter()
+                        .map(|c| (c.class, c.runs_per_minute))
+                        .collect();
+                    shared.budgets.set_global_rates(rates);
+                }
+                Err(e) => tracing::debug!("reading the class rates of every process: {e}"),
+            }
         }
         if last_recovery.elapsed() >= shared.config.recovery_interval {
             last_recovery = Instant::now();

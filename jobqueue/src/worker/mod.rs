@@ -39,6 +39,7 @@ use crate::error::{BrokerError, Error};
 use crate::schedule::Periodic;
 
 mod acker;
+mod budgets;
 mod builder;
 mod config;
 mod fetch;
@@ -49,7 +50,7 @@ mod middleware;
 mod processor;
 mod queues;
 mod recovery;
-mod registry;
+pub(crate) mod registry;
 mod sampler;
 mod scheduler;
 mod settle;
@@ -123,6 +124,8 @@ pub(crate) struct Shared {
     pub(crate) job_metrics: crate::metrics::JobMetrics,
     /// Per-class run figures, published with the heartbeat.
     pub(crate) class_stats: crate::class_stats::Recorder,
+    /// Budget warnings and every process's class rates.
+    pub(crate) budgets: budgets::Budgets,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) skipped: AtomicU64,

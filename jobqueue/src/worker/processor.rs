@@ -13,10 +13,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 use super::acker::AckMessage;
+use super::budgets;
 use super::mechanisms::Guarded;
 use super::middleware::{Outcome, ServerJob};
 use super::{settle, Shared, Started};
 use crate::broker::{Fetched, Settle};
+use crate::budget::{Account, Tracked};
+use crate::class_stats::Run;
 use crate::envelope::Envelope;
 use crate::job::JobOptions;
 use crate::metrics::{self, Ended};
@@ -34,7 +37,8 @@ pub(crate) async fn run(
 ) {
     shared.busy.fetch_add(1, Ordering::Relaxed);
     let slot = Slot::take(&shared);
-    let ended = execute(&shared, &job, &slot).await;
+    let account = Arc::new(Account::default());
+    let ended = execute(&shared, &job, &slot, &account).await;
     let (class, ran) = slot
         .started
         .get()
@@ -47,10 +51,13 @@ pub(crate) async fn run(
     let outcome = ended_as(&ended);
     shared.job_metrics.finished(&job.queue, class, outcome, ran);
     if let Some(ran) = ran {
-        let failed = matches!(outcome, Ended::Retried | Ended::Dead | Ended::Discarded);
-        shared
-            .class_stats
-            .record(class, failed, ran, SystemTime::now());
+        let run = Run {
+            failed: matches!(outcome, Ended::Retried | Ended::Dead | Ended::Discarded),
+            ran,
+            at: SystemTime::now(),
+            memory: account.memory().map(|m| (m.peak, m.retained)),
+        };
+        shared.class_stats.record(class, &run);
     }
     match ended {
         Ok(Outcome::Done) => {
@@ -158,7 +165,12 @@ impl Drop for Slot<'_> {
     }
 }
 
-async fn execute(shared: &Shared, job: &Fetched, slot: &Slot<'_>) -> Result<Outcome, Failed> {
+async fn execute(
+    shared: &Shared,
+    job: &Fetched,
+    slot: &Slot<'_>,
+    account: &Arc<Account>,
+) -> Result<Outcome, Failed> {
     let limit = shared.config.max_payload_bytes;
     if job.payload.len() > limit {
         tracing::error!(queue = %job.queue, "dead: a {} byte payload, over the limit of {limit}", job.payload.len());
@@ -223,10 +235,35 @@ async fn execute(shared: &Shared, job: &Fetched, slot: &Slot<'_>) -> Result<Outc
         retry_count = ctx.retries,
     );
     crate::trace::continue_from(&envelope, &span);
-    let run = AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint))
-        .catch_unwind()
-        .instrument(span);
-    let error = match run.await {
+    // Everything the job's run allocates, in its middleware and its code, is charged to it.
+    let run = Tracked::new(
+        Arc::clone(account),
+        AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint)).catch_unwind(),
+    )
+    .instrument(span);
+    let result = run.await;
+    let ran = slot
+        .started
+        .get()
+        .map_or(Duration::ZERO, |(_, at)| at.elapsed());
+    let over = budgets::review(
+        shared,
+        handler.class(),
+        &envelope.jid,
+        options,
+        account.memory(),
+        ran,
+    );
+    let result = match result {
+        Ok(Ok(Outcome::Done)) if shared.config.strict_budgets && !over.is_empty() => {
+            let what: Vec<String> = over.iter().map(ToString::to_string).collect();
+            let error = JobError::new(format!("over budget (strict mode): {}", what.join("; ")))
+                .with_class(error_class::BUDGET_EXCEEDED);
+            Ok(Err(error))
+        }
+        other => other,
+    };
+    let error = match result {
         Ok(Ok(outcome)) => {
             match &outcome {
                 Outcome::Done => {}
