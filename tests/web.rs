@@ -100,6 +100,19 @@ impl Perform for Login {
     }
 }
 
+/// Takes 20 ms against a 1 ms time budget.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "default", idempotent, budget(time = "1ms"))]
+struct Dawdles;
+
+#[async_trait]
+impl Perform for Dawdles {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+}
+
 /// A payload pushed as-is, into a queue or (with `at`) the scheduled set.
 async fn push_raw(broker: &Arc<dyn Broker>, job: &Envelope, at: Option<std::time::SystemTime>) {
     let push = Push {
@@ -143,6 +156,7 @@ async fn every_page_shows_what_the_broker_holds() {
                 .register::<Note>()
                 .register::<Login>()
                 .register::<ChargeOnce>()
+                .register::<Dawdles>()
                 .periodic(
                     Periodic::every("hourly-report", Duration::from_secs(3600), &report).unwrap(),
                 ),
@@ -168,6 +182,7 @@ async fn every_page_shows_what_the_broker_holds() {
             .enqueue_in(Duration::from_secs(3600), &Note::new(&t, "later"))
             .await
             .unwrap();
+        let dawdled = client.enqueue(&Dawdles).await.unwrap();
         // Runs recorded for the Classes page.
         for i in 0..3 {
             client
@@ -195,6 +210,7 @@ async fn every_page_shows_what_the_broker_holds() {
             classes
                 .iter()
                 .any(|c| c.class.ends_with("Note") && c.total_runs >= 3)
+                && classes.iter().any(|c| !c.violations.is_empty())
                 && !admin.periodic().await.unwrap().is_empty()
         })
         .await;
@@ -282,6 +298,18 @@ async fn every_page_shows_what_the_broker_holds() {
             .await
             .unwrap();
         assert!(row.contains("rare (5.00s)"), "{row}");
+        let over = browser
+            .client
+            .find(Locator::Css(&format!("tr[data-violation='{dawdled}']")))
+            .await
+            .expect("the run over budget is listed")
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            over.contains("Dawdles") && over.contains("time") && over.contains("1.0ms"),
+            "{over}"
+        );
         browser.screenshot("classes").await;
 
         // A phone's width: the navigation wraps and tables scroll inside their box.

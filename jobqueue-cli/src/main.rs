@@ -76,6 +76,9 @@ enum Command {
     },
     /// The periodic schedules workers run, with their next tick.
     Periodic,
+    /// Per job class over the last minute: runs, failures, durations, memory, and the
+    /// latest runs over budget.
+    Classes,
     /// Jobs waiting for a retry.
     Retries(SetCommand),
     /// Jobs scheduled for later.
@@ -238,6 +241,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Periodic => periodic(&admin, &out).await,
+        Command::Classes => classes(&admin, &out).await,
         Command::Retries(c) => set(&admin, &out, SortedSet::Retry, c.action).await,
         Command::Scheduled(c) => set(&admin, &out, SortedSet::Schedule, c.action).await,
         Command::Dead(c) => set(&admin, &out, SortedSet::Dead, c.action).await,
@@ -402,6 +406,91 @@ async fn periodic(admin: &Admin, out: &Out) -> Result<(), Failure> {
         rows,
         Value::Array(schedules),
     );
+    Ok(())
+}
+
+async fn classes(admin: &Admin, out: &Out) -> Result<(), Failure> {
+    let classes = admin.classes().await?;
+    let bytes = |b: Option<u64>| b.map_or_else(|| "-".to_owned(), jobqueue::budget::size);
+    let rows = classes
+        .iter()
+        .map(|c| {
+            vec![
+                c.class.clone(),
+                c.runs_per_minute.to_string(),
+                format!("{:.1}%", c.failure_rate() * 100.0),
+                format!("{:?}", c.p50),
+                format!("{:?}", c.p99),
+                format!("{:?}", c.max),
+                bytes(c.peak_bytes),
+                bytes(c.retained_bytes),
+                c.violations.len().to_string(),
+            ]
+        })
+        .collect();
+    let json: Vec<Value> = classes
+        .iter()
+        .map(|c| {
+            json!({
+                "class": c.class,
+                "runs_per_minute": c.runs_per_minute,
+                "failed_per_minute": c.failed_per_minute,
+                "total_runs": c.total_runs,
+                "total_failed": c.total_failed,
+                "p50_s": c.p50.as_secs_f64(),
+                "p95_s": c.p95.as_secs_f64(),
+                "p99_s": c.p99.as_secs_f64(),
+                "max_s": c.max.as_secs_f64(),
+                "peak_bytes": c.peak_bytes,
+                "retained_bytes": c.retained_bytes,
+                "violations": c.violations,
+            })
+        })
+        .collect();
+    out.table(
+        &[
+            "class",
+            "runs/min",
+            "failed",
+            "p50",
+            "p99",
+            "max",
+            "peak mem",
+            "retained",
+            "over budget",
+        ],
+        rows,
+        Value::Array(json),
+    );
+    let violations: Vec<Vec<String>> = classes
+        .iter()
+        .flat_map(|c| c.violations.iter().map(move |v| (c, v)))
+        .map(|(c, v)| {
+            let figure = |n: u64| match v.limit.as_str() {
+                "time" | "misclassified" => format!("{:?}", Duration::from_micros(n)),
+                _ => jobqueue::budget::size(n),
+            };
+            let at = UNIX_EPOCH + Duration::from_millis(v.at_ms);
+            vec![
+                c.class.clone(),
+                format!("{:.0}s ago", seconds(SystemTime::now()) - seconds(at)),
+                v.jid.clone(),
+                v.limit.clone(),
+                figure(v.figure),
+                figure(v.allowed),
+                v.tier.clone(),
+            ]
+        })
+        .collect();
+    if !out.json && !violations.is_empty() {
+        println!();
+        println!("latest runs over budget:");
+        out.table(
+            &["class", "when", "jid", "limit", "figure", "allowed", "tier"],
+            violations,
+            Value::Null,
+        );
+    }
     Ok(())
 }
 

@@ -374,3 +374,68 @@ fn periodic_schedules_with_their_next_tick() {
     handle.shutdown();
     rt.block_on(task).unwrap().unwrap();
 }
+
+/// Takes longer than its 100 ms time budget.
+#[derive(serde::Serialize, serde::Deserialize, jobqueue::Job)]
+#[job(queue = "slow", budget(time = "100ms"))]
+struct SlowReport {
+    millis: u64,
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::Perform for SlowReport {
+    async fn perform(&self, _: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        Ok(())
+    }
+}
+
+#[test]
+fn classes_show_each_class_and_its_runs_over_budget() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = rt.block_on(jobqueue::RedisBroker::connect(&url)).unwrap();
+    let client = jobqueue::Client::new(broker.clone());
+    let mut config = jobqueue::WorkerConfig::default();
+    config.heartbeat_interval = Duration::from_millis(200);
+    let worker = jobqueue::Worker::builder(broker)
+        .config(config)
+        .register::<SlowReport>()
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let task = rt.spawn(worker.run_until(std::future::pending()));
+    let jid = rt
+        .block_on(client.enqueue(&SlowReport { millis: 250 }))
+        .unwrap();
+    let started = Instant::now();
+    let listed = loop {
+        let listed = json_of(&url, &["classes"]);
+        if listed.as_array().is_some_and(|a| !a.is_empty()) {
+            break listed;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never published"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let row = &listed[0];
+    assert_eq!(row["class"], "SlowReport");
+    assert_eq!(row["total_runs"], 1);
+    assert!(row["p50_s"].as_f64().unwrap() >= 0.25, "{row}");
+    let violation = &row["violations"][0];
+    assert_eq!(violation["jid"], jid.as_str());
+    assert_eq!(violation["limit"], "time");
+    assert_eq!(violation["allowed"], 100_000);
+    let table = ok(&url, &["classes"]);
+    assert!(
+        table.contains("SlowReport")
+            && table.contains("latest runs over budget")
+            && table.contains(&jid),
+        "{table}"
+    );
+    handle.shutdown();
+    rt.block_on(task).unwrap().unwrap();
+}
