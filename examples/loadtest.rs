@@ -16,7 +16,9 @@
 //! `--ruby` makes the latency mode's producer Ruby Sidekiq's own client (`ruby-sidekiq`).
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
 //! flushed), `--mechanisms` (use jobs that are collapsible or unique by their number, so
-//! every job pays for its collapse marker or uniqueness lock).
+//! every job pays for its collapse marker or uniqueness lock). Built with `--features
+//! tracking`, it runs under the tracking allocator, which charges each job's allocations
+//! to it: the figures then include what budget tracking costs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,6 +30,11 @@ use jobqueue::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+
+#[cfg(feature = "tracking")]
+#[global_allocator]
+static ALLOCATOR: jobqueue::budget::TrackingAllocator =
+    jobqueue::budget::TrackingAllocator::system();
 
 /// Jobs finished, and a wake-up when the last one is.
 struct Progress {
