@@ -16,6 +16,7 @@
 //! | `jobqueue_scheduled_lateness_seconds` | histogram | set | how long after its due time a scheduled (`schedule`) or retried (`retry`) job reached its queue |
 //! | `jobqueue_broker_errors_total` | counter | operation | failed broker calls of the worker's loops, each retried |
 //! | `jobqueue_broker_reconnects_total` | counter | connection | reconnections of the Redis wake-up (`wake`) and key-tracking (`tracking`) connections after they dropped |
+//! | `jobqueue_budget_violations_total` | counter | class, limit | runs over their budget: `alloc`, `retained`, `time`, `misclassified` |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,11 @@ pub(crate) fn describe() {
         "jobqueue_broker_errors_total",
         Unit::Count,
         "Failed broker calls of the worker's loops"
+    );
+    describe_counter!(
+        "jobqueue_budget_violations_total",
+        Unit::Count,
+        "Runs over their budget, by class and limit"
     );
 }
 
