@@ -15,6 +15,8 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    follow_ups_are_pushed_with_the_ack_of_a_run_that_succeeds,
+    ack_then_pushes_once_and_only_if_the_job_was_still_held,
     periodic_schedules_are_published_with_their_next_tick,
     periodic_schedules_pause_resume_and_run_now,
     a_queues_jobs_are_listed_next_first_and_deleted_by_id,
@@ -1224,4 +1226,127 @@ async fn processes_show_memory_running_jobs_and_class_figures(b: Backend) {
         admin.classes().await.unwrap().is_empty(),
         "figures leave with their process"
     );
+}
+
+/// Step `n` of 3: records itself, declares step `n + 1`, and fails its first run when
+/// `fail_first` (after declaring), so that run must push nothing.
+#[derive(serde::Serialize, serde::Deserialize, Job)]
+#[job(queue = "steps", idempotent)]
+struct Step {
+    token: String,
+    n: u64,
+    fail_first: bool,
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::Perform for Step {
+    async fn perform(&self, ctx: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+        jobs::record(&self.token, format!("step {} {}", self.n, ctx.jid));
+        if self.n < 3 {
+            ctx.then(&Step {
+                token: self.token.clone(),
+                n: self.n + 1,
+                fail_first: self.fail_first,
+            })
+            .map_err(|e| jobqueue::JobError::new(e.to_string()))?;
+        }
+        if self.fail_first && ctx.retries == 0 {
+            return Err(jobqueue::JobError::new("first run fails"));
+        }
+        Ok(())
+    }
+
+    fn retry_in(&self, _: u32, _: &jobqueue::JobError) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+async fn follow_ups_are_pushed_with_the_ack_of_a_run_that_succeeds(b: Backend) {
+    let t = jobs::token();
+    let h = start(b.worker().register::<Step>());
+    b.client()
+        .enqueue(&Step {
+            token: t.clone(),
+            n: 1,
+            fail_first: true,
+        })
+        .await
+        .unwrap();
+    eventually(LIMIT, "the third step ran", || async {
+        jobs::labels(&t)
+            .iter()
+            .filter(|l| l.starts_with("step 3"))
+            .count()
+            == 2
+    })
+    .await;
+    h.stop().await;
+    // Each step's first run fails after declaring the next: only its retry pushed it, so
+    // every step ran exactly twice (once failing, once succeeding), never more.
+    let labels = jobs::labels(&t);
+    for n in 1..=3 {
+        let runs: Vec<&String> = labels
+            .iter()
+            .filter(|l| l.starts_with(&format!("step {n} ")))
+            .collect();
+        assert_eq!(runs.len(), 2, "step {n}: {labels:?}");
+        assert_eq!(runs[0], runs[1], "the retry is the same job");
+    }
+    // A follow-up's job id is the same on every run of its parent.
+    let jid = |n: u64| {
+        labels
+            .iter()
+            .find(|l| l.starts_with(&format!("step {n} ")))
+            .unwrap()[7..]
+            .to_owned()
+    };
+    assert_ne!(jid(1), jid(2));
+    assert_eq!(b.admin().queue("steps").await.unwrap().size, 0);
+}
+
+async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
+    let t = jobs::token();
+    b.client()
+        .enqueue_to("held", &Note::new(&t, "parent"))
+        .await
+        .unwrap();
+    let taken = b
+        .broker
+        .fetch("p1", &["held".to_owned()], 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let then = [
+        Push {
+            queue: "next".into(),
+            payload: Envelope::new("Note", "next", vec![]).to_json(),
+            at: None,
+        },
+        Push {
+            queue: "next".into(),
+            payload: Envelope::new("Note", "next", vec![]).to_json(),
+            at: Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
+        },
+    ];
+    assert!(b
+        .broker
+        .ack_then("p1", &taken.payload, &then)
+        .await
+        .unwrap());
+    // A repeat (as after a lost reply) finds the job gone and pushes nothing.
+    assert!(!b
+        .broker
+        .ack_then("p1", &taken.payload, &then)
+        .await
+        .unwrap());
+    assert_eq!(b.admin().queue("next").await.unwrap().size, 1);
+    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
+    assert!(b.broker.in_flight("p1").await.unwrap().is_empty());
+    assert!(b
+        .admin()
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .any(|q| q.name == "next"));
 }

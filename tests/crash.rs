@@ -13,7 +13,9 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use jobqueue::{Broker, Client, Envelope, Job, RedisBroker, SortedSet};
-use support::ticks::{ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick};
+use support::ticks::{
+    ChainedTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick,
+};
 use support::{eventually, RedisServer};
 
 fn spawn_worker(url: &str) -> Child {
@@ -186,6 +188,62 @@ async fn kill_dash_nine_loses_no_job() {
     assert!(
         stray.is_empty(),
         "jobs run twice that no victim held: {stray:?}"
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_pushes_each_follow_up_exactly_once() {
+    const JOBS: u64 = 300;
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let jobs: Vec<ChainedTick> = (0..JOBS).map(|n| ChainedTick { n, millis: 30 }).collect();
+    Client::new(broker.clone())
+        .enqueue_bulk(&jobs)
+        .await
+        .unwrap();
+
+    let limit = Duration::from_secs(60);
+    let mut held_at_kills = HashSet::new();
+    for round in 1..=3u64 {
+        let worker = spawn_worker(&url);
+        let identity = identity_of(&url, &worker).await;
+        eventually(limit, "the worker made progress", || async {
+            broker.queue_len("done").await.unwrap() as u64 >= round * 40
+        })
+        .await;
+        held_at_kills.extend(kill_dash_nine(&url, worker, &identity).await);
+    }
+    let mut survivor = spawn_worker(&url);
+    eventually(limit, "every job completed", || async {
+        counts(&url, "done").await.len() as u64 == JOBS
+    })
+    .await;
+    eventually(limit, "no job left in any in-flight list", || async {
+        in_flight_total(&url).await == 0
+    })
+    .await;
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+
+    // Jobs held at a kill ran again (their first run's follow-up was never pushed); every
+    // job's follow-up is in the `default` queue exactly once.
+    let ran = counts(&url, "ran").await;
+    let rerun = ran.values().filter(|c| **c > 1).count();
+    let follow_ups = counts(&url, "default").await;
+    let missing: Vec<u64> = (0..JOBS).filter(|n| !follow_ups.contains_key(n)).collect();
+    let doubled: Vec<(&u64, &usize)> = follow_ups.iter().filter(|(_, c)| **c != 1).collect();
+    println!(
+        "jobs={JOBS} held_at_kills={} rerun={rerun} follow_ups={}",
+        held_at_kills.len(),
+        follow_ups.len()
+    );
+    assert!(rerun > 0, "no job ran twice: the kills tested nothing");
+    assert!(missing.is_empty(), "follow-ups never pushed: {missing:?}");
+    assert!(
+        doubled.is_empty(),
+        "follow-ups pushed more than once: {doubled:?}"
     );
     drop(server);
 }

@@ -123,3 +123,39 @@ async fn inline_mode_performs_at_enqueue_follow_ups_included() {
     assert!(matches!(error, Error::PerformedInline { .. }), "{error}");
     assert!(error.to_string().contains("unlucky"), "{error}");
 }
+
+/// Declares `Add { n }` as its next step.
+#[derive(Serialize, Deserialize, Job, Debug, PartialEq)]
+#[job(queue = "steps")]
+struct ThenAdd {
+    to: usize,
+    n: u64,
+}
+
+#[async_trait]
+impl Perform for ThenAdd {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        ctx.then(&Add {
+            to: self.to,
+            n: self.n,
+        })
+        .map_err(|e| JobError::new(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn declared_next_steps_are_captured_once_their_job_succeeds() {
+    let fake = Fake::new().register::<ThenAdd>().register::<Add>();
+    fake.client()
+        .enqueue(&ThenAdd { to: 3, n: 5 })
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.perform_one().await.unwrap().as_deref(),
+        Some("ThenAdd")
+    );
+    assert_eq!(fake.jobs::<Add>(), [Add { to: 3, n: 5 }]);
+    fake.drain().await.unwrap();
+    assert_eq!(TOTALS[3].load(Ordering::Relaxed), 5);
+}

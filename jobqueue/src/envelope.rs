@@ -329,6 +329,14 @@ pub fn new_jid() -> String {
     jid
 }
 
+/// The job id of the `n`th follow-up of job `parent`: the same on every run of the parent,
+/// so a run repeated after a crash declares the same jobs.
+pub(crate) fn derived_jid(parent: &str, n: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{parent}:then:{n}").as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `text` cut to at most `max` characters, on a character boundary.
 fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {

@@ -4,12 +4,14 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+use crate::client::envelope_for;
 use crate::client::Client;
-use crate::envelope::Envelope;
+use crate::envelope::{derived_jid, Envelope};
 use crate::error::Error;
 use crate::job::{Job, JobOptions};
 
@@ -61,6 +63,16 @@ pub struct JobContext {
     pub retries: u32,
     options: &'static JobOptions,
     client: Client,
+    /// Jobs to push once this run succeeds.
+    then: Arc<Mutex<Vec<FollowUp>>>,
+}
+
+/// A job declared with [`JobContext::then`], pushed when the running job succeeds.
+#[derive(Clone, Debug)]
+pub(crate) struct FollowUp {
+    pub(crate) envelope: Envelope,
+    pub(crate) at: Option<SystemTime>,
+    pub(crate) options: &'static JobOptions,
 }
 
 impl JobContext {
@@ -79,6 +91,7 @@ impl JobContext {
             }),
             options,
             client,
+            then: Arc::default(),
         }
     }
 
@@ -107,6 +120,41 @@ impl JobContext {
     /// The options the job's `#[job(...)]` attribute chose.
     pub fn options(&self) -> &'static JobOptions {
         self.options
+    }
+
+    /// Declares `job` as this job's next step: it is pushed only if this run succeeds, in
+    /// the same broker call that acknowledges this job, so a crash before that pushes
+    /// nothing (this job runs again and declares it again) and a crash after has pushed it
+    /// once. A run that fails pushes none of its follow-ups. Returns the follow-up's job id,
+    /// the same on every run of this job.
+    ///
+    /// This is how work is split into budget-sized steps: a job does one step and declares
+    /// the job for the rest.
+    pub fn then<J: Job>(&self, job: &J) -> Result<String, Error> {
+        self.then_at(None, job)
+    }
+
+    /// As [`JobContext::then`], the follow-up due after `delay`.
+    pub fn then_in<J: Job>(&self, delay: Duration, job: &J) -> Result<String, Error> {
+        self.then_at(Some(SystemTime::now() + delay), job)
+    }
+
+    fn then_at<J: Job>(&self, at: Option<SystemTime>, job: &J) -> Result<String, Error> {
+        let mut envelope = envelope_for(job, crate::time::now())?;
+        let mut then = self.then.lock().unwrap_or_else(|e| e.into_inner());
+        envelope.jid = derived_jid(&self.jid, then.len());
+        let jid = envelope.jid.clone();
+        then.push(FollowUp {
+            envelope,
+            at,
+            options: &J::OPTIONS,
+        });
+        Ok(jid)
+    }
+
+    /// The follow-ups declared so far, taken out.
+    pub(crate) fn take_follow_ups(&self) -> Vec<FollowUp> {
+        std::mem::take(&mut *self.then.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Enqueues a follow-up job; see [`Client::enqueue`].

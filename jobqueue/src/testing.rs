@@ -247,7 +247,15 @@ impl Fake {
             )));
         };
         let ctx = JobContext::new(envelope, &envelope.queue, handler.options(), self.client());
-        handler.call(&envelope.args, &ctx).await
+        handler.call(&envelope.args, &ctx).await?;
+        // Its declared next steps, as a worker would push them once it succeeded.
+        for next in ctx.take_follow_ups() {
+            self.client()
+                .enqueue_envelope(next.envelope, next.at)
+                .await
+                .map_err(|e| JobError::new(e.to_string()))?;
+        }
+        Ok(())
     }
 }
 

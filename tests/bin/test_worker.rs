@@ -14,7 +14,7 @@ use jobqueue::{MechanismConfig, Queues, RedisBroker, Worker};
 #[path = "../support/ticks.rs"]
 mod ticks;
 
-use ticks::{ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick};
+use ticks::{ChainedTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register::<StartsTick>()
         .register::<ExpiresTick>()
         .register::<GuardedTick>()
+        .register::<ChainedTick>()
         .build()?
         .run()
         .await?;

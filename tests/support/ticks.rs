@@ -49,6 +49,23 @@ tick_job!(
     GuardedTick, queue = "ticks", idempotent, unique(lock = "until_and_while_executing")
 );
 
+/// Like `Tick`, declaring a `Record` of its number as its follow-up (to the `default`
+/// queue, which the crash tests' workers never take): pushed with its acknowledgement.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent)]
+pub struct ChainedTick {
+    pub n: u64,
+    pub millis: u64,
+}
+
+#[async_trait]
+impl Perform for ChainedTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        ctx.then(&Record { n: self.n })?;
+        tick(ctx, self.n, self.millis).await
+    }
+}
+
 /// Written by the ticks to the `ran` and `done` queues; never run.
 #[derive(Serialize, Deserialize, Job)]
 pub struct Record {

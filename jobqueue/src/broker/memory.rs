@@ -273,6 +273,37 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn ack_then(
+        &self,
+        process: &str,
+        payload: &str,
+        then: &[Push],
+    ) -> Result<bool, BrokerError> {
+        let (mut queued, mut scheduled) = (false, false);
+        let removed = {
+            let mut state = self.state();
+            let removed = state
+                .in_flight
+                .get_mut(process)
+                .is_some_and(|list| remove_last(list, payload));
+            for job in then.iter().filter(|_| removed) {
+                match job.at {
+                    None => {
+                        state.push_queue(&job.queue, job.payload.clone(), false);
+                        queued = true;
+                    }
+                    Some(at) => {
+                        state.schedule.add(epoch_seconds(at), job.payload.clone());
+                        scheduled = true;
+                    }
+                }
+            }
+            removed
+        };
+        self.hub.wake(queued, scheduled);
+        Ok(removed)
+    }
+
     async fn settle_many(
         &self,
         process: &str,

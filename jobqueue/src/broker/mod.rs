@@ -312,6 +312,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes finished jobs from the in-flight list of `process`.
     async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError>;
 
+    /// Removes a finished job from the in-flight list of `process` and, in the same atomic
+    /// step and only if it was still there, pushes its follow-up jobs `then`: a crash before
+    /// pushes nothing (the job runs again), and a repeated call (after a lost reply) pushes
+    /// nothing twice. Returns whether the job was there.
+    async fn ack_then(
+        &self,
+        process: &str,
+        payload: &str,
+        then: &[Push],
+    ) -> Result<bool, BrokerError>;
+
     /// Moves jobs out of the in-flight list of `process`, each `(payload as fetched, where
     /// to)`, atomically, in one round trip. For each, returns false, and does nothing, when
     /// the job was no longer there (another process recovered it), so a job is never put

@@ -328,7 +328,7 @@ pub(crate) enum Admitted {
     Existing(String),
 }
 
-fn envelope_for<J: Job>(job: &J, created_at: f64) -> Result<Envelope, Error> {
+pub(crate) fn envelope_for<J: Job>(job: &J, created_at: f64) -> Result<Envelope, Error> {
     let args = encode_args(job).map_err(|source| Error::Serialize {
         class: J::NAME,
         source,

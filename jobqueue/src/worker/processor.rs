@@ -23,7 +23,7 @@ use crate::class_stats::Run;
 use crate::envelope::Envelope;
 use crate::job::JobOptions;
 use crate::metrics::{self, Ended};
-use crate::perform::{JobContext, JobError};
+use crate::perform::{FollowUp, JobContext, JobError};
 use crate::retry::{self, error_class};
 use crate::schedule::window::quiet_until;
 use crate::time::after;
@@ -38,7 +38,8 @@ pub(crate) async fn run(
     shared.busy.fetch_add(1, Ordering::Relaxed);
     let slot = Slot::take(&shared);
     let account = Arc::new(Account::default());
-    let ended = execute(&shared, &job, &slot, &account).await;
+    let mut follow_ups = Vec::new();
+    let ended = execute(&shared, &job, &slot, &account, &mut follow_ups).await;
     let (class, ran) = slot
         .started
         .get()
@@ -60,6 +61,12 @@ pub(crate) async fn run(
         shared.class_stats.record(class, &run);
     }
     match ended {
+        Ok(Outcome::Done) if !follow_ups.is_empty() => {
+            let parent = Envelope::parse(&job.payload)
+                .map(|e| e.jid)
+                .unwrap_or_default();
+            settle::ack_then(&shared, &parent, &job.payload, follow_ups).await;
+        }
         Ok(Outcome::Done) => {
             // The acker is gone only once shutdown has handed every job back.
             let _ = acks.send(AckMessage::Done(job.payload));
@@ -170,6 +177,7 @@ async fn execute(
     job: &Fetched,
     slot: &Slot<'_>,
     account: &Arc<Account>,
+    follow_ups: &mut Vec<FollowUp>,
 ) -> Result<Outcome, Failed> {
     let limit = shared.config.max_payload_bytes;
     if job.payload.len() > limit {
@@ -266,7 +274,7 @@ async fn execute(
     let error = match result {
         Ok(Ok(outcome)) => {
             match &outcome {
-                Outcome::Done => {}
+                Outcome::Done => *follow_ups = ctx.take_follow_ups(),
                 Outcome::Skipped { reason } => {
                     tracing::info!(jid = %envelope.jid, class = %envelope.class, "skipped: {reason}");
                 }

@@ -7,8 +7,11 @@
 use backon::Retryable;
 
 use super::Shared;
-use crate::broker::{backoff_builder, Settle};
+use crate::broker::{backoff, backoff_builder, Settle, MAX_BACKOFF};
+use crate::client::{Admitted, Origin};
+use crate::error::Error;
 use crate::metrics;
+use crate::perform::FollowUp;
 
 /// Settles one job; see [`many`].
 pub(crate) async fn one(shared: &Shared, payload: &str, to: Settle) {
@@ -35,5 +38,73 @@ pub(crate) async fn many(shared: &Shared, moves: Vec<(String, Settle)>) {
                 "{gone} job(s) finished here had already been recovered by another process"
             );
         }
+    }
+}
+
+/// Acknowledges a job that succeeded together with the follow-ups it declared: each goes
+/// through the client (middleware, size check, mechanisms), then the job leaves the
+/// in-flight list and the admitted follow-ups are pushed in one atomic broker call, tried
+/// again until the broker answers (a repeat pushes nothing twice). A follow-up refused by
+/// middleware or too large is logged and left out; the job itself succeeded.
+pub(crate) async fn ack_then(
+    shared: &Shared,
+    parent: &str,
+    payload: &str,
+    follow_ups: Vec<FollowUp>,
+) {
+    let mut pushes = Vec::with_capacity(follow_ups.len());
+    for follow_up in follow_ups {
+        let class = follow_up.envelope.class.clone();
+        let mut delays = backoff();
+        loop {
+            let admitted = shared
+                .client
+                .admit(
+                    follow_up.envelope.clone(),
+                    follow_up.at,
+                    Some(follow_up.options),
+                    Origin::Enqueue,
+                )
+                .await;
+            match admitted {
+                Ok(Admitted::Push(push, _)) => pushes.push((push, class.clone())),
+                Ok(Admitted::Existing(jid)) => {
+                    tracing::info!(parent, "follow-up {class}: job {jid} stands for it");
+                }
+                Err(Error::Broker(e)) => {
+                    let wait = delays.next().unwrap_or(MAX_BACKOFF);
+                    metrics::broker_error("settle");
+                    tracing::warn!(
+                        parent,
+                        "admitting follow-up {class} failed, trying again in {wait:?}: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => tracing::warn!(parent, "follow-up {class} not enqueued: {e}"),
+            }
+            break;
+        }
+    }
+    let (pushes, classes): (Vec<_>, Vec<_>) = pushes.into_iter().unzip();
+    let ack = || shared.broker.ack_then(&shared.identity, payload, &pushes);
+    let acked = ack
+        .retry(backoff_builder())
+        .notify(|e, wait| {
+            metrics::broker_error("ack");
+            tracing::warn!("acknowledging job {parent} with its follow-ups failed, trying again in {wait:?}: {e}")
+        })
+        .await;
+    match acked {
+        Ok(true) => {
+            for (push, class) in pushes.iter().zip(&classes) {
+                metrics::enqueued(&push.queue, class, 1);
+            }
+        }
+        Ok(false) => tracing::info!(
+            parent,
+            "job had already been recovered by another process; its follow-ups are left to its next run"
+        ),
+        Err(e) => tracing::error!(parent, "acknowledging the job with its follow-ups: {e}"),
     }
 }

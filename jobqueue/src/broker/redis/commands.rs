@@ -105,6 +105,46 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn ack_then(
+        &self,
+        process: &str,
+        payload: &str,
+        then: &[Push],
+    ) -> Result<bool, BrokerError> {
+        // The settle script: a discard of the job, then its follow-ups, each pushed only if
+        // the discard found the job.
+        let keys = &self.inner.keys;
+        let (dead_before, dead_keep) = dead_trim(now());
+        let mut call = self.inner.scripts.settle.key(keys.in_flight(process));
+        call.key(&keys.queues)
+            .arg(dead_before)
+            .arg(dead_keep)
+            .arg(&keys.wake);
+        let (op, dest, stored, target) = script_args(keys, Placement::Nowhere);
+        call.key(dest)
+            .arg(payload_bytes(payload).as_ref())
+            .arg(op)
+            .arg(stored)
+            .arg(target);
+        for job in then {
+            let (op, dest, target) = match job.at {
+                None => ("then_lpush", keys.queue(&job.queue), job.queue.clone()),
+                Some(at) => (
+                    "then_zadd",
+                    keys.set(SortedSet::Schedule),
+                    epoch_seconds(at).to_string(),
+                ),
+            };
+            call.key(dest)
+                .arg("")
+                .arg(op)
+                .arg(payload_bytes(&job.payload).as_ref())
+                .arg(target);
+        }
+        let moved: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
+        Ok(moved.first() == Some(&1))
+    }
+
     async fn settle_many(
         &self,
         process: &str,

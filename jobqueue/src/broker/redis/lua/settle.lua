@@ -5,17 +5,32 @@
 --   then four per move: the payload as fetched; op (lpush | rpush | zadd | dead | discard);
 --   the payload to store; the target: the queue name (lpush, rpush) or the score (zadd,
 --   dead).
+-- A move whose op is then_lpush or then_zadd is a follow-up job of the move before it: it
+-- removes nothing, and pushes only if that move's job was still there.
 -- Returns one 1 (moved) or 0 (no longer there) per move.
 local moved = {}
 local queued, scheduled = false, false
+local previous = 0
 for i = 1, #KEYS - 2 do
   local a = 3 + (i - 1) * 4
   local original, op, stored, target = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local dest = KEYS[2 + i]
-  if redis.call('LREM', KEYS[1], -1, original) == 0 then
+  if op == 'then_lpush' or op == 'then_zadd' then
+    moved[i] = previous
+    if previous == 1 and op == 'then_lpush' then
+      redis.call('SADD', KEYS[2], target)
+      redis.call('LPUSH', dest, stored)
+      queued = true
+    elseif previous == 1 then
+      redis.call('ZADD', dest, target, stored)
+      scheduled = true
+    end
+  elseif redis.call('LREM', KEYS[1], -1, original) == 0 then
     moved[i] = 0
+    previous = 0
   else
     moved[i] = 1
+    previous = 1
     if op == 'lpush' or op == 'rpush' then
       redis.call('SADD', KEYS[2], target)
       redis.call(op, dest, stored)
