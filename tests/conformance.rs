@@ -15,6 +15,7 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    cancel_removes_waiting_jobs_and_stops_running_ones,
     follow_ups_are_pushed_with_the_ack_of_a_run_that_succeeds,
     ack_then_pushes_once_and_only_if_the_job_was_still_held,
     periodic_schedules_are_published_with_their_next_tick,
@@ -568,6 +569,7 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
         processed: 0,
         failed: 0,
         skipped: 0,
+        cancelled: 0,
         ttl: Duration::from_secs(1),
         concurrency: 1,
         running: Vec::new(),
@@ -1349,4 +1351,121 @@ async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
         .unwrap()
         .iter()
         .any(|q| q.name == "next"));
+}
+
+/// Runs until cancelled: a cooperative one watches its context and stops with an error
+/// (which must not count as a failure); the other ignores it and is dropped.
+#[derive(serde::Serialize, serde::Deserialize, Job)]
+#[job(queue = "long", idempotent)]
+struct Cancellable {
+    token: String,
+    cooperative: bool,
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::Perform for Cancellable {
+    async fn perform(&self, ctx: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+        jobs::record(&self.token, format!("started {}", self.cooperative));
+        if self.cooperative {
+            ctx.cancelled().await;
+            assert!(ctx.is_cancelled());
+            jobs::record(&self.token, "saw the cancellation");
+            return Err(jobqueue::JobError::new("stopped on request"));
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        jobs::record(&self.token, "finished");
+        Ok(())
+    }
+}
+
+async fn cancel_removes_waiting_jobs_and_stops_running_ones(b: Backend) {
+    use jobqueue::admin::Cancelled;
+    let t = jobs::token();
+    let admin = b.admin();
+    let parked = b
+        .client()
+        .enqueue_to("parked", &Note::new(&t, "parked"))
+        .await
+        .unwrap();
+    let later = b
+        .client()
+        .enqueue_in(Duration::from_secs(3600), &Note::new(&t, "later"))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.cancel(&parked).await.unwrap(),
+        Cancelled::Removed {
+            from: "parked".into()
+        }
+    );
+    assert_eq!(
+        admin.cancel(&later).await.unwrap(),
+        Cancelled::Removed {
+            from: "scheduled".into()
+        }
+    );
+    assert_eq!(admin.queue("parked").await.unwrap().size, 0);
+    assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 0);
+    assert_eq!(
+        admin.cancel("0123456789abcdef01234567").await.unwrap(),
+        Cancelled::Marked
+    );
+
+    let h = start(
+        b.worker()
+            .register::<Cancellable>()
+            .configure(|c| c.cancel_grace = Duration::from_millis(200)),
+    );
+    let mut running = Vec::new();
+    for cooperative in [true, false] {
+        let job = Cancellable {
+            token: t.clone(),
+            cooperative,
+        };
+        running.push(b.client().enqueue(&job).await.unwrap());
+    }
+    eventually(LIMIT, "both run and show in the heartbeat", || async {
+        let shown: usize = admin
+            .processes()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.running.len())
+            .sum();
+        shown == 2
+    })
+    .await;
+    for jid in &running {
+        assert_eq!(admin.cancel(jid).await.unwrap(), Cancelled::Signalled);
+    }
+    eventually(LIMIT, "both ended as cancelled", || async {
+        admin.stats().await.unwrap().cancelled == 2
+    })
+    .await;
+    let labels = jobs::labels(&t);
+    assert!(
+        labels.contains(&"saw the cancellation".to_owned()),
+        "{labels:?}"
+    );
+    assert!(!labels.contains(&"finished".to_owned()), "{labels:?}");
+    let stats = admin.stats().await.unwrap();
+    assert_eq!(stats.failed, 0, "a cancelled run is not a failure");
+    assert_eq!(admin.set_size(SortedSet::Retry).await.unwrap(), 0);
+    assert_eq!(admin.set_size(SortedSet::Dead).await.unwrap(), 0);
+    assert_eq!(admin.queue("long").await.unwrap().size, 0);
+    assert!(b
+        .broker
+        .in_flight(h.handle.identity())
+        .await
+        .unwrap()
+        .is_empty());
+    h.stop().await;
+    assert_eq!(
+        jobs::labels(&t)
+            .iter()
+            .filter(|l| l.starts_with("started"))
+            .count(),
+        2,
+        "not retried"
+    );
 }

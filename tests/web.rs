@@ -113,6 +113,22 @@ impl Perform for Dawdles {
     }
 }
 
+/// Waits until cancelled, then records it.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "long", idempotent)]
+struct WaitsForCancel {
+    token: String,
+}
+
+#[async_trait]
+impl Perform for WaitsForCancel {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        ctx.cancelled().await;
+        jobs::record(&self.token, "cancelled");
+        Ok(())
+    }
+}
+
 /// A payload pushed as-is, into a queue or (with `at`) the scheduled set.
 async fn push_raw(broker: &Arc<dyn Broker>, job: &Envelope, at: Option<std::time::SystemTime>) {
     let push = Push {
@@ -433,6 +449,51 @@ async fn pause_stops_fetching_from_a_queue_and_resume_restarts_it() {
         })
         .await;
         browser.screenshot("resumed").await;
+        browser.close().await;
+        worker.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_the_busy_page_stops_a_running_job() {
+    for (name, b) in backends().await {
+        let t = jobs::token();
+        let worker = start(b.worker().register::<WaitsForCancel>());
+        let admin = b.admin();
+        let jid = b
+            .client()
+            .enqueue(&WaitsForCancel { token: t.clone() })
+            .await
+            .unwrap();
+        eventually(LIMIT, "the job shows as running", || async {
+            admin
+                .processes()
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| !p.running.is_empty())
+        })
+        .await;
+        let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+        let browser = Browser::start(&format!("web-{name}")).await;
+        let text = browser.open(&site.url("/busy")).await;
+        assert!(text.contains("WaitsForCancel"), "{text}");
+        browser.click("button[value=cancel]").await;
+        let text = browser.text().await;
+        assert!(
+            text.contains(&format!("Asked job {jid} to stop.")),
+            "{text}"
+        );
+        eventually(LIMIT, "the job saw its cancellation", || async {
+            jobs::labels(&t) == ["cancelled"]
+        })
+        .await;
+        eventually(LIMIT, "counted as cancelled", || async {
+            admin.stats().await.unwrap().cancelled == 1
+        })
+        .await;
+        browser.open(&site.url("")).await;
+        browser.screenshot("cancelled").await;
         browser.close().await;
         worker.stop().await;
     }

@@ -46,6 +46,8 @@ enum Command {
     Quiet { identity: String },
     /// Stops a process gracefully.
     Stop { identity: String },
+    /// Cancels a job: removed if waiting, stopped if running (neither failed nor retried).
+    Cancel { jid: String },
     /// Pauses a queue, for good or `--for` a while.
     Pause {
         queue: String,
@@ -186,6 +188,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Stats => stats(&admin, &out).await,
         Command::Queues => queues(&admin, &out).await,
         Command::Processes => processes(&admin, &out).await,
+        Command::Cancel { jid } => {
+            let message = match admin.cancel(&jid).await? {
+                jobqueue::admin::Cancelled::Removed { from } => {
+                    format!("{jid} was waiting in {from}; removed")
+                }
+                jobqueue::admin::Cancelled::Signalled => {
+                    format!("{jid} is running; it stops at its process's next heartbeat")
+                }
+                _ => format!(
+                    "{jid} is neither waiting nor running; if it starts within the hour it is stopped"
+                ),
+            };
+            out.done(&message);
+            Ok(())
+        }
         Command::Quiet { identity } => {
             known_process(&admin, &identity).await?;
             admin.quiet(&identity).await?;
@@ -304,6 +321,7 @@ async fn stats(admin: &Admin, out: &Out) -> Result<(), Failure> {
         ("processed", stats.processed as usize),
         ("failed", stats.failed as usize),
         ("skipped", stats.skipped as usize),
+        ("cancelled", stats.cancelled as usize),
         ("enqueued", enqueued),
     ];
     values.extend(sizes);

@@ -45,6 +45,26 @@ pub struct QueuedJob {
     pub payload: String,
 }
 
+/// What [`Admin::cancel`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancelled {
+    /// The job was waiting and is gone: from this queue, or the `scheduled` or `retry` set.
+    Removed {
+        /// Where it was.
+        from: String,
+    },
+    /// A live process is running it; it is told at its next heartbeat, and its future is
+    /// dropped after the worker's `cancel_grace` if it has not ended by then.
+    Signalled,
+    /// It was not found waiting or running; should it start within the hour (it may be
+    /// between a queue and a process), it is cancelled at that process's next heartbeat.
+    Marked,
+}
+
+/// How long a cancellation waits for its job to show up running.
+const CANCEL_TTL: Duration = Duration::from_secs(3600);
+
 /// The argument fields each job class declares `sensitive`, as the live worker processes
 /// publish them: what to hide when showing a job.
 #[derive(Clone, Debug, Default)]
@@ -234,6 +254,38 @@ impl Admin {
             payload: entry.payload.clone(),
         };
         Ok(self.broker.move_entry(set, &entry.payload, to).await?)
+    }
+
+    /// Cancels the job `jid`: removed if it is waiting (in a queue, or scheduled, or
+    /// waiting for a retry), stopped if it is running. A cancelled job is neither failed
+    /// nor retried; running ones count in [`Stats::cancelled`].
+    pub async fn cancel(&self, jid: &str) -> Result<Cancelled, Error> {
+        for (set, name) in [
+            (SortedSet::Schedule, "scheduled"),
+            (SortedSet::Retry, "retry"),
+        ] {
+            if let Some(entry) = self.find(set, jid).await? {
+                if self.delete(set, &entry).await? {
+                    return Ok(Cancelled::Removed { from: name.into() });
+                }
+            }
+        }
+        for queue in self.broker.queues().await? {
+            if self.broker.remove_job(&queue, jid).await? {
+                return Ok(Cancelled::Removed { from: queue });
+            }
+        }
+        self.broker.mark_cancelled(jid, CANCEL_TTL).await?;
+        let running = self.broker.processes().await?.iter().any(|p| {
+            p.running
+                .iter()
+                .any(|r| Envelope::parse(&r.payload).is_ok_and(|e| e.jid == jid))
+        });
+        Ok(if running {
+            Cancelled::Signalled
+        } else {
+            Cancelled::Marked
+        })
     }
 
     /// Quiets the process `identity` at its next heartbeat: it takes no new jobs.

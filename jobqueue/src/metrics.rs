@@ -109,11 +109,12 @@ pub(crate) enum Ended {
     Discarded,
     Rescheduled,
     Paused,
+    Cancelled,
 }
 
 impl Ended {
     /// Every outcome, in declaration order (so `ended as usize` indexes it).
-    const ALL: [Ended; 7] = [
+    const ALL: [Ended; 8] = [
         Ended::Succeeded,
         Ended::Skipped,
         Ended::Retried,
@@ -121,6 +122,7 @@ impl Ended {
         Ended::Discarded,
         Ended::Rescheduled,
         Ended::Paused,
+        Ended::Cancelled,
     ];
 
     fn label(self) -> &'static str {
@@ -132,6 +134,7 @@ impl Ended {
             Ended::Discarded => "discarded",
             Ended::Rescheduled => "rescheduled",
             Ended::Paused => "paused",
+            Ended::Cancelled => "cancelled",
         }
     }
 }

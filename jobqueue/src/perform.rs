@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::client::envelope_for;
 use crate::client::Client;
@@ -65,6 +66,8 @@ pub struct JobContext {
     client: Client,
     /// Jobs to push once this run succeeds.
     then: Arc<Mutex<Vec<FollowUp>>>,
+    /// Turns true when an operator cancels the job.
+    cancel: watch::Receiver<bool>,
 }
 
 /// A job declared with [`JobContext::then`], pushed when the running job succeeds.
@@ -92,6 +95,31 @@ impl JobContext {
             options,
             client,
             then: Arc::default(),
+            // Never cancelled unless a worker gives it its switch.
+            cancel: watch::channel(false).1,
+        }
+    }
+
+    /// This context, cancelled when `cancel` turns true.
+    pub(crate) fn with_cancel(mut self, cancel: watch::Receiver<bool>) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Whether an operator cancelled this job (`Admin::cancel`): a job that checks it
+    /// between steps can stop cleanly; one that does not is dropped at its next await
+    /// after the worker's `cancel_grace`. A run cancelled while it ran ends as cancelled
+    /// whatever it returns: neither failed nor retried, and its follow-ups not pushed.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Completes when an operator cancels this job; for `tokio::select!` against work.
+    pub async fn cancelled(&self) {
+        let mut cancel = self.cancel.clone();
+        if cancel.wait_for(|cancelled| *cancelled).await.is_err() {
+            // No switch any more: the job can no longer be cancelled.
+            std::future::pending::<()>().await;
         }
     }
 

@@ -47,7 +47,7 @@ pub(crate) async fn show(state: State, ctx: Ctx) -> PageResult {
         } }
         h2 { "Running jobs" }
         div.scroll { table {
-            thead { tr { th { "Process" } th { "Slot" } th { "Queue" } th { "Class" } th { "Arguments" } th { "Started" } } }
+            thead { tr { th { "Process" } th { "Slot" } th { "Queue" } th { "Class" } th { "Arguments" } th { "Started" } th { "" } } }
             tbody {
                 @for p in &processes {
                     @for r in &p.running {
@@ -60,11 +60,18 @@ pub(crate) async fn show(state: State, ctx: Ctx) -> PageResult {
                             td { (job.as_ref().map_or("?", |j| j.class.as_str())) }
                             td.mono.args { (job.as_ref().map(|j| brief(&j.args, 200)).unwrap_or_default()) }
                             td { (when(r.since)) }
+                            td.actions { @if let Some(job) = &job {
+                                (ctx.form("/busy/act", "inline", html! {
+                                    input type="hidden" name="jid" value=(job.jid);
+                                    button.danger name="action" value="cancel"
+                                        data-confirm="Cancel this job? It is stopped, not retried." { "Cancel" }
+                                }))
+                            } }
                         }
                     }
                 }
                 @if processes.iter().all(|p| p.running.is_empty()) {
-                    tr { td colspan="6" { "Nothing running." } }
+                    tr { td colspan="7" { "Nothing running." } }
                 }
             }
         } }
@@ -75,6 +82,11 @@ pub(crate) async fn show(state: State, ctx: Ctx) -> PageResult {
 /// `POST /busy/act`: quiet or stop a process (at its next heartbeat).
 pub(crate) async fn act(state: State, form: Posted) -> Result<Response, WebError> {
     let admin = &state.0.admin;
+    if form.get("action") == Some("cancel") {
+        let jid = form.need("jid")?;
+        admin.cancel(jid).await?;
+        return Ok(form.ctx.done("/busy", &format!("Asked job {jid} to stop.")));
+    }
     let identity = form.need("identity")?;
     let notice = match form.need("action")? {
         "quiet" => {

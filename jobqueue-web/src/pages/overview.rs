@@ -20,6 +20,7 @@ pub(crate) struct Numbers {
     scheduled: usize,
     dead: usize,
     processes: usize,
+    cancelled: u64,
 }
 
 async fn read(app: &crate::App) -> Result<Numbers, WebError> {
@@ -36,6 +37,7 @@ async fn read(app: &crate::App) -> Result<Numbers, WebError> {
         scheduled: admin.set_size(SortedSet::Schedule).await?,
         dead: admin.set_size(SortedSet::Dead).await?,
         processes: processes.len(),
+        cancelled: stats.cancelled,
     })
 }
 
@@ -56,6 +58,7 @@ pub(crate) async fn show(state: State, ctx: Ctx) -> PageResult {
         ("scheduled", "Scheduled", n.scheduled, "/scheduled"),
         ("dead", "Dead", n.dead, "/dead"),
         ("processes", "Processes", n.processes, "/busy"),
+        ("cancelled", "Cancelled", n.cancelled as usize, "/busy"),
     ];
     let body = html! {
         section.cards {

@@ -41,6 +41,8 @@ struct State {
     locks: HashMap<String, (String, Instant)>,
     /// Paused queues and when each resumes by itself (epoch seconds; infinite: never).
     paused: HashMap<String, f64>,
+    /// Jobs marked cancelled, until when.
+    cancelled: HashMap<String, Instant>,
 }
 
 struct LiveProcess {
@@ -273,6 +275,24 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn mark_cancelled(&self, jid: &str, ttl: Duration) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        let at = Instant::now();
+        state.cancelled.retain(|_, until| *until > at);
+        state.cancelled.insert(jid.to_owned(), at + ttl);
+        Ok(())
+    }
+
+    async fn cancelled_among(&self, jids: &[String]) -> Result<Vec<String>, BrokerError> {
+        let state = self.state();
+        let at = Instant::now();
+        Ok(jids
+            .iter()
+            .filter(|jid| state.cancelled.get(*jid).is_some_and(|until| *until > at))
+            .cloned()
+            .collect())
+    }
+
     async fn ack_then(
         &self,
         process: &str,
@@ -365,6 +385,7 @@ impl Broker for MemoryBroker {
         state.stats.processed += beat.processed;
         state.stats.failed += beat.failed;
         state.stats.skipped += beat.skipped;
+        state.stats.cancelled += beat.cancelled;
         state.fetchers.insert(beat.identity.clone());
         state.processes.insert(
             beat.identity.clone(),

@@ -221,6 +221,8 @@ pub struct Heartbeat {
     pub failed: u64,
     /// Jobs skipped by middleware since the last heartbeat, added to `jobqueue:stat:skipped`.
     pub skipped: u64,
+    /// Running jobs cancelled since the last heartbeat, added to `jobqueue:stat:cancelled`.
+    pub cancelled: u64,
     /// How long the process hash lives without a further heartbeat.
     pub ttl: Duration,
     /// How many jobs it runs at once.
@@ -288,6 +290,8 @@ pub struct Stats {
     pub failed: u64,
     /// Jobs that middleware decided not to run (not a Sidekiq statistic).
     pub skipped: u64,
+    /// Running jobs ended by a cancellation (not a Sidekiq statistic).
+    pub cancelled: u64,
 }
 
 /// Storage for queues, sets and processes, shared by clients and workers.
@@ -311,6 +315,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Removes finished jobs from the in-flight list of `process`.
     async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError>;
+
+    /// Marks the job `jid` as cancelled for `ttl`: a process running it stops it.
+    async fn mark_cancelled(&self, jid: &str, ttl: Duration) -> Result<(), BrokerError>;
+
+    /// Which of `jids` are marked cancelled.
+    async fn cancelled_among(&self, jids: &[String]) -> Result<Vec<String>, BrokerError>;
 
     /// Removes a finished job from the in-flight list of `process` and, in the same atomic
     /// step and only if it was still there, pushes its follow-up jobs `then`: a crash before

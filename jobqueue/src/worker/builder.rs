@@ -204,6 +204,8 @@ impl WorkerBuilder {
                 processed: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),
+                cancelled: AtomicU64::new(0),
+                cancels: Mutex::default(),
             }),
         })
     }

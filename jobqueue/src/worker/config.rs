@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     /// `jobqueue::BudgetExceeded` (and goes where its retry policy sends failures), instead
     /// of only being reported.
     pub strict_budgets: bool,
+    /// How long a cancelled job has to end by itself (it sees `JobContext::is_cancelled`)
+    /// before its future is dropped at its next await (default 5 s).
+    pub cancel_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -71,6 +74,7 @@ impl Default for WorkerConfig {
             periodic_grace: Duration::from_secs(60),
             quiet_windows: Vec::new(),
             strict_budgets: false,
+            cancel_grace: Duration::from_secs(5),
         }
     }
 }

@@ -62,6 +62,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
     let processed = shared.processed.swap(0, Ordering::Relaxed);
     let failed = shared.failed.swap(0, Ordering::Relaxed);
     let skipped = shared.skipped.swap(0, Ordering::Relaxed);
+    let cancelled = shared.cancelled.swap(0, Ordering::Relaxed);
     let busy = shared.busy.load(Ordering::Relaxed);
     metrics::process(busy, shared.config.concurrency);
     let heartbeat = Heartbeat {
@@ -74,12 +75,14 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
         processed,
         failed,
         skipped,
+        cancelled,
         ttl: shared.config.heartbeat_ttl,
         concurrency: shared.config.concurrency,
         running: shared.running_jobs(),
         classes: shared.class_stats.snapshot(std::time::SystemTime::now()),
     };
     let beat = shared.broker.heartbeat(&heartbeat).await;
+    signal_cancellations(shared).await;
     shared.health.record(beat.is_ok());
     match beat {
         Ok(signal) => {
@@ -95,6 +98,7 @@ pub(crate) async fn beat(shared: &Shared) -> Result<(), BrokerError> {
             shared.processed.fetch_add(processed, Ordering::Relaxed);
             shared.failed.fetch_add(failed, Ordering::Relaxed);
             shared.skipped.fetch_add(skipped, Ordering::Relaxed);
+            shared.cancelled.fetch_add(cancelled, Ordering::Relaxed);
             Err(e)
         }
     }
@@ -112,4 +116,23 @@ pub(crate) fn resident_memory_kb() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Tells the running jobs an operator cancelled (`Admin::cancel`) that they are.
+async fn signal_cancellations(shared: &Shared) {
+    let running: Vec<String> = shared.cancels_map().keys().cloned().collect();
+    if running.is_empty() {
+        return;
+    }
+    match shared.broker.cancelled_among(&running).await {
+        Ok(cancelled) => {
+            let cancels = shared.cancels_map();
+            for jid in cancelled {
+                if let Some(cancel) = cancels.get(&jid) {
+                    cancel.send_replace(true);
+                }
+            }
+        }
+        Err(e) => tracing::debug!("reading cancellations: {e}"),
+    }
 }

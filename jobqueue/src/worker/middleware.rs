@@ -57,6 +57,9 @@ pub enum Outcome {
         /// Why, for the log.
         reason: String,
     },
+    /// An operator cancelled it while it ran: it is acknowledged, counted as cancelled,
+    /// neither failed nor retried.
+    Cancelled,
 }
 
 /// Runs around every perform.

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 use super::acker::AckMessage;
@@ -75,6 +75,10 @@ pub(crate) async fn run(
             shared.skipped.fetch_add(1, Ordering::Relaxed);
             let _ = acks.send(AckMessage::Done(job.payload));
         }
+        Ok(Outcome::Cancelled) => {
+            shared.cancelled.fetch_add(1, Ordering::Relaxed);
+            let _ = acks.send(AckMessage::Done(job.payload));
+        }
         Ok(Outcome::Reschedule { after: delay, .. }) => {
             let to = Settle::Schedule {
                 payload: job.payload.clone(),
@@ -113,6 +117,7 @@ fn ended_as(ended: &Result<Outcome, Failed>) -> Ended {
         Ok(Outcome::Skipped { .. }) => Ended::Skipped,
         Ok(Outcome::Reschedule { .. }) => Ended::Rescheduled,
         Ok(Outcome::PauseQueue { .. }) => Ended::Paused,
+        Ok(Outcome::Cancelled) => Ended::Cancelled,
         Err(Failed { to, .. }) => match to {
             Settle::Dead { .. } => Ended::Dead,
             Settle::Discard => Ended::Discarded,
@@ -224,7 +229,10 @@ async fn execute(
         }
     }
     slot.show(job, handler.class(), options);
-    let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone());
+    let (cancel, cancelled) = watch::channel(false);
+    let _switch = Switch::register(shared, &envelope.jid, cancel);
+    let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone())
+        .with_cancel(cancelled.clone());
     let server_job = ServerJob {
         envelope: &envelope,
         options,
@@ -249,7 +257,32 @@ async fn execute(
         AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint)).catch_unwind(),
     )
     .instrument(span);
-    let result = run.await;
+    // A cancelled job has `cancel_grace` to end by itself; then its future is dropped.
+    let grace = shared.config.cancel_grace;
+    let stopped = async move {
+        let mut cancelled = cancelled;
+        if cancelled.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = run => Some(result),
+        () = stopped => None,
+    };
+    let result = match result {
+        Some(result) if !ctx.is_cancelled() => result,
+        // Cancelled during the run: it stopped by itself (whatever it returned; its
+        // follow-ups are not pushed), or it was dropped after the grace.
+        _ => {
+            tracing::info!(jid = %envelope.jid, class = %envelope.class, "cancelled");
+            if slot.started.get().is_some() {
+                super::mechanisms::release_on_death(shared.broker.as_ref(), &envelope, options)
+                    .await;
+            }
+            return Ok(Outcome::Cancelled);
+        }
+    };
     let ran = slot
         .started
         .get()
@@ -283,6 +316,9 @@ async fn execute(
                 }
                 Outcome::PauseQueue { cooldown, reason } => {
                     tracing::warn!(queue = %job.queue, "pausing the queue for {cooldown:?}: {reason}");
+                }
+                Outcome::Cancelled => {
+                    tracing::info!(jid = %envelope.jid, class = %envelope.class, "cancelled");
                 }
             }
             return Ok(outcome);
@@ -331,5 +367,27 @@ pub(crate) async fn after_death(shared: &Shared, payload: &str) {
     };
     if let Some(handler) = shared.registry.get(&envelope.class) {
         on_death(shared, &envelope, handler.options()).await;
+    }
+}
+
+/// A running job's cancellation switch, listed for the heartbeat while the job runs.
+struct Switch<'a> {
+    shared: &'a Shared,
+    jid: String,
+}
+
+impl<'a> Switch<'a> {
+    fn register(shared: &'a Shared, jid: &str, cancel: watch::Sender<bool>) -> Self {
+        shared.cancels_map().insert(jid.to_owned(), cancel);
+        Self {
+            shared,
+            jid: jid.to_owned(),
+        }
+    }
+}
+
+impl Drop for Switch<'_> {
+    fn drop(&mut self) {
+        self.shared.cancels_map().remove(&self.jid);
     }
 }

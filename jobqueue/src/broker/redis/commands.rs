@@ -105,6 +105,39 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn mark_cancelled(&self, jid: &str, ttl: Duration) -> Result<(), BrokerError> {
+        let key = self.inner.keys.plain("jobqueue:cancelled");
+        let now = now();
+        redis::pipe()
+            .atomic()
+            .zrembyscore(&key, "-inf", now)
+            .ignore()
+            .zadd(&key, jid, now + ttl.as_secs_f64())
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn cancelled_among(&self, jids: &[String]) -> Result<Vec<String>, BrokerError> {
+        if jids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.inner.keys.plain("jobqueue:cancelled");
+        let until: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(&key)
+            .arg(jids)
+            .query_async(&mut self.conn())
+            .await?;
+        let now = now();
+        Ok(jids
+            .iter()
+            .zip(until)
+            .filter(|(_, until)| until.is_some_and(|u| u > now))
+            .map(|(jid, _)| jid.clone())
+            .collect())
+    }
+
     async fn ack_then(
         &self,
         process: &str,
@@ -235,6 +268,10 @@ impl Broker for RedisBroker {
         }
         if beat.skipped > 0 {
             pipe.incr(keys.plain("jobqueue:stat:skipped"), beat.skipped)
+                .ignore();
+        }
+        if beat.cancelled > 0 {
+            pipe.incr(keys.plain("jobqueue:stat:cancelled"), beat.cancelled)
                 .ignore();
         }
         let hash = keys.plain(&beat.identity);
@@ -483,16 +520,19 @@ impl Broker for RedisBroker {
 
     async fn stats(&self) -> Result<Stats, BrokerError> {
         let keys = &self.inner.keys;
-        let (processed, failed, skipped): (Option<u64>, Option<u64>, Option<u64>) = redis::pipe()
+        type Totals = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+        let (processed, failed, skipped, cancelled): Totals = redis::pipe()
             .get(keys.plain("stat:processed"))
             .get(keys.plain("stat:failed"))
             .get(keys.plain("jobqueue:stat:skipped"))
+            .get(keys.plain("jobqueue:stat:cancelled"))
             .query_async(&mut self.conn())
             .await?;
         Ok(Stats {
             processed: processed.unwrap_or(0),
             failed: failed.unwrap_or(0),
             skipped: skipped.unwrap_or(0),
+            cancelled: cancelled.unwrap_or(0),
         })
     }
 
