@@ -6,7 +6,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `jobqueue_jobs_enqueued_total` | counter | queue, class | jobs pushed by a client, a periodic tick or a job |
-//! | `jobqueue_jobs_finished_total` | counter | queue, class, outcome | jobs taken and ended: `succeeded`, `skipped`, `retried`, `dead`, `discarded`, `rescheduled`, `paused` (failures are `retried` + `dead` + `discarded`) |
+//! | `jobqueue_jobs_finished_total` | counter | queue, class, outcome | jobs taken and ended: `succeeded`, `skipped`, `retried`, `dead`, `discarded`, `rescheduled`, `paused`, `cancelled` (failures are `retried` + `dead` + `discarded`) |
 //! | `jobqueue_job_duration_seconds` | histogram | queue, class | time from a job's start to its end, for jobs that ran |
 //! | `jobqueue_busy_slots` | gauge | | jobs running in this process |
 //! | `jobqueue_concurrency` | gauge | | this process's concurrency |
