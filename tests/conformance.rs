@@ -15,6 +15,7 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    batch_callbacks_run_once_when_every_job_has_finished,
     cancel_removes_waiting_jobs_and_stops_running_ones,
     follow_ups_are_pushed_with_the_ack_of_a_run_that_succeeds,
     ack_then_pushes_once_and_only_if_the_job_was_still_held,
@@ -1468,4 +1469,152 @@ async fn cancel_removes_waiting_jobs_and_stops_running_ones(b: Backend) {
         2,
         "not retried"
     );
+}
+
+/// A job of a batch: fails when `fail` (not idempotent: it dies), and adds `adds` more
+/// members to its batch.
+#[derive(serde::Serialize, serde::Deserialize, Job, Clone)]
+#[job(queue = "members")]
+struct Member {
+    token: String,
+    fail: bool,
+    adds: u64,
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::Perform for Member {
+    async fn perform(&self, ctx: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+        for _ in 0..self.adds {
+            let member = Member {
+                token: self.token.clone(),
+                fail: false,
+                adds: 0,
+            };
+            ctx.enqueue_in_batch(&member)
+                .await
+                .map_err(|e| jobqueue::JobError::new(e.to_string()))?;
+        }
+        jobs::record(&self.token, "member");
+        if self.fail {
+            return Err(jobqueue::JobError::new("this member fails"));
+        }
+        Ok(())
+    }
+}
+
+/// A batch callback: records its label.
+#[derive(serde::Serialize, serde::Deserialize, Job)]
+#[job(queue = "callbacks")]
+struct Finished {
+    token: String,
+    label: String,
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::Perform for Finished {
+    async fn perform(&self, _: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+        jobs::record(&self.token, self.label.clone());
+        Ok(())
+    }
+}
+
+async fn batch_callbacks_run_once_when_every_job_has_finished(b: Backend) {
+    use jobqueue::client::Batch;
+    let t = jobs::token();
+    let client = b.client();
+    let callback = |label: &str| Finished {
+        token: t.clone(),
+        label: label.to_owned(),
+    };
+    let member = |fail, adds| Member {
+        token: t.clone(),
+        fail,
+        adds,
+    };
+    let mut bids = Vec::new();
+    // All succeed; one member dies; one member adds two more to its batch.
+    for (name, members) in [
+        ("all", vec![member(false, 0); 5]),
+        (
+            "one dies",
+            vec![member(false, 0), member(true, 0), member(false, 0)],
+        ),
+        ("nested", vec![member(false, 2)]),
+    ] {
+        let batch = Batch::new(name)
+            .on_complete(&callback(&format!("{name}: complete")))
+            .unwrap()
+            .on_success(&callback(&format!("{name}: success")))
+            .unwrap();
+        client.enqueue_batch(&batch, &members).await.unwrap();
+        bids.push(batch.id().to_owned());
+    }
+    let status = client.batch_status(&bids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (status.total, status.pending, status.finished),
+        (5, 5, false)
+    );
+    assert_eq!(status.description, "all");
+
+    let h = start(
+        b.worker()
+            .queues(Queues::strict(["members", "callbacks"]))
+            .register::<Member>()
+            .register::<Finished>(),
+    );
+    eventually(LIMIT, "every batch completed", || async {
+        let labels = jobs::labels(&t);
+        labels.iter().filter(|l| l.ends_with(": complete")).count() == 3
+            && labels.iter().filter(|l| l.ends_with(": success")).count() == 2
+    })
+    .await;
+    h.stop().await;
+    let labels = jobs::labels(&t);
+    for label in [
+        "all: complete",
+        "all: success",
+        "one dies: complete",
+        "nested: complete",
+        "nested: success",
+    ] {
+        assert_eq!(
+            labels.iter().filter(|l| *l == label).count(),
+            1,
+            "{label}: {labels:?}"
+        );
+    }
+    assert!(
+        !labels.contains(&"one dies: success".to_owned()),
+        "{labels:?}"
+    );
+    assert_eq!(b.admin().queue("callbacks").await.unwrap().size, 0);
+    assert_eq!(labels.iter().filter(|l| *l == "member").count(), 5 + 3 + 3);
+
+    let status = |bid: &str| {
+        let client = client.clone();
+        let bid = bid.to_owned();
+        async move { client.batch_status(&bid).await.unwrap().unwrap() }
+    };
+    let all = status(&bids[0]).await;
+    assert_eq!(
+        (
+            all.total,
+            all.pending,
+            all.succeeded,
+            all.failed,
+            all.finished
+        ),
+        (5, 0, 5, 0, true)
+    );
+    let one_dies = status(&bids[1]).await;
+    assert_eq!((one_dies.succeeded, one_dies.failed), (2, 1));
+    let nested = status(&bids[2]).await;
+    assert_eq!((nested.total, nested.succeeded), (3, 3));
+    // Done again (a job run twice after a crash) counts nothing and pushes nothing.
+    assert!(!b
+        .broker
+        .batch_done(&bids[0], "not-a-member", true)
+        .await
+        .unwrap());
+    assert_eq!(status(&bids[0]).await.succeeded, 5);
 }

@@ -248,6 +248,64 @@ async fn kill_dash_nine_pushes_each_follow_up_exactly_once() {
     drop(server);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_finishes_once_across_processes_and_kills() {
+    const JOBS: u64 = 300;
+    /// The number of the batch's `on_complete` record.
+    const CALLBACK: u64 = 1_000_000;
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let client = Client::new(broker.clone());
+    let batch = jobqueue::client::Batch::new("ticks")
+        .on_complete(&support::ticks::Record { n: CALLBACK })
+        .unwrap();
+    let jobs: Vec<Tick> = (0..JOBS).map(|n| Tick { n, millis: 20 }).collect();
+    client.enqueue_batch(&batch, &jobs).await.unwrap();
+
+    // Two workers finish jobs of the batch at once; one of them is killed each round.
+    let limit = Duration::from_secs(60);
+    let mut other = spawn_worker(&url);
+    for round in 1..=3u64 {
+        let worker = spawn_worker(&url);
+        let identity = identity_of(&url, &worker).await;
+        eventually(limit, "the workers made progress", || async {
+            broker.queue_len("done").await.unwrap() as u64 >= round * 40
+        })
+        .await;
+        kill_dash_nine(&url, worker, &identity).await;
+    }
+    eventually(limit, "every job completed", || async {
+        counts(&url, "done").await.len() as u64 == JOBS
+    })
+    .await;
+    eventually(limit, "the batch finished", || async {
+        client
+            .batch_status(batch.id())
+            .await
+            .unwrap()
+            .is_some_and(|s| s.finished)
+    })
+    .await;
+    other.kill().unwrap();
+    other.wait().unwrap();
+    let status = client.batch_status(batch.id()).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            status.total,
+            status.pending,
+            status.succeeded,
+            status.failed
+        ),
+        (JOBS, 0, JOBS, 0)
+    );
+    // The callback (a `Record` on the `default` queue, which no worker takes) was pushed
+    // exactly once.
+    let callbacks = counts(&url, "default").await;
+    assert_eq!(callbacks.get(&CALLBACK), Some(&1), "{callbacks:?}");
+    drop(server);
+}
+
 fn sigterm(child: &mut Child) -> ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

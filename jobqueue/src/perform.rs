@@ -68,6 +68,8 @@ pub struct JobContext {
     then: Arc<Mutex<Vec<FollowUp>>>,
     /// Turns true when an operator cancels the job.
     cancel: watch::Receiver<bool>,
+    /// The batch the job belongs to.
+    batch: Option<String>,
 }
 
 /// A job declared with [`JobContext::then`], pushed when the running job succeeds.
@@ -97,6 +99,11 @@ impl JobContext {
             then: Arc::default(),
             // Never cancelled unless a worker gives it its switch.
             cancel: watch::channel(false).1,
+            batch: envelope
+                .extra
+                .get(crate::client::BATCH_KEY)
+                .and_then(|bid| bid.as_str())
+                .map(str::to_owned),
         }
     }
 
@@ -183,6 +190,23 @@ impl JobContext {
     /// The follow-ups declared so far, taken out.
     pub(crate) fn take_follow_ups(&self) -> Vec<FollowUp> {
         std::mem::take(&mut *self.then.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The id of the batch this job belongs to, if any.
+    pub fn batch_id(&self) -> Option<&str> {
+        self.batch.as_deref()
+    }
+
+    /// Adds `job` to this job's batch and pushes it: the batch finishes only once it has
+    /// finished too. Refused (as [`Error::Skipped`]) when this job is not in a batch.
+    pub async fn enqueue_in_batch<J: Job>(&self, job: &J) -> Result<String, Error> {
+        let Some(bid) = &self.batch else {
+            return Err(Error::Skipped {
+                class: J::NAME.to_owned(),
+                reason: format!("job {} is not in a batch to add it to", self.jid),
+            });
+        };
+        self.client.enqueue_in_batch(bid, job).await
     }
 
     /// Enqueues a follow-up job; see [`Client::enqueue`].

@@ -2,15 +2,15 @@
 //! process, for the quickstart, development and unit tests. Jobs do not survive the process.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{
-    dead_trim, Broker, Fetched, Heartbeat, Orphans, Placement, ProcessEntry, Push, Settle,
-    SortedSet, Stats, WakeupHub, Wakeups,
+    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, Orphans, Placement,
+    ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, now};
@@ -43,6 +43,18 @@ struct State {
     paused: HashMap<String, f64>,
     /// Jobs marked cancelled, until when.
     cancelled: HashMap<String, Instant>,
+    batches: HashMap<String, Batch>,
+}
+
+/// A batch: its callbacks, the job ids not finished yet, its counts.
+struct Batch {
+    description: String,
+    callbacks: BatchCallbacks,
+    pending: HashSet<String>,
+    total: u64,
+    succeeded: u64,
+    failed: u64,
+    finished: bool,
 }
 
 struct LiveProcess {
@@ -273,6 +285,73 @@ impl Broker for MemoryBroker {
             }
         }
         Ok(())
+    }
+
+    async fn batch_add(
+        &self,
+        bid: &str,
+        description: &str,
+        callbacks: &BatchCallbacks,
+        jids: &[String],
+    ) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        let batch = state
+            .batches
+            .entry(bid.to_owned())
+            .or_insert_with(|| Batch {
+                description: description.to_owned(),
+                callbacks: callbacks.clone(),
+                pending: HashSet::new(),
+                total: 0,
+                succeeded: 0,
+                failed: 0,
+                finished: false,
+            });
+        for jid in jids {
+            if batch.pending.insert(jid.clone()) {
+                batch.total += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn batch_done(&self, bid: &str, jid: &str, succeeded: bool) -> Result<bool, BrokerError> {
+        let callbacks = {
+            let mut state = self.state();
+            let Some(batch) = state.batches.get_mut(bid) else {
+                return Ok(false);
+            };
+            if !batch.pending.remove(jid) {
+                return Ok(false);
+            }
+            if succeeded {
+                batch.succeeded += 1;
+            } else {
+                batch.failed += 1;
+            }
+            if !batch.pending.is_empty() || batch.finished {
+                return Ok(false);
+            }
+            batch.finished = true;
+            let mut due: Vec<Push> = batch.callbacks.on_complete.iter().cloned().collect();
+            if batch.failed == 0 {
+                due.extend(batch.callbacks.on_success.iter().cloned());
+            }
+            due
+        };
+        self.push(&callbacks).await?;
+        Ok(true)
+    }
+
+    async fn batch_status(&self, bid: &str) -> Result<Option<BatchStatus>, BrokerError> {
+        Ok(self.state().batches.get(bid).map(|b| BatchStatus {
+            description: b.description.clone(),
+            total: b.total,
+            pending: b.pending.len() as u64,
+            succeeded: b.succeeded,
+            failed: b.failed,
+            finished: b.finished,
+        }))
     }
 
     async fn mark_cancelled(&self, jid: &str, ttl: Duration) -> Result<(), BrokerError> {

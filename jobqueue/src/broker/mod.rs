@@ -294,6 +294,36 @@ pub struct Stats {
     pub cancelled: u64,
 }
 
+/// The jobs a batch pushes when it finishes.
+#[derive(Clone, Debug, Default)]
+pub struct BatchCallbacks {
+    /// Pushed when every job has finished, some possibly dead.
+    pub on_complete: Option<Push>,
+    /// Pushed when every job has succeeded.
+    pub on_success: Option<Push>,
+}
+
+/// A batch's counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchStatus {
+    /// What the batch is, as its creator described it.
+    pub description: String,
+    /// Jobs added to it.
+    pub total: u64,
+    /// Jobs not finished yet.
+    pub pending: u64,
+    /// Jobs that succeeded.
+    pub succeeded: u64,
+    /// Jobs that died, or were cancelled.
+    pub failed: u64,
+    /// Every job has finished and the callbacks were pushed.
+    pub finished: bool,
+}
+
+/// How long a batch's state is kept after its last addition.
+pub const BATCH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Storage for queues, sets and processes, shared by clients and workers.
 ///
 /// Every method is one round trip to Redis, or one lock of the in-memory state.
@@ -315,6 +345,24 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Removes finished jobs from the in-flight list of `process`.
     async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError>;
+
+    /// Adds the jobs `jids` to the batch `bid`, creating it (with `description` and
+    /// `callbacks`) if it is new; the callbacks of an existing batch are kept.
+    async fn batch_add(
+        &self,
+        bid: &str,
+        description: &str,
+        callbacks: &BatchCallbacks,
+        jids: &[String],
+    ) -> Result<(), BrokerError>;
+
+    /// Records that the job `jid` of batch `bid` finished (succeeded or not), once per job
+    /// however often it is called; the call that finishes the batch pushes its callbacks,
+    /// exactly once. Returns whether this call finished the batch.
+    async fn batch_done(&self, bid: &str, jid: &str, succeeded: bool) -> Result<bool, BrokerError>;
+
+    /// The counts of batch `bid`, if it exists.
+    async fn batch_status(&self, bid: &str) -> Result<Option<BatchStatus>, BrokerError>;
 
     /// Marks the job `jid` as cancelled for `ttl`: a process running it stops it.
     async fn mark_cancelled(&self, jid: &str, ttl: Duration) -> Result<(), BrokerError>;

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tracing::Instrument;
 
-use crate::broker::{Broker, Push};
+use crate::broker::{BatchStatus, Broker, Push};
 use crate::envelope::{encode_args, Envelope, Retry};
 use crate::error::Error;
 use crate::job::{Job, JobOptions};
@@ -19,9 +19,12 @@ use crate::metrics;
 use crate::time::{epoch_seconds, now};
 use crate::trace;
 
+mod batch;
 mod mechanisms;
 mod middleware;
 
+pub use self::batch::Batch;
+pub(crate) use self::batch::BATCH_KEY;
 pub use self::mechanisms::MechanismConfig;
 pub use self::middleware::{
     Admission, ClientChain, ClientJob, ClientMiddleware, ClientNext, Origin,
@@ -138,7 +141,52 @@ impl Client {
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
     ) -> Result<Vec<Option<String>>, Error> {
-        self.push_bulk(jobs, None).await
+        self.push_bulk(jobs, None, None).await
+    }
+
+    /// Enqueues `jobs` as (or into) `batch`, like [`Client::enqueue_bulk`]: the batch's
+    /// callbacks are pushed once when they have all finished. Jobs middleware refuses, or
+    /// that an existing unique job stands for, are not part of it. A batch with no job
+    /// never finishes.
+    pub async fn enqueue_batch<'a, J: Job>(
+        &self,
+        batch: &Batch,
+        jobs: impl IntoIterator<Item = &'a J>,
+    ) -> Result<Vec<Option<String>>, Error> {
+        self.push_bulk(jobs, None, Some(batch)).await
+    }
+
+    /// Pushes `job` into batch `bid` (a job of the batch adding to it).
+    pub(crate) async fn enqueue_in_batch<J: Job>(
+        &self,
+        bid: &str,
+        job: &J,
+    ) -> Result<String, Error> {
+        let mut envelope = envelope_for(job, now())?;
+        envelope
+            .extra
+            .insert(BATCH_KEY.into(), bid.to_owned().into());
+        match self
+            .admit(envelope, None, Some(&J::OPTIONS), Origin::Enqueue)
+            .await?
+        {
+            Admitted::Push(push, jid) => {
+                let callbacks = crate::broker::BatchCallbacks::default();
+                self.broker
+                    .batch_add(bid, "", &callbacks, std::slice::from_ref(&jid))
+                    .await?;
+                self.broker.push(std::slice::from_ref(&push)).await?;
+                metrics::enqueued(&push.queue, J::NAME, 1);
+                Ok(jid)
+            }
+            Admitted::Existing(jid) => Ok(jid),
+        }
+    }
+
+    /// The counts of batch `bid`, if it exists (it is kept 30 days after its last
+    /// addition).
+    pub async fn batch_status(&self, bid: &str) -> Result<Option<BatchStatus>, Error> {
+        Ok(self.broker.batch_status(bid).await?)
     }
 
     /// Like [`Client::enqueue_bulk`], for jobs that run at `at`.
@@ -147,19 +195,28 @@ impl Client {
         at: SystemTime,
         jobs: impl IntoIterator<Item = &'a J>,
     ) -> Result<Vec<Option<String>>, Error> {
-        self.push_bulk(jobs, Some(at)).await
+        self.push_bulk(jobs, Some(at), None).await
     }
 
     async fn push_bulk<'a, J: Job>(
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
         at: Option<SystemTime>,
+        batch: Option<&Batch>,
     ) -> Result<Vec<Option<String>>, Error> {
         let now = now();
         let envelopes = jobs
             .into_iter()
-            .map(|job| envelope_for(job, now))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|job| {
+                let mut envelope = envelope_for(job, now)?;
+                if let Some(batch) = batch {
+                    envelope
+                        .extra
+                        .insert(BATCH_KEY.into(), batch.id().to_owned().into());
+                }
+                Ok(envelope)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         // Middleware that keeps state in the broker makes a round trip per job; running the
         // chains together lets the connection pipeline them.
         let admitted = futures_util::stream::iter(envelopes)
@@ -169,10 +226,12 @@ impl Client {
             .await;
         let mut jids = Vec::with_capacity(admitted.len());
         let mut pushes = Vec::with_capacity(admitted.len());
+        let mut pushed = Vec::new();
         for result in admitted {
             match result {
                 Ok(Admitted::Push(push, jid)) => {
                     pushes.push(push);
+                    pushed.push(jid.clone());
                     jids.push(Some(jid));
                 }
                 Ok(Admitted::Existing(jid)) => jids.push(Some(jid)),
@@ -182,6 +241,12 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(batch) = batch {
+            // The batch knows its jobs before any of them can finish.
+            self.broker
+                .batch_add(batch.id(), batch.description(), batch.callbacks(), &pushed)
+                .await?;
         }
         self.broker.push(&pushes).await?;
         // Counted per run of one queue, not per job: a bulk is usually one queue.

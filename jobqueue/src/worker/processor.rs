@@ -20,6 +20,7 @@ use super::{settle, Shared, Started};
 use crate::broker::{Fetched, Settle};
 use crate::budget::{Account, Tracked};
 use crate::class_stats::Run;
+use crate::client::BATCH_KEY;
 use crate::envelope::Envelope;
 use crate::job::JobOptions;
 use crate::metrics::{self, Ended};
@@ -39,7 +40,8 @@ pub(crate) async fn run(
     let slot = Slot::take(&shared);
     let account = Arc::new(Account::default());
     let mut follow_ups = Vec::new();
-    let ended = execute(&shared, &job, &slot, &account, &mut follow_ups).await;
+    let mut batch = None;
+    let ended = execute(&shared, &job, &slot, &account, &mut follow_ups, &mut batch).await;
     let (class, ran) = slot
         .started
         .get()
@@ -59,6 +61,18 @@ pub(crate) async fn run(
             memory: account.memory().map(|m| (m.peak, m.retained)),
         };
         shared.class_stats.record(class, &run);
+    }
+    // A batch counts a job once it will not run again: done, skipped, cancelled or dead.
+    if let Some((bid, jid)) = &batch {
+        let finished = match &ended {
+            Ok(Outcome::Done | Outcome::Skipped { .. }) => Some(true),
+            Ok(Outcome::Cancelled) => Some(false),
+            Err(Failed { to, .. }) if retry::dies(to) => Some(false),
+            _ => None,
+        };
+        if let Some(succeeded) = finished {
+            settle::batch_done(&shared, bid, jid, succeeded).await;
+        }
     }
     match ended {
         Ok(Outcome::Done) if !follow_ups.is_empty() => {
@@ -183,6 +197,7 @@ async fn execute(
     slot: &Slot<'_>,
     account: &Arc<Account>,
     follow_ups: &mut Vec<FollowUp>,
+    batch: &mut Option<(String, String)>,
 ) -> Result<Outcome, Failed> {
     let limit = shared.config.max_payload_bytes;
     if job.payload.len() > limit {
@@ -204,6 +219,9 @@ async fn execute(
             )));
         }
     };
+    if let Some(bid) = envelope.extra.get(BATCH_KEY).and_then(|b| b.as_str()) {
+        *batch = Some((bid.to_owned(), envelope.jid.clone()));
+    }
     let Some(handler) = shared.registry.get(&envelope.class) else {
         let error = JobError::new(format!(
             "no job class `{}` is registered with this worker (it runs: {}); register it, or \

@@ -108,3 +108,22 @@ pub(crate) async fn ack_then(
         Err(e) => tracing::error!(parent, "acknowledging the job with its follow-ups: {e}"),
     }
 }
+
+/// Records in its batch that a job finished, tried again until the broker answers (a
+/// repeat counts nothing twice). Done before the job leaves the in-flight list: a crash
+/// in between runs the job again, and its batch counts it once.
+pub(crate) async fn batch_done(shared: &Shared, bid: &str, jid: &str, succeeded: bool) {
+    let call = || shared.broker.batch_done(bid, jid, succeeded);
+    let finished = call
+        .retry(backoff_builder())
+        .notify(|e, wait| {
+            metrics::broker_error("batch");
+            tracing::warn!(
+                "recording job {jid} in batch {bid} failed, trying again in {wait:?}: {e}"
+            )
+        })
+        .await;
+    if let Ok(true) = finished {
+        tracing::info!(bid, "batch finished; its callbacks are enqueued");
+    }
+}

@@ -12,8 +12,8 @@ use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
 use super::RedisBroker;
 use crate::broker::{
-    dead_trim, Broker, Fetched, Heartbeat, Orphans, Placement, ProcessEntry, Push, Running, Settle,
-    SortedSet, Stats, Wakeups,
+    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, Orphans, Placement,
+    ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
@@ -103,6 +103,76 @@ impl Broker for RedisBroker {
         }
         pipe.query_async::<()>(&mut self.conn()).await?;
         Ok(())
+    }
+
+    async fn batch_add(
+        &self,
+        bid: &str,
+        description: &str,
+        callbacks: &BatchCallbacks,
+        jids: &[String],
+    ) -> Result<(), BrokerError> {
+        let keys = &self.inner.keys;
+        let (hash, pending) = keys.batch(bid);
+        let mut call = self.inner.scripts.batch_add.key(hash);
+        call.key(pending).arg(BATCH_TTL.as_secs()).arg(description);
+        for callback in [&callbacks.on_complete, &callbacks.on_success] {
+            match callback {
+                Some(push) => call
+                    .arg(keys.queue(&push.queue))
+                    .arg(&push.queue)
+                    .arg(payload_bytes(&push.payload).as_ref()),
+                None => call.arg("").arg("").arg(""),
+            };
+        }
+        call.arg(jids);
+        call.invoke_async::<i64>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn batch_done(&self, bid: &str, jid: &str, succeeded: bool) -> Result<bool, BrokerError> {
+        let keys = &self.inner.keys;
+        let (hash, pending) = keys.batch(bid);
+        let done: i64 = self
+            .inner
+            .scripts
+            .batch_done
+            .key(hash)
+            .key(pending)
+            .key(&keys.queues)
+            .arg(jid)
+            .arg(if succeeded { "1" } else { "0" })
+            .arg(&keys.wake)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(done == 2)
+    }
+
+    async fn batch_status(&self, bid: &str) -> Result<Option<BatchStatus>, BrokerError> {
+        let (hash, pending) = self.inner.keys.batch(bid);
+        type Fields = (
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<String>,
+        );
+        let (fields, pending): (Fields, u64) = redis::pipe()
+            .cmd("HMGET")
+            .arg(&hash)
+            .arg(&["description", "total", "succeeded", "failed", "finished"])
+            .scard(&pending)
+            .query_async(&mut self.conn())
+            .await?;
+        let (description, total, succeeded, failed, finished) = fields;
+        Ok(description.map(|description| BatchStatus {
+            description,
+            total: total.unwrap_or(0),
+            pending,
+            succeeded: succeeded.unwrap_or(0),
+            failed: failed.unwrap_or(0),
+            finished: finished.is_some(),
+        }))
     }
 
     async fn mark_cancelled(&self, jid: &str, ttl: Duration) -> Result<(), BrokerError> {

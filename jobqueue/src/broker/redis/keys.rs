@@ -44,6 +44,13 @@ impl Keys {
         format!("{}jobqueue:inflight:{process}", self.prefix)
     }
 
+    /// A batch's hash and its set of pending job ids.
+    pub(super) fn batch(&self, bid: &str) -> (String, String) {
+        let hash = format!("{}jobqueue:batch:{bid}", self.prefix);
+        let pending = format!("{hash}:pending");
+        (hash, pending)
+    }
+
     pub(super) fn lock(&self, key: &str) -> String {
         format!("{}jobqueue:lock:{key}", self.prefix)
     }

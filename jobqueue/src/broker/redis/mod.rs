@@ -37,6 +37,8 @@ struct Scripts {
     unlock: Script,
     remove_job: Script,
     move_entry: Script,
+    batch_add: Script,
+    batch_done: Script,
 }
 
 /// A broker on a Redis server, compatible with Sidekiq's keys and payloads.
@@ -116,6 +118,8 @@ impl RedisBroker {
                     unlock: Script::new(include_str!("lua/unlock.lua")),
                     remove_job: Script::new(include_str!("lua/remove_job.lua")),
                     move_entry: Script::new(include_str!("lua/move_entry.lua")),
+                    batch_add: Script::new(include_str!("lua/batch_add.lua")),
+                    batch_done: Script::new(include_str!("lua/batch_done.lua")),
                 },
                 hub,
                 tracker,
