@@ -15,6 +15,7 @@ use support::{eventually, start, Backend};
 const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
+    an_iterating_job_stops_at_its_time_limit_and_resumes_from_its_checkpoint,
     batch_callbacks_run_once_when_every_job_has_finished,
     cancel_removes_waiting_jobs_and_stops_running_ones,
     follow_ups_are_pushed_with_the_ack_of_a_run_that_succeeds,
@@ -1617,4 +1618,91 @@ async fn batch_callbacks_run_once_when_every_job_has_finished(b: Backend) {
         .await
         .unwrap());
     assert_eq!(status(&bids[0]).await.succeeded, 5);
+}
+
+/// Walks items `0..to`, 30 ms each, stopping after 50 ms of a run to resume later.
+#[derive(serde::Serialize, serde::Deserialize, Job)]
+#[job(queue = "walks", idempotent)]
+struct Walk {
+    token: String,
+    to: u64,
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::iterate::Iterate for Walk {
+    type Cursor = u64;
+
+    async fn step(
+        &self,
+        next: Option<u64>,
+        _: &jobqueue::JobContext,
+    ) -> Result<Option<u64>, jobqueue::JobError> {
+        let item = next.unwrap_or(0);
+        if item >= self.to {
+            return Ok(None);
+        }
+        jobs::record(&self.token, format!("item {item}"));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        Ok(Some(item + 1))
+    }
+
+    fn run_for(&self) -> Duration {
+        Duration::from_millis(50)
+    }
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::Perform for Walk {
+    async fn perform(&self, ctx: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+        jobs::record(&self.token, "run");
+        jobqueue::iterate::run(self, ctx).await
+    }
+}
+
+async fn an_iterating_job_stops_at_its_time_limit_and_resumes_from_its_checkpoint(b: Backend) {
+    let t = jobs::token();
+    let h = start(
+        b.worker()
+            .register::<Walk>()
+            .configure(|c| c.poll_interval = Duration::from_millis(50)),
+    );
+    let jid = b
+        .client()
+        .enqueue(&Walk {
+            token: t.clone(),
+            to: 8,
+        })
+        .await
+        .unwrap();
+    let admin = b.admin();
+    eventually(LIMIT, "progress visible mid-way", || async {
+        admin
+            .iteration(&jid)
+            .await
+            .unwrap()
+            .is_some_and(|p| p.done >= 2)
+    })
+    .await;
+    eventually(LIMIT, "every item done", || async {
+        jobs::labels(&t).contains(&"item 7".to_owned())
+    })
+    .await;
+    eventually(LIMIT, "the checkpoint removed", || async {
+        admin.iteration(&jid).await.unwrap().is_none()
+    })
+    .await;
+    h.stop().await;
+    let labels = jobs::labels(&t);
+    for item in 0..8 {
+        let n = labels
+            .iter()
+            .filter(|l| **l == format!("item {item}"))
+            .count();
+        assert_eq!(n, 1, "item {item}: {labels:?}");
+    }
+    let runs = labels.iter().filter(|l| *l == "run").count();
+    assert!(runs >= 3, "it should have stopped and resumed: {labels:?}");
+    // Resumed as the same job: nothing failed, nothing left anywhere.
+    assert_eq!(admin.set_size(SortedSet::Retry).await.unwrap(), 0);
+    assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 0);
 }

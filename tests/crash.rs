@@ -306,6 +306,75 @@ async fn a_batch_finishes_once_across_processes_and_kills() {
     drop(server);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_job_killed_mid_way_resumes_from_its_checkpoint() {
+    const ITEMS: u64 = 200;
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let client = Client::new(broker.clone());
+    let jid = client
+        .enqueue(&support::ticks::CountTick {
+            to: ITEMS,
+            millis: 10,
+        })
+        .await
+        .unwrap();
+    let limit = Duration::from_secs(60);
+    let worker = spawn_worker(&url);
+    let identity = identity_of(&url, &worker).await;
+    let admin = jobqueue::Admin::new(broker.clone());
+    eventually(limit, "a quarter of the items done", || async {
+        admin
+            .iteration(&jid)
+            .await
+            .unwrap()
+            .is_some_and(|p| p.done >= ITEMS / 4)
+    })
+    .await;
+    let mut worker = worker;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    // Declared dead, so the survivor recovers the job it held.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&identity)
+        .query_async(&mut conn(&url).await)
+        .await
+        .unwrap();
+    let at_kill = admin.iteration(&jid).await.unwrap().unwrap();
+    assert!(at_kill.done < ITEMS, "killed mid-way: {at_kill:?}");
+
+    let mut survivor = spawn_worker(&url);
+    eventually(limit, "every item done", || async {
+        counts(&url, "ran").await.len() as u64 == ITEMS
+    })
+    .await;
+    eventually(limit, "the checkpoint removed at the end", || async {
+        admin.iteration(&jid).await.unwrap().is_none()
+    })
+    .await;
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+    // Items before the checkpoint ran once; only the item in progress at the kill may have
+    // run twice.
+    let ran = counts(&url, "ran").await;
+    let twice: Vec<(&u64, &usize)> = ran.iter().filter(|(_, c)| **c > 1).collect();
+    println!(
+        "items={ITEMS} checkpoint_at_kill={} twice={twice:?}",
+        at_kill.done
+    );
+    assert!(ran.values().all(|c| *c <= 2), "{ran:?}");
+    assert!(
+        twice.len() <= 1,
+        "more than the item in progress ran twice: {twice:?}"
+    );
+    assert!(
+        twice.iter().all(|(n, _)| **n == at_kill.done),
+        "a repeat other than the item after the checkpoint: {twice:?}"
+    );
+    drop(server);
+}
+
 fn sigterm(child: &mut Child) -> ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -288,6 +288,14 @@ impl Admin {
         })
     }
 
+    /// The progress of the iterating job `jid` ([`crate::iterate`]), while it has a
+    /// checkpoint.
+    pub async fn iteration(&self, jid: &str) -> Result<Option<crate::iterate::Progress>, Error> {
+        let key = crate::iterate::checkpoint_key(jid);
+        let text = self.broker.lock_holder(&key).await?;
+        Ok(text.as_deref().and_then(crate::iterate::progress_of))
+    }
+
     /// Quiets the process `identity` at its next heartbeat: it takes no new jobs.
     pub async fn quiet(&self, identity: &str) -> Result<(), Error> {
         Ok(self.broker.signal(identity, "TSTP").await?)

@@ -75,6 +75,7 @@ pub mod class_stats;
 pub mod client;
 pub mod envelope;
 pub mod error;
+pub mod iterate;
 pub mod job;
 pub mod metrics;
 pub mod perform;

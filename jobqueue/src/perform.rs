@@ -70,6 +70,10 @@ pub struct JobContext {
     cancel: watch::Receiver<bool>,
     /// The batch the job belongs to.
     batch: Option<String>,
+    /// Whether the worker running the job is shutting down or quiet.
+    stopping: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Set when the job asks to run again, as the same job, from where it stopped.
+    resume: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A job declared with [`JobContext::then`], pushed when the running job succeeds.
@@ -104,7 +108,40 @@ impl JobContext {
                 .get(crate::client::BATCH_KEY)
                 .and_then(|bid| bid.as_str())
                 .map(str::to_owned),
+            stopping: Arc::new(|| false),
+            resume: Arc::default(),
         }
+    }
+
+    /// This context, telling the job when its worker stops taking work.
+    pub(crate) fn with_stopping(
+        mut self,
+        stopping: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.stopping = Arc::new(stopping);
+        self
+    }
+
+    /// Whether the worker running this job is shutting down or has gone quiet: a long job
+    /// should stop at its next step and resume later ([`crate::iterate`] does).
+    pub fn is_stopping(&self) -> bool {
+        (self.stopping)()
+    }
+
+    /// Asks for this job to run again, as the same job, once this run returns `Ok`: it goes
+    /// to the schedule set, due at once, instead of being acknowledged.
+    pub(crate) fn resume_later(&self) {
+        self.resume
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn resumes(&self) -> bool {
+        self.resume.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The broker, for the crate's own helpers that keep state there.
+    pub(crate) fn broker(&self) -> &Arc<dyn crate::broker::Broker> {
+        self.client.broker()
     }
 
     /// This context, cancelled when `cancel` turns true.

@@ -14,7 +14,9 @@ use jobqueue::{MechanismConfig, Queues, RedisBroker, Worker};
 #[path = "../support/ticks.rs"]
 mod ticks;
 
-use ticks::{ChainedTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick};
+use ticks::{
+    ChainedTick, CountTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,6 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register::<ExpiresTick>()
         .register::<GuardedTick>()
         .register::<ChainedTick>()
+        .register::<CountTick>()
         .build()?
         .run()
         .await?;

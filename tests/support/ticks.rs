@@ -66,6 +66,37 @@ impl Perform for ChainedTick {
     }
 }
 
+/// Walks items `0..to`, recording each as a `Record` on `ran` and sleeping `millis`; a
+/// resumable job (`jobqueue::iterate`), checkpointing after each item.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent)]
+pub struct CountTick {
+    pub to: u64,
+    pub millis: u64,
+}
+
+#[async_trait]
+impl jobqueue::iterate::Iterate for CountTick {
+    type Cursor = u64;
+
+    async fn step(&self, next: Option<u64>, ctx: &JobContext) -> Result<Option<u64>, JobError> {
+        let item = next.unwrap_or(0);
+        if item >= self.to {
+            return Ok(None);
+        }
+        ctx.enqueue_to("ran", &Record { n: item }).await?;
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        Ok(Some(item + 1))
+    }
+}
+
+#[async_trait]
+impl Perform for CountTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        jobqueue::iterate::run(self, ctx).await
+    }
+}
+
 /// Written by the ticks to the `ran` and `done` queues; never run.
 #[derive(Serialize, Deserialize, Job)]
 pub struct Record {

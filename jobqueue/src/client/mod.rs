@@ -107,6 +107,11 @@ impl Client {
         self
     }
 
+    /// The broker it pushes to.
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
     /// The middleware every enqueue goes through.
     pub fn chain(&self) -> &ClientChain {
         &self.chain

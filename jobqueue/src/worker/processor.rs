@@ -249,8 +249,10 @@ async fn execute(
     slot.show(job, handler.class(), options);
     let (cancel, cancelled) = watch::channel(false);
     let _switch = Switch::register(shared, &envelope.jid, cancel);
+    let state = shared.state.subscribe();
     let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone())
-        .with_cancel(cancelled.clone());
+        .with_cancel(cancelled.clone())
+        .with_stopping(move || *state.borrow() != super::RunState::Running);
     let server_job = ServerJob {
         envelope: &envelope,
         options,
@@ -325,6 +327,12 @@ async fn execute(
     let error = match result {
         Ok(Ok(outcome)) => {
             match &outcome {
+                Outcome::Done if ctx.resumes() => {
+                    return Ok(Outcome::Reschedule {
+                        after: Duration::ZERO,
+                        reason: "it resumes from its checkpoint".into(),
+                    });
+                }
                 Outcome::Done => *follow_ups = ctx.take_follow_ups(),
                 Outcome::Skipped { reason } => {
                     tracing::info!(jid = %envelope.jid, class = %envelope.class, "skipped: {reason}");
