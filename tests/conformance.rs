@@ -16,6 +16,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 on_both_brokers!(
     an_iterating_job_stops_at_its_time_limit_and_resumes_from_its_checkpoint,
+    an_iterating_job_stops_at_shutdown_and_another_worker_resumes_it,
     batch_callbacks_run_once_when_every_job_has_finished,
     cancel_removes_waiting_jobs_and_stops_running_ones,
     follow_ups_are_pushed_with_the_ack_of_a_run_that_succeeds,
@@ -1705,4 +1706,91 @@ async fn an_iterating_job_stops_at_its_time_limit_and_resumes_from_its_checkpoin
     // Resumed as the same job: nothing failed, nothing left anywhere.
     assert_eq!(admin.set_size(SortedSet::Retry).await.unwrap(), 0);
     assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 0);
+}
+
+/// Like `Walk`, with no time limit of its own.
+#[derive(serde::Serialize, serde::Deserialize, Job)]
+#[job(queue = "walks", idempotent, bulk)]
+struct LongWalk {
+    token: String,
+    to: u64,
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::iterate::Iterate for LongWalk {
+    type Cursor = u64;
+
+    async fn step(
+        &self,
+        next: Option<u64>,
+        _: &jobqueue::JobContext,
+    ) -> Result<Option<u64>, jobqueue::JobError> {
+        let item = next.unwrap_or(0);
+        if item >= self.to {
+            return Ok(None);
+        }
+        jobs::record(&self.token, format!("item {item}"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Some(item + 1))
+    }
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::Perform for LongWalk {
+    async fn perform(&self, ctx: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+        jobs::record(&self.token, "run");
+        jobqueue::iterate::run(self, ctx).await
+    }
+}
+
+async fn an_iterating_job_stops_at_shutdown_and_another_worker_resumes_it(b: Backend) {
+    let t = jobs::token();
+    let admin = b.admin();
+    let first = start(b.worker().register::<LongWalk>());
+    let jid = b
+        .client()
+        .enqueue(&LongWalk {
+            token: t.clone(),
+            to: 30,
+        })
+        .await
+        .unwrap();
+    eventually(LIMIT, "some items done", || async {
+        admin
+            .iteration(&jid)
+            .await
+            .unwrap()
+            .is_some_and(|p| p.done >= 3)
+    })
+    .await;
+    // A graceful shutdown: the run stops after its current item and waits scheduled.
+    first.stop().await;
+    let stopped_at = admin.iteration(&jid).await.unwrap().unwrap().done;
+    assert!(stopped_at < 30, "stopped mid-way at {stopped_at}");
+    assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 1);
+
+    let second = start(
+        b.worker()
+            .register::<LongWalk>()
+            .configure(|c| c.poll_interval = Duration::from_millis(50)),
+    );
+    eventually(LIMIT, "the rest done by the next worker", || async {
+        admin.iteration(&jid).await.unwrap().is_none()
+            && jobs::labels(&t).contains(&"item 29".to_owned())
+    })
+    .await;
+    second.stop().await;
+    let labels = jobs::labels(&t);
+    for item in 0..30 {
+        let n = labels
+            .iter()
+            .filter(|l| **l == format!("item {item}"))
+            .count();
+        assert_eq!(n, 1, "item {item}: {labels:?}");
+    }
+    assert_eq!(
+        labels.iter().filter(|l| *l == "run").count(),
+        2,
+        "{labels:?}"
+    );
 }
