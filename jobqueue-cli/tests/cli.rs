@@ -439,3 +439,26 @@ fn classes_show_each_class_and_its_runs_over_budget() {
     handle.shutdown();
     rt.block_on(task).unwrap().unwrap();
 }
+
+#[test]
+fn cancel_removes_a_waiting_job() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let payload = job("0123456789abcdef01234567", "Export", "exports", None);
+    redis(&url, &["SADD", "queues", "exports"]);
+    redis(&url, &["LPUSH", "queue:exports", &payload]);
+    let said = ok(&url, &["cancel", "0123456789abcdef01234567"]);
+    assert!(said.contains("was waiting in exports; removed"), "{said}");
+    assert_eq!(
+        redis(&url, &["LLEN", "queue:exports"]),
+        redis::Value::Int(0)
+    );
+    let said = json_of(&url, &["cancel", "fedcba9876543210fedcba98"]);
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("neither waiting nor running"),
+        "{said}"
+    );
+}
