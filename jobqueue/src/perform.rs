@@ -64,16 +64,23 @@ pub struct JobContext {
     pub retries: u32,
     options: &'static JobOptions,
     client: Client,
-    /// Jobs to push once this run succeeds.
-    then: Arc<Mutex<Vec<FollowUp>>>,
+    /// What the run asks of the worker once it returns: follow-ups, or to resume later.
+    requests: Arc<Mutex<Requests>>,
     /// Turns true when an operator cancels the job.
     cancel: watch::Receiver<bool>,
     /// The batch the job belongs to.
     batch: Option<String>,
     /// Whether the worker running the job is shutting down or quiet.
     stopping: Arc<dyn Fn() -> bool + Send + Sync>,
-    /// Set when the job asks to run again, as the same job, from where it stopped.
-    resume: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a run asks of the worker once it returns.
+#[derive(Default)]
+struct Requests {
+    /// Jobs to push once this run succeeds.
+    then: Vec<FollowUp>,
+    /// Run again, as the same job, from where it stopped.
+    resume: bool,
 }
 
 /// A job declared with [`JobContext::then`], pushed when the running job succeeds.
@@ -100,7 +107,7 @@ impl JobContext {
             }),
             options,
             client,
-            then: Arc::default(),
+            requests: Arc::default(),
             // Never cancelled unless a worker gives it its switch.
             cancel: watch::channel(false).1,
             batch: envelope
@@ -109,7 +116,6 @@ impl JobContext {
                 .and_then(|bid| bid.as_str())
                 .map(str::to_owned),
             stopping: Arc::new(|| false),
-            resume: Arc::default(),
         }
     }
 
@@ -131,12 +137,15 @@ impl JobContext {
     /// Asks for this job to run again, as the same job, once this run returns `Ok`: it goes
     /// to the schedule set, due at once, instead of being acknowledged.
     pub(crate) fn resume_later(&self) {
-        self.resume
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.requests().resume = true;
     }
 
     pub(crate) fn resumes(&self) -> bool {
-        self.resume.load(std::sync::atomic::Ordering::Relaxed)
+        self.requests().resume
+    }
+
+    fn requests(&self) -> std::sync::MutexGuard<'_, Requests> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The broker, for the crate's own helpers that keep state there.
@@ -213,7 +222,8 @@ impl JobContext {
 
     fn then_at<J: Job>(&self, at: Option<SystemTime>, job: &J) -> Result<String, Error> {
         let mut envelope = envelope_for(job, crate::time::now())?;
-        let mut then = self.then.lock().unwrap_or_else(|e| e.into_inner());
+        let mut requests = self.requests();
+        let then = &mut requests.then;
         envelope.jid = derived_jid(&self.jid, then.len());
         let jid = envelope.jid.clone();
         then.push(FollowUp {
@@ -226,7 +236,7 @@ impl JobContext {
 
     /// The follow-ups declared so far, taken out.
     pub(crate) fn take_follow_ups(&self) -> Vec<FollowUp> {
-        std::mem::take(&mut *self.then.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut self.requests().then)
     }
 
     /// The id of the batch this job belongs to, if any.

@@ -205,7 +205,6 @@ impl WorkerBuilder {
                 failed: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),
                 cancelled: AtomicU64::new(0),
-                cancels: Mutex::default(),
             }),
         })
     }

@@ -120,16 +120,28 @@ pub(crate) fn resident_memory_kb() -> u64 {
 
 /// Tells the running jobs an operator cancelled (`Admin::cancel`) that they are.
 async fn signal_cancellations(shared: &Shared) {
-    let running: Vec<String> = shared.cancels_map().keys().cloned().collect();
+    let running: Vec<(u64, String)> = shared
+        .running_map()
+        .iter()
+        .filter_map(|(slot, s)| {
+            Some((
+                *slot,
+                crate::envelope::Envelope::parse(&s.payload).ok()?.jid,
+            ))
+        })
+        .collect();
     if running.is_empty() {
         return;
     }
-    match shared.broker.cancelled_among(&running).await {
+    let jids: Vec<String> = running.iter().map(|(_, jid)| jid.clone()).collect();
+    match shared.broker.cancelled_among(&jids).await {
         Ok(cancelled) => {
-            let cancels = shared.cancels_map();
-            for jid in cancelled {
-                if let Some(cancel) = cancels.get(&jid) {
-                    cancel.send_replace(true);
+            let map = shared.running_map();
+            for (slot, jid) in &running {
+                if cancelled.contains(jid) {
+                    if let Some(started) = map.get(slot) {
+                        started.cancel.send_replace(true);
+                    }
                 }
             }
         }

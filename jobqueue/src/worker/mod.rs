@@ -86,6 +86,8 @@ pub(crate) struct Started {
     pub(crate) payload: String,
     pub(crate) sensitive: &'static [&'static str],
     pub(crate) since: std::time::SystemTime,
+    /// Flipped when an operator cancels the job.
+    pub(crate) cancel: watch::Sender<bool>,
 }
 
 /// Sidekiq's thread ids are short base-36 strings.
@@ -130,17 +132,9 @@ pub(crate) struct Shared {
     pub(crate) failed: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) cancelled: AtomicU64,
-    /// The cancellation switch of each running job, by job id.
-    pub(crate) cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
 impl Shared {
-    pub(crate) fn cancels_map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
-        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(crate) fn running_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Started>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -173,13 +173,20 @@ impl<'a> Slot<'a> {
 
     /// Lists the job as running, for the heartbeat (Sidekiq's Busy page). The payload is
     /// redacted only when a heartbeat shows it, not on every job's path.
-    fn show(&self, job: &Fetched, class: &'static str, options: &'static JobOptions) {
+    fn show(
+        &self,
+        job: &Fetched,
+        class: &'static str,
+        options: &'static JobOptions,
+        cancel: watch::Sender<bool>,
+    ) {
         let _ = self.started.set((class, Instant::now()));
         let started = Started {
             queue: job.queue.clone(),
             payload: job.payload.clone(),
             sensitive: options.sensitive,
             since: SystemTime::now(),
+            cancel,
         };
         self.shared.running_map().insert(self.id, started);
     }
@@ -246,9 +253,8 @@ async fn execute(
             });
         }
     }
-    slot.show(job, handler.class(), options);
     let (cancel, cancelled) = watch::channel(false);
-    let _switch = Switch::register(shared, &envelope.jid, cancel);
+    slot.show(job, handler.class(), options, cancel);
     let state = shared.state.subscribe();
     let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone())
         .with_cancel(cancelled.clone())
@@ -393,27 +399,5 @@ pub(crate) async fn after_death(shared: &Shared, payload: &str) {
     };
     if let Some(handler) = shared.registry.get(&envelope.class) {
         on_death(shared, &envelope, handler.options()).await;
-    }
-}
-
-/// A running job's cancellation switch, listed for the heartbeat while the job runs.
-struct Switch<'a> {
-    shared: &'a Shared,
-    jid: String,
-}
-
-impl<'a> Switch<'a> {
-    fn register(shared: &'a Shared, jid: &str, cancel: watch::Sender<bool>) -> Self {
-        shared.cancels_map().insert(jid.to_owned(), cancel);
-        Self {
-            shared,
-            jid: jid.to_owned(),
-        }
-    }
-}
-
-impl Drop for Switch<'_> {
-    fn drop(&mut self) {
-        self.shared.cancels_map().remove(&self.jid);
     }
 }
