@@ -281,11 +281,8 @@ async fn every_page_shows_what_the_broker_holds() {
         assert!(!text.contains("hunter2"), "a sensitive field shows: {text}");
         browser.screenshot("retries").await;
         browser.click("tr[data-jid] td a").await;
-        let text = browser.text().await;
-        assert!(
-            text.contains("directory unreachable") && text.contains("[redacted]"),
-            "{text}"
-        );
+        let text = browser.wait_for_text("directory unreachable").await;
+        assert!(text.contains("[redacted]"), "{text}");
         assert!(!text.contains("hunter2"), "a sensitive field shows: {text}");
         browser.screenshot("retry-detail").await;
 
@@ -381,8 +378,7 @@ async fn retrying_a_dead_job_makes_the_worker_perform_it() {
         })
         .await;
         assert_eq!(admin.set_size(SortedSet::Dead).await.unwrap(), 0);
-        let text = browser.text().await;
-        assert!(text.contains("Retry now: 1 job(s)."), "{text}");
+        browser.wait_for_text("Retry now: 1 job(s).").await;
         browser.screenshot("dead-retried").await;
         browser.close().await;
         worker.stop().await;
@@ -416,8 +412,9 @@ async fn pause_stops_fetching_from_a_queue_and_resume_restarts_it() {
         browser
             .click("tr[data-queue='pausable'] button[value=pause]")
             .await;
-        let text = browser.text().await;
-        assert!(text.contains("Paused pausable until resumed."), "{text}");
+        browser
+            .wait_for_text("Paused pausable until resumed.")
+            .await;
         browser.screenshot("paused").await;
 
         // Pushed in this order: any fetch that returns `after` saw `held` too, and would
@@ -479,11 +476,9 @@ async fn cancel_on_the_busy_page_stops_a_running_job() {
         let text = browser.open(&site.url("/busy")).await;
         assert!(text.contains("WaitsForCancel"), "{text}");
         browser.click("button[value=cancel]").await;
-        let text = browser.text().await;
-        assert!(
-            text.contains(&format!("Asked job {jid} to stop.")),
-            "{text}"
-        );
+        browser
+            .wait_for_text(&format!("Asked job {jid} to stop."))
+            .await;
         eventually(LIMIT, "the job saw its cancellation", || async {
             jobs::labels(&t) == ["cancelled"]
         })
@@ -524,10 +519,9 @@ async fn delete_removes_a_job() {
         browser
             .click(&format!("tr[data-jid='{scheduled}'] td a"))
             .await;
-        assert!(browser.text().await.contains("doomed"));
+        browser.wait_for_text("doomed").await;
         browser.click("button[value=delete]").await;
-        let text = browser.text().await;
-        assert!(text.contains("Delete: 1 job(s)."), "{text}");
+        browser.wait_for_text("Delete: 1 job(s).").await;
         assert!(admin
             .find(SortedSet::Schedule, &scheduled)
             .await
@@ -542,8 +536,9 @@ async fn delete_removes_a_job() {
 
         browser.open(&site.url("/queues/idle")).await;
         browser.click("button[value=delete]").await;
-        let text = browser.text().await;
-        assert!(text.contains(&format!("Deleted job {queued}.")), "{text}");
+        browser
+            .wait_for_text(&format!("Deleted job {queued}."))
+            .await;
         assert_eq!(admin.queue("idle").await.unwrap().size, 0);
         browser.close().await;
     }
@@ -615,7 +610,7 @@ async fn hostile_payloads_show_as_text_and_run_nothing() {
         let text = browser.open(&site.url("/retries")).await;
         assert!(text.contains(HOSTILE_ERROR), "{text}");
         browser.click("tr[data-jid] td a").await;
-        let text = browser.text().await;
+        let text = browser.wait_for_text("Arguments").await;
         assert!(
             text.contains(HOSTILE_ERROR)
                 && text.contains(&serde_json::to_string(HOSTILE_ARG).unwrap()),

@@ -84,6 +84,26 @@ impl Browser {
             .expect("the page's text")
     }
 
+    /// Waits until the page's text contains `needle` (a click's navigation may still be
+    /// under way), and returns the text; panics after 30 s with what the page showed.
+    pub async fn wait_for_text(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let text = match self.client.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the page never showed {needle:?}; it shows: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Clicks the element found by `css`, accepting the confirmation dialog it may open.
     pub async fn click(&self, css: &str) {
         self.client
