@@ -38,10 +38,6 @@ struct Runs {
     retained_max: Option<u64>,
 }
 
-fn max_of(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    a.max(b)
-}
-
 impl Runs {
     fn record(&mut self, run: &Run) {
         let us = u64::try_from(run.ran.as_micros()).unwrap_or(u64::MAX);
@@ -50,8 +46,8 @@ impl Runs {
         self.max_us = self.max_us.max(us);
         *self.hist.entry(bucket(us)).or_default() += 1;
         if let Some((peak, retained)) = run.memory {
-            self.peak_max = max_of(self.peak_max, Some(peak));
-            self.retained_max = max_of(self.retained_max, Some(retained));
+            self.peak_max = self.peak_max.max(Some(peak));
+            self.retained_max = self.retained_max.max(Some(retained));
         }
     }
 
@@ -59,8 +55,8 @@ impl Runs {
         self.runs += other.runs;
         self.failed += other.failed;
         self.max_us = self.max_us.max(other.max_us);
-        self.peak_max = max_of(self.peak_max, other.peak_max);
-        self.retained_max = max_of(self.retained_max, other.retained_max);
+        self.peak_max = self.peak_max.max(other.peak_max);
+        self.retained_max = self.retained_max.max(other.retained_max);
         for (bucket, count) in &other.hist {
             *self.hist.entry(*bucket).or_default() += count;
         }

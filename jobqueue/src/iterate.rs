@@ -117,9 +117,11 @@ fn broker_error(e: impl std::fmt::Display) -> JobError {
 pub async fn run<J: Iterate>(job: &J, ctx: &JobContext) -> Result<(), JobError> {
     let key = checkpoint_key(&ctx.jid);
     let broker = ctx.broker();
-    let saved = broker.lock_holder(&key).await.map_err(broker_error)?;
-    let mut checkpoint: Option<Checkpoint<J::Cursor>> =
-        saved.and_then(|text| serde_json::from_str(&text).ok());
+    // The checkpoint's text is also its owner in the lock primitive, which removes it.
+    let mut stored = broker.lock_holder(&key).await.map_err(broker_error)?;
+    let mut checkpoint: Option<Checkpoint<J::Cursor>> = stored
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok());
     let started = Instant::now();
     let mut pause_checked = Instant::now();
     let limit = job.run_for();
@@ -129,10 +131,9 @@ pub async fn run<J: Iterate>(job: &J, ctx: &JobContext) -> Result<(), JobError> 
             None => (None, 0),
         };
         let Some(next) = job.step(cursor, ctx).await? else {
-            broker
-                .unlock(&key, &current_owner(broker, &key).await?)
-                .await
-                .map_err(broker_error)?;
+            if let Some(text) = &stored {
+                broker.unlock(&key, text).await.map_err(broker_error)?;
+            }
             return Ok(());
         };
         let saved = Checkpoint {
@@ -145,6 +146,7 @@ pub async fn run<J: Iterate>(job: &J, ctx: &JobContext) -> Result<(), JobError> 
             .await
             .map_err(broker_error)?;
         checkpoint = Some(saved);
+        stored = Some(text);
         let mut stop = started.elapsed() >= limit || ctx.is_stopping() || ctx.is_cancelled();
         if !stop && pause_checked.elapsed() >= PAUSE_CHECK {
             pause_checked = Instant::now();
@@ -156,16 +158,4 @@ pub async fn run<J: Iterate>(job: &J, ctx: &JobContext) -> Result<(), JobError> 
             return Ok(());
         }
     }
-}
-
-/// The checkpoint's text, which is also its owner in the lock primitive.
-async fn current_owner(
-    broker: &std::sync::Arc<dyn crate::broker::Broker>,
-    key: &str,
-) -> Result<String, JobError> {
-    Ok(broker
-        .lock_holder(key)
-        .await
-        .map_err(broker_error)?
-        .unwrap_or_default())
 }

@@ -175,6 +175,25 @@ impl State {
         }
     }
 
+    /// Pushes `jobs` to their queues or the schedule set; returns whether any went to a
+    /// queue and whether any was scheduled, for the wake-ups.
+    fn push_all(&mut self, jobs: &[Push]) -> (bool, bool) {
+        let (mut queued, mut scheduled) = (false, false);
+        for job in jobs {
+            match job.at {
+                None => {
+                    self.push_queue(&job.queue, job.payload.clone(), false);
+                    queued = true;
+                }
+                Some(at) => {
+                    self.schedule.add(epoch_seconds(at), job.payload.clone());
+                    scheduled = true;
+                }
+            }
+        }
+        (queued, scheduled)
+    }
+
     fn push_queue(&mut self, queue: &str, payload: String, front: bool) {
         if !self.known_queues.contains(queue) {
             self.known_queues.insert(queue.to_owned());
@@ -227,22 +246,7 @@ impl From<MemoryBroker> for Arc<dyn Broker> {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError> {
-        let (mut queued, mut scheduled) = (false, false);
-        {
-            let mut state = self.state();
-            for job in jobs {
-                match job.at {
-                    None => {
-                        state.push_queue(&job.queue, job.payload.clone(), false);
-                        queued = true;
-                    }
-                    Some(at) => {
-                        state.schedule.add(epoch_seconds(at), job.payload.clone());
-                        scheduled = true;
-                    }
-                }
-            }
-        }
+        let (queued, scheduled) = self.state().push_all(jobs);
         self.hub.wake(queued, scheduled);
         Ok(())
     }
@@ -378,26 +382,18 @@ impl Broker for MemoryBroker {
         payload: &str,
         then: &[Push],
     ) -> Result<bool, BrokerError> {
-        let (mut queued, mut scheduled) = (false, false);
-        let removed = {
+        let (removed, (queued, scheduled)) = {
             let mut state = self.state();
             let removed = state
                 .in_flight
                 .get_mut(process)
                 .is_some_and(|list| remove_last(list, payload));
-            for job in then.iter().filter(|_| removed) {
-                match job.at {
-                    None => {
-                        state.push_queue(&job.queue, job.payload.clone(), false);
-                        queued = true;
-                    }
-                    Some(at) => {
-                        state.schedule.add(epoch_seconds(at), job.payload.clone());
-                        scheduled = true;
-                    }
-                }
-            }
-            removed
+            let pushed = if removed {
+                state.push_all(then)
+            } else {
+                (false, false)
+            };
+            (removed, pushed)
         };
         self.hub.wake(queued, scheduled);
         Ok(removed)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, ScriptInvocation};
 
 use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
@@ -217,18 +217,8 @@ impl Broker for RedisBroker {
         // The settle script: a discard of the job, then its follow-ups, each pushed only if
         // the discard found the job.
         let keys = &self.inner.keys;
-        let (dead_before, dead_keep) = dead_trim(now());
-        let mut call = self.inner.scripts.settle.key(keys.in_flight(process));
-        call.key(&keys.queues)
-            .arg(dead_before)
-            .arg(dead_keep)
-            .arg(&keys.wake);
-        let (op, dest, stored, target) = script_args(keys, Placement::Nowhere);
-        call.key(dest)
-            .arg(payload_bytes(payload).as_ref())
-            .arg(op)
-            .arg(stored)
-            .arg(target);
+        let discard = [(payload.to_owned(), Settle::Discard)];
+        let mut call = self.settle_call(process, &discard, now());
         for job in then {
             let (op, dest, target) = match job.at {
                 None => ("then_lpush", keys.queue(&job.queue), job.queue.clone()),
@@ -256,23 +246,8 @@ impl Broker for RedisBroker {
         if moves.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = &self.inner.keys;
         // One moment for the whole settle: the dead set's scores and its trim.
-        let now = now();
-        let (dead_before, dead_keep) = dead_trim(now);
-        let mut call = self.inner.scripts.settle.key(keys.in_flight(process));
-        call.key(&keys.queues)
-            .arg(dead_before)
-            .arg(dead_keep)
-            .arg(&keys.wake);
-        for (original, to) in moves {
-            let (op, dest, stored, target) = script_args(keys, to.placement(now));
-            call.key(dest)
-                .arg(payload_bytes(original).as_ref())
-                .arg(op)
-                .arg(stored)
-                .arg(target);
-        }
+        let call = self.settle_call(process, moves, now());
         let moved: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
         Ok(moved.into_iter().map(|m| m == 1).collect())
     }
@@ -815,6 +790,34 @@ fn script_args<'a>(
             score.to_string(),
         ),
         Placement::Nowhere => ("discard", keys.set(SortedSet::Dead), "", String::new()),
+    }
+}
+
+impl RedisBroker {
+    /// A call of the settle script moving `moves` out of `process`'s in-flight list, with
+    /// the dead set's trim taken at `now`; more moves may be added before it is invoked.
+    fn settle_call(
+        &self,
+        process: &str,
+        moves: &[(String, Settle)],
+        now: f64,
+    ) -> ScriptInvocation<'_> {
+        let keys = &self.inner.keys;
+        let (dead_before, dead_keep) = dead_trim(now);
+        let mut call = self.inner.scripts.settle.key(keys.in_flight(process));
+        call.key(&keys.queues)
+            .arg(dead_before)
+            .arg(dead_keep)
+            .arg(&keys.wake);
+        for (original, to) in moves {
+            let (op, dest, stored, target) = script_args(keys, to.placement(now));
+            call.key(dest)
+                .arg(payload_bytes(original).as_ref())
+                .arg(op)
+                .arg(stored)
+                .arg(target);
+        }
+        call
     }
 }
 
