@@ -581,7 +581,12 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
     b.broker.heartbeat(&beat).await.unwrap();
     let taken = b
         .broker
-        .fetch(identity, &["default".into()], 100)
+        .fetch(
+            identity,
+            &["default".into()],
+            100,
+            std::time::Duration::from_secs(60),
+        )
         .await
         .unwrap();
     assert!(!taken.is_empty());
@@ -686,7 +691,12 @@ async fn shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue(b: Back
     // The unfinished job is next out.
     let next = b
         .broker
-        .fetch("probe", &["default".into()], 1)
+        .fetch(
+            "probe",
+            &["default".into()],
+            1,
+            std::time::Duration::from_secs(60),
+        )
         .await
         .unwrap()
         .remove(0);
@@ -790,7 +800,12 @@ async fn heartbeat_publishes_the_process_and_stats(b: Backend) {
 async fn take_in_order(b: &Backend, queue: &str) -> Vec<String> {
     let size = b.broker.queue_len(queue).await.unwrap();
     b.broker
-        .fetch("reader:0:000000000000", &[queue.to_owned()], size)
+        .fetch(
+            "reader:0:000000000000",
+            &[queue.to_owned()],
+            size,
+            std::time::Duration::from_secs(60),
+        )
         .await
         .unwrap()
         .iter()
@@ -869,6 +884,7 @@ async fn bury(b: &Backend, payloads: Vec<String>) {
             "digger:0:000000000000",
             &["graveyard".into()],
             payloads.len(),
+            std::time::Duration::from_secs(60),
         )
         .await
         .unwrap();
@@ -1317,7 +1333,12 @@ async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
         .unwrap();
     let taken = b
         .broker
-        .fetch("p1", &["held".to_owned()], 1)
+        .fetch(
+            "p1",
+            &["held".to_owned()],
+            1,
+            std::time::Duration::from_secs(60),
+        )
         .await
         .unwrap()
         .remove(0);

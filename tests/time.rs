@@ -35,7 +35,12 @@ on_both_brokers!(
 async fn drain(b: &Backend, queue: &str) -> Vec<Envelope> {
     let size = b.broker.queue_len(queue).await.unwrap();
     b.broker
-        .fetch("test-reader", &[queue.to_owned()], size)
+        .fetch(
+            "test-reader",
+            &[queue.to_owned()],
+            size,
+            std::time::Duration::from_secs(60),
+        )
         .await
         .unwrap()
         .into_iter()

@@ -11,7 +11,7 @@ use syn::{parse_macro_input, Data, DeriveInput, Fields, LitInt, LitStr};
 
 mod options;
 
-use options::{Collapse, JobAttr, Unique};
+use options::{Collapse, JobAttr, Limit, Unique};
 
 /// Implements `jobqueue::Job` from a `#[job(...)]` attribute. See the `jobqueue` crate.
 #[proc_macro_derive(Job, attributes(job))]
@@ -113,6 +113,30 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         quote!(::jobqueue::Budget { alloc: #alloc, retained: #retained, time: #time })
     };
 
+    let concurrency = match &attr.concurrency {
+        Some(Limit { limit, key, .. }) => {
+            let key = key_tokens(key);
+            quote!(::core::option::Option::Some(::jobqueue::ConcurrencyLimit { limit: #limit, key: #key }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let rate = match &attr.rate {
+        Some(Limit {
+            limit,
+            per_ms: Some(per_ms),
+            key,
+            ..
+        }) => {
+            let key = key_tokens(key);
+            quote!(::core::option::Option::Some(::jobqueue::RateLimit {
+                limit: #limit,
+                per: ::core::time::Duration::from_millis(#per_ms),
+                key: #key,
+            }))
+        }
+        _ => quote!(::core::option::Option::None),
+    };
+
     Ok(quote! {
         #[automatically_derived]
         impl ::jobqueue::Job for #ident {
@@ -128,6 +152,8 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 collapse: #collapse,
                 unique: #unique,
                 budget: #budget,
+                concurrency: #concurrency,
+                rate: #rate,
             };
         }
     })

@@ -7,7 +7,7 @@ use syn::{LitInt, LitStr};
 use crate::{int_value, string_value};
 
 const KEYS: &str = "queue, idempotent, external, bulk, retries, timeout, sensitive, name, \
-                    collapsible, unique, budget";
+                    collapsible, unique, budget, concurrency, rate";
 const DEFAULT_UNIQUE_TTL_SECS: u64 = 3600;
 
 #[derive(Default)]
@@ -23,6 +23,16 @@ pub(crate) struct JobAttr {
     pub collapsible: Option<Collapse>,
     pub unique: Option<Unique>,
     pub budget: Option<Budget>,
+    pub concurrency: Option<Limit>,
+    pub rate: Option<Limit>,
+}
+
+/// `concurrency(limit = 2, key = "a,b")` or `rate(limit = 100, per = "1m", key = "a,b")`.
+pub(crate) struct Limit {
+    pub limit: u32,
+    pub per_ms: Option<u64>,
+    pub key: Vec<String>,
+    pub key_lit: Option<LitStr>,
 }
 
 /// `budget(alloc = "100MB", retained = "10MB", time = "1s")`: bytes and milliseconds.
@@ -345,6 +355,74 @@ impl JobAttr {
                 })?;
                 set_once(&mut self.budget, budget, meta, "budget")
             }
+            "concurrency" | "rate" => {
+                let rate = key == "rate";
+                let example = if rate {
+                    "`rate(limit = 100, per = \"1m\", key = \"account_id\")`"
+                } else {
+                    "`concurrency(limit = 2, key = \"shop_id\")`"
+                };
+                if !meta.input.peek(syn::token::Paren) {
+                    return Err(meta.error(format!("`{key}` takes a limit: write {example}")));
+                }
+                let mut limit = Limit {
+                    limit: 0,
+                    per_ms: None,
+                    key: Vec::new(),
+                    key_lit: None,
+                };
+                meta.parse_nested_meta(|inner| {
+                    let inner_key = inner
+                        .path
+                        .get_ident()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    match inner_key.as_str() {
+                        "limit" => {
+                            let (lit, n) = int_value(&inner, "limit")?;
+                            if n == 0 {
+                                return Err(syn::Error::new(
+                                    lit.span(),
+                                    "`limit` must be at least 1",
+                                ));
+                            }
+                            limit.limit = n;
+                        }
+                        "per" if rate => {
+                            let lit = string_value(&inner, "per", "1m")?;
+                            limit.per_ms = Some(duration_ms(&lit, "per")?);
+                        }
+                        "key" => {
+                            let lit = string_value(&inner, "key", "account_id")?;
+                            limit.key = key_fields(&lit);
+                            limit.key_lit = Some(lit);
+                        }
+                        _ => {
+                            let expected = if rate {
+                                "limit, per or key"
+                            } else {
+                                "limit or key"
+                            };
+                            return Err(inner.error(format!(
+                                "unknown key in `{key}(...)`; expected {expected}"
+                            )));
+                        }
+                    }
+                    Ok(())
+                })?;
+                if limit.limit == 0 {
+                    return Err(meta.error(format!("`{key}` needs a `limit`: write {example}")));
+                }
+                if rate && limit.per_ms.is_none() {
+                    return Err(meta.error(format!("`rate` needs a period `per`: write {example}")));
+                }
+                let slot = if rate {
+                    &mut self.rate
+                } else {
+                    &mut self.concurrency
+                };
+                set_once(slot, limit, meta, &key)
+            }
             "unique" => {
                 let mut unique = Unique {
                     lock: Lock::UntilExecuted,
@@ -418,6 +496,12 @@ impl JobAttr {
             self.sensitive
                 .as_ref()
                 .map(|(l, names)| ("sensitive", l, names)),
+            self.concurrency
+                .as_ref()
+                .and_then(|c| c.key_lit.as_ref().map(|l| ("key", l, &c.key))),
+            self.rate
+                .as_ref()
+                .and_then(|r| r.key_lit.as_ref().map(|l| ("key", l, &r.key))),
         ];
         for (what, lit, names) in named.into_iter().flatten() {
             let Some(fields) = fields else {

@@ -120,6 +120,104 @@ pub struct JobOptions {
     pub unique: Option<UniqueSpec>,
     /// How much memory and time one run may take.
     pub budget: Budget,
+    /// At most this many jobs per key run at once, across all processes.
+    pub concurrency: Option<ConcurrencyLimit>,
+    /// At most this many jobs per key start per period, across all processes.
+    pub rate: Option<RateLimit>,
+}
+
+/// `#[job(concurrency(limit = 2, key = "shop_id"))]`: at most `limit` jobs of the class with
+/// the same key fields run at once, across all processes; without `key`, at most `limit`
+/// of the class. Enforced when workers fetch: a job over the limit is set aside, and goes
+/// back to the front of its queue as soon as its key has room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConcurrencyLimit {
+    /// Jobs running at once per key.
+    pub limit: u32,
+    /// The fields whose values make the key; empty means one limit for the whole class.
+    pub key: &'static [&'static str],
+}
+
+/// `#[job(rate(limit = 100, per = "1m", key = "account"))]`: at most `limit` jobs of the
+/// class with the same key fields start in any period of `per`, across all processes.
+/// Enforced when workers fetch, as [`ConcurrencyLimit`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Starts per period per key.
+    pub limit: u32,
+    /// The period.
+    pub per: Duration,
+    /// The fields whose values make the key; empty means one limit for the whole class.
+    pub key: &'static [&'static str],
+}
+
+/// One limit as a job's payload carries it (the `limits` field): the broker enforces it
+/// at fetch from this alone, so a job keeps the limits it was enqueued with.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LimitTag {
+    /// `Class:concurrency:values` or `Class:rate:values`: whose slots the job takes.
+    pub key: String,
+    /// Jobs with this key running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Jobs with this key starting per `per`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+    /// The rate's period, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<f64>,
+}
+
+/// The payload field holding a job's [`LimitTag`]s.
+pub const LIMITS_FIELD: &str = "limits";
+
+impl JobOptions {
+    /// The limits a job with these options carries in its payload; empty without limits.
+    pub fn limit_tags(&self, envelope: &Envelope) -> Vec<LimitTag> {
+        let mut tags = Vec::new();
+        if let Some(c) = self.concurrency {
+            tags.push(LimitTag {
+                key: limit_key("concurrency", envelope, c.key),
+                concurrency: Some(c.limit),
+                rate: None,
+                per: None,
+            });
+        }
+        if let Some(r) = self.rate {
+            tags.push(LimitTag {
+                key: limit_key("rate", envelope, r.key),
+                concurrency: None,
+                rate: Some(r.limit),
+                per: Some(r.per.as_secs_f64()),
+            });
+        }
+        tags
+    }
+}
+
+/// `Class:kind` and, with key fields, `:` and their values joined by `,` (strings as they
+/// are, anything else as JSON): readable in Redis and in the dashboard, unlike the digests
+/// of lock keys, because operators look limits up by tenant.
+fn limit_key(kind: &str, envelope: &Envelope, fields: &[&str]) -> String {
+    let mut key = format!("{}:{kind}", envelope.class);
+    if fields.is_empty() {
+        return key;
+    }
+    let object = match envelope.args.as_slice() {
+        [Value::Object(object)] => Some(object),
+        _ => None,
+    };
+    let values: Vec<String> = fields
+        .iter()
+        .map(|f| match object.and_then(|o| o.get(*f)) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => "null".to_owned(),
+        })
+        .collect();
+    key.push(':');
+    key.push_str(&values.join(","));
+    key
 }
 
 /// How much memory and time one run of a job may take (`#[job(budget(alloc = "100MB",
@@ -189,6 +287,8 @@ impl JobOptions {
         collapse: None,
         unique: None,
         budget: Budget::DEFAULT,
+        concurrency: None,
+        rate: None,
     };
 }
 
@@ -276,6 +376,28 @@ mod tests {
             job_key("c", &c, &["account"], false)
         );
         assert_ne!(job_key("c", &a, &[], false), job_key("c", &b, &[], false));
+    }
+
+    #[test]
+    fn limit_keys_are_readable_and_per_field_value() {
+        let options = JobOptions {
+            concurrency: Some(ConcurrencyLimit {
+                limit: 2,
+                key: &["shop", "region"],
+            }),
+            rate: Some(RateLimit {
+                limit: 100,
+                per: Duration::from_secs(60),
+                key: &[],
+            }),
+            ..JobOptions::DEFAULT
+        };
+        let tags = options.limit_tags(&envelope(vec![json!({"shop": 42, "region": "eu"})]));
+        assert_eq!(tags[0].key, "Refresh:concurrency:42,eu");
+        assert_eq!(tags[0].concurrency, Some(2));
+        assert_eq!(tags[1].key, "Refresh:rate");
+        assert_eq!((tags[1].rate, tags[1].per), (Some(100), Some(60.0)));
+        assert!(JobOptions::DEFAULT.limit_tags(&envelope(vec![])).is_empty());
     }
 
     #[test]

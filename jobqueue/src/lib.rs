@@ -101,7 +101,8 @@ pub use crate::client::{Client, MechanismConfig};
 pub use crate::envelope::Envelope;
 pub use crate::error::{BrokerError, Error};
 pub use crate::job::{
-    Budget, CollapseSpec, Job, JobOptions, OnConflict, RetryPolicy, UniqueLock, UniqueSpec,
+    Budget, CollapseSpec, ConcurrencyLimit, Job, JobOptions, OnConflict, RateLimit, RetryPolicy,
+    UniqueLock, UniqueSpec,
 };
 pub use crate::perform::{JobContext, JobError, Perform};
 pub use crate::worker::{

@@ -321,6 +321,29 @@ pub struct BatchStatus {
     pub finished: bool,
 }
 
+/// A limit key with jobs set aside for want of room.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct LimitEntry {
+    /// `Class:concurrency:values` or `Class:rate:values`.
+    pub key: String,
+    /// Slots taken: jobs running (concurrency) or recent starts (rate).
+    pub held: usize,
+    /// Jobs set aside until the key has room.
+    pub parked: usize,
+    /// When the key is looked at again without a release (epoch seconds).
+    pub next_look: f64,
+}
+
+/// Whether a payload may carry limits: the cheap test that spares the other jobs a parse.
+pub(crate) fn has_limits(payload: &str) -> bool {
+    payload.contains("\"limits\":[")
+}
+
+/// How many jobs one fetch sets aside at most: a queue led by a long run of jobs over their
+/// limits is set aside over several short calls, not one long one.
+pub(crate) const MAX_SET_ASIDE: usize = 1000;
+
 /// How long a batch's state is kept after its last addition.
 pub const BATCH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -336,12 +359,27 @@ pub trait Broker: Send + Sync + 'static {
     /// Moves up to `max` jobs from the given queues, in order, into the in-flight list of
     /// `process`, skipping paused queues. Returns at once with what it found, possibly
     /// nothing.
+    ///
+    /// A job with limits (its payload's `limits`, see [`crate::job::LimitTag`]) is taken
+    /// only if every limit has room, taking a slot in each (a concurrency slot is a lease
+    /// of `lease`, renewed by the process's heartbeats and freed when the job leaves the
+    /// in-flight list); otherwise it is set aside, out of its queue, until
+    /// [`Broker::unpark_due`] or the release of a slot brings it back.
     async fn fetch(
         &self,
         process: &str,
         queues: &[String],
         max: usize,
+        lease: Duration,
     ) -> Result<Vec<Fetched>, BrokerError>;
+
+    /// Brings jobs set aside by [`Broker::fetch`] back to the front of their queues, as many
+    /// as their keys have room for by `now`; `lease` is how long a concurrency slot lives.
+    /// Returns how many it brought back.
+    async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError>;
+
+    /// The limit keys with jobs set aside, with their slots and waiting jobs.
+    async fn limits(&self) -> Result<Vec<LimitEntry>, BrokerError>;
 
     /// Removes finished jobs from the in-flight list of `process`.
     async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError>;
@@ -410,10 +448,12 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(f64, String)>, BrokerError>;
 
-    /// The earliest due time in `schedule` and `retry`, if any.
+    /// The earliest due time in `schedule` and `retry`, and of jobs set aside by their
+    /// limits, if any.
     async fn next_due(&self) -> Result<Option<f64>, BrokerError>;
 
-    /// Records a heartbeat, adds the stats, and returns a signal (`TSTP`, `TERM`) sent to
+    /// Records a heartbeat, adds the stats, renews for `ttl` the concurrency slots of the
+    /// process's in-flight jobs, and returns a signal (`TSTP`, `TERM`) sent to
     /// the process through Sidekiq's `<identity>-signals` list, if any.
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError>;
 

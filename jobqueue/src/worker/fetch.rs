@@ -105,7 +105,13 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
             }
         }
         let order = queues.fetch_order(&known_queues);
-        let jobs = match shared.broker.fetch(&shared.identity, &order, wanted).await {
+        // A concurrency slot lives as long as the process's heartbeat, which renews it.
+        let lease = shared.config.heartbeat_ttl;
+        let jobs = match shared
+            .broker
+            .fetch(&shared.identity, &order, wanted, lease)
+            .await
+        {
             Ok(jobs) => {
                 delays = broker::backoff();
                 jobs

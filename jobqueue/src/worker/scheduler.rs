@@ -1,5 +1,6 @@
 //! The scheduler: moves due jobs from the `schedule` and `retry` sets to their queues, as
-//! Sidekiq's `scheduled.rb`, through the client again (middleware, size check, mechanisms).
+//! Sidekiq's `scheduled.rb`, through the client again (middleware, size check, mechanisms),
+//! and brings back jobs set aside by their limits when their keys have room.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,11 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, BrokerError> {
             }
         }
     }
+    // Jobs set aside by their limits whose keys may have room.
+    shared
+        .broker
+        .unpark_due(now(), shared.config.heartbeat_ttl)
+        .await?;
     shared.broker.next_due().await
 }
 

@@ -10,13 +10,17 @@ use redis::{AsyncCommands, ScriptInvocation};
 
 use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
-use super::RedisBroker;
+use super::{RedisBroker, RENEW};
 use crate::broker::{
-    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, Orphans, Placement,
-    ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
+    dead_trim, has_limits, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
+    Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
+    MAX_SET_ASIDE,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
+
+/// How many limit keys one call of the unpark script looks at.
+const UNPARK_BATCH: usize = 100;
 
 /// Sidekiq keeps daily stats for five years.
 const STATS_TTL: i64 = 5 * 365 * 24 * 3600;
@@ -68,25 +72,75 @@ impl Broker for RedisBroker {
         process: &str,
         queues: &[String],
         max: usize,
+        lease: Duration,
     ) -> Result<Vec<Fetched>, BrokerError> {
         if queues.is_empty() || max == 0 {
             return Ok(Vec::new());
         }
         let keys = &self.inner.keys;
-        let mut call = self.inner.scripts.fetch.key(keys.in_flight(process));
-        call.key(&keys.paused).arg(max).arg(now());
-        for queue in queues {
-            call.key(keys.queue(queue)).arg(queue);
+        loop {
+            let mut call = self.inner.scripts.fetch.key(keys.in_flight(process));
+            call.key(&keys.paused)
+                .arg(max)
+                .arg(now())
+                .arg(&keys.prefix)
+                .arg(lease.as_secs_f64())
+                .arg(MAX_SET_ASIDE);
+            for queue in queues {
+                call.key(keys.queue(queue)).arg(queue);
+            }
+            let flat: Vec<(usize, Vec<u8>)> = call.invoke_async(&mut self.conn()).await?;
+            let set_aside = flat.first().map_or(0, |(n, _)| *n);
+            let jobs: Vec<Fetched> = flat
+                .into_iter()
+                .skip(1)
+                .map(|(index, payload)| Fetched {
+                    queue: queues
+                        .get(index.wrapping_sub(1))
+                        .cloned()
+                        .unwrap_or_default(),
+                    payload: payload_from_bytes(payload),
+                })
+                .collect();
+            // A call that only set jobs aside has not looked at the whole queue yet.
+            if !jobs.is_empty() || set_aside < MAX_SET_ASIDE {
+                return Ok(jobs);
+            }
         }
-        let flat: Vec<(usize, Vec<u8>)> = call.invoke_async(&mut self.conn()).await?;
-        Ok(flat
+    }
+
+    async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError> {
+        let moved: usize = self
+            .inner
+            .scripts
+            .unpark
+            .arg(&self.inner.keys.prefix)
+            .arg(now)
+            .arg(UNPARK_BATCH)
+            .arg(lease.as_secs_f64())
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(moved)
+    }
+
+    async fn limits(&self) -> Result<Vec<LimitEntry>, BrokerError> {
+        let keys = &self.inner.keys;
+        let waiting: Vec<(String, f64)> =
+            self.conn().zrange_withscores(keys.limits(), 0, -1).await?;
+        let mut pipe = redis::pipe();
+        for (key, _) in &waiting {
+            let (slots, parked) = keys.limit(key);
+            pipe.zcard(slots).llen(parked);
+        }
+        let counts: Vec<(usize, usize)> = pipe.query_async(&mut self.conn()).await?;
+        Ok(waiting
             .into_iter()
-            .map(|(index, payload)| Fetched {
-                queue: queues
-                    .get(index.wrapping_sub(1))
-                    .cloned()
-                    .unwrap_or_default(),
-                payload: payload_from_bytes(payload),
+            .zip(counts)
+            .map(|((key, next_look), (held, parked))| LimitEntry {
+                key,
+                held,
+                parked,
+                next_look,
             })
             .collect())
     }
@@ -95,9 +149,23 @@ impl Broker for RedisBroker {
         if payloads.is_empty() {
             return Ok(());
         }
+        // A job with limits frees its slots as it leaves, in the settle script.
+        let (limited, plain): (Vec<&String>, Vec<&String>) =
+            payloads.iter().partition(|p| has_limits(p));
+        if !limited.is_empty() {
+            let discards: Vec<(String, Settle)> = limited
+                .into_iter()
+                .map(|p| (p.clone(), Settle::Discard))
+                .collect();
+            let call = self.settle_call(process, &discards, now());
+            call.invoke_async::<Vec<i64>>(&mut self.conn()).await?;
+        }
+        if plain.is_empty() {
+            return Ok(());
+        }
         let list = self.inner.keys.in_flight(process);
         let mut pipe = redis::pipe();
-        for payload in payloads {
+        for payload in plain {
             pipe.lrem(&list, -1, payload_bytes(payload).as_ref())
                 .ignore();
         }
@@ -278,14 +346,17 @@ impl Broker for RedisBroker {
 
     async fn next_due(&self) -> Result<Option<f64>, BrokerError> {
         let keys = &self.inner.keys;
-        let (schedule, retry): (Vec<(Vec<u8>, f64)>, Vec<(Vec<u8>, f64)>) = redis::pipe()
+        type Firsts = Vec<(Vec<u8>, f64)>;
+        let (schedule, retry, limits): (Firsts, Firsts, Firsts) = redis::pipe()
             .zrange_withscores(keys.set(SortedSet::Schedule), 0, 0)
             .zrange_withscores(keys.set(SortedSet::Retry), 0, 0)
+            .zrange_withscores(keys.limits(), 0, 0)
             .query_async(&mut self.conn())
             .await?;
         Ok(schedule
             .into_iter()
             .chain(retry)
+            .chain(limits)
             .map(|(_, score)| score)
             .reduce(f64::min))
     }
@@ -379,6 +450,14 @@ impl Broker for RedisBroker {
             )
             .ignore()
             .expire(&hash, ttl)
+            .ignore()
+            .cmd("EVAL")
+            .arg(RENEW)
+            .arg(1)
+            .arg(keys.in_flight(&beat.identity))
+            .arg(&keys.prefix)
+            .arg(epoch_seconds(beat.beat) + beat.ttl.as_secs_f64())
+            .arg(millis(beat.ttl))
             .ignore()
             .rpop(format!("{hash}-signals"), None);
         let started = Instant::now();
@@ -808,7 +887,8 @@ impl RedisBroker {
         call.key(&keys.queues)
             .arg(dead_before)
             .arg(dead_keep)
-            .arg(&keys.wake);
+            .arg(&keys.wake)
+            .arg(&keys.prefix);
         for (original, to) in moves {
             let (op, dest, stored, target) = script_args(keys, to.placement(now));
             call.key(dest)

@@ -51,6 +51,20 @@ impl Keys {
         (hash, pending)
     }
 
+    /// The slots taken under a limit key, and the jobs set aside under it (their layout is
+    /// also written in `lua/limits.lua`).
+    pub(super) fn limit(&self, key: &str) -> (String, String) {
+        (
+            format!("{}jobqueue:limit:{key}", self.prefix),
+            format!("{}jobqueue:parked:{key}", self.prefix),
+        )
+    }
+
+    /// The limit keys with jobs set aside, scored by when to look at them again.
+    pub(super) fn limits(&self) -> String {
+        format!("{}jobqueue:limits", self.prefix)
+    }
+
     pub(super) fn lock(&self, key: &str) -> String {
         format!("{}jobqueue:lock:{key}", self.prefix)
     }

@@ -28,8 +28,19 @@ pub use self::config::RedisConfig;
 use self::keys::Keys;
 use self::listener::{listen, track, Tracker};
 
+/// The limits' functions (`lua/limits.lua`) with a script that uses them.
+macro_rules! with_limits {
+    ($file:literal) => {
+        concat!(include_str!("lua/limits.lua"), include_str!($file))
+    };
+}
+
+/// Renews the concurrency slots of a process's in-flight jobs; sent with each heartbeat.
+const RENEW: &str = with_limits!("lua/renew.lua");
+
 struct Scripts {
     fetch: Script,
+    unpark: Script,
     take_due: Script,
     settle: Script,
     forget: Script,
@@ -110,9 +121,10 @@ impl RedisBroker {
                 conn,
                 keys,
                 scripts: Scripts {
-                    fetch: Script::new(include_str!("lua/fetch.lua")),
+                    fetch: Script::new(with_limits!("lua/fetch.lua")),
+                    unpark: Script::new(with_limits!("lua/unpark.lua")),
                     take_due: Script::new(include_str!("lua/take_due.lua")),
-                    settle: Script::new(include_str!("lua/settle.lua")),
+                    settle: Script::new(with_limits!("lua/settle.lua")),
                     forget: Script::new(include_str!("lua/forget.lua")),
                     lock: Script::new(include_str!("lua/lock.lua")),
                     unlock: Script::new(include_str!("lua/unlock.lua")),

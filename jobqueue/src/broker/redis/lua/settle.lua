@@ -1,7 +1,9 @@
 -- Moves jobs out of the in-flight list KEYS[1], each only if it is still there (a process
 -- that recovered it first has already put it back). KEYS[2] is the `queues` set, and
--- KEYS[2 + i] the destination of move i: a queue list or a sorted set.
+-- KEYS[2 + i] the destination of move i: a queue list or a sorted set. A job that leaves
+-- frees its concurrency slots (see limits.lua).
 --   ARGV[1] dead: drop scores below   ARGV[2] dead: keep this many   ARGV[3] wake channel
+--   ARGV[4] the namespace of the limits' keys
 --   then four per move: the payload as fetched; op (lpush | rpush | zadd | dead | discard);
 --   the payload to store; the target: the queue name (lpush, rpush) or the score (zadd,
 --   dead).
@@ -12,7 +14,7 @@ local moved = {}
 local queued, scheduled = false, false
 local previous = 0
 for i = 1, #KEYS - 2 do
-  local a = 3 + (i - 1) * 4
+  local a = 4 + (i - 1) * 4
   local original, op, stored, target = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local dest = KEYS[2 + i]
   if op == 'then_lpush' or op == 'then_zadd' then
@@ -31,6 +33,7 @@ for i = 1, #KEYS - 2 do
   else
     moved[i] = 1
     previous = 1
+    release(ARGV[4], original)
     if op == 'lpush' or op == 'rpush' then
       redis.call('SADD', KEYS[2], target)
       redis.call(op, dest, stored)

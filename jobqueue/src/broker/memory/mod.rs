@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use self::limits::{tags_of, Limits};
 use super::{
-    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, Orphans, Placement,
-    ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
+    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
+    Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, now};
+
+mod limits;
 
 /// A broker that keeps everything in this process's memory.
 ///
@@ -44,6 +47,8 @@ struct State {
     /// Jobs marked cancelled, until when.
     cancelled: HashMap<String, Instant>,
     batches: HashMap<String, Batch>,
+    /// Per-key limits: slots taken and jobs set aside.
+    limits: Limits,
 }
 
 /// A batch: its callbacks, the job ids not finished yet, its counts.
@@ -206,6 +211,29 @@ impl State {
         }
     }
 
+    /// Puts jobs back at the front of their queues, the first of `jobs` first in line;
+    /// returns whether there were any.
+    fn bring_back(&mut self, jobs: Vec<String>) -> bool {
+        let any = !jobs.is_empty();
+        for payload in jobs.into_iter().rev() {
+            let queue = tags_of(&payload).map_or_else(|| "default".to_owned(), |t| t.queue);
+            self.push_queue(&queue, payload, true);
+        }
+        any
+    }
+
+    /// A job has left an in-flight list: its concurrency slots are free, and a job set
+    /// aside under each comes back. Returns whether one did.
+    fn leave(&mut self, payload: &str) -> bool {
+        match tags_of(payload) {
+            Some(job) => {
+                let back = self.limits.release(&job);
+                self.bring_back(back)
+            }
+            None => false,
+        }
+    }
+
     fn is_alive(&self, identity: &str, at: Instant) -> bool {
         self.processes.get(identity).is_some_and(|p| p.expires > at)
     }
@@ -256,9 +284,11 @@ impl Broker for MemoryBroker {
         process: &str,
         queues: &[String],
         max: usize,
+        lease: Duration,
     ) -> Result<Vec<Fetched>, BrokerError> {
         let mut state = self.state();
         let mut taken = Vec::new();
+        let mut set_aside = false;
         let at = now();
         for queue in queues {
             if state.paused.get(queue).is_some_and(|until| *until > at) {
@@ -268,6 +298,13 @@ impl Broker for MemoryBroker {
                 let Some(payload) = state.queues.get_mut(queue).and_then(VecDeque::pop_back) else {
                     break;
                 };
+                if let Some(job) = tags_of(&payload) {
+                    if let Some((key, look)) = state.limits.admit(&job, at, lease.as_secs_f64()) {
+                        state.limits.park(key, payload, look);
+                        set_aside = true;
+                        continue;
+                    }
+                }
                 taken.push(Fetched {
                     queue: queue.clone(),
                     payload,
@@ -278,16 +315,43 @@ impl Broker for MemoryBroker {
         for job in &taken {
             list.push_front(job.payload.clone());
         }
+        drop(state);
+        // The schedulers look at set-aside jobs again when their keys have room.
+        self.hub.wake(false, set_aside);
         Ok(taken)
     }
 
+    async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError> {
+        let moved = {
+            let mut state = self.state();
+            let back = state.limits.due(now, lease.as_secs_f64());
+            let moved = back.len();
+            state.bring_back(back);
+            moved
+        };
+        self.hub.wake(moved > 0, false);
+        Ok(moved)
+    }
+
+    async fn limits(&self) -> Result<Vec<LimitEntry>, BrokerError> {
+        Ok(self.state().limits.entries())
+    }
+
     async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError> {
-        let mut state = self.state();
-        if let Some(list) = state.in_flight.get_mut(process) {
+        let mut queued = false;
+        {
+            let mut state = self.state();
             for payload in payloads {
-                remove_last(list, payload);
+                let removed = state
+                    .in_flight
+                    .get_mut(process)
+                    .is_some_and(|list| remove_last(list, payload));
+                if removed {
+                    queued |= state.leave(payload);
+                }
             }
         }
+        self.hub.wake(queued, false);
         Ok(())
     }
 
@@ -389,7 +453,9 @@ impl Broker for MemoryBroker {
                 .get_mut(process)
                 .is_some_and(|list| remove_last(list, payload));
             let pushed = if removed {
-                state.push_all(then)
+                let back = state.leave(payload);
+                let (queued, scheduled) = state.push_all(then);
+                (queued || back, scheduled)
             } else {
                 (false, false)
             };
@@ -417,6 +483,7 @@ impl Broker for MemoryBroker {
                 if !removed {
                     continue;
                 }
+                queued |= state.leave(payload);
                 let (q, s) = state.place(to.placement(now()));
                 queued |= q;
                 scheduled |= s;
@@ -449,10 +516,14 @@ impl Broker for MemoryBroker {
 
     async fn next_due(&self) -> Result<Option<f64>, BrokerError> {
         let state = self.state();
-        Ok([state.schedule.first_score(), state.retry.first_score()]
-            .into_iter()
-            .flatten()
-            .reduce(f64::min))
+        Ok([
+            state.schedule.first_score(),
+            state.retry.first_score(),
+            state.limits.next_look(),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(f64::min))
     }
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError> {
@@ -462,6 +533,15 @@ impl Broker for MemoryBroker {
         state.stats.skipped += beat.skipped;
         state.stats.cancelled += beat.cancelled;
         state.fetchers.insert(beat.identity.clone());
+        let until = epoch_seconds(beat.beat) + beat.ttl.as_secs_f64();
+        let in_flight: Vec<_> = state
+            .in_flight
+            .get(&beat.identity)
+            .map(|list| list.iter().filter_map(|p| tags_of(p)).collect())
+            .unwrap_or_default();
+        for job in &in_flight {
+            state.limits.renew(job, until);
+        }
         state.processes.insert(
             beat.identity.clone(),
             LiveProcess {
@@ -747,7 +827,10 @@ mod tests {
             at: None,
         };
         broker.push(&[push]).await.unwrap();
-        broker.fetch("p", &["q".into()], 1).await.unwrap();
+        broker
+            .fetch("p", &["q".into()], 1, Duration::from_secs(60))
+            .await
+            .unwrap();
         let dead = Settle::Dead {
             payload: "fresh".into(),
         };
