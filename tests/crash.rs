@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use jobqueue::{Broker, Client, Envelope, Job, RedisBroker, SortedSet};
 use support::ticks::{
-    ChainedTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick,
+    ChainedTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, PacedTick, ShopTick, Span,
+    StartsTick, Tick,
 };
 use support::{eventually, RedisServer};
 
@@ -864,5 +865,239 @@ async fn sigtstp_makes_a_worker_quiet() {
         "clean exit on SIGTERM after quiet"
     );
     assert_eq!(broker.queue_len("ticks").await.unwrap(), 1);
+    drop(server);
+}
+
+/// The spans the limited ticks recorded, by key.
+async fn spans(url: &str) -> HashMap<u64, Vec<Span>> {
+    let records: Vec<String> = redis::cmd("LRANGE")
+        .arg("queue:spans")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn(url).await)
+        .await
+        .unwrap();
+    let mut by_key: HashMap<u64, Vec<Span>> = HashMap::new();
+    for record in &records {
+        let envelope = Envelope::parse(record).unwrap();
+        let span: Span = serde_json::from_value(envelope.args[0].clone()).unwrap();
+        by_key.entry(span.key).or_default().push(span);
+    }
+    by_key
+}
+
+/// The most spans that overlapped at any instant (one that ends as another starts does
+/// not overlap it).
+fn most_at_once(spans: &[Span]) -> usize {
+    let mut edges: Vec<(f64, i32)> = spans
+        .iter()
+        .flat_map(|s| [(s.start, 1), (s.end, -1)])
+        .collect();
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// Three worker processes of concurrency 8 share 200 jobs of five shops, at most two of a
+/// shop at once: the jobs' own records never show three of a shop at once, each shop does
+/// use its two slots, and every job runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_holds_across_processes() {
+    const JOBS: u64 = 200;
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let jobs: Vec<ShopTick> = (0..JOBS)
+        .map(|n| ShopTick {
+            n,
+            shop: n % 5,
+            millis: 40,
+        })
+        .collect();
+    Client::new(broker.clone())
+        .enqueue_bulk(&jobs)
+        .await
+        .unwrap();
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url)).collect();
+    eventually(Duration::from_secs(120), "every job ran", || async {
+        spans(&url).await.values().map(Vec::len).sum::<usize>() as u64 == JOBS
+    })
+    .await;
+    for worker in &mut workers {
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+    }
+    let by_shop = spans(&url).await;
+    let ran = counts(&url, "ran").await;
+    assert_eq!(ran.len() as u64, JOBS);
+    assert!(ran.values().all(|c| *c == 1), "a job ran twice");
+    for (shop, spans) in &by_shop {
+        let most = most_at_once(spans);
+        println!("shop {shop}: {} jobs, at most {most} at once", spans.len());
+        assert_eq!(most, 2, "shop {shop} ran {most} jobs at once");
+    }
+    drop(server);
+}
+
+/// Three worker processes share 80 jobs of two accounts, at most ten starts of an account
+/// per second: no second of the jobs' own start times holds more than ten of an account.
+/// The slots are taken at fetch and a job starts a moment later, so the check allows the
+/// dispatch delay (`SLACK`), a tenth of the period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_processes() {
+    const JOBS: u64 = 80;
+    const SLACK: f64 = 0.1;
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let jobs: Vec<PacedTick> = (0..JOBS).map(|n| PacedTick { n, account: n % 2 }).collect();
+    Client::new(broker.clone())
+        .enqueue_bulk(&jobs)
+        .await
+        .unwrap();
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url)).collect();
+    eventually(Duration::from_secs(120), "every job ran", || async {
+        spans(&url).await.values().map(Vec::len).sum::<usize>() as u64 == JOBS
+    })
+    .await;
+    for worker in &mut workers {
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+    }
+    for (account, spans) in spans(&url).await {
+        let mut starts: Vec<f64> = spans.iter().map(|s| s.start).collect();
+        starts.sort_by(f64::total_cmp);
+        let closest = starts
+            .windows(11)
+            .map(|w| w[10] - w[0])
+            .reduce(f64::min)
+            .unwrap();
+        let took = starts[starts.len() - 1] - starts[0];
+        println!(
+            "account {account}: {} starts over {took:.2} s; eleven starts span at least {closest:.3} s",
+            starts.len()
+        );
+        assert!(
+            closest >= 1.0 - SLACK,
+            "account {account}: eleven starts within {closest:.3} s"
+        );
+    }
+    drop(server);
+}
+
+/// A worker holding both slots of a shop is killed with `kill -9`. The slots are leases:
+/// they would lapse within the heartbeat's lifetime; lapsed (the test moves their clock),
+/// another worker runs the shop's waiting jobs while the dead one is not yet declared dead;
+/// declared dead, its two jobs are recovered and run. Nothing is lost, and only the two
+/// jobs it held run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_of_a_killed_process_lapse_and_its_jobs_are_recovered() {
+    const JOBS: u64 = 20;
+    let server = RedisServer::start();
+    let url = server.url();
+    let broker = RedisBroker::connect(&url).await.unwrap();
+    let jobs: Vec<ShopTick> = (0..JOBS)
+        .map(|n| ShopTick {
+            n,
+            shop: 7,
+            millis: if n < 2 { 60_000 } else { 100 },
+        })
+        .collect();
+    Client::new(broker.clone())
+        .enqueue_bulk(&jobs)
+        .await
+        .unwrap();
+    let (slots, parked) = (
+        "jobqueue:limit:ShopTick:concurrency:7",
+        "jobqueue:parked:ShopTick:concurrency:7",
+    );
+    let victim = spawn_worker(&url);
+    let identity = identity_of(&url, &victim).await;
+    eventually(
+        Duration::from_secs(60),
+        "the victim runs two jobs",
+        || async { counts(&url, "ran").await.len() == 2 },
+    )
+    .await;
+    let mut c = conn(&url).await;
+    let waiting: usize = redis::cmd("LLEN")
+        .arg(parked)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting,
+        JOBS as usize - 2,
+        "the rest wait for the shop's slots"
+    );
+    let held_at_kill = kill_dash_nine_without_declaring(&url, victim, &identity).await;
+    assert_eq!(held_at_kill.len(), 2);
+
+    // The leases end within the heartbeat's lifetime (60 s in the test worker).
+    let leases: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(slots)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(leases.iter().all(|(_, end)| *end <= now + 61.0));
+    // Lapse them, and the time the shop is looked at again, as the clock would.
+    for (member, _) in &leases {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(slots)
+            .arg(now - 1.0)
+            .arg(member)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let _: i64 = redis::cmd("ZADD")
+        .arg("jobqueue:limits")
+        .arg(now - 1.0)
+        .arg("ShopTick:concurrency:7")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    let mut survivor = spawn_worker(&url);
+    eventually(Duration::from_secs(60), "the waiting jobs ran", || async {
+        spans(&url).await.get(&7).map_or(0, Vec::len) as u64 == JOBS - 2
+    })
+    .await;
+    assert_eq!(held(&url, &identity).await.len(), 2, "not recovered yet");
+    // Declared dead: its two jobs come back (they now run for a minute; it is enough
+    // that they start again).
+    let _: i64 = redis::cmd("DEL")
+        .arg(&identity)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the victim's jobs ran again",
+        || async { counts(&url, "ran").await.values().sum::<usize>() as u64 == JOBS + 2 },
+    )
+    .await;
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+    let ran = counts(&url, "ran").await;
+    assert_eq!(ran.len() as u64, JOBS, "no job lost");
+    let twice: HashSet<u64> = ran
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(twice, held_at_kill.into_iter().collect::<HashSet<_>>());
     drop(server);
 }

@@ -15,7 +15,8 @@ use jobqueue::{MechanismConfig, Queues, RedisBroker, Worker};
 mod ticks;
 
 use ticks::{
-    ChainedTick, CountTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, StartsTick, Tick,
+    ChainedTick, CountTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, PacedTick,
+    ShopTick, StartsTick, Tick,
 };
 
 #[tokio::main]
@@ -47,6 +48,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register::<GuardedTick>()
         .register::<ChainedTick>()
         .register::<CountTick>()
+        .register::<ShopTick>()
+        .register::<PacedTick>()
         .build()?
         .run()
         .await?;

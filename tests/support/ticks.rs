@@ -97,6 +97,77 @@ impl Perform for CountTick {
     }
 }
 
+/// A tenant's tick: at most two of a shop run at once, across processes. Records its run on
+/// `ran`, sleeps, then records on `spans` when it started and ended.
+#[derive(Serialize, Deserialize, Job)]
+#[job(queue = "ticks", idempotent, concurrency(limit = 2, key = "shop"))]
+pub struct ShopTick {
+    pub n: u64,
+    pub shop: u64,
+    pub millis: u64,
+}
+
+#[async_trait]
+impl Perform for ShopTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let start = epoch();
+        ctx.enqueue_to("ran", &Record { n: self.n }).await?;
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        let span = Span {
+            n: self.n,
+            key: self.shop,
+            start,
+            end: epoch(),
+        };
+        ctx.enqueue_to("spans", &span).await?;
+        Ok(())
+    }
+}
+
+/// An account's tick: at most ten of an account start per second, across processes.
+/// Records on `spans` when it started.
+#[derive(Serialize, Deserialize, Job)]
+#[job(
+    queue = "ticks",
+    idempotent,
+    rate(limit = 10, per = "1s", key = "account")
+)]
+pub struct PacedTick {
+    pub n: u64,
+    pub account: u64,
+}
+
+#[async_trait]
+impl Perform for PacedTick {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        let start = epoch();
+        let span = Span {
+            n: self.n,
+            key: self.account,
+            start,
+            end: start,
+        };
+        ctx.enqueue_to("spans", &span).await?;
+        Ok(())
+    }
+}
+
+/// When a limited tick ran, by the job's own clock (epoch seconds); never run.
+#[derive(Serialize, Deserialize, Job, Debug, Clone, Copy)]
+pub struct Span {
+    pub n: u64,
+    pub key: u64,
+    pub start: f64,
+    pub end: f64,
+}
+
+fn epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 /// Written by the ticks to the `ran` and `done` queues; never run.
 #[derive(Serialize, Deserialize, Job)]
 pub struct Record {
