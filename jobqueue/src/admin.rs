@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::broker::{Broker, ProcessEntry, Push, Settle, SortedSet, Stats};
+use crate::broker::{Broker, LimitEntry, ProcessEntry, Push, Settle, SortedSet, Stats};
 use crate::class_stats::{self, ClassStats};
 use crate::envelope::{Envelope, Retry};
 use crate::error::Error;
@@ -423,6 +423,12 @@ impl Admin {
             .into_iter()
             .map(|(queue, until)| (queue, until.map(from_epoch)))
             .collect())
+    }
+
+    /// The limit keys (`#[job(concurrency(...))]`, `#[job(rate(...))]`) with jobs set aside
+    /// for want of room: how many slots are taken and how many jobs wait.
+    pub async fn limits(&self) -> Result<Vec<LimitEntry>, Error> {
+        Ok(self.broker.limits().await?)
     }
 
     /// Per job class, the runs of the last minute (throughput, failures, duration

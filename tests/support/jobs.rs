@@ -186,3 +186,54 @@ pub fn now() -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
+
+/// A shop's job: at most two of a shop run at once. Records `+shop` as it starts and
+/// `-shop` as it ends.
+#[derive(Serialize, Deserialize, Job, Debug, Clone)]
+#[job(idempotent, concurrency(limit = 2, key = "shop"))]
+pub struct ShopJob {
+    pub token: String,
+    pub shop: String,
+    pub millis: u64,
+}
+
+#[async_trait]
+impl Perform for ShopJob {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, format!("+{}", self.shop));
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        record(&self.token, format!("-{}", self.shop));
+        Ok(())
+    }
+}
+
+/// An account's job: at most five of an account start per second. Records the account.
+#[derive(Serialize, Deserialize, Job, Debug, Clone)]
+#[job(idempotent, rate(limit = 5, per = "1s", key = "account"))]
+pub struct AccountJob {
+    pub token: String,
+    pub account: String,
+}
+
+#[async_trait]
+impl Perform for AccountJob {
+    async fn perform(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, &self.account);
+        Ok(())
+    }
+}
+
+/// The most jobs of `shop` running at once in a token's `+shop` / `-shop` records.
+pub fn most_at_once(token: &str, shop: &str) -> usize {
+    let (start, end) = (format!("+{shop}"), format!("-{shop}"));
+    let (mut now, mut most) = (0usize, 0usize);
+    for label in labels(token) {
+        if label == start {
+            now += 1;
+            most = most.max(now);
+        } else if label == end {
+            now = now.saturating_sub(1);
+        }
+    }
+    most
+}

@@ -127,6 +127,9 @@ impl Broker for RedisBroker {
         let keys = &self.inner.keys;
         let waiting: Vec<(String, f64)> =
             self.conn().zrange_withscores(keys.limits(), 0, -1).await?;
+        if waiting.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for (key, _) in &waiting {
             let (slots, parked) = keys.limit(key);

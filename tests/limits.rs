@@ -1,0 +1,254 @@
+//! Per-key concurrency and rate limits, enforced at fetch, on both brokers: jobs over a
+//! limit are set aside (not failed, not retried) and come back when their key has room.
+
+mod support;
+
+use std::time::Duration;
+
+use jobqueue::broker::Settle;
+use jobqueue::{Envelope, SortedSet};
+use support::jobs::{self, most_at_once, now, AccountJob, ShopJob};
+use support::{eventually, start, Backend};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const LEASE: Duration = Duration::from_secs(60);
+/// A job starts a moment after its slot is taken at fetch; a rate check allows this much
+/// of that delay (a tenth of the period).
+const SLACK: f64 = 0.1;
+
+on_both_brokers!(
+    fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back,
+    set_aside_jobs_come_back_when_their_key_has_room_again,
+    jobs_over_a_concurrency_limit_wait_and_every_job_runs_once,
+    a_running_job_keeps_its_slot_past_the_lease_by_its_heartbeats,
+    a_rate_limit_spaces_starts_and_a_light_account_goes_first,
+    a_heavy_tenant_does_not_starve_a_light_one,
+);
+
+fn shop_job(t: &str, shop: &str, millis: u64) -> ShopJob {
+    ShopJob {
+        token: t.to_owned(),
+        shop: shop.to_owned(),
+        millis,
+    }
+}
+
+fn shop_of(payload: &str) -> String {
+    let envelope = Envelope::parse(payload).unwrap();
+    envelope.args[0]["shop"].as_str().unwrap().to_owned()
+}
+
+async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: Backend) {
+    let t = jobs::token();
+    let client = b.client();
+    for _ in 0..5 {
+        client.enqueue(&shop_job(&t, "a", 0)).await.unwrap();
+    }
+    client.enqueue(&shop_job(&t, "b", 0)).await.unwrap();
+    let queues = ["default".to_owned()];
+
+    let taken = b.broker.fetch("p", &queues, 10, LEASE).await.unwrap();
+    let shops: Vec<String> = taken.iter().map(|f| shop_of(&f.payload)).collect();
+    assert_eq!(
+        shops,
+        ["a", "a", "b"],
+        "two of shop a, and shop b behind them"
+    );
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
+    let limits = b.admin().limits().await.unwrap();
+    assert_eq!(limits.len(), 1);
+    assert_eq!(limits[0].key, "ShopJob:concurrency:a");
+    assert_eq!((limits[0].held, limits[0].parked), (2, 3));
+
+    // A finished job frees its slot, and one waiting job goes to the front of its queue.
+    b.broker
+        .ack("p", &[taken[0].payload.clone()])
+        .await
+        .unwrap();
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
+    assert_eq!(b.admin().limits().await.unwrap()[0].parked, 2);
+    let next = b.broker.fetch("p", &queues, 10, LEASE).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(shop_of(&next[0].payload), "a");
+
+    // So does a failed one on its way to the retry set.
+    let failed = Settle::Retry {
+        payload: taken[1].payload.clone(),
+        at: now() + 3600.0,
+    };
+    assert!(b
+        .broker
+        .settle("p", &taken[1].payload, failed)
+        .await
+        .unwrap());
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
+    let limits = b.admin().limits().await.unwrap();
+    assert_eq!((limits[0].held, limits[0].parked), (1, 1));
+}
+
+async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
+    let t = jobs::token();
+    let client = b.client();
+    for _ in 0..8 {
+        let job = AccountJob {
+            token: t.clone(),
+            account: "x".into(),
+        };
+        client.enqueue(&job).await.unwrap();
+    }
+    let queues = ["default".to_owned()];
+    let at = now();
+    let taken = b.broker.fetch("p", &queues, 10, LEASE).await.unwrap();
+    assert_eq!(taken.len(), 5, "five starts per second");
+    let limits = b.admin().limits().await.unwrap();
+    assert_eq!(limits[0].key, "AccountJob:rate:x");
+    assert_eq!(limits[0].parked, 3);
+    assert!(limits[0].next_look > at + 0.5 && limits[0].next_look < now() + 1.5);
+    let due = b.broker.next_due().await.unwrap().unwrap();
+    assert!(
+        (due - limits[0].next_look).abs() < 1e-3,
+        "the scheduler wakes for it"
+    );
+
+    // Within the second: no room. A second later: room for all three.
+    assert_eq!(b.broker.unpark_due(now(), LEASE).await.unwrap(), 0);
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
+    assert_eq!(b.broker.unpark_due(at + 1.5, LEASE).await.unwrap(), 3);
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 3);
+    assert!(b.admin().limits().await.unwrap().is_empty());
+
+    // Concurrency slots of a process that never settles lapse with their lease.
+    for _ in 0..3 {
+        client
+            .enqueue_to("shops", &shop_job(&t, "z", 0))
+            .await
+            .unwrap();
+    }
+    let shops = ["shops".to_owned()];
+    let at = now();
+    assert_eq!(
+        b.broker
+            .fetch("gone", &shops, 10, LEASE)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(b.broker.unpark_due(at + 30.0, LEASE).await.unwrap(), 0);
+    assert_eq!(b.broker.unpark_due(at + 61.0, LEASE).await.unwrap(), 1);
+    assert_eq!(b.admin().queue("shops").await.unwrap().size, 1);
+}
+
+async fn jobs_over_a_concurrency_limit_wait_and_every_job_runs_once(b: Backend) {
+    let t = jobs::token();
+    let batch: Vec<ShopJob> = (0..24)
+        .map(|i| shop_job(&t, if i % 2 == 0 { "a" } else { "b" }, 30))
+        .collect();
+    b.client().enqueue_bulk(&batch).await.unwrap();
+    let one = start(b.worker().register::<ShopJob>().concurrency(8));
+    let two = start(
+        jobqueue::Worker::builder(b.another_broker().await)
+            .config(support::fast_config())
+            .register::<ShopJob>()
+            .concurrency(8),
+    );
+    eventually(LIMIT, "24 jobs ended", || async {
+        jobs::labels(&t)
+            .iter()
+            .filter(|l| l.starts_with('-'))
+            .count()
+            == 24
+    })
+    .await;
+    one.stop().await;
+    two.stop().await;
+    assert_eq!(most_at_once(&t, "a"), 2);
+    assert_eq!(most_at_once(&t, "b"), 2);
+    let admin = b.admin();
+    assert_eq!(admin.set_size(SortedSet::Retry).await.unwrap(), 0);
+    assert_eq!(admin.set_size(SortedSet::Dead).await.unwrap(), 0);
+    assert!(admin.limits().await.unwrap().is_empty());
+}
+
+async fn a_running_job_keeps_its_slot_past_the_lease_by_its_heartbeats(b: Backend) {
+    let t = jobs::token();
+    for _ in 0..3 {
+        b.client().enqueue(&shop_job(&t, "c", 2500)).await.unwrap();
+    }
+    // Leases of one second, renewed every 200 ms; the jobs run for 2.5 s.
+    let h = start(
+        b.worker()
+            .register::<ShopJob>()
+            .concurrency(4)
+            .configure(|c| c.heartbeat_ttl = Duration::from_secs(1)),
+    );
+    eventually(LIMIT, "3 jobs ended", || async {
+        jobs::labels(&t)
+            .iter()
+            .filter(|l| l.starts_with('-'))
+            .count()
+            == 3
+    })
+    .await;
+    h.stop().await;
+    assert_eq!(most_at_once(&t, "c"), 2);
+}
+
+async fn a_rate_limit_spaces_starts_and_a_light_account_goes_first(b: Backend) {
+    let t = jobs::token();
+    let account = |name: &str| AccountJob {
+        token: t.clone(),
+        account: name.into(),
+    };
+    let mut batch: Vec<AccountJob> = (0..12).map(|_| account("heavy")).collect();
+    batch.extend((0..3).map(|_| account("light")));
+    b.client().enqueue_bulk(&batch).await.unwrap();
+    let h = start(b.worker().register::<AccountJob>().concurrency(8));
+    eventually(LIMIT, "15 jobs ran", || async {
+        jobs::runs(&t).len() == 15
+    })
+    .await;
+    h.stop().await;
+    let runs = jobs::runs(&t);
+    let starts = |name: &str| -> Vec<f64> {
+        let mut s: Vec<f64> = runs.iter().filter(|r| r.0 == name).map(|r| r.1).collect();
+        s.sort_by(f64::total_cmp);
+        s
+    };
+    let heavy = starts("heavy");
+    let closest = heavy
+        .windows(6)
+        .map(|w| w[5] - w[0])
+        .reduce(f64::min)
+        .unwrap();
+    assert!(closest >= 1.0 - SLACK, "six starts within {closest:.3} s");
+    let light = starts("light");
+    assert!(
+        light.iter().all(|s| *s < heavy[5]),
+        "the light account waited for the heavy one's second period"
+    );
+}
+
+async fn a_heavy_tenant_does_not_starve_a_light_one(b: Backend) {
+    const HEAVY: usize = 20_000;
+    let t = jobs::token();
+    let mut batch: Vec<ShopJob> = (0..HEAVY).map(|_| shop_job(&t, "heavy", 0)).collect();
+    batch.extend((0..10).map(|_| shop_job(&t, "light", 0)));
+    b.client().enqueue_bulk(&batch).await.unwrap();
+    let h = start(b.worker().register::<ShopJob>().concurrency(8));
+    eventually(LIMIT, "the light tenant's 10 jobs ended", || async {
+        jobs::labels(&t).iter().filter(|l| *l == "-light").count() == 10
+    })
+    .await;
+    let heavy_done = jobs::labels(&t).iter().filter(|l| *l == "-heavy").count();
+    h.stop().await;
+    println!("heavy jobs done when the light tenant's were: {heavy_done} of {HEAVY}");
+    assert!(
+        heavy_done < HEAVY / 20,
+        "the light tenant waited for {heavy_done} of the heavy one's jobs"
+    );
+    let limits = b.admin().limits().await.unwrap();
+    assert!(limits
+        .iter()
+        .any(|l| l.key == "ShopJob:concurrency:heavy" && l.parked > 0));
+}
