@@ -16,7 +16,9 @@
 //! `--ruby` makes the latency mode's producer Ruby Sidekiq's own client (`ruby-sidekiq`).
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
 //! flushed), `--mechanisms` (use jobs that are collapsible or unique by their number, so
-//! every job pays for its collapse marker or uniqueness lock). Built with `--features
+//! every job pays for its collapse marker or uniqueness lock), `--limits` (use jobs with a
+//! per-tenant concurrency and rate limit over a thousand tenants, none reached, so every
+//! job pays for taking and freeing its slots). Built with `--features
 //! tracking`, it runs under the tracking allocator, which charges each job's allocations
 //! to it: the figures then include what budget tracking costs.
 
@@ -80,6 +82,20 @@ struct NoopCollapsible(u64);
 #[job(queue = "loadtest", idempotent, unique)]
 struct NoopUnique(u64);
 
+/// Limited per tenant (a thousand tenants, by its number) in how many run at once and how
+/// many start per minute, with limits no tenant reaches: every job pays for its slots.
+#[derive(Serialize, Deserialize, Job)]
+#[job(
+    queue = "loadtest",
+    idempotent,
+    concurrency(limit = 100, key = "tenant"),
+    rate(limit = 100000, per = "1m", key = "tenant")
+)]
+struct NoopLimited {
+    n: u64,
+    tenant: u64,
+}
+
 /// Records how late it started: its argument is the time, in microseconds, it was due.
 #[derive(Serialize, Deserialize, Job)]
 #[job(queue = "loadtest", idempotent)]
@@ -103,6 +119,14 @@ impl Perform for NoopCollapsible {
 
 #[async_trait]
 impl Perform for NoopUnique {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        finish_one();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Perform for NoopLimited {
     async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
         finish_one();
         Ok(())
@@ -137,6 +161,7 @@ struct Options {
     seconds: u64,
     redis: String,
     mechanisms: bool,
+    limits: bool,
     plain: bool,
     ruby: bool,
 }
@@ -150,6 +175,7 @@ fn parse_options() -> Result<Options, String> {
         seconds: 10,
         redis: "redis://127.0.0.1:6379/15".into(),
         mechanisms: false,
+        limits: false,
         plain: false,
         ruby: false,
     };
@@ -172,6 +198,7 @@ fn parse_options() -> Result<Options, String> {
             "--scheduled" => o.mode = Mode::Scheduled,
             "--idle" => o.mode = Mode::Idle,
             "--mechanisms" => o.mechanisms = true,
+            "--limits" => o.limits = true,
             "--plain" => o.plain = true,
             "--ruby" => o.ruby = true,
             other => {
@@ -200,6 +227,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .concurrency(o.concurrency)
         .register::<Noop>()
         .register::<Stamped>();
+    if o.limits {
+        worker = worker.register::<NoopLimited>();
+    }
     if o.mechanisms {
         worker = worker
             .register::<NoopCollapsible>()
@@ -225,7 +255,15 @@ async fn drain(
     let mut n = 0;
     while n < o.jobs {
         let end = (n + CHUNK).min(o.jobs);
-        if !o.mechanisms {
+        if o.limits {
+            let jobs: Vec<NoopLimited> = (n..end)
+                .map(|n| NoopLimited {
+                    n,
+                    tenant: n % 1000,
+                })
+                .collect();
+            client.enqueue_bulk(&jobs).await?;
+        } else if !o.mechanisms {
             let jobs: Vec<Noop> = (n..end).map(Noop).collect();
             client.enqueue_bulk(&jobs).await?;
         } else if n % (2 * CHUNK) == 0 {

@@ -195,6 +195,20 @@ impl JobOptions {
     }
 }
 
+/// A value as it appears in a limit key: letters, digits and `_-.:@` as they are, anything
+/// else as `%XX` per byte, so a key needs no escaping in JSON, in Redis or in a log line.
+fn escape_key(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"_-.:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `Class:kind` and, with key fields, `:` and their values joined by `,` (strings as they
 /// are, anything else as JSON): readable in Redis and in the dashboard, unlike the digests
 /// of lock keys, because operators look limits up by tenant.
@@ -210,8 +224,8 @@ fn limit_key(kind: &str, envelope: &Envelope, fields: &[&str]) -> String {
     let values: Vec<String> = fields
         .iter()
         .map(|f| match object.and_then(|o| o.get(*f)) {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
+            Some(Value::String(s)) => escape_key(s),
+            Some(other) => escape_key(&other.to_string()),
             None => "null".to_owned(),
         })
         .collect();
@@ -398,6 +412,8 @@ mod tests {
         assert_eq!(tags[1].key, "Refresh:rate");
         assert_eq!((tags[1].rate, tags[1].per), (Some(100), Some(60.0)));
         assert!(JobOptions::DEFAULT.limit_tags(&envelope(vec![])).is_empty());
+        let odd = options.limit_tags(&envelope(vec![json!({"shop": "a \"b\",c", "region": 1})]));
+        assert_eq!(odd[0].key, "Refresh:concurrency:a%20%22b%22%2Cc,1");
     }
 
     #[test]

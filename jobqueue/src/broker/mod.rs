@@ -337,7 +337,22 @@ pub struct LimitEntry {
 
 /// Whether a payload may carry limits: the cheap test that spares the other jobs a parse.
 pub(crate) fn has_limits(payload: &str) -> bool {
-    payload.contains("\"limits\":[")
+    payload.contains(LIMITS_MARK)
+}
+
+const LIMITS_MARK: &str = "\"limits\":[";
+
+/// The limits a payload carries: the top-level `limits` array is the last one (the
+/// arguments come before it, and no JSON string holds the mark unescaped), and only that
+/// array is parsed.
+pub(crate) fn limits_in(payload: &str) -> Vec<crate::job::LimitTag> {
+    use serde::Deserialize;
+    let Some(at) = payload.rfind(LIMITS_MARK) else {
+        return Vec::new();
+    };
+    let array = &payload[at + LIMITS_MARK.len() - 1..];
+    let mut reader = serde_json::Deserializer::from_str(array);
+    Vec::deserialize(&mut reader).unwrap_or_default()
 }
 
 /// How many jobs one fetch sets aside at most: a queue led by a long run of jobs over their

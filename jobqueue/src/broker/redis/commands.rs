@@ -12,12 +12,17 @@ use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
 use super::{RedisBroker, RENEW};
 use crate::broker::{
-    dead_trim, has_limits, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
-    Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
-    MAX_SET_ASIDE,
+    dead_trim, has_limits, limits_in, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat,
+    LimitEntry, Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups,
+    BATCH_TTL, MAX_SET_ASIDE,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
+
+/// The slots taken under a limit key: a sorted set of leases (concurrency) or a list of
+/// starts (rate).
+const SLOTS_TAKEN: &str = "if redis.call('TYPE', KEYS[1]).ok == 'list' then \
+    return redis.call('LLEN', KEYS[1]) end return redis.call('ZCARD', KEYS[1])";
 
 /// How many limit keys one call of the unpark script looks at.
 const UNPARK_BATCH: usize = 100;
@@ -133,7 +138,11 @@ impl Broker for RedisBroker {
         let mut pipe = redis::pipe();
         for (key, _) in &waiting {
             let (slots, parked) = keys.limit(key);
-            pipe.zcard(slots).llen(parked);
+            pipe.cmd("EVAL")
+                .arg(SLOTS_TAKEN)
+                .arg(1)
+                .arg(slots)
+                .llen(parked);
         }
         let counts: Vec<(usize, usize)> = pipe.query_async(&mut self.conn()).await?;
         Ok(waiting
@@ -303,7 +312,8 @@ impl Broker for RedisBroker {
                 .arg("")
                 .arg(op)
                 .arg(payload_bytes(&job.payload).as_ref())
-                .arg(target);
+                .arg(target)
+                .arg("");
         }
         let moved: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
         Ok(moved.first() == Some(&1))
@@ -894,14 +904,37 @@ impl RedisBroker {
             .arg(&keys.prefix);
         for (original, to) in moves {
             let (op, dest, stored, target) = script_args(keys, to.placement(now));
+            let original = payload_bytes(original);
             call.key(dest)
-                .arg(payload_bytes(original).as_ref())
+                .arg(original.as_ref())
                 .arg(op)
                 .arg(stored)
-                .arg(target);
+                .arg(target)
+                .arg(slots_freed(original.as_ref()));
         }
         call
     }
+}
+
+/// The concurrency slots a job frees as it leaves an in-flight list, as the settle script
+/// takes them: the id the fetch script holds them by (the SHA-1 of the payload as stored)
+/// and the keys; empty for a job without concurrency limits. Read here, not in the script,
+/// because Lua's JSON decoding costs Redis several microseconds per job.
+fn slots_freed(stored: &[u8]) -> String {
+    let keys: Vec<String> = std::str::from_utf8(stored)
+        .ok()
+        .filter(|p| has_limits(p))
+        .map(limits_in)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|tag| tag.concurrency.is_some())
+        .map(|tag| tag.key)
+        .collect();
+    if keys.is_empty() {
+        return String::new();
+    }
+    let id = sha1_smol::Sha1::from(stored).digest().to_string();
+    format!("{id} {}", keys.join(" "))
 }
 
 /// The running jobs of a process's `:work` hash (slot → `{queue, payload, run_at}`), oldest

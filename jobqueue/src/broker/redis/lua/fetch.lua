@@ -14,9 +14,9 @@ for i = 3, #KEYS do
     while taken < max and parked < max_parked do
       local job = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
       if not job then break end
-      local limits, jid = limits_of(job)
+      local limits, id = limits_of(job)
       local full, at
-      if limits then full, at = admit(ns, limits, jid, now, lease) end
+      if limits then full, at = admit(ns, limits, id, now, lease) end
       if full then
         redis.call('LPOP', KEYS[1])
         park(ns, full, job, at)
