@@ -81,6 +81,8 @@ enum Command {
     /// Per job class over the last minute: runs, failures, durations, memory, and the
     /// latest runs over budget.
     Classes,
+    /// Per-key limits with jobs set aside: slots taken and jobs waiting for room.
+    Limits,
     /// Jobs waiting for a retry.
     Retries(SetCommand),
     /// Jobs scheduled for later.
@@ -259,6 +261,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Periodic => periodic(&admin, &out).await,
         Command::Classes => classes(&admin, &out).await,
+        Command::Limits => limits(&admin, &out).await,
         Command::Retries(c) => set(&admin, &out, SortedSet::Retry, c.action).await,
         Command::Scheduled(c) => set(&admin, &out, SortedSet::Schedule, c.action).await,
         Command::Dead(c) => set(&admin, &out, SortedSet::Dead, c.action).await,
@@ -423,6 +426,32 @@ async fn periodic(admin: &Admin, out: &Out) -> Result<(), Failure> {
         &["name", "schedule", "class", "queue", "next tick"],
         rows,
         Value::Array(schedules),
+    );
+    Ok(())
+}
+
+async fn limits(admin: &Admin, out: &Out) -> Result<(), Failure> {
+    let limits = admin.limits().await?;
+    let now = seconds(SystemTime::now());
+    let rows = limits
+        .iter()
+        .map(|l| {
+            vec![
+                l.key.clone(),
+                l.held.to_string(),
+                l.parked.to_string(),
+                format!("{:.1}s", (l.next_look - now).max(0.0)),
+            ]
+        })
+        .collect();
+    let json: Vec<Value> = limits
+        .iter()
+        .map(|l| json!({"key": l.key, "held": l.held, "waiting": l.parked, "next_look": l.next_look}))
+        .collect();
+    out.table(
+        &["key", "slots taken", "waiting", "looked at in"],
+        rows,
+        Value::Array(json),
     );
     Ok(())
 }

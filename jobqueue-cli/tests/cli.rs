@@ -462,3 +462,46 @@ fn cancel_removes_a_waiting_job() {
         "{said}"
     );
 }
+
+#[derive(serde::Serialize, serde::Deserialize, jobqueue::Job)]
+#[job(queue = "sync", concurrency(limit = 2, key = "shop"))]
+struct SyncShop {
+    shop: String,
+}
+
+#[test]
+fn limits_show_the_keys_with_jobs_set_aside() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = rt.block_on(jobqueue::RedisBroker::connect(&url)).unwrap();
+    let client = jobqueue::Client::new(broker.clone());
+    for _ in 0..3 {
+        let job = SyncShop {
+            shop: "big shop".into(),
+        };
+        rt.block_on(client.enqueue(&job)).unwrap();
+    }
+    // A fetch as a worker's: two take the shop's slots, the third is set aside.
+    let taken = rt
+        .block_on(jobqueue::Broker::fetch(
+            &broker,
+            "p",
+            &["sync".to_owned()],
+            10,
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+    assert_eq!(taken.len(), 2);
+    let listed = json_of(&url, &["limits"]);
+    assert_eq!(
+        listed[0]["key"], "SyncShop:concurrency:big%20shop",
+        "{listed}"
+    );
+    assert_eq!(
+        (&listed[0]["held"], &listed[0]["waiting"]),
+        (&json!(2), &json!(1))
+    );
+    let table = ok(&url, &["limits"]);
+    assert!(table.contains("SyncShop:concurrency:big%20shop"), "{table}");
+}

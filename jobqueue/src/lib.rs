@@ -52,6 +52,9 @@
 //! | `name = "Class"` | the class name on the wire (default: the type name) |
 //! | `collapsible`, `collapsible(key = "a,b")` | only the newest job per key runs |
 //! | `unique`, `unique(lock = "...", ttl = "10m", on_conflict = "...", key = "a,b")` | a uniqueness lock |
+//! | `budget(alloc = "100MB", retained = "10MB", time = "1s")` | what one run may take |
+//! | `concurrency(limit = 2, key = "a,b")` | at most 2 jobs per key run at once, in all processes |
+//! | `rate(limit = 100, per = "1m", key = "a,b")` | at most 100 jobs per key start per minute |
 //!
 //! The retry policy ([`RetryPolicy::derive`]):
 //!
