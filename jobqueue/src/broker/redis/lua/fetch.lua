@@ -9,7 +9,7 @@ local ns, lease, max_parked = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {0, ''}
 local taken, parked = 0, 0
 for i = 3, #KEYS do
-  local until_ = redis.call('ZSCORE', KEYS[2], ARGV[i + 2])
+  local until_ = redis.call('ZSCORE', KEYS[2], ARGV[i + 3])
   if not until_ or tonumber(until_) <= now then
     while taken < max and parked < max_parked do
       local job = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
