@@ -16,9 +16,9 @@
 //! `--ruby` makes the latency mode's producer Ruby Sidekiq's own client (`ruby-sidekiq`).
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
 //! flushed), `--mechanisms` (use jobs that are collapsible or unique by their number, so
-//! every job pays for its collapse marker or uniqueness lock), `--limits` (use jobs with a
-//! per-tenant concurrency and rate limit over a thousand tenants, none reached, so every
-//! job pays for taking and freeing its slots). Built with `--features
+//! every job pays for its collapse marker or uniqueness lock), `--limits concurrency|rate|both`
+//! (use jobs with a per-tenant concurrency limit, rate limit or both, over a thousand
+//! tenants, none reached, so every job pays for taking and freeing its slots). Built with `--features
 //! tracking`, it runs under the tracking allocator, which charges each job's allocations
 //! to it: the figures then include what budget tracking costs.
 
@@ -82,19 +82,42 @@ struct NoopCollapsible(u64);
 #[job(queue = "loadtest", idempotent, unique)]
 struct NoopUnique(u64);
 
-/// Limited per tenant (a thousand tenants, by its number) in how many run at once and how
-/// many start per minute, with limits no tenant reaches: every job pays for its slots.
-#[derive(Serialize, Deserialize, Job)]
-#[job(
-    queue = "loadtest",
-    idempotent,
+/// Declares a no-op job limited per tenant (a thousand tenants, by its number) with
+/// limits no tenant reaches, so every job pays for taking and freeing its slots.
+macro_rules! limited_noop {
+    ($(#[$doc:meta])* $name:ident, $($limits:tt)*) => {
+        $(#[$doc])*
+        #[derive(Serialize, Deserialize, Job)]
+        #[job(queue = "loadtest", idempotent, $($limits)*)]
+        struct $name {
+            n: u64,
+            tenant: u64,
+        }
+
+        #[async_trait]
+        impl Perform for $name {
+            async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+                finish_one();
+                Ok(())
+            }
+        }
+    };
+}
+
+limited_noop!(
+    /// At most 100 at once per tenant.
+    NoopConcurrency, concurrency(limit = 100, key = "tenant")
+);
+limited_noop!(
+    /// At most 100,000 starts a minute per tenant.
+    NoopRate, rate(limit = 100000, per = "1m", key = "tenant")
+);
+limited_noop!(
+    /// Both.
+    NoopLimited,
     concurrency(limit = 100, key = "tenant"),
     rate(limit = 100000, per = "1m", key = "tenant")
-)]
-struct NoopLimited {
-    n: u64,
-    tenant: u64,
-}
+);
 
 /// Records how late it started: its argument is the time, in microseconds, it was due.
 #[derive(Serialize, Deserialize, Job)]
@@ -119,14 +142,6 @@ impl Perform for NoopCollapsible {
 
 #[async_trait]
 impl Perform for NoopUnique {
-    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
-        finish_one();
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Perform for NoopLimited {
     async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
         finish_one();
         Ok(())
@@ -161,7 +176,7 @@ struct Options {
     seconds: u64,
     redis: String,
     mechanisms: bool,
-    limits: bool,
+    limits: Option<String>,
     plain: bool,
     ruby: bool,
 }
@@ -175,7 +190,7 @@ fn parse_options() -> Result<Options, String> {
         seconds: 10,
         redis: "redis://127.0.0.1:6379/15".into(),
         mechanisms: false,
-        limits: false,
+        limits: None,
         plain: false,
         ruby: false,
     };
@@ -198,7 +213,13 @@ fn parse_options() -> Result<Options, String> {
             "--scheduled" => o.mode = Mode::Scheduled,
             "--idle" => o.mode = Mode::Idle,
             "--mechanisms" => o.mechanisms = true,
-            "--limits" => o.limits = true,
+            "--limits" => {
+                let kind = value("--limits")?;
+                if !["concurrency", "rate", "both"].contains(&kind.as_str()) {
+                    return Err("--limits takes concurrency, rate or both".into());
+                }
+                o.limits = Some(kind);
+            }
             "--plain" => o.plain = true,
             "--ruby" => o.ruby = true,
             other => {
@@ -227,8 +248,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .concurrency(o.concurrency)
         .register::<Noop>()
         .register::<Stamped>();
-    if o.limits {
-        worker = worker.register::<NoopLimited>();
+    if o.limits.is_some() {
+        worker = worker
+            .register::<NoopConcurrency>()
+            .register::<NoopRate>()
+            .register::<NoopLimited>();
     }
     if o.mechanisms {
         worker = worker
@@ -255,14 +279,37 @@ async fn drain(
     let mut n = 0;
     while n < o.jobs {
         let end = (n + CHUNK).min(o.jobs);
-        if o.limits {
-            let jobs: Vec<NoopLimited> = (n..end)
-                .map(|n| NoopLimited {
-                    n,
-                    tenant: n % 1000,
-                })
-                .collect();
-            client.enqueue_bulk(&jobs).await?;
+        if let Some(kind) = &o.limits {
+            let tenant = |n: u64| n % 1000;
+            match kind.as_str() {
+                "concurrency" => {
+                    let jobs: Vec<NoopConcurrency> = (n..end)
+                        .map(|n| NoopConcurrency {
+                            n,
+                            tenant: tenant(n),
+                        })
+                        .collect();
+                    client.enqueue_bulk(&jobs).await?;
+                }
+                "rate" => {
+                    let jobs: Vec<NoopRate> = (n..end)
+                        .map(|n| NoopRate {
+                            n,
+                            tenant: tenant(n),
+                        })
+                        .collect();
+                    client.enqueue_bulk(&jobs).await?;
+                }
+                _ => {
+                    let jobs: Vec<NoopLimited> = (n..end)
+                        .map(|n| NoopLimited {
+                            n,
+                            tenant: tenant(n),
+                        })
+                        .collect();
+                    client.enqueue_bulk(&jobs).await?;
+                }
+            }
         } else if !o.mechanisms {
             let jobs: Vec<Noop> = (n..end).map(Noop).collect();
             client.enqueue_bulk(&jobs).await?;

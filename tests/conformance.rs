@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use jobqueue::broker::{Heartbeat, Push};
+use jobqueue::broker::Push;
 use jobqueue::retry::error_class;
 use jobqueue::{Envelope, Job, Queues, RunState, SortedSet, WorkerBuilder};
 use support::jobs::now;
@@ -562,23 +562,7 @@ async fn all_queues_mode_consumes_every_queue_including_dotted_names(b: Backend)
 /// Registers a process that never beats again and takes every queued job into its
 /// in-flight list, as a process killed mid-job leaves them.
 async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
-    let beat = Heartbeat {
-        identity: identity.into(),
-        info: "{}".into(),
-        busy: 0,
-        beat: std::time::SystemTime::now(),
-        quiet: false,
-        rss_kb: 0,
-        processed: 0,
-        failed: 0,
-        skipped: 0,
-        cancelled: 0,
-        ttl: Duration::from_secs(1),
-        concurrency: 1,
-        running: Vec::new(),
-        classes: String::new(),
-    };
-    b.broker.heartbeat(&beat).await.unwrap();
+    support::beat(b.broker.as_ref(), identity, Duration::from_secs(1)).await;
     let taken = b
         .broker
         .fetch(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use jobqueue::broker::Settle;
 use jobqueue::{Envelope, SortedSet};
 use support::jobs::{self, most_at_once, now, AccountJob, ShopJob};
-use support::{eventually, start, Backend};
+use support::{beat, eventually, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const LEASE: Duration = Duration::from_secs(60);
@@ -20,7 +20,7 @@ on_both_brokers!(
     fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back,
     set_aside_jobs_come_back_when_their_key_has_room_again,
     jobs_over_a_concurrency_limit_wait_and_every_job_runs_once,
-    a_running_job_keeps_its_slot_past_the_lease_by_its_heartbeats,
+    a_running_job_keeps_its_slot_while_its_process_beats,
     a_rate_limit_spaces_starts_and_a_light_account_goes_first,
     a_heavy_tenant_does_not_starve_a_light_one,
 );
@@ -46,6 +46,7 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
     }
     client.enqueue(&shop_job(&t, "b", 0)).await.unwrap();
     let queues = ["default".to_owned()];
+    beat(b.broker.as_ref(), "p", LEASE).await;
 
     let taken = b.broker.fetch("p", &queues, 10, LEASE).await.unwrap();
     let shops: Vec<String> = taken.iter().map(|f| shop_of(&f.payload)).collect();
@@ -117,26 +118,44 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     assert_eq!(b.admin().queue("default").await.unwrap().size, 3);
     assert!(b.admin().limits().await.unwrap().is_empty());
 
-    // Concurrency slots of a process that never settles lapse with their lease.
-    for _ in 0..3 {
+    // Concurrency slots live as long as their process's heartbeat.
+    for _ in 0..4 {
         client
             .enqueue_to("shops", &shop_job(&t, "z", 0))
             .await
             .unwrap();
     }
     let shops = ["shops".to_owned()];
-    let at = now();
+    beat(b.broker.as_ref(), "alive", LEASE).await;
     assert_eq!(
         b.broker
-            .fetch("gone", &shops, 10, LEASE)
+            .fetch("gone", &shops, 1, LEASE)
             .await
             .unwrap()
             .len(),
-        2
+        1
     );
-    assert_eq!(b.broker.unpark_due(at + 30.0, LEASE).await.unwrap(), 0);
-    assert_eq!(b.broker.unpark_due(at + 61.0, LEASE).await.unwrap(), 1);
-    assert_eq!(b.admin().queue("shops").await.unwrap().size, 1);
+    assert_eq!(
+        b.broker
+            .fetch("alive", &shops, 1, LEASE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Full: the slot of "gone", which has no heartbeat, is free; that of "alive" is not.
+    assert_eq!(
+        b.broker
+            .fetch("alive", &shops, 10, LEASE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let limits = b.admin().limits().await.unwrap();
+    assert_eq!((limits[0].held, limits[0].parked), (2, 1));
+    // Still full when looked at again.
+    assert_eq!(b.broker.unpark_due(now() + 61.0, LEASE).await.unwrap(), 0);
 }
 
 async fn jobs_over_a_concurrency_limit_wait_and_every_job_runs_once(b: Backend) {
@@ -170,12 +189,12 @@ async fn jobs_over_a_concurrency_limit_wait_and_every_job_runs_once(b: Backend) 
     assert!(admin.limits().await.unwrap().is_empty());
 }
 
-async fn a_running_job_keeps_its_slot_past_the_lease_by_its_heartbeats(b: Backend) {
+async fn a_running_job_keeps_its_slot_while_its_process_beats(b: Backend) {
     let t = jobs::token();
     for _ in 0..3 {
         b.client().enqueue(&shop_job(&t, "c", 2500)).await.unwrap();
     }
-    // Leases of one second, renewed every 200 ms; the jobs run for 2.5 s.
+    // A heartbeat that lapses after one second, renewed every 200 ms; the jobs run 2.5 s.
     let h = start(
         b.worker()
             .register::<ShopJob>()

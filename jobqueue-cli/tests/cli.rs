@@ -482,7 +482,25 @@ fn limits_show_the_keys_with_jobs_set_aside() {
         };
         rt.block_on(client.enqueue(&job)).unwrap();
     }
-    // A fetch as a worker's: two take the shop's slots, the third is set aside.
+    // A fetch as a live worker's: two take the shop's slots, the third is set aside.
+    let beat = jobqueue::broker::Heartbeat {
+        identity: "p".into(),
+        info: "{}".into(),
+        busy: 0,
+        beat: std::time::SystemTime::now(),
+        quiet: false,
+        rss_kb: 0,
+        processed: 0,
+        failed: 0,
+        skipped: 0,
+        cancelled: 0,
+        ttl: Duration::from_secs(60),
+        concurrency: 1,
+        running: Vec::new(),
+        classes: String::new(),
+    };
+    rt.block_on(jobqueue::Broker::heartbeat(&broker, &beat))
+        .unwrap();
     let taken = rt
         .block_on(jobqueue::Broker::fetch(
             &broker,

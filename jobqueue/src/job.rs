@@ -151,21 +151,66 @@ pub struct RateLimit {
     pub key: &'static [&'static str],
 }
 
-/// One limit as a job's payload carries it (the `limits` field): the broker enforces it
-/// at fetch from this alone, so a job keeps the limits it was enqueued with.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// One limit as a job's payload carries it: the broker enforces it at fetch from this
+/// alone, so a job keeps the limits it was enqueued with.
+#[derive(Clone, Debug, PartialEq)]
 pub struct LimitTag {
     /// `Class:concurrency:values` or `Class:rate:values`: whose slots the job takes.
     pub key: String,
     /// Jobs with this key running at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
     /// Jobs with this key starting per `per`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u32>,
     /// The rate's period, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per: Option<f64>,
+}
+
+impl LimitTag {
+    /// The `limits` field's text: per limit, `c2 KEY` (a concurrency limit of 2) or
+    /// `r100/60 KEY` (a rate of 100 per 60 s), space-separated. Plain text because the
+    /// broker reads it on every fetch, in Lua on Redis, where JSON costs microseconds.
+    pub fn encode(tags: &[LimitTag]) -> String {
+        let words: Vec<String> = tags
+            .iter()
+            .map(|t| match (t.concurrency, t.rate, t.per) {
+                (Some(n), _, _) => format!("c{n} {}", t.key),
+                (None, Some(n), Some(per)) => format!("r{n}/{per} {}", t.key),
+                _ => format!("c0 {}", t.key),
+            })
+            .collect();
+        words.join(" ")
+    }
+
+    /// The limits in a `limits` field's text; what does not parse is left out.
+    pub fn decode(text: &str) -> Vec<LimitTag> {
+        let mut words = text.split_ascii_whitespace();
+        let mut tags = Vec::new();
+        while let (Some(spec), Some(key)) = (words.next(), words.next()) {
+            let key = key.to_owned();
+            let tag = if let Some(n) = spec.strip_prefix('c') {
+                n.parse().ok().map(|n| LimitTag {
+                    key,
+                    concurrency: Some(n),
+                    rate: None,
+                    per: None,
+                })
+            } else if let Some((n, per)) = spec.strip_prefix('r').and_then(|r| r.split_once('/')) {
+                match (n.parse().ok(), per.parse().ok()) {
+                    (Some(n), Some(per)) => Some(LimitTag {
+                        key,
+                        concurrency: None,
+                        rate: Some(n),
+                        per: Some(per),
+                    }),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            tags.extend(tag);
+        }
+        tags
+    }
 }
 
 /// The payload field holding a job's [`LimitTag`]s.
@@ -411,6 +456,10 @@ mod tests {
         assert_eq!(tags[0].concurrency, Some(2));
         assert_eq!(tags[1].key, "Refresh:rate");
         assert_eq!((tags[1].rate, tags[1].per), (Some(100), Some(60.0)));
+        let text = LimitTag::encode(&tags);
+        assert_eq!(text, "c2 Refresh:concurrency:42,eu r100/60 Refresh:rate");
+        assert_eq!(LimitTag::decode(&text), tags);
+        assert!(LimitTag::decode("x1 a c? b").is_empty());
         assert!(JobOptions::DEFAULT.limit_tags(&envelope(vec![])).is_empty());
         let odd = options.limit_tags(&envelope(vec![json!({"shop": "a \"b\",c", "region": 1})]));
         assert_eq!(odd[0].key, "Refresh:concurrency:a%20%22b%22%2Cc,1");

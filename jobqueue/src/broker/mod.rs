@@ -327,7 +327,7 @@ pub struct BatchStatus {
 pub struct LimitEntry {
     /// `Class:concurrency:values` or `Class:rate:values`.
     pub key: String,
-    /// Slots taken: jobs running (concurrency) or recent starts (rate).
+    /// Slots taken: jobs fetched and not finished (concurrency) or recent starts (rate).
     pub held: usize,
     /// Jobs set aside until the key has room.
     pub parked: usize,
@@ -340,19 +340,18 @@ pub(crate) fn has_limits(payload: &str) -> bool {
     payload.contains(LIMITS_MARK)
 }
 
-const LIMITS_MARK: &str = "\"limits\":[";
+const LIMITS_MARK: &str = "\"limits\":\"";
 
-/// The limits a payload carries: the top-level `limits` array is the last one (the
-/// arguments come before it, and no JSON string holds the mark unescaped), and only that
-/// array is parsed.
+/// The limits a payload carries (see [`crate::job::LimitTag::encode`]). The top-level
+/// `limits` field is the last one: the arguments come before it, and no JSON string holds
+/// the mark unescaped.
 pub(crate) fn limits_in(payload: &str) -> Vec<crate::job::LimitTag> {
-    use serde::Deserialize;
     let Some(at) = payload.rfind(LIMITS_MARK) else {
         return Vec::new();
     };
-    let array = &payload[at + LIMITS_MARK.len() - 1..];
-    let mut reader = serde_json::Deserializer::from_str(array);
-    Vec::deserialize(&mut reader).unwrap_or_default()
+    let text = &payload[at + LIMITS_MARK.len()..];
+    let text = text.split('"').next().unwrap_or_default();
+    crate::job::LimitTag::decode(text)
 }
 
 /// How many jobs one fetch sets aside at most: a queue led by a long run of jobs over their
@@ -376,10 +375,11 @@ pub trait Broker: Send + Sync + 'static {
     /// nothing.
     ///
     /// A job with limits (its payload's `limits`, see [`crate::job::LimitTag`]) is taken
-    /// only if every limit has room, taking a slot in each (a concurrency slot is a lease
-    /// of `lease`, renewed by the process's heartbeats and freed when the job leaves the
-    /// in-flight list); otherwise it is set aside, out of its queue, until
-    /// [`Broker::unpark_due`] or the release of a slot brings it back.
+    /// only if every limit has room, taking a slot in each for `process` (a concurrency
+    /// slot is held until the job leaves the in-flight list, or until the process's
+    /// heartbeat lapses); otherwise it is set aside, out of its queue, until
+    /// [`Broker::unpark_due`] or the release of a slot brings it back. A full concurrency
+    /// key is looked at again after `lease` in case no release comes.
     async fn fetch(
         &self,
         process: &str,
@@ -389,7 +389,8 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<Vec<Fetched>, BrokerError>;
 
     /// Brings jobs set aside by [`Broker::fetch`] back to the front of their queues, as many
-    /// as their keys have room for by `now`; `lease` is how long a concurrency slot lives.
+    /// as their keys have room for by `now`; a concurrency key still full is looked at again
+    /// after `lease`.
     /// Returns how many it brought back.
     async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError>;
 
@@ -467,8 +468,7 @@ pub trait Broker: Send + Sync + 'static {
     /// limits, if any.
     async fn next_due(&self) -> Result<Option<f64>, BrokerError>;
 
-    /// Records a heartbeat, adds the stats, renews for `ttl` the concurrency slots of the
-    /// process's in-flight jobs, and returns a signal (`TSTP`, `TERM`) sent to
+    /// Records a heartbeat, adds the stats, and returns a signal (`TSTP`, `TERM`) sent to
     /// the process through Sidekiq's `<identity>-signals` list, if any.
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError>;
 

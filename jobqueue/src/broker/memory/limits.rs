@@ -1,34 +1,34 @@
 //! Per-key limits in memory: the same statement as the Redis broker's `limits.lua`. A job's
-//! limits come from its payload; a key's slots are running jobs (by jid, until their lease
-//! ends) or recent starts; jobs over a limit wait under its key until it has room.
+//! limits come from its payload; a key's slots are counts per process (alive while its
+//! heartbeat is) or recent starts; jobs over a limit wait under its key until it has room.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::Deserialize;
 
-use crate::broker::{has_limits, LimitEntry};
+use crate::broker::{has_limits, limits_in, LimitEntry};
 use crate::job::LimitTag;
 
-/// What the limits need of a payload.
-#[derive(Deserialize)]
-pub(super) struct Tagged {
-    pub(super) jid: String,
-    pub(super) queue: String,
-    pub(super) limits: Vec<LimitTag>,
+/// The limits a payload carries, if any.
+pub(super) fn tags_of(payload: &str) -> Option<Vec<LimitTag>> {
+    Some(limits_in(payload)).filter(|tags| has_limits(payload) && !tags.is_empty())
 }
 
-/// The limits a payload carries, if any.
-pub(super) fn tags_of(payload: &str) -> Option<Tagged> {
-    if !has_limits(payload) {
-        return None;
+/// The queue a payload names (`default` when it names none).
+pub(super) fn queue_of(payload: &str) -> String {
+    #[derive(Deserialize)]
+    struct Queue {
+        queue: String,
     }
-    serde_json::from_str(payload).ok()
+    serde_json::from_str::<Queue>(payload).map_or_else(|_| "default".to_owned(), |q| q.queue)
 }
 
 #[derive(Default)]
 pub(super) struct Limits {
-    /// Slots taken per key: (jid or start id, lease end or start time).
-    slots: HashMap<String, Vec<(String, f64)>>,
+    /// Concurrency slots per key: how many each process holds.
+    held: HashMap<String, HashMap<String, u32>>,
+    /// Rate slots per key: start times, oldest first.
+    starts: HashMap<String, VecDeque<f64>>,
     /// Jobs set aside per key, oldest at the back.
     parked: HashMap<String, VecDeque<String>>,
     /// Keys with jobs set aside, and when to look at them again.
@@ -36,36 +36,60 @@ pub(super) struct Limits {
 }
 
 impl Limits {
-    /// How many more jobs `tag` lets start at `now`; when none, also when one may.
-    fn room(&mut self, tag: &LimitTag, now: f64) -> (usize, f64) {
-        let per = tag.per.unwrap_or(0.0);
-        let n = tag.concurrency.or(tag.rate).unwrap_or(0) as usize;
-        let horizon = if tag.rate.is_some() { now - per } else { now };
-        let slots = self.slots.entry(tag.key.clone()).or_default();
-        slots.retain(|(_, score)| *score > horizon);
-        let first = slots.iter().map(|(_, s)| *s).reduce(f64::min);
-        match n.checked_sub(slots.len()).filter(|free| *free > 0) {
+    /// How many more jobs `tag` lets start at `now`; when none, also when to look again.
+    /// Slots of processes `alive` denies are free.
+    fn room(
+        &mut self,
+        tag: &LimitTag,
+        now: f64,
+        lease: f64,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> (usize, f64) {
+        if let (Some(n), Some(per)) = (tag.rate, tag.per) {
+            let starts = self.starts.entry(tag.key.clone()).or_default();
+            while starts.front().is_some_and(|t| *t <= now - per) {
+                starts.pop_front();
+            }
+            return match (n as usize).checked_sub(starts.len()).filter(|f| *f > 0) {
+                Some(free) => (free, now),
+                None => (0, starts.front().copied().unwrap_or(now) + per),
+            };
+        }
+        let n = tag.concurrency.unwrap_or(0) as usize;
+        let holders = self.held.entry(tag.key.clone()).or_default();
+        holders.retain(|process, _| alive(process));
+        let held: usize = holders.values().map(|c| *c as usize).sum();
+        match n.checked_sub(held).filter(|f| *f > 0) {
             Some(free) => (free, now),
-            None => (0, first.unwrap_or(now) + per),
+            None => (0, now + lease),
         }
     }
 
-    /// Takes a slot in every limit of the job, or in none. Returns `None` when taken, or
-    /// the key of a limit without room and when to look at it again.
-    pub(super) fn admit(&mut self, job: &Tagged, now: f64, lease: f64) -> Option<(String, f64)> {
-        for tag in &job.limits {
-            let (free, at) = self.room(tag, now);
+    /// Takes a slot in every limit of the job for `process`, or in none. Returns `None`
+    /// when taken, or the key of a limit without room and when to look at it again.
+    pub(super) fn admit(
+        &mut self,
+        job: &[LimitTag],
+        process: &str,
+        now: f64,
+        lease: f64,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Option<(String, f64)> {
+        for tag in job {
+            let (free, at) = self.room(tag, now, lease, alive);
             if free == 0 {
                 return Some((tag.key.clone(), at));
             }
         }
-        for tag in &job.limits {
-            let slots = self.slots.entry(tag.key.clone()).or_default();
+        for tag in job {
             if tag.concurrency.is_some() {
-                slots.retain(|(jid, _)| *jid != job.jid);
-                slots.push((job.jid.clone(), now + lease));
+                let holders = self.held.entry(tag.key.clone()).or_default();
+                *holders.entry(process.to_owned()).or_default() += 1;
             } else if tag.rate.is_some() {
-                slots.push((format!("{}@{now}", job.jid), now));
+                self.starts
+                    .entry(tag.key.clone())
+                    .or_default()
+                    .push_back(now);
             }
         }
         None
@@ -93,39 +117,36 @@ impl Limits {
         taken
     }
 
-    /// Frees the concurrency slots of a job leaving an in-flight list; returns the jobs to
-    /// bring back, one per key it freed.
-    pub(super) fn release(&mut self, job: &Tagged) -> Vec<String> {
+    /// Frees the concurrency slots `process` held for a job leaving its in-flight list;
+    /// returns the jobs to bring back, one per key freed.
+    pub(super) fn release(&mut self, job: &[LimitTag], process: &str) -> Vec<String> {
         let mut back = Vec::new();
-        for tag in job.limits.iter().filter(|t| t.concurrency.is_some()) {
-            let Some(slots) = self.slots.get_mut(&tag.key) else {
-                continue;
-            };
-            let before = slots.len();
-            slots.retain(|(jid, _)| *jid != job.jid);
-            if slots.len() < before {
-                back.extend(self.unpark(&tag.key, 1));
+        for tag in job.iter().filter(|t| t.concurrency.is_some()) {
+            if let Some(holders) = self.held.get_mut(&tag.key) {
+                // Absent when the slots were freed because the process looked dead.
+                if let Some(count) = holders.get_mut(process) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        holders.remove(process);
+                    }
+                }
+                if holders.is_empty() {
+                    self.held.remove(&tag.key);
+                }
             }
+            back.extend(self.unpark(&tag.key, 1));
         }
         back
     }
 
-    /// Extends the concurrency slots a job holds until `until`.
-    pub(super) fn renew(&mut self, job: &Tagged, until: f64) {
-        for tag in job.limits.iter().filter(|t| t.concurrency.is_some()) {
-            if let Some(slot) = self
-                .slots
-                .get_mut(&tag.key)
-                .and_then(|slots| slots.iter_mut().find(|(jid, _)| *jid == job.jid))
-            {
-                slot.1 = until;
-            }
-        }
-    }
-
     /// The jobs to bring back from keys due by `now`, as many as each has room for, oldest
     /// first; keys without room are looked at again when they may have some.
-    pub(super) fn due(&mut self, now: f64, lease: f64) -> Vec<String> {
+    pub(super) fn due(
+        &mut self,
+        now: f64,
+        lease: f64,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
         let due: Vec<String> = self
             .index
             .iter()
@@ -137,12 +158,12 @@ impl Limits {
             let oldest = self.parked.get(&key).and_then(|l| l.back());
             let tag = oldest
                 .and_then(|p| tags_of(p))
-                .and_then(|t| t.limits.into_iter().find(|t| t.key == key));
+                .and_then(|t| t.into_iter().find(|t| t.key == key));
             let Some(tag) = tag else {
                 back.extend(self.unpark(&key, usize::MAX));
                 continue;
             };
-            let (free, mut at) = self.room(&tag, now);
+            let (free, mut at) = self.room(&tag, now, lease, alive);
             if free > 0 {
                 back.extend(self.unpark(&key, free));
                 at = now + tag.per.unwrap_or(lease);
@@ -166,7 +187,10 @@ impl Limits {
             .iter()
             .map(|(key, next_look)| LimitEntry {
                 key: key.clone(),
-                held: self.slots.get(key).map_or(0, Vec::len),
+                held: match self.held.get(key) {
+                    Some(holders) => holders.values().map(|c| *c as usize).sum(),
+                    None => self.starts.get(key).map_or(0, VecDeque::len),
+                },
                 parked: self.parked.get(key).map_or(0, VecDeque::len),
                 next_look: *next_look,
             })

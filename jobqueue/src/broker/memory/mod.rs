@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use self::limits::{tags_of, Limits};
+use self::limits::{queue_of, tags_of, Limits};
 use super::{
     dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
     Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
@@ -216,26 +216,35 @@ impl State {
     fn bring_back(&mut self, jobs: Vec<String>) -> bool {
         let any = !jobs.is_empty();
         for payload in jobs.into_iter().rev() {
-            let queue = tags_of(&payload).map_or_else(|| "default".to_owned(), |t| t.queue);
+            let queue = queue_of(&payload);
             self.push_queue(&queue, payload, true);
         }
         any
     }
 
-    /// A job has left an in-flight list: its concurrency slots are free, and a job set
-    /// aside under each comes back. Returns whether one did.
-    fn leave(&mut self, payload: &str) -> bool {
+    /// A job has left the in-flight list of `process`: the concurrency slots it held are
+    /// free, and a job set aside under each comes back. Returns whether one did.
+    fn leave(&mut self, payload: &str, process: &str) -> bool {
         match tags_of(payload) {
             Some(job) => {
-                let back = self.limits.release(&job);
+                let back = self.limits.release(&job, process);
                 self.bring_back(back)
             }
             None => false,
         }
     }
 
+    /// The limits, with the test of whether a process's heartbeat is live.
+    fn limits_and_liveness(&mut self) -> (&mut Limits, impl Fn(&str) -> bool + '_) {
+        let at = Instant::now();
+        let processes = &self.processes;
+        (&mut self.limits, move |identity: &str| {
+            is_alive(processes, identity, at)
+        })
+    }
+
     fn is_alive(&self, identity: &str, at: Instant) -> bool {
-        self.processes.get(identity).is_some_and(|p| p.expires > at)
+        is_alive(&self.processes, identity, at)
     }
 
     fn expire_processes(&mut self) {
@@ -255,6 +264,11 @@ impl MemoryBroker {
         // operation below completes its changes without calling out.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Whether `identity`'s heartbeat is live at `at`.
+fn is_alive(processes: &HashMap<String, LiveProcess>, identity: &str, at: Instant) -> bool {
+    processes.get(identity).is_some_and(|p| p.expires > at)
 }
 
 /// Removes the last occurrence of `payload` (Redis `LREM list -1 payload`).
@@ -299,8 +313,11 @@ impl Broker for MemoryBroker {
                     break;
                 };
                 if let Some(job) = tags_of(&payload) {
-                    if let Some((key, look)) = state.limits.admit(&job, at, lease.as_secs_f64()) {
-                        state.limits.park(key, payload, look);
+                    let (limits, alive) = state.limits_and_liveness();
+                    if let Some((key, look)) =
+                        limits.admit(&job, process, at, lease.as_secs_f64(), &alive)
+                    {
+                        limits.park(key, payload, look);
                         set_aside = true;
                         continue;
                     }
@@ -324,7 +341,10 @@ impl Broker for MemoryBroker {
     async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError> {
         let moved = {
             let mut state = self.state();
-            let back = state.limits.due(now, lease.as_secs_f64());
+            let back = {
+                let (limits, alive) = state.limits_and_liveness();
+                limits.due(now, lease.as_secs_f64(), &alive)
+            };
             let moved = back.len();
             state.bring_back(back);
             moved
@@ -347,7 +367,7 @@ impl Broker for MemoryBroker {
                     .get_mut(process)
                     .is_some_and(|list| remove_last(list, payload));
                 if removed {
-                    queued |= state.leave(payload);
+                    queued |= state.leave(payload, process);
                 }
             }
         }
@@ -453,7 +473,7 @@ impl Broker for MemoryBroker {
                 .get_mut(process)
                 .is_some_and(|list| remove_last(list, payload));
             let pushed = if removed {
-                let back = state.leave(payload);
+                let back = state.leave(payload, process);
                 let (queued, scheduled) = state.push_all(then);
                 (queued || back, scheduled)
             } else {
@@ -483,7 +503,7 @@ impl Broker for MemoryBroker {
                 if !removed {
                     continue;
                 }
-                queued |= state.leave(payload);
+                queued |= state.leave(payload, process);
                 let (q, s) = state.place(to.placement(now()));
                 queued |= q;
                 scheduled |= s;
@@ -533,15 +553,6 @@ impl Broker for MemoryBroker {
         state.stats.skipped += beat.skipped;
         state.stats.cancelled += beat.cancelled;
         state.fetchers.insert(beat.identity.clone());
-        let until = epoch_seconds(beat.beat) + beat.ttl.as_secs_f64();
-        let in_flight: Vec<_> = state
-            .in_flight
-            .get(&beat.identity)
-            .map(|list| list.iter().filter_map(|p| tags_of(p)).collect())
-            .unwrap_or_default();
-        for job in &in_flight {
-            state.limits.renew(job, until);
-        }
         state.processes.insert(
             beat.identity.clone(),
             LiveProcess {

@@ -10,7 +10,7 @@ use redis::{AsyncCommands, ScriptInvocation};
 
 use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
-use super::{RedisBroker, RENEW};
+use super::RedisBroker;
 use crate::broker::{
     dead_trim, has_limits, limits_in, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat,
     LimitEntry, Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups,
@@ -19,10 +19,12 @@ use crate::broker::{
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
 
-/// The slots taken under a limit key: a sorted set of leases (concurrency) or a list of
-/// starts (rate).
+/// The slots taken under a limit key: the counts of a hash by process (concurrency), or a
+/// list of starts (rate).
 const SLOTS_TAKEN: &str = "if redis.call('TYPE', KEYS[1]).ok == 'list' then \
-    return redis.call('LLEN', KEYS[1]) end return redis.call('ZCARD', KEYS[1])";
+    return redis.call('LLEN', KEYS[1]) end local held = 0 \
+    for _, n in ipairs(redis.call('HVALS', KEYS[1])) do held = held + tonumber(n) end \
+    return held";
 
 /// How many limit keys one call of the unpark script looks at.
 const UNPARK_BATCH: usize = 100;
@@ -90,7 +92,8 @@ impl Broker for RedisBroker {
                 .arg(now())
                 .arg(&keys.prefix)
                 .arg(lease.as_secs_f64())
-                .arg(MAX_SET_ASIDE);
+                .arg(MAX_SET_ASIDE)
+                .arg(process);
             for queue in queues {
                 call.key(keys.queue(queue)).arg(queue);
             }
@@ -463,14 +466,6 @@ impl Broker for RedisBroker {
             )
             .ignore()
             .expire(&hash, ttl)
-            .ignore()
-            .cmd("EVAL")
-            .arg(RENEW)
-            .arg(1)
-            .arg(keys.in_flight(&beat.identity))
-            .arg(&keys.prefix)
-            .arg(epoch_seconds(beat.beat) + beat.ttl.as_secs_f64())
-            .arg(millis(beat.ttl))
             .ignore()
             .rpop(format!("{hash}-signals"), None);
         let started = Instant::now();
@@ -901,7 +896,8 @@ impl RedisBroker {
             .arg(dead_before)
             .arg(dead_keep)
             .arg(&keys.wake)
-            .arg(&keys.prefix);
+            .arg(&keys.prefix)
+            .arg(process);
         for (original, to) in moves {
             let (op, dest, stored, target) = script_args(keys, to.placement(now));
             let original = payload_bytes(original);
@@ -916,10 +912,10 @@ impl RedisBroker {
     }
 }
 
-/// The concurrency slots a job frees as it leaves an in-flight list, as the settle script
-/// takes them: the id the fetch script holds them by (the SHA-1 of the payload as stored)
-/// and the keys; empty for a job without concurrency limits. Read here, not in the script,
-/// because Lua's JSON decoding costs Redis several microseconds per job.
+/// The keys of the concurrency slots a job frees as it leaves an in-flight list, as the
+/// settle script takes them (space-separated; empty for a job without concurrency limits).
+/// Read here, not in the script, because Lua's JSON decoding costs Redis microseconds per
+/// job.
 fn slots_freed(stored: &[u8]) -> String {
     let keys: Vec<String> = std::str::from_utf8(stored)
         .ok()
@@ -930,11 +926,7 @@ fn slots_freed(stored: &[u8]) -> String {
         .filter(|tag| tag.concurrency.is_some())
         .map(|tag| tag.key)
         .collect();
-    if keys.is_empty() {
-        return String::new();
-    }
-    let id = sha1_smol::Sha1::from(stored).digest().to_string();
-    format!("{id} {}", keys.join(" "))
+    keys.join(" ")
 }
 
 /// The running jobs of a process's `:work` hash (slot → `{queue, payload, run_at}`), oldest

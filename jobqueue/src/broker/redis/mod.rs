@@ -35,9 +35,6 @@ macro_rules! with_limits {
     };
 }
 
-/// Renews the concurrency slots of a process's in-flight jobs; sent with each heartbeat.
-const RENEW: &str = with_limits!("lua/renew.lua");
-
 struct Scripts {
     fetch: Script,
     unpark: Script,

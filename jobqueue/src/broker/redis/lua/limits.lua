@@ -1,40 +1,43 @@
--- Per-key limits: prepended to the scripts that fetch, settle, unpark and renew. A job's
--- limits are in its payload's `limits` field, each {key, concurrency} or {key, rate, per}.
--- Under the namespace `ns`:
---   jobqueue:limit:<key>   the slots taken: for a concurrency limit, a sorted set of the
---                          running jobs (by a digest of the payload as fetched) scored by
---                          when their lease ends; for a rate limit, a list of start times,
---                          oldest first
+-- Per-key limits: prepended to the scripts that fetch, settle and unpark. A job's limits
+-- are its payload's `limits` field: per limit, `c2 KEY` (at most 2 running) or `r100/60 KEY`
+-- (at most 100 starts per 60 s), space-separated. Under the namespace `ns`:
+--   jobqueue:limit:<key>   the slots taken: for a concurrency limit, a hash of how many
+--                          each process holds (a process's slots live as long as its
+--                          heartbeat, Sidekiq's process hash); for a rate limit, a list of
+--                          start times, oldest first
 --   jobqueue:parked:<key>  the jobs set aside for want of room, oldest at the right
 --   jobqueue:limits        the keys with jobs set aside, scored by when to look again
 
--- The limits of a job and the id its slots are held by, or nil for a job without any (most jobs: a plain
--- search rules them out before any decoding). Only the `limits` array is decoded; the
--- top-level one is the last (arguments come first, and a JSON string cannot hold the
--- pattern unescaped).
-local function limits_of(job)
-  local at = string.find(job, '"limits":[', 1, true)
+-- The limits of a job, each {kind ('c' or 'r'), limit, period, the key's Redis key, key},
+-- or nil for a job without any (most jobs: a plain search rules them out). The top-level
+-- field is the last (arguments come first, and no JSON string holds the mark unescaped).
+local function limits_of(ns, job)
+  local at = string.find(job, '"limits":"', 1, true)
   if not at then return nil end
   while true do
-    local later = string.find(job, '"limits":[', at + 1, true)
+    local later = string.find(job, '"limits":"', at + 1, true)
     if not later then break end
     at = later
   end
-  local ok, limits = pcall(cjson.decode, string.match(job, '%b[]', at + 9))
-  if not ok or type(limits) ~= 'table' then return nil end
-  return limits, redis.sha1hex(job)
+  local text = string.match(job, '^"limits":"([^"]*)"', at)
+  if not text then return nil end
+  local limits = {}
+  for kind, n, per, key in string.gmatch(text, '(%a)(%d+)/?([%d.e+-]*) (%S+)') do
+    limits[#limits + 1] = {kind, tonumber(n), tonumber(per) or 0, ns .. 'jobqueue:limit:' .. key, key}
+  end
+  if #limits == 0 then return nil end
+  return limits
 end
 
--- How many more jobs limit `l` lets start at `now`; when none, also when one may. Expired
--- slots and old starts are cleared only when the limit looks full.
-local function room(ns, l, now)
-  local key = ns .. 'jobqueue:limit:' .. tostring(l.key)
-  local n = tonumber(l.concurrency or l.rate) or 0
-  if l.rate then
+-- How many more jobs limit `l` lets start at `now`; when none, also when to look again
+-- (a concurrency key is looked at after `lease` in case no release comes). Old starts and
+-- the slots of processes without a heartbeat are cleared only when the limit looks full.
+local function room(ns, l, now, lease)
+  local key, n = l[4], l[2]
+  if l[1] == 'r' then
     local free = n - redis.call('LLEN', key)
     if free > 0 then return free end
-    -- Starts older than the period leave from the front of the list.
-    local per = tonumber(l.per) or 0
+    local per = l[3]
     local first = tonumber(redis.call('LINDEX', key, 0))
     while first and first <= now - per do
       redis.call('LPOP', key)
@@ -44,33 +47,33 @@ local function room(ns, l, now)
     if free > 0 then return free end
     return 0, (first or now) + per
   end
-  local free = n - redis.call('ZCARD', key)
-  if free > 0 then return free end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  free = n - redis.call('ZCARD', key)
-  if free > 0 then return free end
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return 0, tonumber(first[2]) or now
+  local held = 0
+  for _, count in ipairs(redis.call('HVALS', key)) do held = held + tonumber(count) end
+  if held < n then return n - held end
+  local holders = redis.call('HGETALL', key)
+  for i = 1, #holders, 2 do
+    if redis.call('EXISTS', ns .. holders[i]) == 0 then
+      redis.call('HDEL', key, holders[i])
+      held = held - tonumber(holders[i + 1])
+    end
+  end
+  if held < n then return n - held end
+  return 0, now + lease
 end
 
--- Takes a slot in every limit of the job, or in none. Returns nil when taken, or the key
--- of a limit without room and when to look at it again. A concurrency key's lifetime is
--- set when it is created and kept up by the heartbeats' renewals.
-local function admit(ns, limits, id, now, lease)
+-- Takes a slot in every limit of the job for `process`, or in none. Returns nil when
+-- taken, or the key of a limit without room and when to look at it again.
+local function admit(ns, limits, process, now, lease)
   for _, l in ipairs(limits) do
-    local free, at = room(ns, l, now)
-    if free <= 0 then return tostring(l.key), at end
+    local free, at = room(ns, l, now, lease)
+    if free <= 0 then return l[5], at end
   end
   for _, l in ipairs(limits) do
-    local key = ns .. 'jobqueue:limit:' .. tostring(l.key)
-    if l.concurrency then
-      redis.call('ZADD', key, now + lease, id)
-      if redis.call('ZCARD', key) == 1 then
-        redis.call('PEXPIRE', key, math.ceil(lease * 1000))
-      end
-    elseif l.rate then
-      redis.call('RPUSH', key, now)
-      redis.call('PEXPIRE', key, math.max(1, math.ceil((tonumber(l.per) or 0) * 1000)))
+    if l[1] == 'r' then
+      redis.call('RPUSH', l[4], now)
+      redis.call('PEXPIRE', l[4], math.max(1, math.ceil(l[3] * 1000)))
+    else
+      redis.call('HINCRBY', l[4], process, 1)
     end
   end
   return nil
@@ -108,17 +111,14 @@ local function unpark(ns, key, n)
   return #jobs
 end
 
--- Frees the concurrency slots a job leaving an in-flight list held, given as "id key ..."
--- (read from the payload by the caller), and brings back one job set aside under each key
--- it freed.
-local function release(ns, slots)
-  local id
-  for word in string.gmatch(slots, '%S+') do
-    if not id then
-      id = word
-    elseif redis.call('ZREM', ns .. 'jobqueue:limit:' .. word, id) == 1
-        and redis.call('ZSCORE', ns .. 'jobqueue:limits', word) then
-      unpark(ns, word, 1)
-    end
+-- Frees the concurrency slots `process` held for a job leaving its in-flight list (the
+-- keys, space-separated, read from the payload by the caller), and brings back one job set
+-- aside under each.
+local function release(ns, process, keys)
+  for key in string.gmatch(keys, '%S+') do
+    local slots = ns .. 'jobqueue:limit:' .. key
+    -- Below zero when the slots were already freed because the process looked dead.
+    if redis.call('HINCRBY', slots, process, -1) <= 0 then redis.call('HDEL', slots, process) end
+    if redis.call('ZSCORE', ns .. 'jobqueue:limits', key) then unpark(ns, key, 1) end
   end
 end

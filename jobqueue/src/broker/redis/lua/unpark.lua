@@ -1,25 +1,24 @@
 -- Brings back jobs set aside under keys due by ARGV[2] (now) in the namespace ARGV[1], as
 -- many as each key's limit has room for; looks at up to ARGV[3] keys. A key still without
--- room is looked at again when it may have some; one with jobs left after a concurrency
--- key's release is looked at again after a lease (ARGV[4] seconds), in case no release
--- comes. Returns how many jobs were brought back.
+-- room is looked at again when it may have some; a concurrency key with jobs left, after a
+-- lease (ARGV[4] seconds), in case no release comes. Returns how many jobs came back.
 local ns, now, max, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local index = ns .. 'jobqueue:limits'
 local moved = 0
 for _, key in ipairs(redis.call('ZRANGE', index, '-inf', now, 'BYSCORE', 'LIMIT', 0, max)) do
   local oldest = redis.call('LINDEX', ns .. 'jobqueue:parked:' .. key, -1)
   local limit
-  for _, l in ipairs((oldest and limits_of(oldest)) or {}) do
-    if tostring(l.key) == key then limit = l end
+  for _, l in ipairs((oldest and limits_of(ns, oldest)) or {}) do
+    if l[5] == key then limit = l end
   end
   if not limit then
     -- Nothing left, or a job whose limits changed shape: let it run.
     moved = moved + unpark(ns, key, 1000)
   else
-    local free, at = room(ns, limit, now)
+    local free, at = room(ns, limit, now, lease)
     if free > 0 then
       moved = moved + unpark(ns, key, free)
-      at = now + (tonumber(limit.per) or lease)
+      at = now + (limit[1] == 'r' and limit[3] or lease)
     end
     redis.call('ZADD', index, 'XX', at, key)
   end
