@@ -354,10 +354,6 @@ pub(crate) fn limits_in(payload: &str) -> Vec<crate::job::LimitTag> {
     crate::job::LimitTag::decode(text)
 }
 
-/// How many jobs one fetch sets aside at most: a queue led by a long run of jobs over their
-/// limits is set aside over several short calls, not one long one.
-pub(crate) const MAX_SET_ASIDE: usize = 1000;
-
 /// How long a batch's state is kept after its last addition.
 pub const BATCH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 

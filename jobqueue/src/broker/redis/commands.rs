@@ -1,6 +1,6 @@
 //! The broker's commands: each [`Broker`] method as a script call or a pipeline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,17 +14,21 @@ use super::RedisBroker;
 use crate::broker::{
     dead_trim, has_limits, limits_in, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat,
     LimitEntry, Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups,
-    BATCH_TTL, MAX_SET_ASIDE,
+    BATCH_TTL,
 };
 use crate::error::BrokerError;
+use crate::job::LimitTag;
 use crate::time::{epoch_seconds, from_epoch, now};
 
 /// The slots taken under a limit key: the counts of a hash by process (concurrency), or a
 /// list of starts (rate).
 const SLOTS_TAKEN: &str = "if redis.call('TYPE', KEYS[1]).ok == 'list' then \
-    return redis.call('LLEN', KEYS[1]) end local held = 0 \
-    for _, n in ipairs(redis.call('HVALS', KEYS[1])) do held = held + tonumber(n) end \
-    return held";
+    return redis.call('LLEN', KEYS[1]) end \
+    local held = 0 for _, n in ipairs(redis.call('HVALS', KEYS[1])) do \
+    held = held + tonumber(n) end return held";
+
+/// The most jobs a fetch moves in one call while it looks past jobs set aside.
+const MAX_SCAN: usize = 1000;
 
 /// How many limit keys one call of the unpark script looks at.
 const UNPARK_BATCH: usize = 100;
@@ -85,23 +89,20 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let keys = &self.inner.keys;
+        // Jobs set aside do not count: the fetch looks further down the queue, in larger
+        // steps while it finds only such jobs, until it has `max` or the queues are empty;
+        // so a tenant with few jobs behind one with many waits for few round trips.
+        let mut scan = max;
+        let mut taken: Vec<Fetched> = Vec::new();
         loop {
             let mut call = self.inner.scripts.fetch.key(keys.in_flight(process));
-            call.key(&keys.paused)
-                .arg(max)
-                .arg(now())
-                .arg(&keys.prefix)
-                .arg(lease.as_secs_f64())
-                .arg(MAX_SET_ASIDE)
-                .arg(process);
+            call.key(&keys.paused).arg(scan).arg(now());
             for queue in queues {
                 call.key(keys.queue(queue)).arg(queue);
             }
             let flat: Vec<(usize, Vec<u8>)> = call.invoke_async(&mut self.conn()).await?;
-            let set_aside = flat.first().map_or(0, |(n, _)| *n);
             let jobs: Vec<Fetched> = flat
                 .into_iter()
-                .skip(1)
                 .map(|(index, payload)| Fetched {
                     queue: queues
                         .get(index.wrapping_sub(1))
@@ -110,11 +111,38 @@ impl Broker for RedisBroker {
                     payload: payload_from_bytes(payload),
                 })
                 .collect();
-            // A call that only set jobs aside has not looked at the whole queue yet.
-            if !jobs.is_empty() || set_aside < MAX_SET_ASIDE {
-                return Ok(jobs);
+            let fetched = jobs.len();
+            let admitted = self.admit(process, jobs, lease).await?;
+            if admitted.len() == fetched && taken.is_empty() {
+                // The usual case: nothing set aside.
+                return Ok(admitted);
+            }
+            if admitted.len() < fetched {
+                scan = (scan * 4).min(MAX_SCAN.max(max));
+            }
+            taken.extend(admitted);
+            if taken.len() >= max || fetched == 0 {
+                break;
             }
         }
+        if taken.len() > max {
+            // More than asked for: the rest go back to the front, in their order.
+            let back: Vec<(String, Settle)> = taken
+                .split_off(max)
+                .into_iter()
+                .rev()
+                .map(|job| {
+                    let to = Settle::Queue {
+                        queue: job.queue,
+                        payload: job.payload.clone(),
+                        front: true,
+                    };
+                    (job.payload, to)
+                })
+                .collect();
+            self.settle_many(process, &back).await?;
+        }
+        Ok(taken)
     }
 
     async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError> {
@@ -164,9 +192,10 @@ impl Broker for RedisBroker {
         if payloads.is_empty() {
             return Ok(());
         }
-        // A job with limits frees its slots as it leaves, in the settle script.
-        let (limited, plain): (Vec<&String>, Vec<&String>) =
-            payloads.iter().partition(|p| has_limits(p));
+        // A job holding concurrency slots frees them as it leaves, in the settle script.
+        let (limited, plain): (Vec<&String>, Vec<&String>) = payloads
+            .iter()
+            .partition(|p| !slots_freed(payload_bytes(p).as_ref()).is_empty());
         if !limited.is_empty() {
             let discards: Vec<(String, Settle)> = limited
                 .into_iter()
@@ -881,6 +910,60 @@ fn script_args<'a>(
 }
 
 impl RedisBroker {
+    /// Takes the slots of the fetched jobs that have limits, in one call of the admit
+    /// script (the limits read here, in Rust, cost Redis no decoding); a job without room is
+    /// set aside out of the in-flight list. Returns the jobs admitted.
+    async fn admit(
+        &self,
+        process: &str,
+        mut jobs: Vec<Fetched>,
+        lease: Duration,
+    ) -> Result<Vec<Fetched>, BrokerError> {
+        let limited: Vec<(usize, Vec<LimitTag>)> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| has_limits(&job.payload))
+            .map(|(i, job)| (i, limits_in(&job.payload)))
+            .filter(|(_, tags)| !tags.is_empty())
+            .collect();
+        if limited.is_empty() {
+            return Ok(jobs);
+        }
+        let keys = &self.inner.keys;
+        let mut call = self.inner.scripts.admit.key(keys.in_flight(process));
+        call.arg(&keys.prefix)
+            .arg(process)
+            .arg(now())
+            .arg(lease.as_secs_f64());
+        for (i, tags) in &limited {
+            call.arg(payload_bytes(&jobs[*i].payload).as_ref())
+                .arg(tags.len());
+            for tag in tags {
+                match (tag.concurrency, tag.rate, tag.per) {
+                    (Some(n), _, _) => call.arg("c").arg(n).arg(0),
+                    (None, Some(n), Some(per)) => call.arg("r").arg(n).arg(per),
+                    _ => call.arg("c").arg(0).arg(0),
+                };
+                call.arg(&tag.key);
+            }
+        }
+        let verdicts: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
+        let refused: HashSet<usize> = limited
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, v)| *v == 0)
+            .map(|((i, _), _)| *i)
+            .collect();
+        if !refused.is_empty() {
+            let mut i = 0;
+            jobs.retain(|_| {
+                i += 1;
+                !refused.contains(&(i - 1))
+            });
+        }
+        Ok(jobs)
+    }
+
     /// A call of the settle script moving `moves` out of `process`'s in-flight list, with
     /// the dead set's trim taken at `now`; more moves may be added before it is invoked.
     fn settle_call(

@@ -37,6 +37,7 @@ macro_rules! with_limits {
 
 struct Scripts {
     fetch: Script,
+    admit: Script,
     unpark: Script,
     take_due: Script,
     settle: Script,
@@ -118,7 +119,8 @@ impl RedisBroker {
                 conn,
                 keys,
                 scripts: Scripts {
-                    fetch: Script::new(with_limits!("lua/fetch.lua")),
+                    fetch: Script::new(include_str!("lua/fetch.lua")),
+                    admit: Script::new(with_limits!("lua/admit.lua")),
                     unpark: Script::new(with_limits!("lua/unpark.lua")),
                     take_due: Script::new(include_str!("lua/take_due.lua")),
                     settle: Script::new(with_limits!("lua/settle.lua")),

@@ -1,59 +1,61 @@
--- Per-key limits: prepended to the scripts that fetch, settle and unpark. A job's limits
+-- Per-key limits: prepended to the scripts that admit, settle and unpark. A job's limits
 -- are its payload's `limits` field: per limit, `c2 KEY` (at most 2 running) or `r100/60 KEY`
--- (at most 100 starts per 60 s), space-separated. Under the namespace `ns`:
+-- (at most 100 starts per 60 s), space-separated; the broker's Rust side reads them and
+-- passes them in, except to unpark. Under the namespace `ns`:
 --   jobqueue:limit:<key>   the slots taken: for a concurrency limit, a hash of how many
---                          each process holds (a process's slots live as long as its
---                          heartbeat, Sidekiq's process hash); for a rate limit, a list of
---                          start times, oldest first
+--                          each process holds (a process's slots are freed when its jobs
+--                          leave its in-flight list, or once its heartbeat, Sidekiq's
+--                          process hash, has lapsed); for a rate limit, a list of start
+--                          times, oldest first
 --   jobqueue:parked:<key>  the jobs set aside for want of room, oldest at the right
 --   jobqueue:limits        the keys with jobs set aside, scored by when to look again
+-- A limit is {kind ('c' or 'r'), limit, period, the key's Redis key, key}.
 
--- The limits of a job, each {kind ('c' or 'r'), limit, period, the key's Redis key, key},
--- or nil for a job without any (most jobs: a plain search rules them out). The top-level
--- field is the last (arguments come first, and no JSON string holds the mark unescaped).
+local function limit(ns, kind, n, per, key)
+  return {kind, tonumber(n), tonumber(per) or 0, ns .. 'jobqueue:limit:' .. key, key}
+end
+
+-- The limits in a payload (used only to look at a set-aside job again).
 local function limits_of(ns, job)
   local at = string.find(job, '"limits":"', 1, true)
-  if not at then return nil end
+  if not at then return {} end
   while true do
     local later = string.find(job, '"limits":"', at + 1, true)
     if not later then break end
     at = later
   end
-  local text = string.match(job, '^"limits":"([^"]*)"', at)
-  if not text then return nil end
   local limits = {}
+  local text = string.match(job, '^"limits":"([^"]*)"', at) or ''
   for kind, n, per, key in string.gmatch(text, '(%a)(%d+)/?([%d.e+-]*) (%S+)') do
-    limits[#limits + 1] = {kind, tonumber(n), tonumber(per) or 0, ns .. 'jobqueue:limit:' .. key, key}
+    limits[#limits + 1] = limit(ns, kind, n, per, key)
   end
-  if #limits == 0 then return nil end
   return limits
 end
 
--- How many more jobs limit `l` lets start at `now`; when none, also when to look again
--- (a concurrency key is looked at after `lease` in case no release comes). Old starts and
--- the slots of processes without a heartbeat are cleared only when the limit looks full.
-local function room(ns, l, now, lease)
-  local key, n = l[4], l[2]
-  if l[1] == 'r' then
-    local free = n - redis.call('LLEN', key)
+-- How many more jobs a limit (`kind` 'c' or 'r', `n`, period `per`, slots at Redis key
+-- `slots`) lets start at `now`; when none, also when to look again (a concurrency key
+-- after `lease`, in case no release comes). Old starts and the slots of processes without
+-- a heartbeat are cleared only when the limit looks full.
+local function room(ns, kind, n, per, slots, now, lease)
+  if kind == 'r' then
+    local free = n - redis.call('LLEN', slots)
     if free > 0 then return free end
-    local per = l[3]
-    local first = tonumber(redis.call('LINDEX', key, 0))
+    local first = tonumber(redis.call('LINDEX', slots, 0))
     while first and first <= now - per do
-      redis.call('LPOP', key)
-      first = tonumber(redis.call('LINDEX', key, 0))
+      redis.call('LPOP', slots)
+      first = tonumber(redis.call('LINDEX', slots, 0))
     end
-    free = n - redis.call('LLEN', key)
+    free = n - redis.call('LLEN', slots)
     if free > 0 then return free end
     return 0, (first or now) + per
   end
   local held = 0
-  for _, count in ipairs(redis.call('HVALS', key)) do held = held + tonumber(count) end
+  for _, count in ipairs(redis.call('HVALS', slots)) do held = held + tonumber(count) end
   if held < n then return n - held end
-  local holders = redis.call('HGETALL', key)
+  local holders = redis.call('HGETALL', slots)
   for i = 1, #holders, 2 do
     if redis.call('EXISTS', ns .. holders[i]) == 0 then
-      redis.call('HDEL', key, holders[i])
+      redis.call('HDEL', slots, holders[i])
       held = held - tonumber(holders[i + 1])
     end
   end
@@ -61,22 +63,14 @@ local function room(ns, l, now, lease)
   return 0, now + lease
 end
 
--- Takes a slot in every limit of the job for `process`, or in none. Returns nil when
--- taken, or the key of a limit without room and when to look at it again.
-local function admit(ns, limits, process, now, lease)
-  for _, l in ipairs(limits) do
-    local free, at = room(ns, l, now, lease)
-    if free <= 0 then return l[5], at end
+-- Takes a slot for `process` in a limit found to have room.
+local function take(kind, per, slots, process, now)
+  if kind == 'r' then
+    redis.call('RPUSH', slots, now)
+    redis.call('PEXPIRE', slots, math.max(1, math.ceil(per * 1000)))
+  else
+    redis.call('HINCRBY', slots, process, 1)
   end
-  for _, l in ipairs(limits) do
-    if l[1] == 'r' then
-      redis.call('RPUSH', l[4], now)
-      redis.call('PEXPIRE', l[4], math.max(1, math.ceil(l[3] * 1000)))
-    else
-      redis.call('HINCRBY', l[4], process, 1)
-    end
-  end
-  return nil
 end
 
 -- Sets a job aside under `key` until its limit has room; looked at again by `at`.
@@ -112,12 +106,13 @@ local function unpark(ns, key, n)
 end
 
 -- Frees the concurrency slots `process` held for a job leaving its in-flight list (the
--- keys, space-separated, read from the payload by the caller), and brings back one job set
--- aside under each.
+-- keys, space-separated), and brings back one job set aside under each. A job the process
+-- holds no slot for (freed when the process looked dead, or never admitted because the
+-- process died first) frees nothing.
 local function release(ns, process, keys)
   for key in string.gmatch(keys, '%S+') do
     local slots = ns .. 'jobqueue:limit:' .. key
-    -- Below zero when the slots were already freed because the process looked dead.
+    -- Emptied, the field goes, and with the last field the key.
     if redis.call('HINCRBY', slots, process, -1) <= 0 then redis.call('HDEL', slots, process) end
     if redis.call('ZSCORE', ns .. 'jobqueue:limits', key) then unpark(ns, key, 1) end
   end

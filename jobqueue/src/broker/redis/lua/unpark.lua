@@ -7,18 +7,18 @@ local index = ns .. 'jobqueue:limits'
 local moved = 0
 for _, key in ipairs(redis.call('ZRANGE', index, '-inf', now, 'BYSCORE', 'LIMIT', 0, max)) do
   local oldest = redis.call('LINDEX', ns .. 'jobqueue:parked:' .. key, -1)
-  local limit
-  for _, l in ipairs((oldest and limits_of(ns, oldest)) or {}) do
-    if l[5] == key then limit = l end
+  local found
+  for _, l in ipairs(oldest and limits_of(ns, oldest) or {}) do
+    if l[5] == key then found = l end
   end
-  if not limit then
+  if not found then
     -- Nothing left, or a job whose limits changed shape: let it run.
     moved = moved + unpark(ns, key, 1000)
   else
-    local free, at = room(ns, limit, now, lease)
+    local free, at = room(ns, found[1], found[2], found[3], found[4], now, lease)
     if free > 0 then
       moved = moved + unpark(ns, key, free)
-      at = now + (limit[1] == 'r' and limit[3] or lease)
+      at = now + (found[1] == 'r' and found[3] or lease)
     end
     redis.call('ZADD', index, 'XX', at, key)
   end
