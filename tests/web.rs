@@ -254,11 +254,45 @@ async fn every_page_shows_what_the_broker_holds() {
         .await;
         browser.screenshot("overview").await;
 
+        // Three jobs of one shop, at most two at once: a process takes two, one waits.
+        for _ in 0..3 {
+            let job = jobs::ShopJob {
+                token: t.clone(),
+                shop: "big shop".into(),
+                millis: 0,
+            };
+            client.enqueue_to("limited", &job).await.unwrap();
+        }
+        support::beat(
+            b.broker.as_ref(),
+            "viewer:1:limits",
+            Duration::from_secs(60),
+        )
+        .await;
+        let limited = ["limited".to_owned()];
+        let taken = b
+            .broker
+            .fetch("viewer:1:limits", &limited, 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 2);
+
         let text = browser.open(&site.url("/queues")).await;
         assert!(
             text.contains("waiting") && text.contains("running"),
             "{text}"
         );
+        assert!(text.contains("Jobs waiting for their limits"), "{text}");
+        let mut cells = Vec::new();
+        for cell in browser
+            .client
+            .find_all(Locator::Css("#limits td"))
+            .await
+            .unwrap()
+        {
+            cells.push(cell.text().await.unwrap());
+        }
+        assert_eq!(cells[..3], ["ShopJob:concurrency:big%20shop", "2", "1"]);
         browser.screenshot("queues").await;
         let text = browser.open(&site.url("/queues/waiting")).await;
         assert!(

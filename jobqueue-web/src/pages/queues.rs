@@ -1,5 +1,5 @@
 //! Queues: size, latency and paused state; pause (for good or for a while), resume,
-//! clear; a queue's waiting jobs, paged, each deletable.
+//! clear; a queue's waiting jobs, paged, each deletable; jobs set aside by their limits.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -50,6 +50,7 @@ pub(crate) async fn list(state: State, ctx: Ctx) -> PageResult {
     let queues = admin.queues().await?;
     let paused: HashMap<String, Option<std::time::SystemTime>> =
         admin.paused().await?.into_iter().collect();
+    let limits = admin.limits().await?;
     let body = html! {
         div.scroll { table {
             thead { tr { th { "Queue" } th.num { "Size" } th { "Latency" } th { "State" } th { "" } } }
@@ -73,6 +74,22 @@ pub(crate) async fn list(state: State, ctx: Ctx) -> PageResult {
                 @if queues.is_empty() { tr { td colspan="5" { "No queues yet." } } }
             }
         } }
+        @if !limits.is_empty() {
+            h2 { "Jobs waiting for their limits" }
+            div.scroll { table #limits {
+                thead { tr { th { "Limit key" } th.num { "Slots taken" } th.num { "Waiting" } th { "Looked at again" } } }
+                tbody {
+                    @for l in &limits {
+                        tr {
+                            td.mono { (l.key) }
+                            td.num { (l.held) }
+                            td.num { (l.parked) }
+                            td { @if let Some(at) = crate::page::from_epoch(l.next_look) { (when(at)) } }
+                        }
+                    }
+                }
+            } }
+        }
     };
     Ok(layout(&ctx, Nav::Queues, "Queues", body))
 }
