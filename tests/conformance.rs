@@ -606,7 +606,12 @@ async fn jobs_of_a_dead_process_are_recovered(b: Backend) {
 
 async fn a_job_interrupted_three_times_goes_to_the_dead_set(b: Backend) {
     let t = jobs::token();
-    b.client().enqueue(&Note::new(&t, "x")).await.unwrap();
+    // In a batch, which counts it as failed when it dies.
+    let batch = jobqueue::client::Batch::new("poison");
+    b.client()
+        .enqueue_batch(&batch, &[Note::new(&t, "x")])
+        .await
+        .unwrap();
     // A worker that recovers orphans but never takes from `default`, so the job's only
     // runs are the three that die under it.
     let recoverer = start(
@@ -632,6 +637,11 @@ async fn a_job_interrupted_three_times_goes_to_the_dead_set(b: Backend) {
     leave_jobs_with_a_dead_process(&b, "crashed:9:000000000009").await;
     eventually(LIMIT, "the poison pill reached the dead set", || async {
         b.admin().set_size(SortedSet::Dead).await.unwrap() == 1
+    })
+    .await;
+    eventually(LIMIT, "its batch finished, with one job failed", || async {
+        let status = b.client().batch_status(batch.id()).await.unwrap().unwrap();
+        (status.failed, status.pending, status.finished) == (1, 0, true)
     })
     .await;
     recoverer.stop().await;

@@ -392,11 +392,14 @@ async fn on_death(shared: &Shared, envelope: &Envelope, options: &'static JobOpt
 }
 
 /// The death handlers of a job that died outside a run (a poison pill found in a dead
-/// process's in-flight list).
+/// process's in-flight list); its batch counts it as failed, since it will not run again.
 pub(crate) async fn after_death(shared: &Shared, payload: &str) {
     let Ok(envelope) = Envelope::parse(payload) else {
         return;
     };
+    if let Some(bid) = envelope.extra.get(BATCH_KEY).and_then(|b| b.as_str()) {
+        settle::batch_done(shared, bid, &envelope.jid, false).await;
+    }
     if let Some(handler) = shared.registry.get(&envelope.class) {
         on_death(shared, &envelope, handler.options()).await;
     }

@@ -11,7 +11,10 @@ use crate::job::LimitTag;
 
 /// The limits a payload carries, if any.
 pub(super) fn tags_of(payload: &str) -> Option<Vec<LimitTag>> {
-    Some(limits_in(payload)).filter(|tags| has_limits(payload) && !tags.is_empty())
+    if !has_limits(payload) {
+        return None;
+    }
+    Some(limits_in(payload)).filter(|tags| !tags.is_empty())
 }
 
 /// The queue a payload names (`default` when it names none).
