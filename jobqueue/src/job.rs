@@ -181,21 +181,22 @@ impl LimitTag {
         words.join(" ")
     }
 
-    /// The limits in a `limits` field's text; what does not parse is left out.
+    /// The limits in a `limits` field's text; what does not parse, and limits of 0, are
+    /// left out.
     pub fn decode(text: &str) -> Vec<LimitTag> {
         let mut words = text.split_ascii_whitespace();
         let mut tags = Vec::new();
         while let (Some(spec), Some(key)) = (words.next(), words.next()) {
             let key = key.to_owned();
             let tag = if let Some(n) = spec.strip_prefix('c') {
-                n.parse().ok().map(|n| LimitTag {
+                n.parse().ok().filter(|n| *n > 0).map(|n| LimitTag {
                     key,
                     concurrency: Some(n),
                     rate: None,
                     per: None,
                 })
             } else if let Some((n, per)) = spec.strip_prefix('r').and_then(|r| r.split_once('/')) {
-                match (n.parse().ok(), per.parse().ok()) {
+                match (n.parse().ok().filter(|n| *n > 0), per.parse().ok()) {
                     (Some(n), Some(per)) => Some(LimitTag {
                         key,
                         concurrency: None,
@@ -459,7 +460,7 @@ mod tests {
         let text = LimitTag::encode(&tags);
         assert_eq!(text, "c2 Refresh:concurrency:42,eu r100/60 Refresh:rate");
         assert_eq!(LimitTag::decode(&text), tags);
-        assert!(LimitTag::decode("x1 a c? b").is_empty());
+        assert!(LimitTag::decode("x1 a c? b c0 d r0/1 e").is_empty());
         assert!(JobOptions::DEFAULT.limit_tags(&envelope(vec![])).is_empty());
         let odd = options.limit_tags(&envelope(vec![json!({"shop": "a \"b\",c", "region": 1})]));
         assert_eq!(odd[0].key, "Refresh:concurrency:a%20%22b%22%2Cc,1");

@@ -48,20 +48,32 @@ impl Limits {
         lease: f64,
         alive: &dyn Fn(&str) -> bool,
     ) -> (usize, f64) {
+        // A key left with nothing goes, as an empty Redis key does.
         if let (Some(n), Some(per)) = (tag.rate, tag.per) {
-            let starts = self.starts.entry(tag.key.clone()).or_default();
+            let Some(starts) = self.starts.get_mut(&tag.key) else {
+                return (n as usize, now);
+            };
             while starts.front().is_some_and(|t| *t <= now - per) {
                 starts.pop_front();
             }
-            return match (n as usize).checked_sub(starts.len()).filter(|f| *f > 0) {
+            let (taken, first) = (starts.len(), starts.front().copied());
+            if taken == 0 {
+                self.starts.remove(&tag.key);
+            }
+            return match (n as usize).checked_sub(taken).filter(|f| *f > 0) {
                 Some(free) => (free, now),
-                None => (0, starts.front().copied().unwrap_or(now) + per),
+                None => (0, first.unwrap_or(now) + per),
             };
         }
         let n = tag.concurrency.unwrap_or(0) as usize;
-        let holders = self.held.entry(tag.key.clone()).or_default();
+        let Some(holders) = self.held.get_mut(&tag.key) else {
+            return (n, now);
+        };
         holders.retain(|process, _| alive(process));
         let held: usize = holders.values().map(|c| *c as usize).sum();
+        if holders.is_empty() {
+            self.held.remove(&tag.key);
+        }
         match n.checked_sub(held).filter(|f| *f > 0) {
             Some(free) => (free, now),
             None => (0, now + lease),

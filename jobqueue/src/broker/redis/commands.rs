@@ -192,17 +192,26 @@ impl Broker for RedisBroker {
         if payloads.is_empty() {
             return Ok(());
         }
-        // A job holding concurrency slots frees them as it leaves, in the settle script.
-        let (limited, plain): (Vec<&String>, Vec<&String>) = payloads
-            .iter()
-            .partition(|p| !slots_freed(payload_bytes(p).as_ref()).is_empty());
+        // A job holding concurrency slots frees them as it leaves, in one script call.
+        let mut limited = Vec::new();
+        let mut plain = Vec::new();
+        for payload in payloads {
+            let stored = payload_bytes(payload);
+            let slots = slots_freed(stored.as_ref());
+            if slots.is_empty() {
+                plain.push(payload);
+            } else {
+                limited.push((stored, slots));
+            }
+        }
         if !limited.is_empty() {
-            let discards: Vec<(String, Settle)> = limited
-                .into_iter()
-                .map(|p| (p.clone(), Settle::Discard))
-                .collect();
-            let call = self.settle_call(process, &discards, now());
-            call.invoke_async::<Vec<i64>>(&mut self.conn()).await?;
+            let keys = &self.inner.keys;
+            let mut call = self.inner.scripts.ack.key(keys.in_flight(process));
+            call.arg(&keys.prefix).arg(process);
+            for (stored, slots) in &limited {
+                call.arg(stored.as_ref()).arg(slots);
+            }
+            call.invoke_async::<i64>(&mut self.conn()).await?;
         }
         if plain.is_empty() {
             return Ok(());

@@ -38,6 +38,7 @@ macro_rules! with_limits {
 struct Scripts {
     fetch: Script,
     admit: Script,
+    ack: Script,
     unpark: Script,
     take_due: Script,
     settle: Script,
@@ -121,6 +122,7 @@ impl RedisBroker {
                 scripts: Scripts {
                     fetch: Script::new(include_str!("lua/fetch.lua")),
                     admit: Script::new(with_limits!("lua/admit.lua")),
+                    ack: Script::new(with_limits!("lua/ack.lua")),
                     unpark: Script::new(with_limits!("lua/unpark.lua")),
                     take_due: Script::new(include_str!("lua/take_due.lua")),
                     settle: Script::new(with_limits!("lua/settle.lua")),

@@ -27,7 +27,7 @@ local function limits_of(ns, job)
   local limits = {}
   local text = string.match(job, '^"limits":"([^"]*)"', at) or ''
   for kind, n, per, key in string.gmatch(text, '(%a)(%d+)/?([%d.e+-]*) (%S+)') do
-    limits[#limits + 1] = limit(ns, kind, n, per, key)
+    if tonumber(n) > 0 then limits[#limits + 1] = limit(ns, kind, n, per, key) end
   end
   return limits
 end
