@@ -196,12 +196,11 @@ impl Broker for RedisBroker {
         let mut limited = Vec::new();
         let mut plain = Vec::new();
         for payload in payloads {
-            let stored = payload_bytes(payload);
-            let slots = slots_freed(stored.as_ref());
+            let slots = slots_freed(payload);
             if slots.is_empty() {
                 plain.push(payload);
             } else {
-                limited.push((stored, slots));
+                limited.push((payload_bytes(payload), slots));
             }
         }
         if !limited.is_empty() {
@@ -992,13 +991,12 @@ impl RedisBroker {
             .arg(process);
         for (original, to) in moves {
             let (op, dest, stored, target) = script_args(keys, to.placement(now));
-            let original = payload_bytes(original);
             call.key(dest)
-                .arg(original.as_ref())
+                .arg(payload_bytes(original).as_ref())
                 .arg(op)
                 .arg(stored)
                 .arg(target)
-                .arg(slots_freed(original.as_ref()));
+                .arg(slots_freed(original));
         }
         call
     }
@@ -1008,12 +1006,11 @@ impl RedisBroker {
 /// settle script takes them (space-separated; empty for a job without concurrency limits).
 /// Read here, not in the script, because Lua's JSON decoding costs Redis microseconds per
 /// job.
-fn slots_freed(stored: &[u8]) -> String {
-    let keys: Vec<String> = std::str::from_utf8(stored)
-        .ok()
-        .filter(|p| has_limits(p))
-        .map(limits_in)
-        .unwrap_or_default()
+fn slots_freed(payload: &str) -> String {
+    if !has_limits(payload) {
+        return String::new();
+    }
+    let keys: Vec<String> = limits_in(payload)
         .into_iter()
         .filter(|tag| tag.concurrency.is_some())
         .map(|tag| tag.key)
