@@ -386,8 +386,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Brings jobs set aside by [`Broker::fetch`] back to the front of their queues, as many
     /// as their keys have room for by `now`; a concurrency key still full is looked at again
-    /// after `lease`.
-    /// Returns how many it brought back.
+    /// after `lease`. Returns how many it brought back.
     async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError>;
 
     /// The limit keys with jobs set aside, with their slots and waiting jobs.

@@ -105,7 +105,8 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
             }
         }
         let order = queues.fetch_order(&known_queues);
-        // A concurrency slot lives as long as the process's heartbeat, which renews it.
+        // A full limit key is looked at again after a heartbeat's lifetime, by when the
+        // slots of a process that died holding them are free.
         let lease = shared.config.heartbeat_ttl;
         let jobs = match shared
             .broker
