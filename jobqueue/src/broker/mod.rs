@@ -335,16 +335,11 @@ pub struct LimitEntry {
     pub next_look: f64,
 }
 
-/// Whether a payload may carry limits: the cheap test that spares the other jobs a parse.
-pub(crate) fn has_limits(payload: &str) -> bool {
-    payload.contains(LIMITS_MARK)
-}
-
 const LIMITS_MARK: &str = "\"limits\":\"";
 
-/// The limits a payload carries (see [`crate::job::LimitTag::encode`]). The top-level
-/// `limits` field is the last one: the arguments come before it, and no JSON string holds
-/// the mark unescaped.
+/// The limits a payload carries (see [`crate::job::LimitTag::encode`]); for most jobs, one
+/// search that finds no mark. The top-level `limits` field is the last one: the arguments
+/// come before it, and no JSON string holds the mark unescaped.
 pub(crate) fn limits_in(payload: &str) -> Vec<crate::job::LimitTag> {
     let Some(at) = payload.rfind(LIMITS_MARK) else {
         return Vec::new();

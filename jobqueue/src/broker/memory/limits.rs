@@ -6,16 +6,8 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Deserialize;
 
-use crate::broker::{has_limits, limits_in, LimitEntry};
+use crate::broker::{limits_in, LimitEntry};
 use crate::job::LimitTag;
-
-/// The limits a payload carries, if any.
-pub(super) fn tags_of(payload: &str) -> Option<Vec<LimitTag>> {
-    if !has_limits(payload) {
-        return None;
-    }
-    Some(limits_in(payload)).filter(|tags| !tags.is_empty())
-}
 
 /// The queue a payload names (`default` when it names none).
 pub(super) fn queue_of(payload: &str) -> String {
@@ -171,9 +163,7 @@ impl Limits {
         let mut back = Vec::new();
         for key in due {
             let oldest = self.parked.get(&key).and_then(|l| l.back());
-            let tag = oldest
-                .and_then(|p| tags_of(p))
-                .and_then(|t| t.into_iter().find(|t| t.key == key));
+            let tag = oldest.and_then(|p| limits_in(p).into_iter().find(|t| t.key == key));
             let Some(tag) = tag else {
                 back.extend(self.unpark(&key, usize::MAX));
                 continue;

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use self::limits::{queue_of, tags_of, Limits};
+use self::limits::{queue_of, Limits};
 use super::{
-    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
-    Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
+    dead_trim, limits_in, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
+    Orphans, Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, now};
@@ -225,13 +225,8 @@ impl State {
     /// A job has left the in-flight list of `process`: the concurrency slots it held are
     /// free, and a job set aside under each comes back. Returns whether one did.
     fn leave(&mut self, payload: &str, process: &str) -> bool {
-        match tags_of(payload) {
-            Some(job) => {
-                let back = self.limits.release(&job, process);
-                self.bring_back(back)
-            }
-            None => false,
-        }
+        let back = self.limits.release(&limits_in(payload), process);
+        self.bring_back(back)
     }
 
     /// The limits, with the test of whether a process's heartbeat is live.
@@ -312,7 +307,8 @@ impl Broker for MemoryBroker {
                 let Some(payload) = state.queues.get_mut(queue).and_then(VecDeque::pop_back) else {
                     break;
                 };
-                if let Some(job) = tags_of(&payload) {
+                let job = limits_in(&payload);
+                if !job.is_empty() {
                     let (limits, alive) = state.limits_and_liveness();
                     if let Some((key, look)) =
                         limits.admit(&job, process, at, lease.as_secs_f64(), &alive)

@@ -12,9 +12,8 @@ use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
 use super::RedisBroker;
 use crate::broker::{
-    dead_trim, has_limits, limits_in, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat,
-    LimitEntry, Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups,
-    BATCH_TTL,
+    dead_trim, limits_in, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
+    Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
 };
 use crate::error::BrokerError;
 use crate::job::LimitTag;
@@ -930,7 +929,6 @@ impl RedisBroker {
         let limited: Vec<(usize, Vec<LimitTag>)> = jobs
             .iter()
             .enumerate()
-            .filter(|(_, job)| has_limits(&job.payload))
             .map(|(i, job)| (i, limits_in(&job.payload)))
             .filter(|(_, tags)| !tags.is_empty())
             .collect();
@@ -1004,12 +1002,8 @@ impl RedisBroker {
 
 /// The keys of the concurrency slots a job frees as it leaves an in-flight list, as the
 /// settle script takes them (space-separated; empty for a job without concurrency limits).
-/// Read here, not in the script, because Lua's JSON decoding costs Redis microseconds per
-/// job.
+/// Read here, not in the script, because parsing in Lua costs Redis microseconds per job.
 fn slots_freed(payload: &str) -> String {
-    if !has_limits(payload) {
-        return String::new();
-    }
     let keys: Vec<String> = limits_in(payload)
         .into_iter()
         .filter(|tag| tag.concurrency.is_some())
