@@ -157,25 +157,39 @@ pub struct RateLimit {
 pub struct LimitTag {
     /// `Class:concurrency:values` or `Class:rate:values`: whose slots the job takes.
     pub key: String,
-    /// Jobs with this key running at once.
-    pub concurrency: Option<u32>,
-    /// Jobs with this key starting per `per`.
-    pub rate: Option<u32>,
-    /// The rate's period, in seconds.
-    pub per: Option<f64>,
+    /// Which limit, and how much.
+    pub kind: LimitKind,
+}
+
+/// A [`LimitTag`]'s limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LimitKind {
+    /// At most this many jobs with the key run at once.
+    Concurrency(u32),
+    /// At most `limit` jobs with the key start in any `per` seconds.
+    Rate {
+        /// Starts per period.
+        limit: u32,
+        /// The period, in seconds.
+        per: f64,
+    },
 }
 
 impl LimitTag {
+    /// Whether this is a concurrency limit, whose slots are freed when the job ends.
+    pub fn is_concurrency(&self) -> bool {
+        matches!(self.kind, LimitKind::Concurrency(_))
+    }
+
     /// The `limits` field's text: per limit, `c2 KEY` (a concurrency limit of 2) or
     /// `r100/60 KEY` (a rate of 100 per 60 s), space-separated. Plain text because the
     /// broker reads it on every fetch, in Lua on Redis, where JSON costs microseconds.
     pub fn encode(tags: &[LimitTag]) -> String {
         let words: Vec<String> = tags
             .iter()
-            .map(|t| match (t.concurrency, t.rate, t.per) {
-                (Some(n), _, _) => format!("c{n} {}", t.key),
-                (None, Some(n), Some(per)) => format!("r{n}/{per} {}", t.key),
-                _ => format!("c0 {}", t.key),
+            .map(|t| match t.kind {
+                LimitKind::Concurrency(n) => format!("c{n} {}", t.key),
+                LimitKind::Rate { limit, per } => format!("r{limit}/{per} {}", t.key),
             })
             .collect();
         words.join(" ")
@@ -187,28 +201,21 @@ impl LimitTag {
         let mut words = text.split_ascii_whitespace();
         let mut tags = Vec::new();
         while let (Some(spec), Some(key)) = (words.next(), words.next()) {
-            let key = key.to_owned();
-            let tag = if let Some(n) = spec.strip_prefix('c') {
-                n.parse().ok().filter(|n| *n > 0).map(|n| LimitTag {
-                    key,
-                    concurrency: Some(n),
-                    rate: None,
-                    per: None,
-                })
+            let positive = |n: &str| n.parse::<u32>().ok().filter(|n| *n > 0);
+            let kind = if let Some(n) = spec.strip_prefix('c') {
+                positive(n).map(LimitKind::Concurrency)
             } else if let Some((n, per)) = spec.strip_prefix('r').and_then(|r| r.split_once('/')) {
-                match (n.parse().ok().filter(|n| *n > 0), per.parse().ok()) {
-                    (Some(n), Some(per)) => Some(LimitTag {
-                        key,
-                        concurrency: None,
-                        rate: Some(n),
-                        per: Some(per),
-                    }),
+                match (positive(n), per.parse().ok()) {
+                    (Some(limit), Some(per)) => Some(LimitKind::Rate { limit, per }),
                     _ => None,
                 }
             } else {
                 None
             };
-            tags.extend(tag);
+            tags.extend(kind.map(|kind| LimitTag {
+                key: key.to_owned(),
+                kind,
+            }));
         }
         tags
     }
@@ -224,17 +231,16 @@ impl JobOptions {
         if let Some(c) = self.concurrency {
             tags.push(LimitTag {
                 key: limit_key("concurrency", envelope, c.key),
-                concurrency: Some(c.limit),
-                rate: None,
-                per: None,
+                kind: LimitKind::Concurrency(c.limit),
             });
         }
         if let Some(r) = self.rate {
             tags.push(LimitTag {
                 key: limit_key("rate", envelope, r.key),
-                concurrency: None,
-                rate: Some(r.limit),
-                per: Some(r.per.as_secs_f64()),
+                kind: LimitKind::Rate {
+                    limit: r.limit,
+                    per: r.per.as_secs_f64(),
+                },
             });
         }
         tags
@@ -454,9 +460,13 @@ mod tests {
         };
         let tags = options.limit_tags(&envelope(vec![json!({"shop": 42, "region": "eu"})]));
         assert_eq!(tags[0].key, "Refresh:concurrency:42,eu");
-        assert_eq!(tags[0].concurrency, Some(2));
+        assert_eq!(tags[0].kind, LimitKind::Concurrency(2));
         assert_eq!(tags[1].key, "Refresh:rate");
-        assert_eq!((tags[1].rate, tags[1].per), (Some(100), Some(60.0)));
+        let rate = LimitKind::Rate {
+            limit: 100,
+            per: 60.0,
+        };
+        assert_eq!(tags[1].kind, rate);
         let text = LimitTag::encode(&tags);
         assert_eq!(text, "c2 Refresh:concurrency:42,eu r100/60 Refresh:rate");
         assert_eq!(LimitTag::decode(&text), tags);

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use serde::Deserialize;
 
 use crate::broker::{limits_in, LimitEntry};
-use crate::job::LimitTag;
+use crate::job::{LimitKind, LimitTag};
 
 /// The queue a payload names (`default` when it names none).
 pub(super) fn queue_of(payload: &str) -> String {
@@ -41,34 +41,37 @@ impl Limits {
         alive: &dyn Fn(&str) -> bool,
     ) -> (usize, f64) {
         // A key left with nothing goes, as an empty Redis key does.
-        if let (Some(n), Some(per)) = (tag.rate, tag.per) {
-            let Some(starts) = self.starts.get_mut(&tag.key) else {
-                return (n as usize, now);
-            };
-            while starts.front().is_some_and(|t| *t <= now - per) {
-                starts.pop_front();
+        match tag.kind {
+            LimitKind::Rate { limit, per } => {
+                let Some(starts) = self.starts.get_mut(&tag.key) else {
+                    return (limit as usize, now);
+                };
+                while starts.front().is_some_and(|t| *t <= now - per) {
+                    starts.pop_front();
+                }
+                let (taken, first) = (starts.len(), starts.front().copied());
+                if taken == 0 {
+                    self.starts.remove(&tag.key);
+                }
+                match (limit as usize).checked_sub(taken).filter(|f| *f > 0) {
+                    Some(free) => (free, now),
+                    None => (0, first.unwrap_or(now) + per),
+                }
             }
-            let (taken, first) = (starts.len(), starts.front().copied());
-            if taken == 0 {
-                self.starts.remove(&tag.key);
+            LimitKind::Concurrency(limit) => {
+                let Some(holders) = self.held.get_mut(&tag.key) else {
+                    return (limit as usize, now);
+                };
+                holders.retain(|process, _| alive(process));
+                let held: usize = holders.values().map(|c| *c as usize).sum();
+                if holders.is_empty() {
+                    self.held.remove(&tag.key);
+                }
+                match (limit as usize).checked_sub(held).filter(|f| *f > 0) {
+                    Some(free) => (free, now),
+                    None => (0, now + lease),
+                }
             }
-            return match (n as usize).checked_sub(taken).filter(|f| *f > 0) {
-                Some(free) => (free, now),
-                None => (0, first.unwrap_or(now) + per),
-            };
-        }
-        let n = tag.concurrency.unwrap_or(0) as usize;
-        let Some(holders) = self.held.get_mut(&tag.key) else {
-            return (n, now);
-        };
-        holders.retain(|process, _| alive(process));
-        let held: usize = holders.values().map(|c| *c as usize).sum();
-        if holders.is_empty() {
-            self.held.remove(&tag.key);
-        }
-        match n.checked_sub(held).filter(|f| *f > 0) {
-            Some(free) => (free, now),
-            None => (0, now + lease),
         }
     }
 
@@ -89,14 +92,17 @@ impl Limits {
             }
         }
         for tag in job {
-            if tag.concurrency.is_some() {
-                let holders = self.held.entry(tag.key.clone()).or_default();
-                *holders.entry(process.to_owned()).or_default() += 1;
-            } else if tag.rate.is_some() {
-                self.starts
-                    .entry(tag.key.clone())
-                    .or_default()
-                    .push_back(now);
+            match tag.kind {
+                LimitKind::Concurrency(_) => {
+                    let holders = self.held.entry(tag.key.clone()).or_default();
+                    *holders.entry(process.to_owned()).or_default() += 1;
+                }
+                LimitKind::Rate { .. } => {
+                    self.starts
+                        .entry(tag.key.clone())
+                        .or_default()
+                        .push_back(now);
+                }
             }
         }
         None
@@ -128,7 +134,7 @@ impl Limits {
     /// returns the jobs to bring back, one per key freed.
     pub(super) fn release(&mut self, job: &[LimitTag], process: &str) -> Vec<String> {
         let mut back = Vec::new();
-        for tag in job.iter().filter(|t| t.concurrency.is_some()) {
+        for tag in job.iter().filter(|t| t.is_concurrency()) {
             if let Some(holders) = self.held.get_mut(&tag.key) {
                 // Absent when the slots were freed because the process looked dead.
                 if let Some(count) = holders.get_mut(process) {
@@ -171,7 +177,11 @@ impl Limits {
             let (free, mut at) = self.room(&tag, now, lease, alive);
             if free > 0 {
                 back.extend(self.unpark(&key, free));
-                at = now + tag.per.unwrap_or(lease);
+                at = now
+                    + match tag.kind {
+                        LimitKind::Rate { per, .. } => per,
+                        LimitKind::Concurrency(_) => lease,
+                    };
             }
             if let Some(look) = self.index.get_mut(&key) {
                 *look = at;

@@ -16,7 +16,7 @@ use crate::broker::{
     Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
 };
 use crate::error::BrokerError;
-use crate::job::LimitTag;
+use crate::job::{LimitKind, LimitTag};
 use crate::time::{epoch_seconds, from_epoch, now};
 
 /// The slots taken under a limit key: the counts of a hash by process (concurrency), or a
@@ -945,10 +945,9 @@ impl RedisBroker {
             call.arg(payload_bytes(&jobs[*i].payload).as_ref())
                 .arg(tags.len());
             for tag in tags {
-                match (tag.concurrency, tag.rate, tag.per) {
-                    (Some(n), _, _) => call.arg("c").arg(n).arg(0),
-                    (None, Some(n), Some(per)) => call.arg("r").arg(n).arg(per),
-                    _ => call.arg("c").arg(0).arg(0),
+                match tag.kind {
+                    LimitKind::Concurrency(limit) => call.arg("c").arg(limit).arg(0),
+                    LimitKind::Rate { limit, per } => call.arg("r").arg(limit).arg(per),
                 };
                 call.arg(&tag.key);
             }
@@ -1006,7 +1005,7 @@ impl RedisBroker {
 fn slots_freed(payload: &str) -> String {
     let keys: Vec<String> = limits_in(payload)
         .into_iter()
-        .filter(|tag| tag.concurrency.is_some())
+        .filter(LimitTag::is_concurrency)
         .map(|tag| tag.key)
         .collect();
     keys.join(" ")
