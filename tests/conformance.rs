@@ -562,7 +562,7 @@ async fn all_queues_mode_consumes_every_queue_including_dotted_names(b: Backend)
 /// Registers a process that never beats again and takes every queued job into its
 /// in-flight list, as a process killed mid-job leaves them.
 async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
-    support::beat(b.broker.as_ref(), identity, Duration::from_secs(1)).await;
+    support::heartbeat::beat(b.broker.as_ref(), identity, Duration::from_secs(1)).await;
     let taken = b
         .broker
         .fetch(

@@ -30,20 +30,25 @@ fn spawn_worker_with(url: &str, concurrency: &str, shutdown_ms: &str) -> Child {
         .expect("start the test worker")
 }
 
-/// How many times each job number appears in `queue` (the workers' run records).
-async fn counts(url: &str, queue: &str) -> HashMap<u64, usize> {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let records: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("queue:{queue}"))
+/// The jobs in the Redis list `list` (a queue or an in-flight list), parsed.
+async fn jobs_in(url: &str, list: &str) -> Vec<Envelope> {
+    let payloads: Vec<String> = redis::cmd("LRANGE")
+        .arg(list)
         .arg(0)
         .arg(-1)
-        .query_async(&mut conn)
+        .query_async(&mut conn(url).await)
         .await
         .unwrap();
+    payloads
+        .iter()
+        .map(|p| Envelope::parse(p).unwrap())
+        .collect()
+}
+
+/// How many times each job number appears in `queue` (the workers' run records).
+async fn counts(url: &str, queue: &str) -> HashMap<u64, usize> {
     let mut counts = HashMap::new();
-    for record in &records {
-        let envelope = Envelope::parse(record).unwrap();
+    for envelope in jobs_in(url, &format!("queue:{queue}")).await {
         let n = envelope.args[0]["n"].as_u64().unwrap();
         *counts.entry(n).or_default() += 1;
     }
@@ -79,16 +84,10 @@ async fn identity_of(url: &str, child: &Child) -> String {
 
 /// The job numbers in the in-flight list of `identity`.
 async fn held(url: &str, identity: &str) -> Vec<u64> {
-    let payloads: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("jobqueue:inflight:{identity}"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn(url).await)
+    jobs_in(url, &format!("jobqueue:inflight:{identity}"))
         .await
-        .unwrap();
-    payloads
         .iter()
-        .map(|p| Envelope::parse(p).unwrap().args[0]["n"].as_u64().unwrap())
+        .map(|e| e.args[0]["n"].as_u64().unwrap())
         .collect()
 }
 
@@ -885,16 +884,8 @@ async fn sigtstp_makes_a_worker_quiet() {
 
 /// The spans the limited ticks recorded, by key.
 async fn spans(url: &str) -> HashMap<u64, Vec<Span>> {
-    let records: Vec<String> = redis::cmd("LRANGE")
-        .arg("queue:spans")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn(url).await)
-        .await
-        .unwrap();
     let mut by_key: HashMap<u64, Vec<Span>> = HashMap::new();
-    for record in &records {
-        let envelope = Envelope::parse(record).unwrap();
+    for envelope in jobs_in(url, "queue:spans").await {
         let span: Span = serde_json::from_value(envelope.args[0].clone()).unwrap();
         by_key.entry(span.key).or_default().push(span);
     }

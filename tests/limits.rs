@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use jobqueue::broker::Settle;
 use jobqueue::{Envelope, SortedSet};
+use support::heartbeat::beat;
 use support::jobs::{self, most_at_once, now, AccountJob, ShopJob};
-use support::{beat, eventually, start, Backend};
+use support::{eventually, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const LEASE: Duration = Duration::from_secs(60);

@@ -263,7 +263,7 @@ async fn every_page_shows_what_the_broker_holds() {
             };
             client.enqueue_to("limited", &job).await.unwrap();
         }
-        support::beat(
+        support::heartbeat::beat(
             b.broker.as_ref(),
             "viewer:1:limits",
             Duration::from_secs(60),

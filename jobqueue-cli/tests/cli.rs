@@ -1,6 +1,8 @@
 //! The `jobqueue` command run as a process against a private Redis: every subcommand, its
 //! output, its exit codes, and state written by Ruby Sidekiq.
 
+#[path = "../../tests/support/heartbeat.rs"]
+mod heartbeat;
 #[allow(dead_code)]
 #[path = "../../tests/support/redis_server.rs"]
 mod redis_server;
@@ -483,24 +485,7 @@ fn limits_show_the_keys_with_jobs_set_aside() {
         rt.block_on(client.enqueue(&job)).unwrap();
     }
     // A fetch as a live worker's: two take the shop's slots, the third is set aside.
-    let beat = jobqueue::broker::Heartbeat {
-        identity: "p".into(),
-        info: "{}".into(),
-        busy: 0,
-        beat: std::time::SystemTime::now(),
-        quiet: false,
-        rss_kb: 0,
-        processed: 0,
-        failed: 0,
-        skipped: 0,
-        cancelled: 0,
-        ttl: Duration::from_secs(60),
-        concurrency: 1,
-        running: Vec::new(),
-        classes: String::new(),
-    };
-    rt.block_on(jobqueue::Broker::heartbeat(&broker, &beat))
-        .unwrap();
+    rt.block_on(heartbeat::beat(&broker, "p", Duration::from_secs(60)));
     let taken = rt
         .block_on(jobqueue::Broker::fetch(
             &broker,

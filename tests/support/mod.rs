@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod heartbeat;
 pub mod jobs;
 pub mod redis_server;
 pub mod scripted_http;
@@ -124,27 +125,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Records a heartbeat for `identity` that lives `ttl`, as a worker process would.
-pub async fn beat(broker: &dyn Broker, identity: &str, ttl: Duration) {
-    let beat = jobqueue::broker::Heartbeat {
-        identity: identity.into(),
-        info: "{}".into(),
-        busy: 0,
-        beat: std::time::SystemTime::now(),
-        quiet: false,
-        rss_kb: 0,
-        processed: 0,
-        failed: 0,
-        skipped: 0,
-        cancelled: 0,
-        ttl,
-        concurrency: 1,
-        running: Vec::new(),
-        classes: String::new(),
-    };
-    broker.heartbeat(&beat).await.expect("heartbeat");
 }
 
 /// Runs the conformance body `$name(Backend)` once on each broker.
