@@ -116,13 +116,18 @@ impl Broker for RedisBroker {
                 // The usual case: nothing set aside.
                 return Ok(admitted);
             }
-            if admitted.len() < fetched {
-                scan = (scan * 4).min(MAX_SCAN.max(max));
-            }
+            let found = admitted.len();
             taken.extend(admitted);
             if taken.len() >= max || fetched == 0 {
                 break;
             }
+            // Larger steps only while a step finds nothing to take; otherwise just what is
+            // still wanted, so little is fetched to be handed back.
+            scan = if found == 0 {
+                (scan * 4).min(MAX_SCAN.max(max))
+            } else {
+                max - taken.len()
+            };
         }
         if taken.len() > max {
             // More than asked for: the rest go back to the front, in their order.
