@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,6 +16,14 @@ use support::Backend;
 #[derive(Parser, Debug)]
 enum Service {
     Worker(WorkerArgs),
+}
+
+/// Environment variables are process-wide and parsing reads them: the test that sets them
+/// holds this for its whole body, and every other parse holds it too.
+static ENV: Mutex<()> = Mutex::new(());
+
+fn env_lock() -> MutexGuard<'static, ()> {
+    ENV.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn args(argv: &[&str]) -> Result<WorkerArgs, clap::Error> {
@@ -32,6 +41,7 @@ fn config_file(text: &str) -> std::path::PathBuf {
 /// Environment variables are process-wide: every case that sets them is in this one test.
 #[test]
 fn flags_then_environment_then_file_then_defaults() {
+    let _env = env_lock();
     let file = config_file(
         r#"
 queue = ["from_file,3", "low"]
@@ -91,6 +101,7 @@ redis = "redis://file:6379"
 
 #[test]
 fn celery_style_queue_lists() {
+    let _env = env_lock();
     let s = args(&["-Q", "a.b,c.d"]).unwrap().settings().unwrap();
     assert_eq!(s.queues, Queues::weighted([("a.b", 1), ("c.d", 1)]));
     let err = args(&["-Q", "a,b", "-q", "c"])
@@ -102,6 +113,7 @@ fn celery_style_queue_lists() {
 
 #[test]
 fn bad_values_are_named_at_start() {
+    let _env = env_lock();
     let cases: [(&[&str], &str); 4] = [
         (&["-c", "0"], "-c / JOBQUEUE_CONCURRENCY / concurrency `0`"),
         (&["-q", "critical,high"], "critical,high"),
@@ -166,10 +178,13 @@ async fn a_draining_worker_exits_once_its_queues_are_empty(b: Backend) {
         .enqueue_in(Duration::from_millis(300), &Note::new(&t, "scheduled"))
         .await
         .unwrap();
-    let settings = args(&["-q", "monthly", "-q", "default", "-c", "4", "--drain"])
-        .unwrap()
-        .settings()
-        .unwrap();
+    let settings = {
+        let _env = env_lock();
+        args(&["-q", "monthly", "-q", "default", "-c", "4", "--drain"])
+            .unwrap()
+            .settings()
+            .unwrap()
+    };
     let ran = tokio::time::timeout(
         Duration::from_secs(60),
         runner::run_on(std::sync::Arc::clone(&b.broker), settings, |w| {
