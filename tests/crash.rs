@@ -300,19 +300,24 @@ async fn a_batch_finishes_once_across_processes_and_kills() {
     other.kill().unwrap();
     other.wait().unwrap();
     let status = client.batch_status(batch.id()).await.unwrap().unwrap();
-    let died = poisoned().await.len() as u64;
+    let dead = poisoned().await;
+    let done: HashSet<u64> = counts(&url, "done").await.into_keys().collect();
+    // A batch counts a job's first outcome. A job can succeed, be counted, and lose its
+    // acknowledgement to a kill: it runs again and may then die of interruptions, and its
+    // batch keeps the success. So the failures are at least the dead jobs that never
+    // completed anywhere, and at most all the dead jobs.
+    let never_done = dead.difference(&done).count() as u64;
+    let died = dead.len() as u64;
     println!(
-        "batch: {} succeeded, {} failed; {died} died of interruptions",
+        "batch: {} succeeded, {} failed; {died} died of interruptions, {never_done} of them never completed",
         status.succeeded, status.failed
     );
-    assert_eq!(
-        (
-            status.total,
-            status.pending,
-            status.succeeded,
-            status.failed
-        ),
-        (JOBS, 0, JOBS - died, died)
+    assert_eq!((status.total, status.pending), (JOBS, 0));
+    assert_eq!(status.succeeded + status.failed, JOBS);
+    assert!(
+        (never_done..=died).contains(&status.failed),
+        "{} failed, expected between {never_done} and {died}",
+        status.failed
     );
     // The callback (a `Record` on the `default` queue, which no worker takes) was pushed
     // exactly once.
