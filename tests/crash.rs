@@ -1046,15 +1046,15 @@ async fn slots_of_a_killed_process_free_when_it_is_found_dead() {
     );
     let held_at_kill = kill_dash_nine_without_declaring(&url, victim, &identity).await;
     assert_eq!(held_at_kill.len(), 2);
-    let holding: Option<u64> = redis::cmd("HGET")
+    // A concurrency key's slots: a field per running job, naming its process.
+    let holders: Vec<String> = redis::cmd("HVALS")
         .arg(slots)
-        .arg(&identity)
         .query_async(&mut c)
         .await
         .unwrap();
     assert_eq!(
-        holding,
-        Some(2),
+        holders,
+        vec![identity.clone(), identity.clone()],
         "the dead process still holds the shop's slots"
     );
 

@@ -183,7 +183,7 @@ impl LimitTag {
 
     /// The `limits` field's text: per limit, `c2 KEY` (a concurrency limit of 2) or
     /// `r100/60 KEY` (a rate of 100 per 60 s), space-separated. Plain text because the
-    /// broker reads it on every fetch, in Lua on Redis, where JSON costs microseconds.
+    /// broker reads it on every fetch and every acknowledgement.
     pub fn encode(tags: &[LimitTag]) -> String {
         let words: Vec<String> = tags
             .iter()

@@ -1,6 +1,6 @@
 //! The broker's commands: each [`Broker`] method as a script call or a pipeline.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,19 +12,16 @@ use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
 use super::RedisBroker;
 use crate::broker::{
-    dead_trim, limits_in, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
-    Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
+    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
+    Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
 };
 use crate::error::BrokerError;
-use crate::job::{LimitKind, LimitTag};
 use crate::time::{epoch_seconds, from_epoch, now};
 
-/// The slots taken under a limit key: the counts of a hash by process (concurrency), or a
-/// list of starts (rate).
+/// The slots taken under a limit key: a hash with a field per running job (concurrency), or
+/// a list of starts (rate).
 const SLOTS_TAKEN: &str = "if redis.call('TYPE', KEYS[1]).ok == 'list' then \
-    return redis.call('LLEN', KEYS[1]) end \
-    local held = 0 for _, n in ipairs(redis.call('HVALS', KEYS[1])) do \
-    held = held + tonumber(n) end return held";
+    return redis.call('LLEN', KEYS[1]) end return redis.call('HLEN', KEYS[1])";
 
 /// The most jobs a fetch moves in one call while it looks past jobs set aside.
 const MAX_SCAN: usize = 1000;
@@ -172,12 +169,11 @@ impl Broker for RedisBroker {
         }
         let mut pipe = redis::pipe();
         for (key, _) in &waiting {
-            let (slots, parked) = keys.limit(key);
             pipe.cmd("EVAL")
                 .arg(SLOTS_TAKEN)
                 .arg(1)
-                .arg(slots)
-                .llen(parked);
+                .arg(keys.slots(key))
+                .llen(keys.parked(key));
         }
         let counts: Vec<(usize, usize)> = pipe.query_async(&mut self.conn()).await?;
         Ok(waiting
@@ -196,37 +192,16 @@ impl Broker for RedisBroker {
         if payloads.is_empty() {
             return Ok(());
         }
-        // A job holding concurrency slots frees them as it leaves, in one script call.
-        let mut limited = Vec::new();
-        let mut plain = Vec::new();
-        for payload in payloads {
-            let slots = slots_freed(payload);
-            if slots.is_empty() {
-                plain.push(payload);
-            } else {
-                limited.push((payload_bytes(payload), slots));
-            }
-        }
-        if !limited.is_empty() {
-            let keys = &self.inner.keys;
-            let mut call = self.inner.scripts.ack.key(keys.in_flight(process));
-            call.arg(&keys.prefix).arg(process);
-            for (stored, slots) in &limited {
-                call.arg(stored.as_ref()).arg(slots);
-            }
-            call.invoke_async::<i64>(&mut self.conn()).await?;
-        }
-        if plain.is_empty() {
-            return Ok(());
-        }
         let list = self.inner.keys.in_flight(process);
         let mut pipe = redis::pipe();
-        for payload in plain {
+        let mut freed = Vec::new();
+        for payload in payloads {
             pipe.lrem(&list, -1, payload_bytes(payload).as_ref())
                 .ignore();
+            self.free_slots(&mut pipe, payload, &mut freed);
         }
-        pipe.query_async::<()>(&mut self.conn()).await?;
-        Ok(())
+        let parked: Vec<Option<f64>> = pipe.query_async(&mut self.conn()).await?;
+        self.unpark_freed(freed, parked).await
     }
 
     async fn batch_add(
@@ -922,58 +897,6 @@ fn script_args<'a>(
 }
 
 impl RedisBroker {
-    /// Takes the slots of the fetched jobs that have limits, in one call of the admit
-    /// script (the limits read here, in Rust, cost Redis no decoding); a job without room is
-    /// set aside out of the in-flight list. Returns the jobs admitted.
-    async fn admit(
-        &self,
-        process: &str,
-        mut jobs: Vec<Fetched>,
-        lease: Duration,
-    ) -> Result<Vec<Fetched>, BrokerError> {
-        let limited: Vec<(usize, Vec<LimitTag>)> = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, job)| (i, limits_in(&job.payload)))
-            .filter(|(_, tags)| !tags.is_empty())
-            .collect();
-        if limited.is_empty() {
-            return Ok(jobs);
-        }
-        let keys = &self.inner.keys;
-        let mut call = self.inner.scripts.admit.key(keys.in_flight(process));
-        call.arg(&keys.prefix)
-            .arg(process)
-            .arg(now())
-            .arg(lease.as_secs_f64());
-        for (i, tags) in &limited {
-            call.arg(payload_bytes(&jobs[*i].payload).as_ref())
-                .arg(tags.len());
-            for tag in tags {
-                match tag.kind {
-                    LimitKind::Concurrency(limit) => call.arg("c").arg(limit).arg(0),
-                    LimitKind::Rate { limit, per } => call.arg("r").arg(limit).arg(per),
-                };
-                call.arg(&tag.key);
-            }
-        }
-        let verdicts: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
-        let refused: HashSet<usize> = limited
-            .iter()
-            .zip(verdicts)
-            .filter(|(_, v)| *v == 0)
-            .map(|((i, _), _)| *i)
-            .collect();
-        if !refused.is_empty() {
-            let mut i = 0;
-            jobs.retain(|_| {
-                i += 1;
-                !refused.contains(&(i - 1))
-            });
-        }
-        Ok(jobs)
-    }
-
     /// A call of the settle script moving `moves` out of `process`'s in-flight list, with
     /// the dead set's trim taken at `now`; more moves may be added before it is invoked.
     fn settle_call(
@@ -989,8 +912,7 @@ impl RedisBroker {
             .arg(dead_before)
             .arg(dead_keep)
             .arg(&keys.wake)
-            .arg(&keys.prefix)
-            .arg(process);
+            .arg(&keys.prefix);
         for (original, to) in moves {
             let (op, dest, stored, target) = script_args(keys, to.placement(now));
             call.key(dest)
@@ -998,22 +920,10 @@ impl RedisBroker {
                 .arg(op)
                 .arg(stored)
                 .arg(target)
-                .arg(slots_freed(original));
+                .arg(super::limits::slots_freed(original));
         }
         call
     }
-}
-
-/// The keys of the concurrency slots a job frees as it leaves an in-flight list, as the
-/// settle script takes them (space-separated; empty for a job without concurrency limits).
-/// Read here, not in the script, because parsing in Lua costs Redis microseconds per job.
-fn slots_freed(payload: &str) -> String {
-    let keys: Vec<String> = limits_in(payload)
-        .into_iter()
-        .filter(LimitTag::is_concurrency)
-        .map(|tag| tag.key)
-        .collect();
-    keys.join(" ")
 }
 
 /// The running jobs of a process's `:work` hash (slot → `{queue, payload, run_at}`), oldest

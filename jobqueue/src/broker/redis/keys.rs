@@ -51,13 +51,15 @@ impl Keys {
         (hash, pending)
     }
 
-    /// The slots taken under a limit key, and the jobs set aside under it (their layout is
-    /// also written in `lua/limits.lua`).
-    pub(super) fn limit(&self, key: &str) -> (String, String) {
-        (
-            format!("{}jobqueue:limit:{key}", self.prefix),
-            format!("{}jobqueue:parked:{key}", self.prefix),
-        )
+    /// The slots taken under a limit key (the layout of the limits' keys is in
+    /// `lua/limits.lua`).
+    pub(super) fn slots(&self, key: &str) -> String {
+        format!("{}jobqueue:limit:{key}", self.prefix)
+    }
+
+    /// The jobs set aside under a limit key.
+    pub(super) fn parked(&self, key: &str) -> String {
+        format!("{}jobqueue:parked:{key}", self.prefix)
     }
 
     /// The limit keys with jobs set aside, scored by when to look at them again.

@@ -2,7 +2,8 @@
 //!
 //! Split as redis-rs is: the connection and its settings here and in [`config`], the key
 //! layout in `keys`, payload bytes in `codec`, the wake-up channel in `listener`, and the
-//! protocol (which keys, which commands) in `commands` and the `.lua` scripts in `lua/`.
+//! protocol (which keys, which commands) in `commands`, per-key limits in `limits`, and the
+//! `.lua` scripts in `lua/`.
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
@@ -20,6 +21,7 @@ mod codec;
 mod commands;
 pub mod config;
 mod keys;
+mod limits;
 mod listener;
 
 pub(crate) use self::codec::is_raw;
@@ -38,8 +40,8 @@ macro_rules! with_limits {
 struct Scripts {
     fetch: Script,
     admit: Script,
-    ack: Script,
     unpark: Script,
+    unpark_keys: Script,
     take_due: Script,
     settle: Script,
     forget: Script,
@@ -122,8 +124,8 @@ impl RedisBroker {
                 scripts: Scripts {
                     fetch: Script::new(include_str!("lua/fetch.lua")),
                     admit: Script::new(with_limits!("lua/admit.lua")),
-                    ack: Script::new(with_limits!("lua/ack.lua")),
                     unpark: Script::new(with_limits!("lua/unpark.lua")),
+                    unpark_keys: Script::new(with_limits!("lua/unpark_keys.lua")),
                     take_due: Script::new(include_str!("lua/take_due.lua")),
                     settle: Script::new(with_limits!("lua/settle.lua")),
                     forget: Script::new(include_str!("lua/forget.lua")),

@@ -2,13 +2,16 @@
 -- are its payload's `limits` field: per limit, `c2 KEY` (at most 2 running) or `r100/60 KEY`
 -- (at most 100 starts per 60 s), space-separated; the broker's Rust side reads them and
 -- passes them in, except to unpark. Under the namespace `ns`:
---   jobqueue:limit:<key>   the slots taken: for a concurrency limit, a hash of how many
---                          each process holds (a process's slots are freed when its jobs
---                          leave its in-flight list, or once its heartbeat, Sidekiq's
+--   jobqueue:limit:<key>   the slots taken: for a concurrency limit, a hash from each
+--                          running job's slot id (a hash of its payload as fetched) to the
+--                          process running it (a slot is freed when its job leaves the
+--                          in-flight list, or once the process's heartbeat, Sidekiq's
 --                          process hash, has lapsed); for a rate limit, a list of start
 --                          times, oldest first
 --   jobqueue:parked:<key>  the jobs set aside for want of room, oldest at the right
 --   jobqueue:limits        the keys with jobs set aside, scored by when to look again
+-- The usual case, a key with room, needs no script: the fetch takes slots with plain
+-- commands (HSET and HLEN; RPUSH) and comes here only for a key it found full.
 -- A limit is {kind ('c' or 'r'), limit, period, the key's Redis key, key}.
 
 local function limit(ns, kind, n, per, key)
@@ -49,27 +52,28 @@ local function room(ns, kind, n, per, slots, now, lease)
     if free > 0 then return free end
     return 0, (first or now) + per
   end
-  local held = 0
-  for _, count in ipairs(redis.call('HVALS', slots)) do held = held + tonumber(count) end
+  local held = redis.call('HLEN', slots)
   if held < n then return n - held end
-  local holders = redis.call('HGETALL', slots)
+  local holders, alive = redis.call('HGETALL', slots), {}
   for i = 1, #holders, 2 do
-    if redis.call('EXISTS', ns .. holders[i]) == 0 then
+    local process = holders[i + 1]
+    if alive[process] == nil then alive[process] = redis.call('EXISTS', ns .. process) == 1 end
+    if not alive[process] then
       redis.call('HDEL', slots, holders[i])
-      held = held - tonumber(holders[i + 1])
+      held = held - 1
     end
   end
   if held < n then return n - held end
   return 0, now + lease
 end
 
--- Takes a slot for `process` in a limit found to have room.
-local function take(kind, per, slots, process, now)
+-- Takes a slot for the job with slot id `id`, run by `process`, in a limit found to have room.
+local function take(kind, per, slots, id, process, now)
   if kind == 'r' then
     redis.call('RPUSH', slots, now)
     redis.call('PEXPIRE', slots, math.max(1, math.ceil(per * 1000)))
   else
-    redis.call('HINCRBY', slots, process, 1)
+    redis.call('HSET', slots, id, process)
   end
 end
 
@@ -105,15 +109,17 @@ local function unpark(ns, key, n)
   return #jobs
 end
 
--- Frees the concurrency slots `process` held for a job leaving its in-flight list (the
--- keys, space-separated), and brings back one job set aside under each. A job the process
--- holds no slot for (freed when the process looked dead, or never admitted because the
--- process died first) frees nothing.
-local function release(ns, process, keys)
-  for key in string.gmatch(keys, '%S+') do
-    local slots = ns .. 'jobqueue:limit:' .. key
-    -- Emptied, the field goes, and with the last field the key.
-    if redis.call('HINCRBY', slots, process, -1) <= 0 then redis.call('HDEL', slots, process) end
-    if redis.call('ZSCORE', ns .. 'jobqueue:limits', key) then unpark(ns, key, 1) end
+-- Frees the concurrency slots of a job leaving its in-flight list, given as its slot id and
+-- then the keys, space-separated, and brings back one job set aside under each key. A job
+-- that holds no slot (freed when its process looked dead) frees nothing.
+local function release(ns, slots_text)
+  local id
+  for word in string.gmatch(slots_text, '%S+') do
+    if not id then
+      id = word
+    else
+      redis.call('HDEL', ns .. 'jobqueue:limit:' .. word, id)
+      if redis.call('ZSCORE', ns .. 'jobqueue:limits', word) then unpark(ns, word, 1) end
+    end
   end
 end

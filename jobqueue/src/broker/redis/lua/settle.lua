@@ -3,10 +3,10 @@
 -- KEYS[2 + i] the destination of move i: a queue list or a sorted set. A job that leaves
 -- frees its concurrency slots (see limits.lua).
 --   ARGV[1] dead: drop scores below   ARGV[2] dead: keep this many   ARGV[3] wake channel
---   ARGV[4] the namespace of the limits' keys   ARGV[5] the process owning KEYS[1]
+--   ARGV[4] the namespace of the limits' keys
 --   then five per move: the payload as fetched; op (lpush | rpush | zadd | dead | discard);
 --   the payload to store; the target: the queue name (lpush, rpush) or the score (zadd,
---   dead); the keys of the concurrency slots it frees ("key ...", or empty).
+--   dead); the concurrency slots it frees ("slot-id key ...", or empty).
 -- A move whose op is then_lpush or then_zadd is a follow-up job of the move before it: it
 -- removes nothing, and pushes only if that move's job was still there.
 -- Returns one 1 (moved) or 0 (no longer there) per move.
@@ -14,7 +14,7 @@ local moved = {}
 local queued, scheduled = false, false
 local previous = 0
 for i = 1, #KEYS - 2 do
-  local a = 5 + (i - 1) * 5
+  local a = 4 + (i - 1) * 5
   local original, op, stored, target = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local slots = ARGV[a + 5]
   local dest = KEYS[2 + i]
@@ -34,7 +34,7 @@ for i = 1, #KEYS - 2 do
   else
     moved[i] = 1
     previous = 1
-    if slots ~= '' then release(ARGV[4], ARGV[5], slots) end
+    if slots ~= '' then release(ARGV[4], slots) end
     if op == 'lpush' or op == 'rpush' then
       redis.call('SADD', KEYS[2], target)
       redis.call(op, dest, stored)
