@@ -200,7 +200,12 @@ impl Broker for RedisBroker {
                 .ignore();
             self.free_slots(&mut pipe, payload, &mut freed);
         }
-        let parked: Vec<Option<f64>> = pipe.query_async(&mut self.conn()).await?;
+        if freed.is_empty() {
+            pipe.query_async::<()>(&mut self.conn()).await?;
+            return Ok(());
+        }
+        self.look_for_parked(&mut pipe, &freed);
+        let (parked,): (Vec<Option<f64>>,) = pipe.query_async(&mut self.conn()).await?;
         self.unpark_freed(freed, parked).await
     }
 

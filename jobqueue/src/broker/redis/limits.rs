@@ -136,26 +136,28 @@ impl RedisBroker {
         Ok(jobs)
     }
 
-    /// Adds to an acknowledgement's pipeline the deletion of `payload`'s concurrency slots
-    /// and, per key, a look at whether jobs are set aside under it (a `ZSCORE` whose reply
-    /// goes with the key pushed onto `freed`).
+    /// Adds to an acknowledgement's pipeline the deletion of `payload`'s concurrency slots,
+    /// pushing their keys onto `freed`.
     pub(super) fn free_slots(&self, pipe: &mut Pipeline, payload: &str, freed: &mut Vec<String>) {
         let tags = limits_in(payload);
         if !tags.iter().any(LimitTag::is_concurrency) {
             return;
         }
         let id = slot_id(payload);
-        let keys = &self.inner.keys;
         for tag in tags.into_iter().filter(LimitTag::is_concurrency) {
-            pipe.hdel(keys.slots(&tag.key), &id)
-                .ignore()
-                .zscore(keys.limits(), &tag.key);
+            pipe.hdel(self.inner.keys.slots(&tag.key), &id).ignore();
             freed.push(tag.key);
         }
     }
 
+    /// Ends an acknowledgement's pipeline with one look at which `freed` keys (not empty)
+    /// have jobs set aside (`ZMSCORE`, whose reply goes to [`Self::unpark_freed`]).
+    pub(super) fn look_for_parked(&self, pipe: &mut Pipeline, freed: &[String]) {
+        pipe.cmd("ZMSCORE").arg(self.inner.keys.limits()).arg(freed);
+    }
+
     /// Brings back one job set aside under each freed key that has any (`parked`: the
-    /// replies of [`Self::free_slots`]'s looks).
+    /// reply of [`Self::look_for_parked`]).
     pub(super) async fn unpark_freed(
         &self,
         freed: Vec<String>,
