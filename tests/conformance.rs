@@ -569,7 +569,7 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
             identity,
             &["default".into()],
             100,
-            std::time::Duration::from_secs(60),
+            Some(std::time::Duration::from_secs(60)),
         )
         .await
         .unwrap();
@@ -689,7 +689,7 @@ async fn shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue(b: Back
             "probe",
             &["default".into()],
             1,
-            std::time::Duration::from_secs(60),
+            Some(std::time::Duration::from_secs(60)),
         )
         .await
         .unwrap()
@@ -798,7 +798,7 @@ async fn take_in_order(b: &Backend, queue: &str) -> Vec<String> {
             "reader:0:000000000000",
             &[queue.to_owned()],
             size,
-            std::time::Duration::from_secs(60),
+            Some(std::time::Duration::from_secs(60)),
         )
         .await
         .unwrap()
@@ -878,7 +878,7 @@ async fn bury(b: &Backend, payloads: Vec<String>) {
             "digger:0:000000000000",
             &["graveyard".into()],
             payloads.len(),
-            std::time::Duration::from_secs(60),
+            Some(std::time::Duration::from_secs(60)),
         )
         .await
         .unwrap();
@@ -1331,7 +1331,7 @@ async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
             "p1",
             &["held".to_owned()],
             1,
-            std::time::Duration::from_secs(60),
+            Some(std::time::Duration::from_secs(60)),
         )
         .await
         .unwrap()

@@ -49,7 +49,7 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
     let queues = ["default".to_owned()];
     beat(b.broker.as_ref(), "p", LEASE).await;
 
-    let taken = b.broker.fetch("p", &queues, 10, LEASE).await.unwrap();
+    let taken = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
     let shops: Vec<String> = taken.iter().map(|f| shop_of(&f.payload)).collect();
     assert_eq!(
         shops,
@@ -69,7 +69,7 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
         .unwrap();
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
     assert_eq!(b.admin().limits().await.unwrap()[0].parked, 2);
-    let next = b.broker.fetch("p", &queues, 10, LEASE).await.unwrap();
+    let next = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(shop_of(&next[0].payload), "a");
 
@@ -100,7 +100,7 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     }
     let queues = ["default".to_owned()];
     let at = now();
-    let taken = b.broker.fetch("p", &queues, 10, LEASE).await.unwrap();
+    let taken = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
     assert_eq!(taken.len(), 5, "five starts per second");
     let limits = b.admin().limits().await.unwrap();
     assert_eq!(limits[0].key, "AccountJob:rate:x");
@@ -130,7 +130,7 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     beat(b.broker.as_ref(), "alive", LEASE).await;
     assert_eq!(
         b.broker
-            .fetch("gone", &shops, 1, LEASE)
+            .fetch("gone", &shops, 1, Some(LEASE))
             .await
             .unwrap()
             .len(),
@@ -138,7 +138,7 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     );
     assert_eq!(
         b.broker
-            .fetch("alive", &shops, 1, LEASE)
+            .fetch("alive", &shops, 1, Some(LEASE))
             .await
             .unwrap()
             .len(),
@@ -147,7 +147,7 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     // Full: the slot of "gone", which has no heartbeat, is free; that of "alive" is not.
     assert_eq!(
         b.broker
-            .fetch("alive", &shops, 10, LEASE)
+            .fetch("alive", &shops, 10, Some(LEASE))
             .await
             .unwrap()
             .len(),

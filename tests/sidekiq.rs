@@ -37,9 +37,16 @@ impl Perform for Greeting {
     }
 }
 
-/// Fails every time; idempotent with 3 retries, so it waits in the retry set.
+/// Fails every time; idempotent with 3 retries, so it waits in the retry set. One at a time:
+/// its limit must survive Ruby's pushing it again.
 #[derive(Serialize, Deserialize, Job)]
-#[job(name = "Interop::Retried", queue = "interop", idempotent, retries = 3)]
+#[job(
+    name = "Interop::Retried",
+    queue = "interop",
+    idempotent,
+    retries = 3,
+    concurrency(limit = 1)
+)]
 struct Retried {
     id: u64,
 }
@@ -470,6 +477,34 @@ async fn jobs_retried_by_hand_through_sidekiqs_api_run_here() {
         serde_json::json!([]),
         "nothing dead-lettered as invalid"
     );
+
+    // Ruby pushes the job again with its defaults first in the payload; the job keeps its
+    // concurrency limit: a fetch takes its slot.
+    ruby(&url, "Sidekiq::RetrySet.new.each(&:retry)");
+    let queued = b.broker.queue_len("interop").await.unwrap();
+    assert_eq!(queued, 1, "Ruby pushed it back to its queue");
+    let fetched = b
+        .broker
+        .fetch("interop-test", &["interop".to_owned()], 10, Some(LIMIT))
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 1);
+    assert!(
+        !fetched[0].payload.starts_with("{\"limits\""),
+        "Ruby reordered the payload: {}",
+        fetched[0].payload
+    );
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let holders: Vec<String> = redis::cmd("HVALS")
+        .arg("jobqueue:limit:Interop::Retried:concurrency")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(holders, ["interop-test"], "the fetch took the job's slot");
 }
 
 /// Holds a card token that must not be shown; runs until told to stop.

@@ -39,7 +39,7 @@ async fn drain(b: &Backend, queue: &str) -> Vec<Envelope> {
             "test-reader",
             &[queue.to_owned()],
             size,
-            std::time::Duration::from_secs(60),
+            Some(std::time::Duration::from_secs(60)),
         )
         .await
         .unwrap()

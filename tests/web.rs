@@ -272,7 +272,12 @@ async fn every_page_shows_what_the_broker_holds() {
         let limited = ["limited".to_owned()];
         let taken = b
             .broker
-            .fetch("viewer:1:limits", &limited, 10, Duration::from_secs(60))
+            .fetch(
+                "viewer:1:limits",
+                &limited,
+                10,
+                Some(Duration::from_secs(60)),
+            )
             .await
             .unwrap();
         assert_eq!(taken.len(), 2);

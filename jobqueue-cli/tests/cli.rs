@@ -492,7 +492,7 @@ fn limits_show_the_keys_with_jobs_set_aside() {
             "p",
             &["sync".to_owned()],
             10,
-            Duration::from_secs(60),
+            Some(Duration::from_secs(60)),
         ))
         .unwrap();
     assert_eq!(taken.len(), 2);

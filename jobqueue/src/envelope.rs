@@ -14,12 +14,17 @@ const MAX_ERROR_MESSAGE: usize = 10_000;
 /// A job as stored in Redis. Keys this library does not know are kept as they were.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The job's per-key limits, as [`crate::job::LimitTag::encode`] writes them; absent for
+    /// jobs without. Written first and the jid right after, so a broker reads both with one
+    /// search, without parsing the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<String>,
+    /// The job id.
+    pub jid: String,
     /// The class name the job is dispatched by.
     pub class: String,
     /// The job's arguments.
     pub args: Vec<Value>,
-    /// The job id.
-    pub jid: String,
     /// The queue the job belongs to.
     pub queue: String,
     /// How many job-level retries the job gets.
@@ -162,9 +167,10 @@ impl Envelope {
     /// A new job with a fresh jid and `created_at` set to now.
     pub fn new(class: impl Into<String>, queue: impl Into<String>, args: Vec<Value>) -> Self {
         Self {
+            limits: None,
+            jid: new_jid(),
             class: class.into(),
             args,
-            jid: new_jid(),
             queue: queue.into(),
             retry: Retry::Default,
             created_at: Some(now()),

@@ -221,9 +221,6 @@ impl LimitTag {
     }
 }
 
-/// The payload field holding a job's [`LimitTag`]s.
-pub const LIMITS_FIELD: &str = "limits";
-
 impl JobOptions {
     /// The limits a job with these options carries in its payload; empty without limits.
     pub fn limit_tags(&self, envelope: &Envelope) -> Vec<LimitTag> {

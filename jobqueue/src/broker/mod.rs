@@ -335,18 +335,21 @@ pub struct LimitEntry {
     pub next_look: f64,
 }
 
+/// The mark of a payload's limits, and what follows their closing quote (see
+/// [`crate::envelope::Envelope::limits`]).
 const LIMITS_MARK: &str = "\"limits\":\"";
+const JID_NEXT: &str = ",\"jid\":\"";
 
-/// The limits a payload carries (see [`crate::job::LimitTag::encode`]); for most jobs, one
-/// search that finds no mark. The top-level `limits` field is the last one: the arguments
-/// come before it, and no JSON string holds the mark unescaped.
-pub(crate) fn limits_in(payload: &str) -> Vec<crate::job::LimitTag> {
-    let Some(at) = payload.rfind(LIMITS_MARK) else {
-        return Vec::new();
-    };
-    let text = &payload[at + LIMITS_MARK.len()..];
-    let text = text.split('"').next().unwrap_or_default();
-    crate::job::LimitTag::decode(text)
+/// A payload's jid and limits, if it has limits: `"limits":"…","jid":"…"`, as
+/// [`crate::envelope::Envelope`] writes them, first. Read by a search, not by parsing the
+/// payload, as the Redis scripts read them: for most payloads, one search that finds
+/// nothing. The first mark is the job's own: Ruby Sidekiq, pushing a job again, may put its
+/// defaults first, but never the arguments.
+pub(crate) fn limits_in(payload: &str) -> Option<(&str, Vec<crate::job::LimitTag>)> {
+    let at = payload.find(LIMITS_MARK)?;
+    let (text, rest) = payload[at + LIMITS_MARK.len()..].split_once('"')?;
+    let jid = rest.strip_prefix(JID_NEXT)?.split('"').next()?;
+    Some((jid, crate::job::LimitTag::decode(text)))
 }
 
 /// How long a batch's state is kept after its last addition.
@@ -370,13 +373,15 @@ pub trait Broker: Send + Sync + 'static {
     /// slot is held until the job leaves the in-flight list, or until the process's
     /// heartbeat lapses); otherwise it is set aside, out of its queue, until
     /// [`Broker::unpark_due`] or the release of a slot brings it back. A full concurrency
-    /// key is looked at again after `lease` in case no release comes.
+    /// key is looked at again after `lease` in case no release comes. With no `lease`, for a
+    /// process that runs no job class with limits, limits are not looked for, which spares
+    /// Redis a search of each payload.
     async fn fetch(
         &self,
         process: &str,
         queues: &[String],
         max: usize,
-        lease: Duration,
+        lease: Option<Duration>,
     ) -> Result<Vec<Fetched>, BrokerError>;
 
     /// Brings jobs set aside by [`Broker::fetch`] back to the front of their queues, as many
@@ -612,5 +617,34 @@ impl WakeupHub {
                 wakeups.scheduled.notify_one();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::limits_in;
+    use crate::envelope::Envelope;
+    use serde_json::json;
+
+    #[test]
+    fn a_payloads_limits_are_read_where_the_client_or_ruby_puts_them() {
+        let mut envelope = Envelope::new("SyncShop", "default", vec![json!({"limits": "c1 x"})]);
+        assert!(
+            limits_in(&envelope.to_json()).is_none(),
+            "arguments are not limits"
+        );
+        envelope.limits = Some("c2 SyncShop:concurrency:42 r100/60 SyncShop:rate".into());
+        let payload = envelope.to_json();
+        assert!(payload.starts_with(r#"{"limits":"c2 "#), "{payload}");
+        let (jid, tags) = limits_in(&payload).unwrap();
+        assert_eq!(jid, envelope.jid);
+        assert_eq!(tags.len(), 2);
+        assert_eq!(tags[1].key, "SyncShop:rate");
+        // Ruby Sidekiq pushing it again puts its defaults (its `sidekiq_options`) first.
+        let ruby = payload.replacen('{', r#"{"backtrace":false,"#, 1);
+        assert_eq!(limits_in(&ruby).unwrap().0, envelope.jid);
+        // Parsed and written again, as a retry does, it starts with them again.
+        let again = Envelope::parse(&ruby).unwrap().to_json();
+        assert!(again.starts_with(r#"{"limits":"#), "{again}");
     }
 }

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::broker::{BatchStatus, Broker, Push};
 use crate::envelope::{encode_args, Envelope, Retry};
 use crate::error::Error;
-use crate::job::{Job, JobOptions, LimitTag, LIMITS_FIELD};
+use crate::job::{Job, JobOptions, LimitTag};
 use crate::metrics;
 use crate::time::{epoch_seconds, now};
 use crate::trace;
@@ -408,8 +408,7 @@ pub(crate) fn envelope_for<J: Job>(job: &J, created_at: f64) -> Result<Envelope,
     envelope.created_at = Some(created_at);
     let limits = J::OPTIONS.limit_tags(&envelope);
     if !limits.is_empty() {
-        let text = LimitTag::encode(&limits);
-        envelope.extra.insert(LIMITS_FIELD.to_owned(), text.into());
+        envelope.limits = Some(LimitTag::encode(&limits));
     }
     Ok(envelope)
 }

@@ -79,6 +79,13 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
     let mut known_queues: Vec<String> = Vec::new();
     let mut refreshed: Option<Instant> = None;
     let refill_at = prefetch.div_ceil(2);
+    // A full limit key is looked at again after a heartbeat's lifetime, by when the slots
+    // of a process that died holding them are free. A worker without limited classes does
+    // not look for limits: a job it fetches with limits is one it cannot run.
+    let lease = shared
+        .registry
+        .has_limits()
+        .then_some(shared.config.heartbeat_ttl);
 
     while shared.is_running() {
         // Wait for room for half a buffer, so each round trip brings a useful batch.
@@ -105,9 +112,6 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
             }
         }
         let order = queues.fetch_order(&known_queues);
-        // A full limit key is looked at again after a heartbeat's lifetime, by when the
-        // slots of a process that died holding them are free.
-        let lease = shared.config.heartbeat_ttl;
         let jobs = match shared
             .broker
             .fetch(&shared.identity, &order, wanted, lease)

@@ -77,6 +77,14 @@ impl Registry {
         self.handlers.is_empty()
     }
 
+    /// Whether a class has a concurrency or rate limit.
+    pub(crate) fn has_limits(&self) -> bool {
+        self.handlers.values().any(|(handler, _)| {
+            let options = handler.options();
+            options.concurrency.is_some() || options.rate.is_some()
+        })
+    }
+
     /// The sensitive argument fields of each class that has some.
     pub(crate) fn sensitive(
         &self,

@@ -9,6 +9,11 @@ use serde::Deserialize;
 use crate::broker::{limits_in, LimitEntry};
 use crate::job::{LimitKind, LimitTag};
 
+/// The limits a payload carries; none for most.
+pub(super) fn tags_in(payload: &str) -> Vec<LimitTag> {
+    limits_in(payload).map_or_else(Vec::new, |(_, tags)| tags)
+}
+
 /// The queue a payload names (`default` when it names none).
 pub(super) fn queue_of(payload: &str) -> String {
     #[derive(Deserialize)]
@@ -169,7 +174,7 @@ impl Limits {
         let mut back = Vec::new();
         for key in due {
             let oldest = self.parked.get(&key).and_then(|l| l.back());
-            let tag = oldest.and_then(|p| limits_in(p).into_iter().find(|t| t.key == key));
+            let tag = oldest.and_then(|p| tags_in(p).into_iter().find(|t| t.key == key));
             let Some(tag) = tag else {
                 back.extend(self.unpark(&key, usize::MAX));
                 continue;

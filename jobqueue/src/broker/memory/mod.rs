@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use self::limits::{queue_of, Limits};
+use self::limits::{queue_of, tags_in, Limits};
 use super::{
-    dead_trim, limits_in, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
-    Orphans, Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
+    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
+    Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, now};
@@ -225,7 +225,7 @@ impl State {
     /// A job has left the in-flight list of `process`: the concurrency slots it held are
     /// free, and a job set aside under each comes back. Returns whether one did.
     fn leave(&mut self, payload: &str, process: &str) -> bool {
-        let back = self.limits.release(&limits_in(payload), process);
+        let back = self.limits.release(&tags_in(payload), process);
         self.bring_back(back)
     }
 
@@ -293,7 +293,7 @@ impl Broker for MemoryBroker {
         process: &str,
         queues: &[String],
         max: usize,
-        lease: Duration,
+        lease: Option<Duration>,
     ) -> Result<Vec<Fetched>, BrokerError> {
         let mut state = self.state();
         let mut taken = Vec::new();
@@ -307,8 +307,8 @@ impl Broker for MemoryBroker {
                 let Some(payload) = state.queues.get_mut(queue).and_then(VecDeque::pop_back) else {
                     break;
                 };
-                let job = limits_in(&payload);
-                if !job.is_empty() {
+                let job = lease.map(|lease| (tags_in(&payload), lease));
+                if let Some((job, lease)) = job.filter(|(tags, _)| !tags.is_empty()) {
                     let (limits, alive) = state.limits_and_liveness();
                     if let Some((key, look)) =
                         limits.admit(&job, process, at, lease.as_secs_f64(), &alive)
@@ -835,7 +835,7 @@ mod tests {
         };
         broker.push(&[push]).await.unwrap();
         broker
-            .fetch("p", &["q".into()], 1, Duration::from_secs(60))
+            .fetch("p", &["q".into()], 1, Some(Duration::from_secs(60)))
             .await
             .unwrap();
         let dead = Settle::Dead {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::{AsyncCommands, ScriptInvocation};
+use redis::{AsyncCommands, Script, ScriptInvocation};
 
 use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
@@ -79,71 +79,43 @@ impl Broker for RedisBroker {
         process: &str,
         queues: &[String],
         max: usize,
-        lease: Duration,
+        lease: Option<Duration>,
     ) -> Result<Vec<Fetched>, BrokerError> {
         if queues.is_empty() || max == 0 {
             return Ok(Vec::new());
         }
-        let keys = &self.inner.keys;
-        // Jobs set aside do not count: the fetch looks further down the queue, in larger
+        let Some(lease) = lease else {
+            let call = self.fetch_call(&self.inner.scripts.fetch, process, queues, max);
+            let flat: Vec<(usize, Vec<u8>)> = call.invoke_async(&mut self.conn()).await?;
+            return Ok(fetched(queues, flat).collect());
+        };
+        // Jobs set aside do not count: the script looks further down the queue, in larger
         // steps while it finds only such jobs, until it has `max` or the queues are empty;
         // so a tenant with few jobs behind one with many waits for few round trips.
         let mut scan = max;
         let mut taken: Vec<Fetched> = Vec::new();
         loop {
-            let mut call = self.inner.scripts.fetch.key(keys.in_flight(process));
-            call.key(&keys.paused).arg(scan).arg(now());
-            for queue in queues {
-                call.key(keys.queue(queue)).arg(queue);
+            let script = &self.inner.scripts.fetch_limited;
+            let mut call = self.fetch_call(script, process, queues, max - taken.len());
+            call.arg(scan)
+                .arg(process)
+                .arg(&self.inner.keys.prefix)
+                .arg(lease.as_secs_f64());
+            let (looked, flat): (usize, Vec<(usize, Vec<u8>)>) =
+                call.invoke_async(&mut self.conn()).await?;
+            let found = flat.len();
+            taken.extend(fetched(queues, flat));
+            // Fewer looked at than allowed: the queues ran dry, or it has all it wanted.
+            if taken.len() >= max || looked < scan {
+                return Ok(taken);
             }
-            let flat: Vec<(usize, Vec<u8>)> = call.invoke_async(&mut self.conn()).await?;
-            let jobs: Vec<Fetched> = flat
-                .into_iter()
-                .map(|(index, payload)| Fetched {
-                    queue: queues
-                        .get(index.wrapping_sub(1))
-                        .cloned()
-                        .unwrap_or_default(),
-                    payload: payload_from_bytes(payload),
-                })
-                .collect();
-            let fetched = jobs.len();
-            let admitted = self.admit(process, jobs, lease).await?;
-            if admitted.len() == fetched && taken.is_empty() {
-                // The usual case: nothing set aside.
-                return Ok(admitted);
-            }
-            let found = admitted.len();
-            taken.extend(admitted);
-            if taken.len() >= max || fetched == 0 {
-                break;
-            }
-            // Larger steps only while a step finds nothing to take; otherwise just what is
-            // still wanted, so little is fetched to be handed back.
+            // Larger steps only while a step finds nothing to take.
             scan = if found == 0 {
                 (scan * 4).min(MAX_SCAN.max(max))
             } else {
                 max - taken.len()
             };
         }
-        if taken.len() > max {
-            // More than asked for: the rest go back to the front, in their order.
-            let back: Vec<(String, Settle)> = taken
-                .split_off(max)
-                .into_iter()
-                .rev()
-                .map(|job| {
-                    let to = Settle::Queue {
-                        queue: job.queue,
-                        payload: job.payload.clone(),
-                        front: true,
-                    };
-                    (job.payload, to)
-                })
-                .collect();
-            self.settle_many(process, &back).await?;
-        }
-        Ok(taken)
     }
 
     async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError> {
@@ -198,7 +170,7 @@ impl Broker for RedisBroker {
         for payload in payloads {
             pipe.lrem(&list, -1, payload_bytes(payload).as_ref())
                 .ignore();
-            self.free_slots(&mut pipe, payload, &mut freed);
+            self.free_slots(&mut pipe, payload, process, &mut freed);
         }
         if freed.is_empty() {
             pipe.query_async::<()>(&mut self.conn()).await?;
@@ -902,6 +874,24 @@ fn script_args<'a>(
 }
 
 impl RedisBroker {
+    /// A call of a fetch script (`script`) taking up to `max` jobs from `queues` into the
+    /// in-flight list of `process`; the limited fetch adds its own arguments.
+    fn fetch_call<'a>(
+        &'a self,
+        script: &'a Script,
+        process: &str,
+        queues: &[String],
+        max: usize,
+    ) -> ScriptInvocation<'a> {
+        let keys = &self.inner.keys;
+        let mut call = script.key(keys.in_flight(process));
+        call.key(&keys.paused).arg(max).arg(now());
+        for queue in queues {
+            call.key(keys.queue(queue)).arg(queue);
+        }
+        call
+    }
+
     /// A call of the settle script moving `moves` out of `process`'s in-flight list, with
     /// the dead set's trim taken at `now`; more moves may be added before it is invoked.
     fn settle_call(
@@ -925,10 +915,22 @@ impl RedisBroker {
                 .arg(op)
                 .arg(stored)
                 .arg(target)
-                .arg(super::limits::slots_freed(original));
+                .arg(super::limits::slots_freed(original, process));
         }
         call
     }
+}
+
+/// The jobs a fetch script returned (`{queue index, payload}` each, the index into `queues`
+/// from 1).
+fn fetched(queues: &[String], flat: Vec<(usize, Vec<u8>)>) -> impl Iterator<Item = Fetched> + '_ {
+    flat.into_iter().map(|(index, payload)| Fetched {
+        queue: queues
+            .get(index.wrapping_sub(1))
+            .cloned()
+            .unwrap_or_default(),
+        payload: payload_from_bytes(payload),
+    })
 }
 
 /// The running jobs of a process's `:work` hash (slot → `{queue, payload, run_at}`), oldest

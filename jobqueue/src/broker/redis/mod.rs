@@ -39,7 +39,7 @@ macro_rules! with_limits {
 
 struct Scripts {
     fetch: Script,
-    admit: Script,
+    fetch_limited: Script,
     unpark: Script,
     unpark_keys: Script,
     take_due: Script,
@@ -123,7 +123,7 @@ impl RedisBroker {
                 keys,
                 scripts: Scripts {
                     fetch: Script::new(include_str!("lua/fetch.lua")),
-                    admit: Script::new(with_limits!("lua/admit.lua")),
+                    fetch_limited: Script::new(with_limits!("lua/fetch_limited.lua")),
                     unpark: Script::new(with_limits!("lua/unpark.lua")),
                     unpark_keys: Script::new(with_limits!("lua/unpark_keys.lua")),
                     take_due: Script::new(include_str!("lua/take_due.lua")),

@@ -1,38 +1,34 @@
--- Per-key limits: prepended to the scripts that admit, settle and unpark. A job's limits
--- are its payload's `limits` field: per limit, `c2 KEY` (at most 2 running) or `r100/60 KEY`
--- (at most 100 starts per 60 s), space-separated; the broker's Rust side reads them and
--- passes them in, except to unpark. Under the namespace `ns`:
+-- Per-key limits: prepended to the scripts that fetch, settle and unpark. A job's limits
+-- are its payload's `limits` field, followed by its jid: `"limits":"TEXT","jid":"JID"`. The
+-- client writes them first; Ruby Sidekiq, pushing a job again, may put its defaults before
+-- them, but never the arguments, so the first `"limits":"` is the job's own. TEXT has per
+-- limit `c2 KEY` (at most 2 running) or `r100/60 KEY` (at most 100 starts per 60 s),
+-- space-separated. Under the namespace `ns`:
 --   jobqueue:limit:<key>   the slots taken: for a concurrency limit, a hash from each
---                          running job's slot id (a hash of its payload as fetched) to the
---                          process running it (a slot is freed when its job leaves the
---                          in-flight list, or once the process's heartbeat, Sidekiq's
---                          process hash, has lapsed); for a rate limit, a list of start
---                          times, oldest first
+--                          running job's slot id (`JID@PROCESS`) to its process (a slot is
+--                          freed when its job leaves the in-flight list, or once the
+--                          process's heartbeat, Sidekiq's process hash, has lapsed); for a
+--                          rate limit, a list of start times, oldest first
 --   jobqueue:parked:<key>  the jobs set aside for want of room, oldest at the right
 --   jobqueue:limits        the keys with jobs set aside, scored by when to look again
--- The usual case, a key with room, needs no script: the fetch takes slots with plain
--- commands (HSET and HLEN; RPUSH) and comes here only for a key it found full.
 -- A limit is {kind ('c' or 'r'), limit, period, the key's Redis key, key}.
 
 local function limit(ns, kind, n, per, key)
   return {kind, tonumber(n), tonumber(per) or 0, ns .. 'jobqueue:limit:' .. key, key}
 end
 
--- The limits in a payload (used only to look at a set-aside job again).
+-- The limits of a payload and its jid; nil for most payloads, as one plain search finds
+-- (for a mark that starts with a letter: Lua's search stops at each first character).
 local function limits_of(ns, job)
-  local at = string.find(job, '"limits":"', 1, true)
-  if not at then return {} end
-  while true do
-    local later = string.find(job, '"limits":"', at + 1, true)
-    if not later then break end
-    at = later
-  end
+  local at = string.find(job, 'limits":"', 1, true)
+  if not at then return nil end
+  local text, jid = string.match(job, '^limits":"([^"]*)","jid":"([^"]*)"', at)
   local limits = {}
-  local text = string.match(job, '^"limits":"([^"]*)"', at) or ''
+  if not text or string.byte(job, at - 1) ~= 34 then return limits end -- 34: '"'
   for kind, n, per, key in string.gmatch(text, '(%a)(%d+)/?([%d.e+-]*) (%S+)') do
     if tonumber(n) > 0 then limits[#limits + 1] = limit(ns, kind, n, per, key) end
   end
-  return limits
+  return limits, jid
 end
 
 -- How many more jobs a limit (`kind` 'c' or 'r', `n`, period `per`, slots at Redis key
@@ -81,6 +77,31 @@ end
 local function park(ns, key, job, at)
   redis.call('LPUSH', ns .. 'jobqueue:parked:' .. key, job)
   redis.call('ZADD', ns .. 'jobqueue:limits', 'LT', at, key)
+end
+
+-- Takes the slots of a job just moved into the in-flight list of `process`, at `now`; a
+-- job without room in one of its limits takes none and is set aside under that key (looked
+-- at again after `lease` seconds if it is a concurrency key). `full` holds the keys this
+-- script has found full, and when to look at them again: nothing frees a slot while a
+-- script runs, so a key is asked once. Returns whether the job may run.
+local function admit(ns, job, process, now, lease, full)
+  local limits, jid = limits_of(ns, job)
+  if not limits or #limits == 0 then return true end
+  for _, l in ipairs(limits) do
+    local at = full[l[5]]
+    if not at then
+      local free, when = room(ns, l[1], l[2], l[3], l[4], now, lease)
+      if free <= 0 then at = when end
+    end
+    if at then
+      full[l[5]] = at
+      park(ns, l[5], job, at)
+      return false
+    end
+  end
+  local id = jid .. '@' .. process
+  for _, l in ipairs(limits) do take(l[1], l[3], l[4], id, process, now) end
+  return true
 end
 
 -- Moves up to `n` of the oldest jobs set aside under `key` to the front of their queues,

@@ -1,0 +1,34 @@
+-- Reliable fetch for a process that runs jobs with limits: as fetch.lua, and a job with
+-- limits takes its slots as it moves (limits.lua); one without room is set aside instead and
+-- does not count. Takes up to ARGV[1] jobs, looking at up to ARGV[#KEYS + 1]; the process
+-- is ARGV[#KEYS + 2], the namespace ARGV[#KEYS + 3], and a full concurrency key is looked
+-- at again after ARGV[#KEYS + 4] seconds. Returns {jobs looked at, {queue index, payload,
+-- ...}}.
+local max, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+local scan, process = tonumber(ARGV[#KEYS + 1]), ARGV[#KEYS + 2]
+local ns, lease = ARGV[#KEYS + 3], tonumber(ARGV[#KEYS + 4])
+local out, full = {}, {}
+local taken, looked, parked = 0, 0, false
+for i = 3, #KEYS do
+  local until_ = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  if not until_ or tonumber(until_) <= now then
+    while taken < max and looked < scan do
+      local job = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
+      if not job then break end
+      looked = looked + 1
+      if admit(ns, job, process, now, lease, full) then
+        taken = taken + 1
+        out[#out + 1] = i - 2
+        out[#out + 1] = job
+      else
+        -- Set aside: out of the in-flight list, whose head it is.
+        redis.call('LPOP', KEYS[1])
+        parked = true
+      end
+    end
+  end
+  if taken >= max or looked >= scan then break end
+end
+-- The schedulers look at set-aside jobs again when their keys have room.
+if parked then redis.call('PUBLISH', ns .. 'jobqueue:wake', 'scheduled') end
+return {looked, out}
