@@ -17,14 +17,15 @@ local function limit(ns, kind, n, per, key)
   return {kind, tonumber(n), tonumber(per) or 0, ns .. 'jobqueue:limit:' .. key, key}
 end
 
--- The limits of a payload and its jid; nil for most payloads, as one plain search finds
--- (for a mark that starts with a letter: Lua's search stops at each first character).
+-- The limits of a payload and its jid; nil for a payload without, which for most is what
+-- one plain search finds (for a mark that starts with a letter: Lua's search stops at each
+-- occurrence of the first character).
 local function limits_of(ns, job)
   local at = string.find(job, 'limits":"', 1, true)
   if not at then return nil end
   local text, jid = string.match(job, '^limits":"([^"]*)","jid":"([^"]*)"', at)
+  if not text or string.byte(job, at - 1) ~= 34 then return nil end -- 34: '"'
   local limits = {}
-  if not text or string.byte(job, at - 1) ~= 34 then return limits end -- 34: '"'
   for kind, n, per, key in string.gmatch(text, '(%a)(%d+)/?([%d.e+-]*) (%S+)') do
     if tonumber(n) > 0 then limits[#limits + 1] = limit(ns, kind, n, per, key) end
   end
@@ -63,16 +64,6 @@ local function room(ns, kind, n, per, slots, now, lease)
   return 0, now + lease
 end
 
--- Takes a slot for the job with slot id `id`, run by `process`, in a limit found to have room.
-local function take(kind, per, slots, id, process, now)
-  if kind == 'r' then
-    redis.call('RPUSH', slots, now)
-    redis.call('PEXPIRE', slots, math.max(1, math.ceil(per * 1000)))
-  else
-    redis.call('HSET', slots, id, process)
-  end
-end
-
 -- Sets a job aside under `key` until its limit has room; looked at again by `at`.
 local function park(ns, key, job, at)
   redis.call('LPUSH', ns .. 'jobqueue:parked:' .. key, job)
@@ -81,26 +72,52 @@ end
 
 -- Takes the slots of a job just moved into the in-flight list of `process`, at `now`; a
 -- job without room in one of its limits takes none and is set aside under that key (looked
--- at again after `lease` seconds if it is a concurrency key). `full` holds the keys this
--- script has found full, and when to look at them again: nothing frees a slot while a
--- script runs, so a key is asked once. Returns whether the job may run.
+-- at again after `lease` seconds if it is a concurrency key). A rate slot is taken first
+-- and checked after, as `RPUSH` answers with the count. `full` holds the keys this script
+-- has found full, and when to look at them again: nothing frees a slot while a script
+-- runs, so a key is asked once. Returns whether the job may run.
 local function admit(ns, job, process, now, lease, full)
   local limits, jid = limits_of(ns, job)
-  if not limits or #limits == 0 then return true end
+  if not limits then return true end
+  local pushed, key, at = {}, nil, nil
   for _, l in ipairs(limits) do
-    local at = full[l[5]]
-    if not at then
+    at = full[l[5]]
+    if not at and l[1] == 'r' then
+      if redis.call('RPUSH', l[4], now) <= l[2] then
+        pushed[#pushed + 1] = l
+      else
+        redis.call('RPOP', l[4])
+        local free, when = room(ns, l[1], l[2], l[3], l[4], now, lease)
+        if free > 0 then
+          redis.call('RPUSH', l[4], now)
+          pushed[#pushed + 1] = l
+        else
+          at = when
+        end
+      end
+    elseif not at then
       local free, when = room(ns, l[1], l[2], l[3], l[4], now, lease)
       if free <= 0 then at = when end
     end
     if at then
-      full[l[5]] = at
-      park(ns, l[5], job, at)
-      return false
+      key = l[5]
+      break
     end
   end
+  if key then
+    for _, l in ipairs(pushed) do redis.call('RPOP', l[4]) end
+    full[key] = at
+    park(ns, key, job, at)
+    return false
+  end
   local id = jid .. '@' .. process
-  for _, l in ipairs(limits) do take(l[1], l[3], l[4], id, process, now) end
+  for _, l in ipairs(limits) do
+    if l[1] == 'r' then
+      redis.call('PEXPIRE', l[4], math.max(1, math.ceil(l[3] * 1000)))
+    else
+      redis.call('HSET', l[4], id, process)
+    end
+  end
   return true
 end
 
