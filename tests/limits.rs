@@ -24,6 +24,7 @@ on_both_brokers!(
     a_running_job_keeps_its_slot_while_its_process_beats,
     a_rate_limit_spaces_starts_and_a_light_account_goes_first,
     a_heavy_tenant_does_not_starve_a_light_one,
+    a_job_set_aside_is_cancelled_where_it_waits,
 );
 
 fn shop_job(t: &str, shop: &str, millis: u64) -> ShopJob {
@@ -271,4 +272,44 @@ async fn a_heavy_tenant_does_not_starve_a_light_one(b: Backend) {
     assert!(limits
         .iter()
         .any(|l| l.key == "ShopJob:concurrency:heavy" && l.parked > 0));
+}
+
+async fn a_job_set_aside_is_cancelled_where_it_waits(b: Backend) {
+    let t = jobs::token();
+    let client = b.client();
+    let mut jids = Vec::new();
+    for _ in 0..3 {
+        jids.push(client.enqueue(&shop_job(&t, "a", 0)).await.unwrap());
+    }
+    let queues = ["default".to_owned()];
+    beat(b.broker.as_ref(), "p", LEASE).await;
+    let taken = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
+    assert_eq!(taken.len(), 2, "the third waits for the shop's slots");
+
+    let cancelled = b.admin().cancel(&jids[2]).await.unwrap();
+    assert_eq!(
+        cancelled,
+        jobqueue::admin::Cancelled::Removed {
+            from: "limit ShopJob:concurrency:a".into()
+        }
+    );
+    assert!(
+        b.admin().limits().await.unwrap().is_empty(),
+        "no job waits under the key any more"
+    );
+    // The slots free, and nothing comes back to run.
+    let payloads: Vec<String> = taken.into_iter().map(|f| f.payload).collect();
+    b.broker.ack("p", &payloads).await.unwrap();
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
+    assert!(b
+        .broker
+        .fetch("p", &queues, 10, Some(LEASE))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        b.admin().cancel(&jids[2]).await.unwrap(),
+        jobqueue::admin::Cancelled::Marked,
+        "gone: a second cancel finds it nowhere"
+    );
 }

@@ -49,7 +49,8 @@ pub struct QueuedJob {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Cancelled {
-    /// The job was waiting and is gone: from this queue, or the `scheduled` or `retry` set.
+    /// The job was waiting and is gone: from this queue, or the `scheduled` or `retry` set,
+    /// or `limit KEY` (set aside until its limit key has room).
     Removed {
         /// Where it was.
         from: String,
@@ -257,7 +258,7 @@ impl Admin {
     }
 
     /// Cancels the job `jid`: removed if it is waiting (in a queue, or scheduled, or
-    /// waiting for a retry), stopped if it is running. A cancelled job is neither failed
+    /// waiting for a retry, or set aside for its limits), stopped if it is running. A cancelled job is neither failed
     /// nor retried; running ones count in [`Stats::cancelled`].
     pub async fn cancel(&self, jid: &str) -> Result<Cancelled, Error> {
         for (set, name) in [
@@ -274,6 +275,11 @@ impl Admin {
             if self.broker.remove_job(&queue, jid).await? {
                 return Ok(Cancelled::Removed { from: queue });
             }
+        }
+        if let Some(key) = self.broker.remove_set_aside(jid).await? {
+            return Ok(Cancelled::Removed {
+                from: format!("limit {key}"),
+            });
         }
         self.broker.mark_cancelled(jid, CANCEL_TTL).await?;
         let running = self.broker.processes().await?.iter().any(|p| {

@@ -545,6 +545,10 @@ pub trait Broker: Send + Sync + 'static {
     /// whether it was found. Scans them, so it costs time in proportion to their size.
     async fn remove_job(&self, queue: &str, jid: &str) -> Result<bool, BrokerError>;
 
+    /// Removes the job `jid` from the jobs set aside for their limits (see
+    /// [`Broker::fetch`]). Returns the limit key it waited under, if found. Scans them.
+    async fn remove_set_aside(&self, jid: &str) -> Result<Option<String>, BrokerError>;
+
     /// A handle woken when jobs are pushed or scheduled, so workers need not poll.
     fn subscribe(&self) -> Arc<Wakeups>;
 

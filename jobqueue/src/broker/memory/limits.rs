@@ -120,6 +120,22 @@ impl Limits {
         self.parked.entry(key).or_default().push_front(payload);
     }
 
+    /// Removes the set-aside job whose payload holds `needle`; forgets a key left with none.
+    /// Returns the key it waited under.
+    pub(super) fn remove(&mut self, needle: &str) -> Option<String> {
+        let (key, list) = self
+            .parked
+            .iter_mut()
+            .find(|(_, list)| list.iter().any(|p| p.contains(needle)))?;
+        list.retain(|p| !p.contains(needle));
+        let key = key.clone();
+        if list.is_empty() {
+            self.parked.remove(&key);
+            self.index.remove(&key);
+        }
+        Some(key)
+    }
+
     /// Takes up to `n` of the oldest jobs set aside under `key`, oldest first; forgets the
     /// key when none are left.
     pub(super) fn unpark(&mut self, key: &str, n: usize) -> Vec<String> {

@@ -735,6 +735,11 @@ impl Broker for MemoryBroker {
         Ok(paused)
     }
 
+    async fn remove_set_aside(&self, jid: &str) -> Result<Option<String>, BrokerError> {
+        let needle = format!("\"jid\":\"{jid}\"");
+        Ok(self.state().limits.remove(&needle))
+    }
+
     async fn remove_job(&self, queue: &str, jid: &str) -> Result<bool, BrokerError> {
         let needle = format!("\"jid\":\"{jid}\"");
         let mut state = self.state();

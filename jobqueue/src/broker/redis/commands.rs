@@ -751,6 +751,18 @@ impl Broker for RedisBroker {
         Ok(removed == 1)
     }
 
+    async fn remove_set_aside(&self, jid: &str) -> Result<Option<String>, BrokerError> {
+        let key: Option<String> = self
+            .inner
+            .scripts
+            .remove_set_aside
+            .arg(&self.inner.keys.prefix)
+            .arg(jid)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(key)
+    }
+
     async fn watch(&self, queues: &[String], sets: bool) -> Result<bool, BrokerError> {
         let keys = &self.inner.keys;
         let mut watched: Vec<String> = queues.iter().map(|q| keys.queue(q)).collect();
