@@ -1046,16 +1046,18 @@ async fn slots_of_a_killed_process_free_when_it_is_found_dead() {
     );
     let held_at_kill = kill_dash_nine_without_declaring(&url, victim, &identity).await;
     assert_eq!(held_at_kill.len(), 2);
-    // A concurrency key's slots: a field per running job, naming its process.
-    let holders: Vec<String> = redis::cmd("HVALS")
+    // A concurrency key's slots: an entry per running job, `JID@PROCESS`.
+    let held: Vec<String> = redis::cmd("LRANGE")
         .arg(slots)
+        .arg(0)
+        .arg(-1)
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(
-        holders,
-        vec![identity.clone(), identity.clone()],
-        "the dead process still holds the shop's slots"
+    let suffix = format!("@{identity}");
+    assert!(
+        held.len() == 2 && held.iter().all(|slot| slot.ends_with(&suffix)),
+        "the dead process still holds the shop's slots: {held:?}"
     );
 
     let mut survivor = spawn_worker(&url);

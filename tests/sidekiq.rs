@@ -499,12 +499,19 @@ async fn jobs_retried_by_hand_through_sidekiqs_api_run_here() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let holders: Vec<String> = redis::cmd("HVALS")
+    let held: Vec<String> = redis::cmd("LRANGE")
         .arg("jobqueue:limit:Interop::Retried:concurrency")
+        .arg(0)
+        .arg(-1)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(holders, ["interop-test"], "the fetch took the job's slot");
+    let envelope = Envelope::parse(&fetched[0].payload).unwrap();
+    assert_eq!(
+        held,
+        [format!("{}@interop-test", envelope.jid)],
+        "the fetch took the job's slot"
+    );
 }
 
 /// Holds a card token that must not be shown; runs until told to stop.

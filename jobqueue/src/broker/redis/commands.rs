@@ -18,11 +18,6 @@ use crate::broker::{
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
 
-/// The slots taken under a limit key: a hash with a field per running job (concurrency), or
-/// a list of starts (rate).
-const SLOTS_TAKEN: &str = "if redis.call('TYPE', KEYS[1]).ok == 'list' then \
-    return redis.call('LLEN', KEYS[1]) end return redis.call('HLEN', KEYS[1])";
-
 /// The most jobs a fetch moves in one call while it looks past jobs set aside.
 const MAX_SCAN: usize = 1000;
 
@@ -141,11 +136,7 @@ impl Broker for RedisBroker {
         }
         let mut pipe = redis::pipe();
         for (key, _) in &waiting {
-            pipe.cmd("EVAL")
-                .arg(SLOTS_TAKEN)
-                .arg(1)
-                .arg(keys.slots(key))
-                .llen(keys.parked(key));
+            pipe.llen(keys.slots(key)).llen(keys.parked(key));
         }
         let counts: Vec<(usize, usize)> = pipe.query_async(&mut self.conn()).await?;
         Ok(waiting

@@ -2,10 +2,11 @@
 //! list. Jobs take their slots in the fetch script (`lua/fetch.lua`, with the rules and the
 //! key layout in `lua/limits.lua`).
 //!
-//! A concurrency slot is a field `JID@PROCESS` of its key's hash. An acknowledgement deletes
-//! its jobs' slots with plain `HDEL`s in the same pipeline as the `LREM`s, whether or not a
-//! job was still in the list: a job recovered from a process thought dead runs again under
-//! another process, in another field, so a late acknowledgement frees nothing but its own.
+//! A concurrency slot is an entry `JID@PROCESS` of its key's list. An acknowledgement
+//! removes its jobs' slots with plain `LREM`s in the same pipeline as the jobs' own, whether
+//! or not a job was still in flight: a job recovered from a process thought dead runs again
+//! under another process, in another entry, so a late acknowledgement frees nothing but its
+//! own.
 
 use redis::Pipeline;
 
@@ -48,7 +49,7 @@ impl RedisBroker {
         let mut id = None;
         for tag in tags.into_iter().filter(LimitTag::is_concurrency) {
             let id = id.get_or_insert_with(|| format!("{jid}@{process}"));
-            pipe.hdel(self.inner.keys.slots(&tag.key), id.as_str())
+            pipe.lrem(self.inner.keys.slots(&tag.key), 1, id.as_str())
                 .ignore();
             freed.push(tag.key);
         }

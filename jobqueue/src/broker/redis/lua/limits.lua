@@ -4,11 +4,11 @@
 -- them, but never the arguments, so the first `"limits":"` is the job's own. TEXT has per
 -- limit `c2 KEY` (at most 2 running) or `r100/60 KEY` (at most 100 starts per 60 s),
 -- space-separated. Under the namespace `ns`:
---   jobqueue:limit:<key>   the slots taken: for a concurrency limit, a hash from each
---                          running job's slot id (`JID@PROCESS`) to its process (a slot is
---                          freed when its job leaves the in-flight list, or once the
---                          process's heartbeat, Sidekiq's process hash, has lapsed); for a
---                          rate limit, a list of start times, oldest first
+--   jobqueue:limit:<key>   the slots taken, a list: for a concurrency limit, the running
+--                          jobs' slot ids, `JID@PROCESS` (a slot is freed when its job
+--                          leaves the in-flight list, or once the process's heartbeat,
+--                          Sidekiq's process hash, has lapsed); for a rate limit, start
+--                          times, oldest first
 --   jobqueue:parked:<key>  the jobs set aside for want of room, oldest at the right
 --   jobqueue:limits        the keys with jobs set aside, scored by when to look again
 -- A limit is {kind ('c' or 'r'), limit, period, the key's Redis key, key}.
@@ -49,14 +49,14 @@ local function room(ns, kind, n, per, slots, now, lease)
     if free > 0 then return free end
     return 0, (first or now) + per
   end
-  local held = redis.call('HLEN', slots)
+  local held = redis.call('LLEN', slots)
   if held < n then return n - held end
-  local holders, alive = redis.call('HGETALL', slots), {}
-  for i = 1, #holders, 2 do
-    local process = holders[i + 1]
+  local alive = {}
+  for _, slot in ipairs(redis.call('LRANGE', slots, 0, -1)) do
+    local process = string.match(slot, '@(.*)$') or ''
     if alive[process] == nil then alive[process] = redis.call('EXISTS', ns .. process) == 1 end
     if not alive[process] then
-      redis.call('HDEL', slots, holders[i])
+      redis.call('LREM', slots, 1, slot)
       held = held - 1
     end
   end
@@ -72,51 +72,31 @@ end
 
 -- Takes the slots of a job just moved into the in-flight list of `process`, at `now`; a
 -- job without room in one of its limits takes none and is set aside under that key (looked
--- at again after `lease` seconds if it is a concurrency key). A rate slot is taken first
--- and checked after, as `RPUSH` answers with the count. `full` holds the keys this script
--- has found full, and when to look at them again: nothing frees a slot while a script
--- runs, so a key is asked once. Returns whether the job may run.
+-- at again after `lease` seconds if it is a concurrency key). A slot is taken first and
+-- checked after, as `RPUSH` answers with the count. `full` holds the keys this script has
+-- found full, and when to look at them again: nothing frees a slot while a script runs,
+-- so a key is asked once. Returns whether the job may run.
 local function admit(ns, job, process, now, lease, full)
   local limits, jid = limits_of(ns, job)
   if not limits then return true end
-  local pushed, key, at = {}, nil, nil
-  for _, l in ipairs(limits) do
-    at = full[l[5]]
-    if not at and l[1] == 'r' then
-      if redis.call('RPUSH', l[4], now) <= l[2] then
-        pushed[#pushed + 1] = l
-      else
-        redis.call('RPOP', l[4])
-        local free, when = room(ns, l[1], l[2], l[3], l[4], now, lease)
-        if free > 0 then
-          redis.call('RPUSH', l[4], now)
-          pushed[#pushed + 1] = l
-        else
-          at = when
-        end
-      end
-    elseif not at then
+  local id = jid .. '@' .. process
+  for i, l in ipairs(limits) do
+    local slot = l[1] == 'r' and now or id
+    local at = full[l[5]]
+    if not at and redis.call('RPUSH', l[4], slot) > l[2] then
+      redis.call('RPOP', l[4])
       local free, when = room(ns, l[1], l[2], l[3], l[4], now, lease)
-      if free <= 0 then at = when end
+      if free > 0 then redis.call('RPUSH', l[4], slot) else at = when end
     end
     if at then
-      key = l[5]
-      break
+      for j = 1, i - 1 do redis.call('RPOP', limits[j][4]) end
+      full[l[5]] = at
+      park(ns, l[5], job, at)
+      return false
     end
   end
-  if key then
-    for _, l in ipairs(pushed) do redis.call('RPOP', l[4]) end
-    full[key] = at
-    park(ns, key, job, at)
-    return false
-  end
-  local id = jid .. '@' .. process
   for _, l in ipairs(limits) do
-    if l[1] == 'r' then
-      redis.call('PEXPIRE', l[4], math.max(1, math.ceil(l[3] * 1000)))
-    else
-      redis.call('HSET', l[4], id, process)
-    end
+    if l[1] == 'r' then redis.call('PEXPIRE', l[4], math.max(1, math.ceil(l[3] * 1000))) end
   end
   return true
 end
@@ -156,7 +136,7 @@ local function release(ns, slots_text)
     if not id then
       id = word
     else
-      redis.call('HDEL', ns .. 'jobqueue:limit:' .. word, id)
+      redis.call('LREM', ns .. 'jobqueue:limit:' .. word, 1, id)
       if redis.call('ZSCORE', ns .. 'jobqueue:limits', word) then unpark(ns, word, 1) end
     end
   end
