@@ -94,6 +94,12 @@ macro_rules! limited_noop {
             tenant: u64,
         }
 
+        impl $name {
+            fn new(n: u64) -> Self {
+                Self { n, tenant: n % 1000 }
+            }
+        }
+
         #[async_trait]
         impl Perform for $name {
             async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
@@ -269,6 +275,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 const CHUNK: u64 = 10_000;
 
+/// Enqueues the jobs `make` builds from the numbers `numbers`, in one call.
+async fn enqueue<J: Job>(
+    client: &Client,
+    numbers: std::ops::Range<u64>,
+    make: impl Fn(u64) -> J,
+) -> Result<(), jobqueue::Error> {
+    let jobs: Vec<J> = numbers.map(make).collect();
+    client.enqueue_bulk(&jobs).await?;
+    Ok(())
+}
+
 async fn drain(
     o: &Options,
     client: &Client,
@@ -279,46 +296,13 @@ async fn drain(
     let mut n = 0;
     while n < o.jobs {
         let end = (n + CHUNK).min(o.jobs);
-        if let Some(kind) = &o.limits {
-            let tenant = |n: u64| n % 1000;
-            match kind.as_str() {
-                "concurrency" => {
-                    let jobs: Vec<NoopConcurrency> = (n..end)
-                        .map(|n| NoopConcurrency {
-                            n,
-                            tenant: tenant(n),
-                        })
-                        .collect();
-                    client.enqueue_bulk(&jobs).await?;
-                }
-                "rate" => {
-                    let jobs: Vec<NoopRate> = (n..end)
-                        .map(|n| NoopRate {
-                            n,
-                            tenant: tenant(n),
-                        })
-                        .collect();
-                    client.enqueue_bulk(&jobs).await?;
-                }
-                _ => {
-                    let jobs: Vec<NoopLimited> = (n..end)
-                        .map(|n| NoopLimited {
-                            n,
-                            tenant: tenant(n),
-                        })
-                        .collect();
-                    client.enqueue_bulk(&jobs).await?;
-                }
-            }
-        } else if !o.mechanisms {
-            let jobs: Vec<Noop> = (n..end).map(Noop).collect();
-            client.enqueue_bulk(&jobs).await?;
-        } else if n % (2 * CHUNK) == 0 {
-            let jobs: Vec<NoopCollapsible> = (n..end).map(NoopCollapsible).collect();
-            client.enqueue_bulk(&jobs).await?;
-        } else {
-            let jobs: Vec<NoopUnique> = (n..end).map(NoopUnique).collect();
-            client.enqueue_bulk(&jobs).await?;
+        match o.limits.as_deref() {
+            Some("concurrency") => enqueue(client, n..end, NoopConcurrency::new).await?,
+            Some("rate") => enqueue(client, n..end, NoopRate::new).await?,
+            Some(_) => enqueue(client, n..end, NoopLimited::new).await?,
+            None if !o.mechanisms => enqueue(client, n..end, Noop).await?,
+            None if n % (2 * CHUNK) == 0 => enqueue(client, n..end, NoopCollapsible).await?,
+            None => enqueue(client, n..end, NoopUnique).await?,
         }
         n = end;
     }
