@@ -258,8 +258,9 @@ impl Admin {
     }
 
     /// Cancels the job `jid`: removed if it is waiting (in a queue, or scheduled, or
-    /// waiting for a retry, or set aside for its limits), stopped if it is running. A cancelled job is neither failed
-    /// nor retried; running ones count in [`Stats::cancelled`].
+    /// waiting for a retry, or set aside for its limits), stopped if it is running. A
+    /// cancelled job is neither failed nor retried; running ones count in
+    /// [`Stats::cancelled`].
     pub async fn cancel(&self, jid: &str) -> Result<Cancelled, Error> {
         for (set, name) in [
             (SortedSet::Schedule, "scheduled"),

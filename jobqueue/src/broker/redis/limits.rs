@@ -1,6 +1,6 @@
 //! Per-key limits on Redis, on the Rust side: what a job frees as it leaves its in-flight
-//! list. Jobs take their slots in the fetch script (`lua/fetch.lua`, with the rules and the
-//! key layout in `lua/limits.lua`).
+//! list. Jobs take their slots in the limited fetch script (`lua/fetch_limited.lua`, with
+//! the rules and the key layout in `lua/limits.lua`).
 //!
 //! A concurrency slot is an entry `JID@PROCESS` of its key's list. An acknowledgement
 //! removes its jobs' slots with plain `LREM`s in the same pipeline as the jobs' own, whether
@@ -15,22 +15,25 @@ use crate::broker::limits_in;
 use crate::error::BrokerError;
 use crate::job::LimitTag;
 
-/// The concurrency slots a job of `process` frees as it leaves the in-flight list, as the
-/// settle script takes them: its slot id and then the keys, space-separated; empty for a job
-/// without concurrency limits.
-pub(super) fn slots_freed(payload: &str, process: &str) -> String {
-    let Some((jid, tags)) = limits_in(payload) else {
-        return String::new();
-    };
+/// The concurrency slots a job of `process` holds: its slot id (`JID@PROCESS`) and the keys;
+/// none for a job without concurrency limits.
+fn concurrency_slots(payload: &str, process: &str) -> Option<(String, Vec<String>)> {
+    let (jid, tags) = limits_in(payload)?;
     let keys: Vec<String> = tags
         .into_iter()
         .filter(LimitTag::is_concurrency)
         .map(|tag| tag.key)
         .collect();
-    if keys.is_empty() {
-        return String::new();
-    }
-    format!("{jid}@{process} {}", keys.join(" "))
+    (!keys.is_empty()).then(|| (format!("{jid}@{process}"), keys))
+}
+
+/// The concurrency slots a job of `process` frees as it leaves the in-flight list, as the
+/// settle script takes them: its slot id and then the keys, space-separated; empty for a job
+/// without concurrency limits.
+pub(super) fn slots_freed(payload: &str, process: &str) -> String {
+    concurrency_slots(payload, process)
+        .map(|(id, keys)| format!("{id} {}", keys.join(" ")))
+        .unwrap_or_default()
 }
 
 impl RedisBroker {
@@ -43,15 +46,13 @@ impl RedisBroker {
         process: &str,
         freed: &mut Vec<String>,
     ) {
-        let Some((jid, tags)) = limits_in(payload) else {
+        let Some((id, keys)) = concurrency_slots(payload, process) else {
             return;
         };
-        let mut id = None;
-        for tag in tags.into_iter().filter(LimitTag::is_concurrency) {
-            let id = id.get_or_insert_with(|| format!("{jid}@{process}"));
-            pipe.lrem(self.inner.keys.slots(&tag.key), 1, id.as_str())
+        for key in keys {
+            pipe.lrem(self.inner.keys.slots(&key), 1, id.as_str())
                 .ignore();
-            freed.push(tag.key);
+            freed.push(key);
         }
     }
 

@@ -1,6 +1,6 @@
 -- Reliable fetch: moves up to ARGV[1] jobs from the queue lists KEYS[3..], in order, into
 -- the process's in-flight list KEYS[1], skipping queues paused past ARGV[2] (now) in the
--- sorted set KEYS[2] (member: queue name ARGV[i + 1], score: paused until).
+-- sorted set KEYS[2] (member: the queue name ARGV[i] of KEYS[i], score: paused until).
 -- Returns {queue index, payload, ...}.
 local max = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])

@@ -37,20 +37,18 @@ end
 -- after `lease`, in case no release comes). Old starts and the slots of processes without
 -- a heartbeat are cleared only when the limit looks full.
 local function room(ns, kind, n, per, slots, now, lease)
+  local held = redis.call('LLEN', slots)
+  if held < n then return n - held end
   if kind == 'r' then
-    local free = n - redis.call('LLEN', slots)
-    if free > 0 then return free end
     local first = tonumber(redis.call('LINDEX', slots, 0))
     while first and first <= now - per do
       redis.call('LPOP', slots)
+      held = held - 1
       first = tonumber(redis.call('LINDEX', slots, 0))
     end
-    free = n - redis.call('LLEN', slots)
-    if free > 0 then return free end
+    if held < n then return n - held end
     return 0, (first or now) + per
   end
-  local held = redis.call('LLEN', slots)
-  if held < n then return n - held end
   local alive = {}
   for _, slot in ipairs(redis.call('LRANGE', slots, 0, -1)) do
     local process = string.match(slot, '@(.*)$') or ''
