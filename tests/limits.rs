@@ -129,31 +129,18 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     }
     let shops = ["shops".to_owned()];
     beat(b.broker.as_ref(), "alive", LEASE).await;
-    assert_eq!(
-        b.broker
-            .fetch("gone", &shops, 1, Some(LEASE))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        b.broker
-            .fetch("alive", &shops, 1, Some(LEASE))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    let fetch = |process: &'static str, max: usize| {
+        let broker = b.broker.clone();
+        let shops = shops.clone();
+        async move {
+            let taken = broker.fetch(process, &shops, max, Some(LEASE)).await;
+            taken.unwrap().len()
+        }
+    };
+    assert_eq!(fetch("gone", 1).await, 1);
+    assert_eq!(fetch("alive", 1).await, 1);
     // Full: the slot of "gone", which has no heartbeat, is free; that of "alive" is not.
-    assert_eq!(
-        b.broker
-            .fetch("alive", &shops, 10, Some(LEASE))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(fetch("alive", 10).await, 1);
     let limits = b.admin().limits().await.unwrap();
     assert_eq!((limits[0].held, limits[0].parked), (2, 1));
     // Still full when looked at again.
