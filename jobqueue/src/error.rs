@@ -20,6 +20,19 @@ pub enum BrokerError {
     /// Redis did not answer in time.
     #[error("redis did not answer within {0:?}; is it running and reachable?")]
     Timeout(Duration),
+    /// A push reached the master but not the replicas it was configured to wait for, in
+    /// time. Its jobs are queued; they are lost only if the master fails before a replica
+    /// copies them. Pushing again would queue them twice.
+    #[error("the push was written to the master but only {acked} of {wanted} replicas confirmed it in time; check the replicas' link (INFO replication)")]
+    NotReplicated {
+        /// Replicas that confirmed the writes.
+        acked: usize,
+        /// Replicas the push waited for.
+        wanted: usize,
+    },
+    /// The cluster's layout could not be read or set up.
+    #[error("redis cluster: {0}")]
+    Cluster(String),
 }
 
 /// An enqueue, a worker start or an admin call failed.

@@ -98,7 +98,9 @@ pub use chrono_tz;
 pub use jobqueue_derive::Job;
 
 pub use crate::admin::Admin;
-pub use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisConfig, SortedSet};
+pub use crate::broker::{
+    Broker, ClusterBroker, ClusterConfig, MemoryBroker, RedisBroker, RedisConfig, SortedSet,
+};
 pub use crate::class_stats::ClassStats;
 pub use crate::client::{Client, MechanismConfig};
 pub use crate::envelope::Envelope;

@@ -1,4 +1,5 @@
-//! Where jobs live: the [`Broker`] trait, its Redis implementation and the in-memory one.
+//! Where jobs live: the [`Broker`] trait, its Redis implementation, its Redis Cluster
+//! implementation (shards of the Redis layout) and the in-memory one.
 //!
 //! Both keep the same structures Sidekiq keeps in Redis (queue lists, `schedule`, `retry`
 //! and `dead` sorted sets, process hashes, stats) plus a per-process in-flight list for
@@ -13,9 +14,11 @@ use tokio::sync::Notify;
 
 use crate::error::BrokerError;
 
+pub mod cluster;
 pub mod memory;
 pub mod redis;
 
+pub use self::cluster::{ClusterBroker, ClusterConfig};
 pub use self::memory::MemoryBroker;
 pub use self::redis::{RedisBroker, RedisConfig};
 

@@ -51,7 +51,7 @@ impl Broker for RedisBroker {
             }
         }
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        pipe.cmd("MULTI").ignore();
         if !immediate.is_empty() {
             pipe.sadd(&keys.queues, immediate.keys().copied().collect::<Vec<_>>())
                 .ignore();
@@ -65,8 +65,7 @@ impl Broker for RedisBroker {
                 .ignore();
             pipe.publish(&keys.wake, "scheduled").ignore();
         }
-        pipe.query_async::<()>(&mut self.conn()).await?;
-        Ok(())
+        self.send_push(pipe).await
     }
 
     async fn fetch(
@@ -118,6 +117,7 @@ impl Broker for RedisBroker {
             .inner
             .scripts
             .unpark
+            .key(self.inner.keys.limits())
             .arg(&self.inner.keys.prefix)
             .arg(now)
             .arg(UNPARK_BATCH)
@@ -747,6 +747,7 @@ impl Broker for RedisBroker {
             .inner
             .scripts
             .remove_set_aside
+            .key(self.inner.keys.limits())
             .arg(&self.inner.keys.prefix)
             .arg(jid)
             .invoke_async(&mut self.conn())
@@ -877,6 +878,46 @@ fn script_args<'a>(
 }
 
 impl RedisBroker {
+    /// Marks `identity` alive here for `ttl`, as its heartbeat's process hash does where
+    /// the heartbeat is kept: a cluster's shards keep this mark for their own recovery
+    /// (`orphans`, `forget`) and their limits' sweep of dead processes' slots.
+    pub(crate) async fn mark_alive(
+        &self,
+        identity: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        let keys = &self.inner.keys;
+        let hash = keys.plain(identity);
+        let ttl = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        redis::pipe()
+            .sadd(&keys.fetchers, identity)
+            .ignore()
+            .hset(&hash, "beat", now())
+            .ignore()
+            .expire(&hash, ttl)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Sends a push's commands (`pipe`, begun with `MULTI`) as one transaction and, when
+    /// pushes wait for replicas, `WAIT`s after it on the same connection (inside the
+    /// transaction it would not wait).
+    async fn send_push(&self, mut pipe: redis::Pipeline) -> Result<(), BrokerError> {
+        pipe.cmd("EXEC").ignore();
+        let Some((wanted, timeout)) = self.inner.wait else {
+            pipe.query_async::<()>(&mut self.conn()).await?;
+            return Ok(());
+        };
+        pipe.cmd("WAIT").arg(wanted).arg(millis(timeout));
+        let (acked,): (usize,) = pipe.query_async(&mut self.conn()).await?;
+        if acked < wanted {
+            return Err(BrokerError::NotReplicated { acked, wanted });
+        }
+        Ok(())
+    }
+
     /// A call of a fetch script (`script`) taking up to `max` jobs from `queues` into the
     /// in-flight list of `process`; the limited fetch adds its own arguments.
     fn fetch_call<'a>(

@@ -21,6 +21,8 @@ pub struct RedisConfig {
     /// For `rediss://` URLs: a CA certificate (PEM) to trust instead of the system's trust
     /// store, as for a server with a self-signed certificate.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// Replicas each push waits for, and for how long: see [`RedisConfig::wait_for_replicas`].
+    pub wait_for_replicas: Option<(usize, Duration)>,
 }
 
 impl RedisConfig {
@@ -32,7 +34,19 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
             tls_ca_pem: None,
+            wait_for_replicas: None,
         }
+    }
+
+    /// Makes every push wait until `replicas` replicas have its writes (Redis `WAIT`), for
+    /// at most `timeout`. Replication is asynchronous: without this, a job acknowledged by
+    /// the master is lost if the master dies before a replica copies it and the replica
+    /// takes over. A push that `timeout` leaves short fails with
+    /// [`BrokerError::NotReplicated`](crate::BrokerError::NotReplicated); its jobs are queued
+    /// on the master all the same.
+    pub fn wait_for_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.wait_for_replicas = Some((replicas, timeout));
+        self
     }
 
     /// Trusts the CA certificate `pem` for `rediss://` connections.

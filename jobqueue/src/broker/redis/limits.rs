@@ -78,7 +78,7 @@ impl RedisBroker {
         if waiting.is_empty() {
             return Ok(());
         }
-        let mut call = self.inner.scripts.unpark_keys.prepare_invoke();
+        let mut call = self.inner.scripts.unpark_keys.key(self.inner.keys.limits());
         call.arg(&self.inner.keys.prefix).arg(waiting);
         call.invoke_async::<i64>(&mut self.conn()).await?;
         Ok(())

@@ -18,15 +18,20 @@ use crate::metrics;
 
 use super::super::{backoff, WakeupHub, MAX_BACKOFF};
 
-/// Follows the wake channel and wakes this process's workers; reconnects when the
-/// connection drops, waking everyone since a message may have been missed meanwhile.
-pub(super) async fn listen(client: redis::Client, channel: String, hub: Arc<WakeupHub>) {
+/// Follows the wake channels and wakes this process's workers; reconnects when the
+/// connection drops, through the next of `clients` (the nodes of a cluster, any of which
+/// hears every publication), waking everyone since a message may have been missed meanwhile.
+pub(crate) async fn listen(
+    clients: Vec<redis::Client>,
+    channels: Vec<String>,
+    hub: Arc<WakeupHub>,
+) {
     let mut delays = backoff();
     let mut connected_before = false;
-    loop {
+    for client in clients.iter().cycle() {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
-                if pubsub.subscribe(&channel).await.is_ok() {
+                if pubsub.subscribe(&channels).await.is_ok() {
                     if std::mem::replace(&mut connected_before, true) {
                         metrics::reconnected("wake");
                     }

@@ -1,9 +1,9 @@
 //! The Redis broker: Sidekiq's key layout, plus in-flight lists for reliable fetch.
 //!
-//! Split as redis-rs is: the connection and its settings here and in [`config`], the key
-//! layout in `keys`, payload bytes in `codec`, the wake-up channel in `listener`, and the
-//! protocol (which keys, which commands) in `commands`, per-key limits in `limits`, and the
-//! `.lua` scripts in `lua/`.
+//! Split as redis-rs is: the connection and its settings here, in [`config`] and in `conn`
+//! (one server or a cluster), the key layout in `keys`, payload bytes in `codec`, the
+//! wake-up channel in `listener`, and the protocol (which keys, which commands) in
+//! `commands`, per-key limits in `limits`, and the `.lua` scripts in `lua/`.
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
@@ -20,6 +20,7 @@ use crate::error::BrokerError;
 mod codec;
 mod commands;
 pub mod config;
+mod conn;
 mod keys;
 mod limits;
 mod listener;
@@ -27,8 +28,10 @@ mod listener;
 pub(crate) use self::codec::is_raw;
 use self::config::open_client;
 pub use self::config::RedisConfig;
+pub(crate) use self::conn::Conn;
 use self::keys::Keys;
-use self::listener::{listen, track, Tracker};
+pub(crate) use self::listener::listen;
+use self::listener::{track, Tracker};
 
 /// The limits' functions (`lua/limits.lua`) with a script that uses them.
 macro_rules! with_limits {
@@ -63,8 +66,10 @@ pub struct RedisBroker {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
+    /// Replicas each push waits for, and how long (`WAIT`).
+    wait: Option<(usize, Duration)>,
     scripts: Scripts,
     hub: Arc<WakeupHub>,
     tracker: Arc<Tracker>,
@@ -72,7 +77,7 @@ struct Inner {
     rtt_us: AtomicU64,
     /// Processes of this broker that had running jobs at their last heartbeat.
     busy_at_last_beat: Mutex<HashSet<String>>,
-    listeners: [JoinHandle<()>; 2],
+    listeners: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
@@ -108,8 +113,12 @@ impl RedisBroker {
         let keys = Keys::new(config.namespace.as_deref());
         let hub = Arc::new(WakeupHub::default());
         let tracker = Arc::new(Tracker::default());
-        let listeners = [
-            tokio::spawn(listen(client, keys.wake.clone(), Arc::clone(&hub))),
+        let listeners = vec![
+            tokio::spawn(listen(
+                vec![client.clone()],
+                vec![keys.wake.clone()],
+                Arc::clone(&hub),
+            )),
             tokio::spawn(track(
                 tracking,
                 keys.queue(""),
@@ -118,10 +127,47 @@ impl RedisBroker {
                 Arc::clone(&hub),
             )),
         ];
-        Ok(Self {
+        Ok(Self::assemble(
+            Conn::Single(conn),
+            keys,
+            config.wait_for_replicas,
+            hub,
+            tracker,
+            listeners,
+        ))
+    }
+
+    /// A broker on one slice of a cluster: every key under `namespace` (a hash tag, so all
+    /// of them in one slot), sharing `conn` and `hub` with the cluster broker that owns it,
+    /// which also listens for wake-ups; no key tracking (producers on a cluster notify).
+    pub(crate) fn slice(
+        conn: Conn,
+        namespace: &str,
+        wait: Option<(usize, Duration)>,
+        hub: Arc<WakeupHub>,
+    ) -> Self {
+        let keys = Keys::new(Some(namespace));
+        Self::assemble(conn, keys, wait, hub, Arc::default(), Vec::new())
+    }
+
+    /// The wake-up channel this broker's scripts publish on.
+    pub(crate) fn wake_channel(&self) -> &str {
+        &self.inner.keys.wake
+    }
+
+    fn assemble(
+        conn: Conn,
+        keys: Keys,
+        wait: Option<(usize, Duration)>,
+        hub: Arc<WakeupHub>,
+        tracker: Arc<Tracker>,
+        listeners: Vec<JoinHandle<()>>,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 conn,
                 keys,
+                wait,
                 scripts: Scripts {
                     fetch: Script::new(include_str!("lua/fetch.lua")),
                     fetch_limited: Script::new(with_limits!("lua/fetch_limited.lua")),
@@ -144,10 +190,10 @@ impl RedisBroker {
                 busy_at_last_beat: Mutex::default(),
                 listeners,
             }),
-        })
+        }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 }

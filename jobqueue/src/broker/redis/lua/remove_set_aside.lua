@@ -1,8 +1,8 @@
 -- Removes the job with jid ARGV[2] from the jobs set aside under limit keys (namespace
 -- ARGV[1], layout in limits.lua), forgetting a key left with none. Returns the key it
--- waited under, or nil.
+-- waited under, or nil. KEYS[1] is the index of limit keys, ARGV[1] .. 'jobqueue:limits'.
 local ns = ARGV[1]
-local index = ns .. 'jobqueue:limits'
+local index = KEYS[1]
 local needle = '"jid":"' .. ARGV[2] .. '"'
 for _, key in ipairs(redis.call('ZRANGE', index, 0, -1)) do
   local list = ns .. 'jobqueue:parked:' .. key

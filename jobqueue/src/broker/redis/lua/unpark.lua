@@ -2,8 +2,10 @@
 -- many as each key's limit has room for; looks at up to ARGV[3] keys. A key still without
 -- room is looked at again when it may have some; a concurrency key with jobs left, after a
 -- lease (ARGV[4] seconds), in case no release comes. Returns how many jobs came back.
+-- KEYS[1] is the index of limit keys, ARGV[1] .. 'jobqueue:limits' (named, so that a
+-- cluster sends the call to the node holding the namespace).
 local ns, now, max, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local index = ns .. 'jobqueue:limits'
+local index = KEYS[1]
 local moved = 0
 for _, key in ipairs(redis.call('ZRANGE', index, '-inf', now, 'BYSCORE', 'LIMIT', 0, max)) do
   local oldest = redis.call('LINDEX', ns .. 'jobqueue:parked:' .. key, -1)

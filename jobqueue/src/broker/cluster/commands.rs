@@ -1,0 +1,463 @@
+//! Each [`Broker`] method over the shards: routed to one shard where the job or key says
+//! which, to the home for processes and stats, and fanned out (then summed or merged)
+//! where an answer spans the cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::try_join_all;
+
+use super::ClusterBroker;
+use crate::broker::{
+    BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans, ProcessEntry,
+    Push, Settle, SortedSet, Stats, Wakeups,
+};
+use crate::error::BrokerError;
+
+impl ClusterBroker {
+    /// `call` on every shard at once, the answers in shard order.
+    async fn on_all<'a, T, F, Fut>(&'a self, call: F) -> Result<Vec<T>, BrokerError>
+    where
+        F: Fn(&'a crate::broker::RedisBroker) -> Fut,
+        Fut: Future<Output = Result<T, BrokerError>>,
+    {
+        try_join_all(self.inner.shards.iter().map(call)).await
+    }
+
+    /// The shards in turn from the next starting point, so that successive fetches and
+    /// scheduler rounds begin on different shards and none is favoured.
+    fn rotation(&self) -> impl Iterator<Item = usize> {
+        let count = self.inner.shards.len();
+        let start = self
+            .inner
+            .next_fetch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (0..count).map(move |k| (start + k) % count)
+    }
+
+    /// Groups `items` by the shard holding each job in flight (`payload_of`); a job this
+    /// process does not know goes to every shard, where the scripts find it or do nothing.
+    fn by_holder<'a, T>(
+        &self,
+        items: &'a [T],
+        payload_of: impl Fn(&T) -> &str,
+    ) -> BTreeMap<usize, Vec<usize>> {
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            match self.release(payload_of(item)) {
+                Some(shard) => groups.entry(shard).or_default().push(i),
+                None => {
+                    for shard in 0..self.inner.shards.len() {
+                        groups.entry(shard).or_default().push(i);
+                    }
+                }
+            }
+        }
+        groups
+    }
+
+    /// Merges each shard's first `offset + count` entries by `key` and keeps `count` from
+    /// `offset`.
+    fn merged<T, K: PartialOrd>(
+        pages: Vec<Vec<T>>,
+        offset: usize,
+        count: usize,
+        key: impl Fn(&T) -> K,
+    ) -> Vec<T> {
+        let mut all: Vec<T> = pages.into_iter().flatten().collect();
+        all.sort_by(|a, b| {
+            key(a)
+                .partial_cmp(&key(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        all.into_iter().skip(offset).take(count).collect()
+    }
+}
+
+/// When a waiting job was enqueued (its `enqueued_at`, or its `created_at`), to order jobs
+/// of several shards as one queue.
+fn enqueued_at(payload: &str) -> f64 {
+    #[derive(serde::Deserialize)]
+    struct Times {
+        enqueued_at: Option<f64>,
+        created_at: Option<f64>,
+    }
+    serde_json::from_str::<Times>(payload)
+        .ok()
+        .and_then(|t| t.enqueued_at.or(t.created_at))
+        .unwrap_or(f64::MAX)
+}
+
+#[async_trait]
+impl Broker for ClusterBroker {
+    async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError> {
+        let mut groups: BTreeMap<usize, Vec<Push>> = BTreeMap::new();
+        for job in jobs {
+            groups
+                .entry(self.shard_for(job))
+                .or_default()
+                .push(job.clone());
+        }
+        let shards = &self.inner.shards;
+        try_join_all(groups.iter().map(|(&s, jobs)| shards[s].push(jobs))).await?;
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        process: &str,
+        queues: &[String],
+        max: usize,
+        lease: Option<Duration>,
+    ) -> Result<Vec<Fetched>, BrokerError> {
+        let mut taken = Vec::new();
+        for shard in self.rotation() {
+            if taken.len() >= max {
+                break;
+            }
+            let more = self.inner.shards[shard]
+                .fetch(process, queues, max - taken.len(), lease)
+                .await?;
+            self.hold(shard, more.iter().map(|f| f.payload.as_str()));
+            taken.extend(more);
+        }
+        Ok(taken)
+    }
+
+    async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError> {
+        let moved = self.on_all(|s| s.unpark_due(now, lease)).await?;
+        Ok(moved.into_iter().sum())
+    }
+
+    async fn limits(&self) -> Result<Vec<LimitEntry>, BrokerError> {
+        let mut merged: BTreeMap<String, LimitEntry> = BTreeMap::new();
+        for entry in self.on_all(|s| s.limits()).await?.into_iter().flatten() {
+            match merged.get_mut(&entry.key) {
+                Some(seen) => {
+                    seen.held += entry.held;
+                    seen.parked += entry.parked;
+                    seen.next_look = seen.next_look.min(entry.next_look);
+                }
+                None => {
+                    merged.insert(entry.key.clone(), entry);
+                }
+            }
+        }
+        Ok(merged.into_values().collect())
+    }
+
+    async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError> {
+        let groups = self.by_holder(payloads, String::as_str);
+        let shards = &self.inner.shards;
+        try_join_all(groups.into_iter().map(|(s, indices)| async move {
+            let mine: Vec<String> = indices.iter().map(|&i| payloads[i].clone()).collect();
+            shards[s].ack(process, &mine).await
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn batch_add(
+        &self,
+        bid: &str,
+        description: &str,
+        callbacks: &BatchCallbacks,
+        jids: &[String],
+    ) -> Result<(), BrokerError> {
+        self.shard_by_key(bid)
+            .batch_add(bid, description, callbacks, jids)
+            .await
+    }
+
+    async fn batch_done(&self, bid: &str, jid: &str, succeeded: bool) -> Result<bool, BrokerError> {
+        self.shard_by_key(bid).batch_done(bid, jid, succeeded).await
+    }
+
+    async fn batch_status(&self, bid: &str) -> Result<Option<BatchStatus>, BrokerError> {
+        self.shard_by_key(bid).batch_status(bid).await
+    }
+
+    async fn mark_cancelled(&self, jid: &str, ttl: Duration) -> Result<(), BrokerError> {
+        self.inner.home.mark_cancelled(jid, ttl).await
+    }
+
+    async fn cancelled_among(&self, jids: &[String]) -> Result<Vec<String>, BrokerError> {
+        self.inner.home.cancelled_among(jids).await
+    }
+
+    async fn ack_then(
+        &self,
+        process: &str,
+        payload: &str,
+        then: &[Push],
+    ) -> Result<bool, BrokerError> {
+        // The follow-ups go to the finished job's shard, in its script: atomic there.
+        let candidates: Vec<usize> = match self.release(payload) {
+            Some(shard) => vec![shard],
+            None => (0..self.inner.shards.len()).collect(),
+        };
+        for shard in candidates {
+            if self.inner.shards[shard]
+                .ack_then(process, payload, then)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn settle_many(
+        &self,
+        process: &str,
+        moves: &[(String, Settle)],
+    ) -> Result<Vec<bool>, BrokerError> {
+        let groups = self.by_holder(moves, |(payload, _)| payload.as_str());
+        let shards = &self.inner.shards;
+        let answers = try_join_all(groups.into_iter().map(|(s, indices)| async move {
+            let mine: Vec<(String, Settle)> = indices.iter().map(|&i| moves[i].clone()).collect();
+            let moved = shards[s].settle_many(process, &mine).await?;
+            Ok::<_, BrokerError>((indices, moved))
+        }))
+        .await?;
+        let mut moved = vec![false; moves.len()];
+        for (indices, answer) in answers {
+            for (i, m) in indices.into_iter().zip(answer) {
+                moved[i] |= m;
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn take_due(
+        &self,
+        process: &str,
+        set: SortedSet,
+        now: f64,
+        limit: usize,
+    ) -> Result<Vec<(f64, String)>, BrokerError> {
+        let mut taken = Vec::new();
+        for shard in self.rotation() {
+            if taken.len() >= limit {
+                break;
+            }
+            let more = self.inner.shards[shard]
+                .take_due(process, set, now, limit - taken.len())
+                .await?;
+            self.hold(shard, more.iter().map(|(_, p)| p.as_str()));
+            taken.extend(more);
+        }
+        Ok(taken)
+    }
+
+    async fn next_due(&self) -> Result<Option<f64>, BrokerError> {
+        let firsts = self.on_all(|s| s.next_due()).await?;
+        Ok(firsts.into_iter().flatten().reduce(f64::min))
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError> {
+        // Each shard keeps a mark of the live processes for its own recovery and limits.
+        self.on_all(|s| s.mark_alive(&beat.identity, beat.ttl))
+            .await?;
+        self.inner.home.heartbeat(beat).await
+    }
+
+    async fn unregister(&self, identity: &str) -> Result<(), BrokerError> {
+        self.inner.home.unregister(identity).await?;
+        self.on_all(|s| s.unregister(identity)).await?;
+        Ok(())
+    }
+
+    async fn orphans(&self, except: &str) -> Result<Vec<Orphans>, BrokerError> {
+        let mut merged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (shard, orphans) in self
+            .on_all(|s| s.orphans(except))
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            for orphan in orphans {
+                self.hold(shard, orphan.payloads.iter().map(String::as_str));
+                merged
+                    .entry(orphan.identity)
+                    .or_default()
+                    .extend(orphan.payloads);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(identity, payloads)| Orphans { identity, payloads })
+            .collect())
+    }
+
+    async fn forget(&self, identity: &str) -> Result<(), BrokerError> {
+        self.on_all(|s| s.forget(identity)).await?;
+        self.inner.home.forget(identity).await
+    }
+
+    async fn in_flight(&self, process: &str) -> Result<Vec<String>, BrokerError> {
+        let mut all = Vec::new();
+        for (shard, payloads) in self
+            .on_all(|s| s.in_flight(process))
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            self.hold(shard, payloads.iter().map(String::as_str));
+            all.extend(payloads);
+        }
+        Ok(all)
+    }
+
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        let all: BTreeSet<String> = self
+            .on_all(|s| s.queues())
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(all.into_iter().collect())
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<usize, BrokerError> {
+        Ok(self.on_all(|s| s.queue_len(queue)).await?.into_iter().sum())
+    }
+
+    async fn queue_oldest(&self, queue: &str) -> Result<Option<String>, BrokerError> {
+        let oldest = self.on_all(|s| s.queue_oldest(queue)).await?;
+        Ok(Self::merged(
+            oldest.into_iter().map(Vec::from_iter).collect(),
+            0,
+            1,
+            |p| enqueued_at(p),
+        )
+        .pop())
+    }
+
+    async fn queue_range(
+        &self,
+        queue: &str,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<String>, BrokerError> {
+        let pages = self
+            .on_all(|s| s.queue_range(queue, 0, offset.saturating_add(count)))
+            .await?;
+        Ok(Self::merged(pages, offset, count, |p| enqueued_at(p)))
+    }
+
+    async fn set_len(&self, set: SortedSet) -> Result<usize, BrokerError> {
+        Ok(self.on_all(|s| s.set_len(set)).await?.into_iter().sum())
+    }
+
+    async fn set_range(
+        &self,
+        set: SortedSet,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<(f64, String)>, BrokerError> {
+        let pages = self
+            .on_all(|s| s.set_range(set, 0, offset.saturating_add(count)))
+            .await?;
+        Ok(Self::merged(pages, offset, count, |(score, _)| *score))
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessEntry>, BrokerError> {
+        self.inner.home.processes().await
+    }
+
+    async fn stats(&self) -> Result<Stats, BrokerError> {
+        self.inner.home.stats().await
+    }
+
+    async fn lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError> {
+        self.shard_by_key(key).lock(key, owner, ttl).await
+    }
+
+    async fn lock_force(&self, key: &str, owner: &str, ttl: Duration) -> Result<(), BrokerError> {
+        self.shard_by_key(key).lock_force(key, owner, ttl).await
+    }
+
+    async fn lock_holder(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        self.shard_by_key(key).lock_holder(key).await
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, BrokerError> {
+        self.shard_by_key(key).unlock(key, owner).await
+    }
+
+    async fn pause(&self, queue: &str, until: Option<f64>) -> Result<(), BrokerError> {
+        // Each shard's fetch reads its own copy.
+        self.on_all(|s| s.pause(queue, until)).await?;
+        Ok(())
+    }
+
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        self.on_all(|s| s.resume(queue)).await?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Vec<(String, Option<f64>)>, BrokerError> {
+        // A queue paused on any shard is paused, until the latest of its shards resumes.
+        let mut merged: BTreeMap<String, Option<f64>> = BTreeMap::new();
+        for (queue, until) in self.on_all(|s| s.paused()).await?.into_iter().flatten() {
+            let latest = merged.entry(queue).or_insert(until);
+            *latest = match (*latest, until) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    async fn remove_job(&self, queue: &str, jid: &str) -> Result<bool, BrokerError> {
+        let removed = self.on_all(|s| s.remove_job(queue, jid)).await?;
+        Ok(removed.into_iter().any(|r| r))
+    }
+
+    async fn remove_set_aside(&self, jid: &str) -> Result<Option<String>, BrokerError> {
+        let removed = self.on_all(|s| s.remove_set_aside(jid)).await?;
+        Ok(removed.into_iter().flatten().next())
+    }
+
+    fn subscribe(&self) -> Arc<Wakeups> {
+        self.inner.hub.subscribe()
+    }
+
+    async fn signal(&self, identity: &str, signal: &str) -> Result<(), BrokerError> {
+        self.inner.home.signal(identity, signal).await
+    }
+
+    async fn move_entry(
+        &self,
+        set: SortedSet,
+        payload: &str,
+        to: Settle,
+    ) -> Result<bool, BrokerError> {
+        // Only the shard holding the entry moves it, within that shard.
+        let moved = self
+            .on_all(|s| s.move_entry(set, payload, to.clone()))
+            .await?;
+        Ok(moved.into_iter().any(|m| m))
+    }
+
+    async fn clear(&self, queue: &str) -> Result<usize, BrokerError> {
+        Ok(self.on_all(|s| s.clear(queue)).await?.into_iter().sum())
+    }
+
+    async fn publish_periodic(&self, schedules: &[(String, String)]) -> Result<(), BrokerError> {
+        self.inner.home.publish_periodic(schedules).await
+    }
+
+    async fn periodic(&self) -> Result<Vec<(String, String)>, BrokerError> {
+        self.inner.home.periodic().await
+    }
+}
