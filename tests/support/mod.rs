@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod heartbeat;
 pub mod jobs;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod scripted_http;
 pub mod ticks;
@@ -12,14 +13,27 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobqueue::{Broker, MemoryBroker, RedisBroker, WorkerBuilder, WorkerConfig};
+use jobqueue::{
+    Broker, ClusterBroker, ClusterConfig, MemoryBroker, RedisBroker, WorkerBuilder, WorkerConfig,
+};
 
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
+
+/// A queue whose tests need first in, first out across the whole queue, which a cluster
+/// keeps only within a shard: the cluster backend keeps it on one.
+pub const ORDERED: &str = "ordered";
+
+/// The cluster backend's settings: [`ORDERED`] on one shard.
+fn cluster_config(cluster: &RedisCluster) -> ClusterConfig {
+    ClusterConfig::new(&cluster.urls()).queue_shards(ORDERED, 1)
+}
 
 /// A broker under test, with the Redis server behind it when there is one.
 pub struct Backend {
     pub broker: Arc<dyn Broker>,
     pub server: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
 }
 
 impl Backend {
@@ -27,6 +41,7 @@ impl Backend {
         Self {
             broker: Arc::new(MemoryBroker::new()),
             server: None,
+            cluster: None,
         }
     }
 
@@ -38,19 +53,41 @@ impl Backend {
         Self {
             broker: Arc::new(broker),
             server: Some(server),
+            cluster: None,
+        }
+    }
+
+    /// A cluster of three masters with a replica each, and a broker spreading its queues
+    /// over it, but for [`ORDERED`], kept on one shard.
+    pub async fn cluster() -> Self {
+        let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+            .await
+            .expect("start a redis cluster");
+        let broker = ClusterBroker::connect_with(cluster_config(&cluster))
+            .await
+            .expect("connect to the test's redis cluster");
+        Self {
+            broker: Arc::new(broker),
+            server: None,
+            cluster: Some(cluster),
         }
     }
 
     /// Another handle on the same store, with its own connection on Redis, as another
     /// process would have.
     pub async fn another_broker(&self) -> Arc<dyn Broker> {
-        match &self.server {
-            Some(server) => Arc::new(
+        match (&self.server, &self.cluster) {
+            (Some(server), _) => Arc::new(
                 RedisBroker::connect(&server.url())
                     .await
                     .expect("connect to the test's redis-server"),
             ),
-            None => Arc::clone(&self.broker),
+            (_, Some(cluster)) => Arc::new(
+                ClusterBroker::connect_with(cluster_config(cluster))
+                    .await
+                    .expect("connect to the test's redis cluster"),
+            ),
+            _ => Arc::clone(&self.broker),
         }
     }
 
@@ -144,6 +181,23 @@ macro_rules! on_both_brokers {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::support::Backend::redis().await).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Runs the conformance body `$name(Backend)` once on each broker: in memory, on one Redis
+/// and on a Redis Cluster.
+#[macro_export]
+macro_rules! on_every_broker {
+    ($($name:ident),* $(,)?) => {
+        on_both_brokers!($($name),*);
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::support::Backend::cluster().await).await;
                 }
             )*
         }

@@ -13,7 +13,7 @@ use futures_util::future::try_join_all;
 use super::ClusterBroker;
 use crate::broker::{
     BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans, ProcessEntry,
-    Push, Settle, SortedSet, Stats, Wakeups,
+    Push, Settle, SortedSet, Stats, Wakeups, DEAD_MAX_JOBS,
 };
 use crate::error::BrokerError;
 
@@ -57,6 +57,39 @@ impl ClusterBroker {
             }
         }
         groups
+    }
+
+    /// Trims the dead sets to [`DEAD_MAX_JOBS`] together, as one set: each shard trims its
+    /// own to that many (and by age) as a job dies there, and this drops the oldest over
+    /// all of them. Deaths are rare, so its round trips are too.
+    async fn trim_dead(&self) -> Result<(), BrokerError> {
+        let sizes = self.on_all(|s| s.set_len(SortedSet::Dead)).await?;
+        let excess = sizes.iter().sum::<usize>().saturating_sub(DEAD_MAX_JOBS);
+        if excess == 0 {
+            return Ok(());
+        }
+        let oldest = self
+            .on_all(|s| s.set_range(SortedSet::Dead, 0, excess))
+            .await?;
+        let mut tagged: Vec<(f64, usize, String)> = oldest
+            .into_iter()
+            .enumerate()
+            .flat_map(|(shard, page)| page.into_iter().map(move |(at, p)| (at, shard, p)))
+            .collect();
+        tagged.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let shards = &self.inner.shards;
+        try_join_all(
+            tagged
+                .into_iter()
+                .take(excess)
+                .map(|(_, shard, payload)| async move {
+                    shards[shard]
+                        .move_entry(SortedSet::Dead, &payload, Settle::Discard)
+                        .await
+                }),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Merges each shard's first `offset + count` entries by `key` and keeps `count` from
@@ -113,16 +146,21 @@ impl Broker for ClusterBroker {
         max: usize,
         lease: Option<Duration>,
     ) -> Result<Vec<Fetched>, BrokerError> {
+        // Level by level: the first queue on every shard, then the first two, and so on, so
+        // that a queue's jobs on any shard go before a later queue's (strict and weighted
+        // orders hold across shards). A busy first queue fills a fetch in one call.
         let mut taken = Vec::new();
-        for shard in self.rotation() {
-            if taken.len() >= max {
-                break;
+        for level in 1..=queues.len() {
+            for shard in self.rotation() {
+                if taken.len() >= max {
+                    return Ok(taken);
+                }
+                let more = self.inner.shards[shard]
+                    .fetch(process, &queues[..level], max - taken.len(), lease)
+                    .await?;
+                self.hold(shard, more.iter().map(|f| f.payload.as_str()));
+                taken.extend(more);
             }
-            let more = self.inner.shards[shard]
-                .fetch(process, queues, max - taken.len(), lease)
-                .await?;
-            self.hold(shard, more.iter().map(|f| f.payload.as_str()));
-            taken.extend(more);
         }
         Ok(taken)
     }
@@ -228,6 +266,12 @@ impl Broker for ClusterBroker {
             for (i, m) in indices.into_iter().zip(answer) {
                 moved[i] |= m;
             }
+        }
+        if moves
+            .iter()
+            .any(|(_, to)| matches!(to, Settle::Dead { .. }))
+        {
+            self.trim_dead().await?;
         }
         Ok(moved)
     }
@@ -443,9 +487,13 @@ impl Broker for ClusterBroker {
         to: Settle,
     ) -> Result<bool, BrokerError> {
         // Only the shard holding the entry moves it, within that shard.
+        let dies = matches!(to, Settle::Dead { .. });
         let moved = self
             .on_all(|s| s.move_entry(set, payload, to.clone()))
             .await?;
+        if dies {
+            self.trim_dead().await?;
+        }
         Ok(moved.into_iter().any(|m| m))
     }
 

@@ -175,6 +175,7 @@ impl ClusterBroker {
         let recorded = format!("{{{base}}}:jobqueue:shards");
         let _: bool = conn.set_nx(&recorded, count).await?;
         let count: usize = conn.get(&recorded).await?;
+        let count = count.max(1);
         let hub = Arc::new(WakeupHub::default());
         let slice = |tag: String| {
             RedisBroker::slice(
@@ -184,10 +185,7 @@ impl ClusterBroker {
                 Arc::clone(&hub),
             )
         };
-        let shards: Vec<RedisBroker> = shard_tags(base, count.max(1))
-            .into_iter()
-            .map(slice)
-            .collect();
+        let shards: Vec<RedisBroker> = shard_tags(base, count).into_iter().map(slice).collect();
         let home = slice(format!("{{{base}}}"));
         let mut channels: Vec<String> =
             shards.iter().map(|s| s.wake_channel().to_owned()).collect();

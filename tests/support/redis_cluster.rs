@@ -1,0 +1,272 @@
+//! A private Redis Cluster on loopback: three masters with one replica each, from
+//! `redis-server --cluster-enabled yes`, joined by `redis-cli --cluster create`, stopped when
+//! dropped. Tests may kill a master (its replica takes over) and move slots between masters.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::redis_server::free_port;
+
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+struct Node {
+    port: u16,
+    bus: u16,
+    child: Option<Child>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes and joins them as three masters with a replica each; returns once
+    /// every node sees all slots served and every replica is in sync.
+    pub fn start() -> Self {
+        let first = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("jobqueue-cluster-{}-{first}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a directory for the cluster");
+        let mut cluster = Self {
+            dir,
+            nodes: Vec::new(),
+        };
+        for _ in 0..6 {
+            let node = Node {
+                port: free_port(),
+                bus: free_port(),
+                child: None,
+            };
+            cluster.nodes.push(node);
+            let i = cluster.nodes.len() - 1;
+            cluster.spawn(i);
+        }
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = redis_cli(
+            ["--cluster", "create"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(addresses)
+                .chain(["--cluster-replicas", "1", "--cluster-yes"].map(str::to_owned)),
+        );
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_until_healthy();
+        cluster
+    }
+
+    /// The seed nodes, as `ClusterBroker::connect` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The ports of the nodes that are masters now, with their node ids.
+    pub fn masters(&self) -> Vec<(u16, String)> {
+        let lines = self.cluster_nodes();
+        lines
+            .iter()
+            .filter(|l| l[2].contains("master") && !l[2].contains("fail"))
+            .map(|l| (port_of(&l[1]), l[0].clone()))
+            .collect()
+    }
+
+    /// The number of keys each master holds, by port.
+    pub fn keys_per_master(&self) -> Vec<(u16, u64)> {
+        self.masters()
+            .into_iter()
+            .map(|(port, _)| {
+                let size = cli(port, &["DBSIZE"]);
+                (port, size.trim().parse().unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// Commands each live master has run since it started (`INFO commandstats` summed).
+    pub fn commands_per_master(&self) -> Vec<(u16, u64)> {
+        self.masters()
+            .into_iter()
+            .map(|(port, _)| {
+                let stats = cli(port, &["INFO", "commandstats"]);
+                let calls = stats
+                    .lines()
+                    .filter_map(|l| l.split("calls=").nth(1))
+                    .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                    .sum();
+                (port, calls)
+            })
+            .collect()
+    }
+
+    /// Kills the master on `port` at once (SIGKILL); its replica takes over after the node
+    /// timeout. Returns once the cluster serves every slot again.
+    pub fn kill_master(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.wait_for(Duration::from_secs(60), "a replica to take over", |c| {
+            c.live_ports()
+                .into_iter()
+                .all(|p| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                && c.masters().len() == 3
+        });
+    }
+
+    /// Moves `slots` slots from the master on `from` to the master on `to`, keys and all, as
+    /// an operator's `redis-cli --cluster reshard` does.
+    pub fn reshard(&self, from: &str, to: &str, slots: usize) {
+        let seed = format!("127.0.0.1:{}", self.live_ports()[0]);
+        let out = redis_cli([
+            "--cluster".to_owned(),
+            "reshard".to_owned(),
+            seed,
+            "--cluster-from".to_owned(),
+            from.to_owned(),
+            "--cluster-to".to_owned(),
+            to.to_owned(),
+            "--cluster-slots".to_owned(),
+            slots.to_string(),
+            "--cluster-yes".to_owned(),
+        ]);
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// `CLUSTER NODES` of a live node, split into fields.
+    fn cluster_nodes(&self) -> Vec<Vec<String>> {
+        let port = self.live_ports()[0];
+        cli(port, &["CLUSTER", "NODES"])
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|f| f.len() >= 8)
+            .collect()
+    }
+
+    fn wait_until_healthy(&self) {
+        self.wait_for(Duration::from_secs(60), "the cluster to be ready", |c| {
+            c.live_ports().into_iter().all(|p| {
+                let info = cli(p, &["CLUSTER", "INFO"]);
+                let replication = cli(p, &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && info.contains("cluster_known_nodes:6")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            }) && c.masters().len() == 3
+        });
+    }
+
+    fn wait_for(&self, limit: Duration, what: &str, ready: impl Fn(&Self) -> bool) {
+        let start = Instant::now();
+        while !ready(self) {
+            assert!(
+                start.elapsed() < limit,
+                "gave up after {limit:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let child = Command::new("redis-server")
+            .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-port", &node.bus.to_string()])
+            .args(["--cluster-enabled", "yes"])
+            .args([
+                "--cluster-config-file",
+                &format!("nodes-{}.conf", node.port),
+            ])
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}). The tests need a real Redis: install it \
+                     with `apt-get install redis-server` (or run scripts/test, which does)"
+                )
+            });
+        node.child = Some(child);
+        let port = node.port;
+        let start = Instant::now();
+        while !cli(port, &["PING"]).contains("PONG") {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "cluster node on port {port} did not answer PING within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn port_of(address: &str) -> u16 {
+    // 127.0.0.1:7000@17000
+    address
+        .split('@')
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+fn redis_cli(args: impl IntoIterator<Item = String>) -> Output {
+    Command::new("redis-cli")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli (apt-get install redis-tools, which redis-server brings)")
+}
+
+/// One command through `redis-cli` to the node on `port`; its output, empty on failure.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = redis_cli(
+        ["-p".to_owned(), port.to_string()]
+            .into_iter()
+            .chain(args.iter().map(|a| (*a).to_owned())),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
