@@ -1,5 +1,6 @@
 //! A worker process for the crash tests:
-//! `jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]`.
+//! `jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]`; a list of URLs
+//! (`redis://a:1,b:2,...`) is a Redis Cluster's seed nodes.
 //! Runs tick jobs, each of which records its run by pushing to the `ran` queue (never
 //! consumed), sleeps, then records its completion to `done`; some hold unique locks.
 //!
@@ -9,7 +10,9 @@
 
 use std::time::Duration;
 
-use jobqueue::{MechanismConfig, Queues, RedisBroker, Worker};
+use std::sync::Arc;
+
+use jobqueue::{Broker, ClusterBroker, MechanismConfig, Queues, RedisBroker, Worker};
 
 #[path = "../support/ticks.rs"]
 mod ticks;
@@ -27,7 +30,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]")?;
     let concurrency: usize = args.next().unwrap_or_else(|| "10".into()).parse()?;
     let shutdown_ms: u64 = args.next().unwrap_or_else(|| "25000".into()).parse()?;
-    let broker = RedisBroker::connect(&url).await?;
+    let broker: Arc<dyn Broker> = match url.contains(',') {
+        true => ClusterBroker::connect(&url).await?.into(),
+        false => RedisBroker::connect(&url).await?.into(),
+    };
     Worker::builder(broker)
         .queues(Queues::strict(["ticks"]))
         .concurrency(concurrency)

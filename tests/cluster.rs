@@ -1,0 +1,323 @@
+//! Faults on a real Redis Cluster (three masters with a replica each, on loopback): `kill -9`
+//! of worker processes, a master killed under load and replaced by its replica, and slots
+//! moved between masters during a run. Each counts every job by number: none lost, and a
+//! job runs again only if it was under way when the fault struck.
+//!
+//! The conformance suite runs on a cluster too (`tests/conformance.rs`).
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobqueue::{Broker, BrokerError, Client, ClusterBroker, ClusterConfig, Envelope, Queues};
+use support::ticks::Tick;
+use support::{eventually, start, RedisCluster};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// How many times each job number appears in `queue` (the ticks' run records).
+async fn counts(broker: &ClusterBroker, queue: &str) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    for payload in broker.queue_range(queue, 0, usize::MAX / 2).await.unwrap() {
+        let n = Envelope::parse(&payload).unwrap().args[0]["n"]
+            .as_u64()
+            .unwrap();
+        *counts.entry(n).or_default() += 1;
+    }
+    counts
+}
+
+/// Jobs that ran more than once, and jobs that never completed.
+async fn repeated_and_lost(broker: &ClusterBroker, jobs: u64) -> (Vec<u64>, Vec<u64>) {
+    let ran = counts(broker, "ran").await;
+    let done = counts(broker, "done").await;
+    let repeated = ran
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| *n)
+        .collect();
+    let lost = (0..jobs).filter(|n| !done.contains_key(n)).collect();
+    (repeated, lost)
+}
+
+/// A broker whose pushes wait for a replica, so that no acknowledged job or run record is
+/// lost when a master dies.
+async fn durable(cluster: &RedisCluster) -> ClusterBroker {
+    let config = ClusterConfig::new(&cluster.urls()).wait_for_replicas(1, Duration::from_secs(5));
+    ClusterBroker::connect_with(config).await.unwrap()
+}
+
+/// An in-process worker on `broker` running ticks.
+fn tick_worker(broker: &ClusterBroker) -> support::Running {
+    start(
+        jobqueue::Worker::builder(broker.clone())
+            .config(support::fast_config())
+            .queues(Queues::strict(["ticks"]))
+            .concurrency(8)
+            .register::<Tick>(),
+    )
+}
+
+async fn enqueue_ticks(broker: &ClusterBroker, jobs: u64, millis: u64) {
+    let ticks: Vec<Tick> = (0..jobs).map(|n| Tick { n, millis }).collect();
+    Client::new(broker.clone())
+        .enqueue_bulk(&ticks)
+        .await
+        .unwrap();
+}
+
+/// Jobs that may run again after a fault: those with a run record by the end of the fault
+/// that had not completed before it began.
+async fn under_way(broker: &ClusterBroker, done_before: &HashSet<u64>) -> HashSet<u64> {
+    counts(broker, "ran")
+        .await
+        .into_keys()
+        .filter(|n| !done_before.contains(n))
+        .collect()
+}
+
+async fn done_now(broker: &ClusterBroker) -> HashSet<u64> {
+    counts(broker, "done").await.into_keys().collect()
+}
+
+fn assert_only_under_way(repeated: &[u64], under_way: &HashSet<u64>) {
+    let stray: Vec<_> = repeated.iter().filter(|n| !under_way.contains(n)).collect();
+    assert!(
+        stray.is_empty(),
+        "jobs ran twice that were not under way at the fault: {stray:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
+    const JOBS: u64 = 600;
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let broker = durable(&cluster).await;
+    enqueue_ticks(&broker, JOBS, 20).await;
+    let worker = tick_worker(&broker);
+    eventually(LIMIT, "the worker made progress", || async {
+        broker.queue_len("done").await.unwrap() >= 100
+    })
+    .await;
+
+    let done_before = done_now(&broker).await;
+    let victim = cluster.masters()[0].0;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.kill_master(victim);
+        cluster
+    })
+    .await
+    .unwrap();
+    let under_way = under_way(&broker, &done_before).await;
+    assert!(
+        done_before.len() < JOBS as usize,
+        "the master died while jobs were left"
+    );
+
+    eventually(LIMIT, "every job completed after the failover", || async {
+        matches!(broker.queue_len("done").await, Ok(n) if n >= JOBS as usize)
+            && done_now(&broker).await.len() == JOBS as usize
+    })
+    .await;
+    worker.stop().await;
+    let (repeated, lost) = repeated_and_lost(&broker, JOBS).await;
+    println!(
+        "jobs={JOBS} done_before_kill={} under_way={} repeated={} lost={}",
+        done_before.len(),
+        under_way.len(),
+        repeated.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert_only_under_way(&repeated, &under_way);
+    assert_eq!(broker.queue_len("ticks").await.unwrap(), 0);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_during_a_run_loses_no_job() {
+    const JOBS: u64 = 600;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let broker = ClusterBroker::connect(&cluster.urls()).await.unwrap();
+    enqueue_ticks(&broker, JOBS, 20).await;
+    let worker = tick_worker(&broker);
+    eventually(LIMIT, "the worker made progress", || async {
+        broker.queue_len("done").await.unwrap() >= 100
+    })
+    .await;
+
+    // Every slot of one master, its shard's among them, moves to another, keys and all.
+    let done_before = done_now(&broker).await;
+    let masters = cluster.masters();
+    let (from, to) = (masters[0].1.clone(), masters[1].1.clone());
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.reshard(&from, &to, 16384 / 3);
+        cluster
+    })
+    .await
+    .unwrap();
+    let under_way = under_way(&broker, &done_before).await;
+    assert!(
+        done_before.len() < JOBS as usize,
+        "the slots moved while jobs were left"
+    );
+    let keys = cluster.keys_per_master();
+    assert!(
+        keys.iter().any(|(_, n)| *n == 0),
+        "one master gave all its keys away: {keys:?}"
+    );
+
+    eventually(LIMIT, "every job completed after the reshard", || async {
+        done_now(&broker).await.len() == JOBS as usize
+    })
+    .await;
+    worker.stop().await;
+    let (repeated, lost) = repeated_and_lost(&broker, JOBS).await;
+    println!(
+        "jobs={JOBS} done_before_reshard={} repeated={} lost={}",
+        done_before.len(),
+        repeated.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert_only_under_way(&repeated, &under_way);
+    assert_eq!(broker.queue_len("ticks").await.unwrap(), 0);
+}
+
+fn spawn_worker(urls: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_jobqueue-test-worker"))
+        .args([urls, "8", "25000"])
+        .spawn()
+        .expect("start the test worker")
+}
+
+/// The identity of the worker process `child`, once it has registered.
+async fn identity_of(broker: &ClusterBroker, child: &Child) -> String {
+    let needle = format!(":{}:", child.id());
+    let mut found = None;
+    eventually(LIMIT, "the worker registered", || async {
+        found = broker
+            .processes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.identity)
+            .find(|i| i.contains(&needle));
+        found.is_some()
+    })
+    .await;
+    found.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_of_workers_loses_no_job_on_a_cluster() {
+    const JOBS: u64 = 300;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let urls = cluster.urls();
+    let broker = ClusterBroker::connect(&urls).await.unwrap();
+    enqueue_ticks(&broker, JOBS, 30).await;
+
+    let mut held_at_kills = HashSet::new();
+    for round in 1..=3usize {
+        let mut victim = spawn_worker(&urls);
+        let identity = identity_of(&broker, &victim).await;
+        eventually(LIMIT, "the worker made progress", || async {
+            broker.queue_len("done").await.unwrap() >= round * 40
+        })
+        .await;
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        // What it held, from its in-flight lists on every shard; then it is declared dead.
+        let held = broker.in_flight(&identity).await.unwrap();
+        assert!(!held.is_empty(), "the worker held jobs when it was killed");
+        held_at_kills.extend(
+            held.iter()
+                .map(|p| Envelope::parse(p).unwrap().args[0]["n"].as_u64().unwrap()),
+        );
+        broker.unregister(&identity).await.unwrap();
+    }
+
+    let mut survivor = spawn_worker(&urls);
+    eventually(LIMIT, "every job completed", || async {
+        done_now(&broker).await.len() == JOBS as usize
+    })
+    .await;
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
+    let (repeated, lost) = repeated_and_lost(&broker, JOBS).await;
+    println!(
+        "jobs={JOBS} kills=3 repeated={} lost={} held_at_kills={}",
+        repeated.len(),
+        lost.len(),
+        held_at_kills.len()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert_only_under_way(&repeated, &held_at_kills);
+    assert_eq!(broker.queue_len("ticks").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_waits_for_replicas_and_says_when_they_fall_short() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let tick = Tick { n: 1, millis: 0 };
+    // One replica per master: a push waiting for it succeeds.
+    let one = durable(&cluster).await;
+    Client::new(one.clone()).enqueue(&tick).await.unwrap();
+    // Two are never there: the push is refused as unconfirmed, and its job is queued.
+    let config =
+        ClusterConfig::new(&cluster.urls()).wait_for_replicas(2, Duration::from_millis(200));
+    let two: Arc<dyn Broker> = ClusterBroker::connect_with(config).await.unwrap().into();
+    let err = Client::new(Arc::clone(&two))
+        .enqueue(&tick)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            jobqueue::Error::Broker(BrokerError::NotReplicated {
+                acked: 1,
+                wanted: 2
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(one.queue_len("ticks").await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_spread_over_every_master() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let broker = ClusterBroker::connect(&cluster.urls()).await.unwrap();
+    assert_eq!(broker.shard_count(), 3, "one shard per master by default");
+    let before = cluster.commands_per_master();
+    enqueue_ticks(&broker, 3000, 0).await;
+    let after = cluster.commands_per_master();
+    let pushes: Vec<u64> = after
+        .iter()
+        .map(|(port, n)| n - before.iter().find(|(p, _)| p == port).map_or(0, |b| b.1))
+        .collect();
+    println!("commands per master for 3000 pushes: {pushes:?}");
+    assert_eq!(pushes.len(), 3);
+    let (least, most) = (pushes.iter().min().unwrap(), pushes.iter().max().unwrap());
+    assert!(
+        *least > 0 && most / least < 2,
+        "every master served a like share: {pushes:?}"
+    );
+    assert_eq!(broker.queue_len("ticks").await.unwrap(), 3000);
+    // The jobs themselves: a third on each master.
+    let keys = cluster.keys_per_master();
+    assert!(keys.iter().all(|(_, n)| *n > 0), "{keys:?}");
+}
