@@ -94,7 +94,8 @@ fn assert_only_under_way(repeated: &[u64], under_way: &HashSet<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
     const JOBS: u64 = 600;
-    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
+    // Two replicas each: the replica that takes over still has one to confirm pushes.
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start_with_replicas(2))
         .await
         .unwrap();
     let broker = durable(&cluster).await;
@@ -201,19 +202,15 @@ fn spawn_worker(urls: &str) -> Child {
 /// The identity of the worker process `child`, once it has registered.
 async fn identity_of(broker: &ClusterBroker, child: &Child) -> String {
     let needle = format!(":{}:", child.id());
-    let mut found = None;
-    eventually(LIMIT, "the worker registered", || async {
-        found = broker
-            .processes()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.identity)
-            .find(|i| i.contains(&needle));
-        found.is_some()
-    })
-    .await;
-    found.unwrap_or_default()
+    let start = std::time::Instant::now();
+    loop {
+        let processes = broker.processes().await.unwrap();
+        if let Some(p) = processes.into_iter().find(|p| p.identity.contains(&needle)) {
+            return p.identity;
+        }
+        assert!(start.elapsed() < LIMIT, "the worker never registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,11 @@ impl RedisCluster {
     /// Starts six nodes and joins them as three masters with a replica each; returns once
     /// every node sees all slots served and every replica is in sync.
     pub fn start() -> Self {
+        Self::start_with_replicas(1)
+    }
+
+    /// Starts three masters with `replicas` replicas each.
+    pub fn start_with_replicas(replicas: usize) -> Self {
         let first = free_port();
         let dir =
             std::env::temp_dir().join(format!("jobqueue-cluster-{}-{first}", std::process::id()));
@@ -31,7 +36,7 @@ impl RedisCluster {
             dir,
             nodes: Vec::new(),
         };
-        for _ in 0..6 {
+        for _ in 0..3 * (1 + replicas) {
             let node = Node {
                 port: free_port(),
                 bus: free_port(),
@@ -51,7 +56,11 @@ impl RedisCluster {
                 .into_iter()
                 .map(str::to_owned)
                 .chain(addresses)
-                .chain(["--cluster-replicas", "1", "--cluster-yes"].map(str::to_owned)),
+                .chain([
+                    "--cluster-replicas".to_owned(),
+                    replicas.to_string(),
+                    "--cluster-yes".to_owned(),
+                ]),
         );
         assert!(
             out.status.success(),
@@ -177,7 +186,7 @@ impl RedisCluster {
                 let replication = cli(p, &["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
-                    && info.contains("cluster_known_nodes:6")
+                    && info.contains(&format!("cluster_known_nodes:{}", c.nodes.len()))
                     && (replication.contains("role:master")
                         || replication.contains("master_link_status:up"))
             }) && c.masters().len() == 3

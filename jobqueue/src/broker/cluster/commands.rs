@@ -40,9 +40,9 @@ impl ClusterBroker {
 
     /// Groups `items` by the shard holding each job in flight (`payload_of`); a job this
     /// process does not know goes to every shard, where the scripts find it or do nothing.
-    fn by_holder<'a, T>(
+    fn by_holder<T>(
         &self,
-        items: &'a [T],
+        items: &[T],
         payload_of: impl Fn(&T) -> &str,
     ) -> BTreeMap<usize, Vec<usize>> {
         let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();

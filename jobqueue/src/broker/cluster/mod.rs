@@ -12,6 +12,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -158,9 +159,13 @@ impl ClusterBroker {
             url: config.nodes.join(","),
             reason: e.to_string(),
         };
+        // A node that refuses a few reconnections is dropped, so that the next command for
+        // its slots reads the topology afresh and finds the replica that took over (left
+        // to retry forever, the client would keep waiting on the dead address).
         let client = ClusterClientBuilder::new(config.nodes.clone())
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.response_timeout)
+            .max_connection_attempts(NonZeroUsize::MIN.saturating_add(2))
             .build()
             .map_err(invalid)?;
         let conn = tokio::time::timeout(config.connect_timeout * 2, client.get_async_connection())
