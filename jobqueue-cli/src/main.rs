@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
 use jobqueue::admin::SetEntry;
-use jobqueue::{Admin, Client, Envelope, RedisBroker, RedisConfig, SortedSet};
+use std::sync::Arc;
+
+use jobqueue::{Admin, Client, Envelope, SortedSet};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -21,7 +23,7 @@ use serde_json::{json, Value};
     about = "Look at and act on a jobqueue (or Sidekiq) Redis"
 )]
 struct Cli {
-    /// The Redis URL.
+    /// The Redis URL; several nodes (`redis://a:7000,b:7000`) are a Redis Cluster's.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis: String,
     /// The key namespace, if the workers use one.
@@ -179,12 +181,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut config = RedisConfig::new(cli.redis.clone());
-    if let Some(namespace) = &cli.namespace {
-        config = config.namespace(namespace.clone());
-    }
-    let broker = RedisBroker::connect_with(config).await?;
-    let admin = Admin::new(broker.clone());
+    let broker = jobqueue::broker::connect(&cli.redis, cli.namespace.as_deref()).await?;
+    let admin = Admin::new(Arc::clone(&broker));
     let out = Out { json: cli.json };
     match cli.command {
         Command::Stats => stats(&admin, &out).await,

@@ -4,6 +4,9 @@
 #[path = "../../tests/support/heartbeat.rs"]
 mod heartbeat;
 #[allow(dead_code)]
+#[path = "../../tests/support/redis_cluster.rs"]
+mod redis_cluster;
+#[allow(dead_code)]
 #[path = "../../tests/support/redis_server.rs"]
 mod redis_server;
 
@@ -507,4 +510,26 @@ fn limits_show_the_keys_with_jobs_set_aside() {
     );
     let table = ok(&url, &["limits"]);
     assert!(table.contains("SyncShop:concurrency:big%20shop"), "{table}");
+}
+
+#[test]
+fn a_cluster_is_read_and_steered_like_one_redis() {
+    let cluster = redis_cluster::RedisCluster::start();
+    let urls = cluster.urls();
+    for n in 0..30 {
+        let args = format!("[{n}]");
+        ok(&urls, &["enqueue", "Report", "--queue", "reports", "--args", &args]);
+    }
+    // Thirty jobs over three shards, one on each master, counted as one queue.
+    let queues = json_of(&urls, &["queues"]);
+    assert_eq!(queues[0]["name"], "reports");
+    assert_eq!(queues[0]["size"], 30);
+    let keys = cluster.keys_per_master();
+    assert!(keys.iter().all(|(_, n)| *n > 0), "{keys:?}");
+    ok(&urls, &["pause", "reports", "--for", "10m"]);
+    assert_eq!(json_of(&urls, &["queues"])[0]["paused"], true);
+    ok(&urls, &["resume", "reports"]);
+    assert_eq!(json_of(&urls, &["queues"])[0]["paused"], false);
+    ok(&urls, &["clear", "reports", "--yes"]);
+    assert_eq!(json_of(&urls, &["queues"])[0]["size"], 0);
 }

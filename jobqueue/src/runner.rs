@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::broker::{Broker, RedisBroker};
+use crate::broker::Broker;
 use crate::error::Error;
 use crate::time::now;
 use crate::worker::{Queues, Worker, WorkerBuilder};
@@ -65,7 +65,8 @@ pub struct WorkerArgs {
     /// How long running jobs may take to finish at shutdown: `25s`, `500ms`, `2m`.
     #[arg(long, env = "JOBQUEUE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
-    /// The Redis URL (default `redis://127.0.0.1:6379`).
+    /// The Redis URL (default `redis://127.0.0.1:6379`); several nodes
+    /// (`redis://a:7000,b:7000`) are a Redis Cluster's.
     #[arg(long, env = "REDIS_URL")]
     pub redis: Option<String>,
     /// A TOML file with any of: `queue` (a list), `queues`, `concurrency`, `tag`,
@@ -200,7 +201,7 @@ pub async fn run(
     register: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
 ) -> Result<(), Error> {
     let settings = args.settings()?;
-    let broker = RedisBroker::connect(&settings.redis).await?;
+    let broker = crate::broker::connect(&settings.redis, None).await?;
     run_on(broker, settings, register).await
 }
 

@@ -10,9 +10,7 @@
 
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use jobqueue::{Broker, ClusterBroker, MechanismConfig, Queues, RedisBroker, Worker};
+use jobqueue::{MechanismConfig, Queues, Worker};
 
 #[path = "../support/ticks.rs"]
 mod ticks;
@@ -30,10 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]")?;
     let concurrency: usize = args.next().unwrap_or_else(|| "10".into()).parse()?;
     let shutdown_ms: u64 = args.next().unwrap_or_else(|| "25000".into()).parse()?;
-    let broker: Arc<dyn Broker> = match url.contains(',') {
-        true => ClusterBroker::connect(&url).await?.into(),
-        false => RedisBroker::connect(&url).await?.into(),
-    };
+    let broker = jobqueue::broker::connect(&url, None).await?;
     Worker::builder(broker)
         .queues(Queues::strict(["ticks"]))
         .concurrency(concurrency)

@@ -22,6 +22,21 @@ pub use self::cluster::{ClusterBroker, ClusterConfig};
 pub use self::memory::MemoryBroker;
 pub use self::redis::{RedisBroker, RedisConfig};
 
+/// Connects to the broker at `url`: one Redis (`redis://host:port/db`), or a Redis Cluster
+/// when the URL lists several seed nodes (`redis://a:7000,b:7000,c:7000`). `namespace`
+/// prefixes every key on one Redis, and names the cluster's hash tags on a cluster. For
+/// the admin command, the worker runner and anything else configured by a URL.
+pub async fn connect(url: &str, namespace: Option<&str>) -> Result<Arc<dyn Broker>, BrokerError> {
+    if url.contains(',') {
+        let mut config = ClusterConfig::new(url);
+        config.namespace = namespace.map(str::to_owned);
+        return Ok(ClusterBroker::connect_with(config).await?.into());
+    }
+    let mut config = RedisConfig::new(url);
+    config.namespace = namespace.map(str::to_owned);
+    Ok(RedisBroker::connect_with(config).await?.into())
+}
+
 /// The dead set keeps at most this many jobs, as Sidekiq does.
 pub const DEAD_MAX_JOBS: usize = 10_000;
 /// The dead set keeps jobs for at most this long, as Sidekiq does.

@@ -132,7 +132,8 @@ struct Inner {
     /// The shard of each job this process holds in an in-flight list, by the hash of its
     /// payload, so that its acknowledgement or settle goes to that shard alone.
     held: Mutex<HashMap<u64, usize>>,
-    /// Where the next round-robin push and the next fetch begin.
+    /// Where the next round-robin push and the next fetch begin: from a random shard, so
+    /// that short-lived producers (one push per process) and many workers spread too.
     next_push: AtomicUsize,
     next_fetch: AtomicUsize,
     hub: Arc<WakeupHub>,
@@ -209,8 +210,8 @@ impl ClusterBroker {
                 home,
                 queue_shards: config.queue_shards,
                 held: Mutex::default(),
-                next_push: AtomicUsize::new(0),
-                next_fetch: AtomicUsize::new(0),
+                next_push: AtomicUsize::new(rand::random::<u32>() as usize),
+                next_fetch: AtomicUsize::new(rand::random::<u32>() as usize),
                 hub,
                 listener,
             }),
