@@ -14,7 +14,7 @@ use support::{eventually, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-on_both_brokers!(
+on_every_broker!(
     client_middleware_runs_on_every_enqueue_path_and_again_when_due,
     a_tenant_added_on_enqueue_is_restored_around_perform,
     client_middleware_can_refuse_a_job,

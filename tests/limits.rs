@@ -17,7 +17,7 @@ const LEASE: Duration = Duration::from_secs(60);
 /// of that delay (a tenth of the period).
 const SLACK: f64 = 0.1;
 
-on_both_brokers!(
+on_every_broker!(
     fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back,
     set_aside_jobs_come_back_when_their_key_has_room_again,
     jobs_over_a_concurrency_limit_wait_and_every_job_runs_once,
@@ -51,7 +51,11 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
     beat(b.broker.as_ref(), "p", LEASE).await;
 
     let taken = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
-    let shops: Vec<String> = taken.iter().map(|f| shop_of(&f.payload)).collect();
+    let mut shops: Vec<String> = taken.iter().map(|f| shop_of(&f.payload)).collect();
+    if b.cluster.is_some() {
+        // Each shop's jobs live on the shard of its key: shard order, not queue order.
+        shops.sort();
+    }
     assert_eq!(
         shops,
         ["a", "a", "b"],
@@ -62,12 +66,13 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
     assert_eq!(limits.len(), 1);
     assert_eq!(limits[0].key, "ShopJob:concurrency:a");
     assert_eq!((limits[0].held, limits[0].parked), (2, 3));
+    let of_a: Vec<_> = taken
+        .iter()
+        .filter(|f| shop_of(&f.payload) == "a")
+        .collect();
 
     // A finished job frees its slot, and one waiting job goes to the front of its queue.
-    b.broker
-        .ack("p", &[taken[0].payload.clone()])
-        .await
-        .unwrap();
+    b.broker.ack("p", &[of_a[0].payload.clone()]).await.unwrap();
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
     assert_eq!(b.admin().limits().await.unwrap()[0].parked, 2);
     let next = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
@@ -76,12 +81,12 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
 
     // So does a failed one on its way to the retry set.
     let failed = Settle::Retry {
-        payload: taken[1].payload.clone(),
+        payload: of_a[1].payload.clone(),
         at: now() + 3600.0,
     };
     assert!(b
         .broker
-        .settle("p", &taken[1].payload, failed)
+        .settle("p", &of_a[1].payload, failed)
         .await
         .unwrap());
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);

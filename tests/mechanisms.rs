@@ -20,7 +20,7 @@ use support::{eventually, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-on_both_brokers!(
+on_every_broker!(
     only_the_newest_of_a_burst_of_collapsible_jobs_runs,
     concurrent_collapsible_enqueues_run_exactly_one_job,
     collapse_markers_expire,

@@ -518,7 +518,10 @@ fn a_cluster_is_read_and_steered_like_one_redis() {
     let urls = cluster.urls();
     for n in 0..30 {
         let args = format!("[{n}]");
-        ok(&urls, &["enqueue", "Report", "--queue", "reports", "--args", &args]);
+        ok(
+            &urls,
+            &["enqueue", "Report", "--queue", "reports", "--args", &args],
+        );
     }
     // Thirty jobs over three shards, one on each master, counted as one queue.
     let queues = json_of(&urls, &["queues"]);

@@ -204,38 +204,58 @@ impl RedisCluster {
         }
     }
 
+    /// Starts node `i` and waits until it answers. Its ports were free when picked, but a
+    /// test starting at the same moment may take them first: then the node fails to bind,
+    /// or another test's node answers; either way it starts again on fresh ports.
     fn spawn(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        let child = Command::new("redis-server")
-            .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-port", &node.bus.to_string()])
-            .args(["--cluster-enabled", "yes"])
-            .args([
-                "--cluster-config-file",
-                &format!("nodes-{}.conf", node.port),
-            ])
-            .args(["--cluster-node-timeout", "1000"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}). The tests need a real Redis: install it \
-                     with `apt-get install redis-server` (or run scripts/test, which does)"
-                )
-            });
-        node.child = Some(child);
-        let port = node.port;
         let start = Instant::now();
-        while !cli(port, &["PING"]).contains("PONG") {
+        loop {
             assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "cluster node on port {port} did not answer PING within 10 s"
+                start.elapsed() < Duration::from_secs(30),
+                "no cluster node could start within 30 s"
             );
-            std::thread::sleep(Duration::from_millis(10));
+            let node = &mut self.nodes[i];
+            let mut child = Command::new("redis-server")
+                .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-port", &node.bus.to_string()])
+                .args(["--cluster-enabled", "yes"])
+                .args([
+                    "--cluster-config-file",
+                    &format!("nodes-{}.conf", node.port),
+                ])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start redis-server ({e}). The tests need a real Redis: install \
+                         it with `apt-get install redis-server` (or run scripts/test, which does)"
+                    )
+                });
+            let ours = format!("process_id:{}", child.id());
+            let answered = loop {
+                if !matches!(child.try_wait(), Ok(None))
+                    || start.elapsed() > Duration::from_secs(30)
+                {
+                    break false;
+                }
+                if cli(node.port, &["INFO", "server"]).contains(&ours) {
+                    break true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            if answered {
+                node.child = Some(child);
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            node.port = free_port();
+            node.bus = free_port();
         }
     }
 }
