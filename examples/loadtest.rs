@@ -15,7 +15,8 @@
 //! onto the queue, or a `ZADD` onto the schedule set. The figures are then pickup times.
 //! `--ruby` makes the latency mode's producer Ruby Sidekiq's own client (`ruby-sidekiq`).
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
-//! flushed), `--mechanisms` (use jobs that are collapsible or unique by their number, so
+//! flushed; several nodes, `redis://a:7000,b:7000`, are a Redis Cluster, emptied beforehand,
+//! and run the drain mode only), `--mechanisms` (use jobs that are collapsible or unique by their number, so
 //! every job pays for its collapse marker or uniqueness lock), `--limits concurrency|rate|both`
 //! (use jobs with a per-tenant concurrency limit, rate limit or both, over a thousand
 //! tenants, none reached, so every job pays for taking and freeing its slots). Built with `--features
@@ -23,11 +24,11 @@
 //! to it: the figures then include what budget tracking costs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobqueue::{
-    async_trait, Client, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker,
+    async_trait, Broker, Client, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker,
     WorkerBuilder,
 };
 use serde::{Deserialize, Serialize};
@@ -244,11 +245,31 @@ fn parse_options() -> Result<Options, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let o = parse_options()?;
+    if o.redis.contains(',') {
+        // A cluster: drain only, on a cluster emptied beforehand.
+        if !matches!(o.mode, Mode::Drain) {
+            return Err("on a cluster (several nodes in --redis) only the drain mode runs".into());
+        }
+        let broker = jobqueue::broker::connect(&o.redis, None).await?;
+        let client = Client::new(Arc::clone(&broker));
+        return drain(&o, &client, worker_for(&o, broker)).await;
+    }
     let redis = redis::Client::open(o.redis.as_str())?;
     let mut conn = redis.get_multiplexed_async_connection().await?;
     redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
-    let broker = RedisBroker::connect(&o.redis).await?;
-    let client = Client::new(broker.clone());
+    let broker: Arc<dyn Broker> = RedisBroker::connect(&o.redis).await?.into();
+    let client = Client::new(Arc::clone(&broker));
+    let worker = worker_for(&o, broker);
+    match o.mode {
+        Mode::Drain => drain(&o, &client, worker).await,
+        Mode::Latency => latency(&o, &client, &mut conn, worker).await,
+        Mode::Scheduled => scheduled(&o, &client, &mut conn, worker).await,
+        Mode::Idle => idle(&o, &mut conn, worker).await,
+    }
+}
+
+/// The load test's worker on `broker`, with the job types the options call for.
+fn worker_for(o: &Options, broker: Arc<dyn Broker>) -> WorkerBuilder {
     let mut worker = Worker::builder(broker)
         .queues(Queues::strict(["loadtest"]))
         .concurrency(o.concurrency)
@@ -265,12 +286,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .register::<NoopCollapsible>()
             .register::<NoopUnique>();
     }
-    match o.mode {
-        Mode::Drain => drain(&o, &client, worker).await,
-        Mode::Latency => latency(&o, &client, &mut conn, worker).await,
-        Mode::Scheduled => scheduled(&o, &client, &mut conn, worker).await,
-        Mode::Idle => idle(&o, &mut conn, worker).await,
-    }
+    worker
 }
 
 const CHUNK: u64 = 10_000;
