@@ -1,5 +1,5 @@
-//! The web dashboard (`jobqueue-web`) driven in Debian's headless Chromium, on both
-//! brokers: every page shows what the broker holds; Retry, Pause, Resume and Delete do
+//! The web dashboard (`jobqueue-web`) driven in Debian's headless Chromium, on every
+//! broker (in memory, one Redis, a Redis Cluster): every page shows what the broker holds; Retry, Pause, Resume and Delete do
 //! what they say to a running worker; hostile payloads show as text and run nothing; forms
 //! without this browser's CSRF token and a read-only dashboard change nothing.
 //! Screenshots land in `target/screenshots/web-*/`.
@@ -54,10 +54,11 @@ impl Drop for Site {
     }
 }
 
-async fn backends() -> [(&'static str, Backend); 2] {
+async fn backends() -> [(&'static str, Backend); 3] {
     [
         ("memory", Backend::memory().await),
         ("redis", Backend::redis().await),
+        ("cluster", Backend::cluster().await),
     ]
 }
 
