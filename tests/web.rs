@@ -1,7 +1,8 @@
 //! The web dashboard (`jobqueue-web`) driven in Debian's headless Chromium, on every
-//! broker (in memory, one Redis, a Redis Cluster): every page shows what the broker holds; Retry, Pause, Resume and Delete do
-//! what they say to a running worker; hostile payloads show as text and run nothing; forms
-//! without this browser's CSRF token and a read-only dashboard change nothing.
+//! broker (in memory, one Redis, a Redis Cluster): every page shows what the broker holds;
+//! Retry, Pause, Resume and Delete do what they say to a running worker; hostile payloads
+//! show as text and run nothing; forms without this browser's CSRF token and a read-only
+//! dashboard change nothing.
 //! Screenshots land in `target/screenshots/web-*/`.
 
 mod support;
