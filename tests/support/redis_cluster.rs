@@ -90,6 +90,22 @@ impl RedisCluster {
             .collect()
     }
 
+    /// How many slots the node `id` serves.
+    pub fn slot_count(&self, id: &str) -> usize {
+        self.cluster_nodes()
+            .iter()
+            .filter(|l| l[0] == id)
+            .flat_map(|l| l[8..].to_vec())
+            .filter(|range| !range.starts_with('['))
+            .map(|range| match range.split_once('-') {
+                Some((a, b)) => {
+                    b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0)
+                }
+                None => 1,
+            })
+            .sum()
+    }
+
     /// The number of keys each master holds, by port.
     pub fn keys_per_master(&self) -> Vec<(u16, u64)> {
         self.masters()

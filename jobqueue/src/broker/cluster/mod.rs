@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::cluster::ClusterClientBuilder;
-use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use super::redis::{listen, Conn, RedisBroker};
@@ -172,16 +171,8 @@ impl ClusterBroker {
         let conn = tokio::time::timeout(config.connect_timeout * 2, client.get_async_connection())
             .await
             .map_err(|_| BrokerError::Timeout(config.connect_timeout))??;
-        let mut conn = Conn::Cluster(conn);
+        let conn = Conn::Cluster(conn);
         let base = config.namespace.as_deref().unwrap_or("jobqueue");
-        let count = match config.shards {
-            Some(count) => count,
-            None => masters(&mut conn).await?,
-        };
-        let recorded = format!("{{{base}}}:jobqueue:shards");
-        let _: bool = conn.set_nx(&recorded, count).await?;
-        let count: usize = conn.get(&recorded).await?;
-        let count = count.max(1);
         let hub = Arc::new(WakeupHub::default());
         let slice = |tag: String| {
             RedisBroker::slice(
@@ -191,8 +182,13 @@ impl ClusterBroker {
                 Arc::clone(&hub),
             )
         };
-        let shards: Vec<RedisBroker> = shard_tags(base, count).into_iter().map(slice).collect();
         let home = slice(format!("{{{base}}}"));
+        let proposed = match config.shards {
+            Some(count) => count,
+            None => masters(&mut conn.clone()).await?,
+        };
+        let count = home.shard_count(proposed).await?.max(1);
+        let shards: Vec<RedisBroker> = shard_tags(base, count).into_iter().map(slice).collect();
         let mut channels: Vec<String> =
             shards.iter().map(|s| s.wake_channel().to_owned()).collect();
         channels.push(home.wake_channel().to_owned());

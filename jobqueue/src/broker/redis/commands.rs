@@ -878,6 +878,19 @@ fn script_args<'a>(
 }
 
 impl RedisBroker {
+    /// The number of shards of the cluster whose home this broker is: the recorded one, or
+    /// `proposed`, recorded now when there is none (the first process to connect decides
+    /// for all that follow).
+    pub(crate) async fn shard_count(&self, proposed: usize) -> Result<usize, BrokerError> {
+        let key = self.inner.keys.plain("jobqueue:shards");
+        let (_, count): (bool, usize) = redis::pipe()
+            .set_nx(&key, proposed)
+            .get(&key)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(count)
+    }
+
     /// Marks `identity` alive here for `ttl`, as its heartbeat's process hash does where
     /// the heartbeat is kept: a cluster's shards keep this mark for their own recovery
     /// (`orphans`, `forget`) and their limits' sweep of dead processes' slots.
