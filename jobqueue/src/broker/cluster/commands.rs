@@ -35,7 +35,7 @@ impl ClusterBroker {
             .inner
             .next_fetch
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (0..count).map(move |k| (start + k) % count)
+        (0..count).map(move |k| start.wrapping_add(k) % count)
     }
 
     /// Groups `items` by the shard holding each job in flight (`payload_of`); a job this
