@@ -127,14 +127,18 @@ fn enqueued_at(payload: &str) -> f64 {
 #[async_trait]
 impl Broker for ClusterBroker {
     async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError> {
-        let mut groups: BTreeMap<usize, Vec<Push>> = BTreeMap::new();
-        for job in jobs {
-            groups
-                .entry(self.shard_for(job))
-                .or_default()
-                .push(job.clone());
-        }
+        let targets: Vec<usize> = jobs.iter().map(|job| self.shard_for(job)).collect();
         let shards = &self.inner.shards;
+        // One job, or all for one shard: pushed as they are, without copies.
+        if let Some(&first) = targets.first() {
+            if targets.iter().all(|&s| s == first) {
+                return shards[first].push(jobs).await;
+            }
+        }
+        let mut groups: BTreeMap<usize, Vec<Push>> = BTreeMap::new();
+        for (job, shard) in jobs.iter().zip(targets) {
+            groups.entry(shard).or_default().push(job.clone());
+        }
         try_join_all(groups.iter().map(|(&s, jobs)| shards[s].push(jobs))).await?;
         Ok(())
     }
