@@ -260,3 +260,27 @@ async fn health_reports_an_unreachable_broker_and_recovers() {
     eventually(limit, "ready again", || async { w.handle.health().ready }).await;
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_redis_refuses_is_an_error_not_a_silent_loss() {
+    let server = RedisServer::start();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    // Something else owns the queue's key, with another type: Redis refuses the LPUSH
+    // inside the push's transaction.
+    let client = redis::Client::open(server.url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SET")
+        .arg("queue:default")
+        .arg("not a list")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let t = jobs::token();
+    let refused = Client::new(broker.clone())
+        .enqueue(&Note::new(&t, "refused"))
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::Broker(BrokerError::Redis(e))) if e.to_string().contains("WRONGTYPE")),
+        "{refused:?}"
+    );
+}

@@ -916,15 +916,16 @@ impl RedisBroker {
 
     /// Sends a push's commands (`pipe`, begun with `MULTI`) as one transaction and, when
     /// pushes wait for replicas, `WAIT`s after it on the same connection (inside the
-    /// transaction it would not wait).
+    /// transaction it would not wait). `EXEC`'s answer is read, not ignored, so that a
+    /// command Redis refused in the transaction (a queue key of another type) is an error.
     async fn send_push(&self, mut pipe: redis::Pipeline) -> Result<(), BrokerError> {
-        pipe.cmd("EXEC").ignore();
+        pipe.cmd("EXEC");
         let Some((wanted, timeout)) = self.inner.wait else {
             pipe.query_async::<()>(&mut self.conn()).await?;
             return Ok(());
         };
         pipe.cmd("WAIT").arg(wanted).arg(millis(timeout));
-        let (acked,): (usize,) = pipe.query_async(&mut self.conn()).await?;
+        let (_, acked): (redis::Value, usize) = pipe.query_async(&mut self.conn()).await?;
         if acked < wanted {
             return Err(BrokerError::NotReplicated { acked, wanted });
         }

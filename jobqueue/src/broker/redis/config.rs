@@ -42,8 +42,7 @@ impl RedisConfig {
     /// at most `timeout`. Replication is asynchronous: without this, a job acknowledged by
     /// the master is lost if the master dies before a replica copies it and the replica
     /// takes over. A push that `timeout` leaves short fails with
-    /// [`BrokerError::NotReplicated`]; its jobs are queued
-    /// on the master all the same.
+    /// [`BrokerError::NotReplicated`]; its jobs are queued on the master all the same.
     pub fn wait_for_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
         self.wait_for_replicas = Some((replicas, timeout));
         self
