@@ -95,7 +95,7 @@ fn assert_only_under_way(repeated: &[u64], under_way: &HashSet<u64>) {
 async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
     const JOBS: u64 = 600;
     // Two replicas each: the replica that takes over still has one to confirm pushes.
-    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start_with_replicas(2))
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start_with_replicas(2))
         .await
         .unwrap();
     let broker = durable(&cluster).await;
@@ -108,13 +108,21 @@ async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
 
     let done_before = done_now(&broker).await;
     let victim = cluster.masters()[0].0;
-    let cluster = tokio::task::spawn_blocking(move || {
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
         cluster.kill_master(victim);
         cluster
     })
     .await
     .unwrap();
     let under_way = under_way(&broker, &done_before).await;
+    // The operator restarts the dead node: it rejoins as the new master's replica.
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart(victim);
+        cluster
+    })
+    .await
+    .unwrap();
     assert!(
         done_before.len() < JOBS as usize,
         "the master died while jobs were left"

@@ -136,6 +136,12 @@ impl RedisCluster {
     /// Kills the master on `port` at once (SIGKILL); its replica takes over after the node
     /// timeout. Returns once the cluster serves every slot again.
     pub fn kill_master(&mut self, port: u16) {
+        let victim = self
+            .masters()
+            .into_iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, id)| id)
+            .expect("a master of this cluster");
         let node = self
             .nodes
             .iter_mut()
@@ -145,12 +151,32 @@ impl RedisCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Until the others have marked it failed (not merely suspected, `fail?`) and
+        // promoted its replica, the cluster still reports itself healthy.
         self.wait_for(Duration::from_secs(60), "a replica to take over", |c| {
-            c.live_ports()
-                .into_iter()
-                .all(|p| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            let failed = c
+                .cluster_nodes()
+                .iter()
+                .any(|l| l[0] == victim && l[2].split(',').any(|flag| flag == "fail"));
+            failed
                 && c.masters().len() == 3
+                && c.live_ports()
+                    .into_iter()
+                    .all(|p| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         });
+    }
+
+    /// Starts the node on `port` again, on the same port and configuration file (after
+    /// [`RedisCluster::kill_master`]: it rejoins as a replica of the node that replaced it).
+    /// Returns once every replica is in sync.
+    pub fn restart(&mut self, port: u16) {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("a node of this cluster");
+        self.spawn(i);
+        self.wait_until_healthy();
     }
 
     /// Moves `slots` slots from the master on `from` to the master on `to`, keys and all, as
