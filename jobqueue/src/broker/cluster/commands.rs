@@ -110,17 +110,12 @@ impl ClusterBroker {
     }
 }
 
-/// When a waiting job was enqueued (its `enqueued_at`, or its `created_at`), to order jobs
-/// of several shards as one queue.
+/// When a waiting job was enqueued (its `enqueued_at`, or its `created_at`, read as the
+/// envelope reads them), to order jobs of several shards as one queue; unreadable last.
 fn enqueued_at(payload: &str) -> f64 {
-    #[derive(serde::Deserialize)]
-    struct Times {
-        enqueued_at: Option<f64>,
-        created_at: Option<f64>,
-    }
-    serde_json::from_str::<Times>(payload)
+    crate::envelope::Envelope::parse(payload)
         .ok()
-        .and_then(|t| t.enqueued_at.or(t.created_at))
+        .and_then(|e| e.enqueued_at.or(e.created_at))
         .unwrap_or(f64::MAX)
 }
 
