@@ -30,17 +30,35 @@ async fn counts(broker: &ClusterBroker, queue: &str) -> HashMap<u64, usize> {
     counts
 }
 
-/// Jobs that ran more than once, and jobs that never completed.
-async fn repeated_and_lost(broker: &ClusterBroker, jobs: u64) -> (Vec<u64>, Vec<u64>) {
+/// Checks, by job number, that every job completed and that only jobs `under_way` at the
+/// fault ran more than once, and that the queue is empty; prints the counts after `what`.
+async fn assert_none_lost_repeats_only_under_way(
+    broker: &ClusterBroker,
+    jobs: u64,
+    under_way: &HashSet<u64>,
+    what: String,
+) {
     let ran = counts(broker, "ran").await;
     let done = counts(broker, "done").await;
-    let repeated = ran
+    let repeated: Vec<u64> = ran
         .iter()
         .filter(|(_, c)| **c > 1)
         .map(|(n, _)| *n)
         .collect();
-    let lost = (0..jobs).filter(|n| !done.contains_key(n)).collect();
-    (repeated, lost)
+    let lost: Vec<u64> = (0..jobs).filter(|n| !done.contains_key(n)).collect();
+    println!(
+        "jobs={jobs} {what} under_way={} repeated={} lost={}",
+        under_way.len(),
+        repeated.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    let stray: Vec<_> = repeated.iter().filter(|n| !under_way.contains(n)).collect();
+    assert!(
+        stray.is_empty(),
+        "jobs ran twice that were not under way at the fault: {stray:?}"
+    );
+    assert_eq!(broker.queue_len("ticks").await.unwrap(), 0);
 }
 
 /// A broker whose pushes wait for a replica, so that no acknowledged job or run record is
@@ -81,14 +99,6 @@ async fn under_way(broker: &ClusterBroker, done_before: &HashSet<u64>) -> HashSe
 
 async fn done_now(broker: &ClusterBroker) -> HashSet<u64> {
     counts(broker, "done").await.into_keys().collect()
-}
-
-fn assert_only_under_way(repeated: &[u64], under_way: &HashSet<u64>) {
-    let stray: Vec<_> = repeated.iter().filter(|n| !under_way.contains(n)).collect();
-    assert!(
-        stray.is_empty(),
-        "jobs ran twice that were not under way at the fault: {stray:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,17 +144,8 @@ async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
     })
     .await;
     worker.stop().await;
-    let (repeated, lost) = repeated_and_lost(&broker, JOBS).await;
-    println!(
-        "jobs={JOBS} done_before_kill={} under_way={} repeated={} lost={}",
-        done_before.len(),
-        under_way.len(),
-        repeated.len(),
-        lost.len()
-    );
-    assert!(lost.is_empty(), "lost: {lost:?}");
-    assert_only_under_way(&repeated, &under_way);
-    assert_eq!(broker.queue_len("ticks").await.unwrap(), 0);
+    let what = format!("done_before_kill={}", done_before.len());
+    assert_none_lost_repeats_only_under_way(&broker, JOBS, &under_way, what).await;
     drop(cluster);
 }
 
@@ -186,16 +187,8 @@ async fn a_reshard_during_a_run_loses_no_job() {
     })
     .await;
     worker.stop().await;
-    let (repeated, lost) = repeated_and_lost(&broker, JOBS).await;
-    println!(
-        "jobs={JOBS} done_before_reshard={} repeated={} lost={}",
-        done_before.len(),
-        repeated.len(),
-        lost.len()
-    );
-    assert!(lost.is_empty(), "lost: {lost:?}");
-    assert_only_under_way(&repeated, &under_way);
-    assert_eq!(broker.queue_len("ticks").await.unwrap(), 0);
+    let what = format!("done_before_reshard={}", done_before.len());
+    assert_none_lost_repeats_only_under_way(&broker, JOBS, &under_way, what).await;
 }
 
 fn spawn_worker(urls: &str) -> Child {
@@ -256,16 +249,8 @@ async fn kill_dash_nine_of_workers_loses_no_job_on_a_cluster() {
     .await;
     survivor.kill().unwrap();
     survivor.wait().unwrap();
-    let (repeated, lost) = repeated_and_lost(&broker, JOBS).await;
-    println!(
-        "jobs={JOBS} kills=3 repeated={} lost={} held_at_kills={}",
-        repeated.len(),
-        lost.len(),
-        held_at_kills.len()
-    );
-    assert!(lost.is_empty(), "lost: {lost:?}");
-    assert_only_under_way(&repeated, &held_at_kills);
-    assert_eq!(broker.queue_len("ticks").await.unwrap(), 0);
+    let what = "kills=3 (under way: held at the kills)".to_owned();
+    assert_none_lost_repeats_only_under_way(&broker, JOBS, &held_at_kills, what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
