@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example loadtest -- --jobs N --concurrency C [--redis URL]
-//!     jobs=N concurrency=C enqueue_s=X drain_s=Y jobs_per_sec=Z
+//!     jobs=N concurrency=C enqueue_s=X drain_s=Y jobs_per_sec=Z process_cpu_us_per_job=..
+//!     redis_cpu_us_per_job=.. peak_rss_kb=..   (CPU over enqueue and drain)
 //! cargo run --release --example loadtest -- --latency --rate R --seconds S [--concurrency C]
 //!     p50_ms=.. p99_ms=.. max_ms=..
 //! cargo run --release --example loadtest -- --scheduled --jobs N [--concurrency C]
@@ -252,7 +253,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let broker = jobqueue::broker::connect(&o.redis, None).await?;
         let client = Client::new(Arc::clone(&broker));
-        return drain(&o, &client, worker_for(&o, broker)).await;
+        return drain(&o, &client, worker_for(&o, broker), None).await;
     }
     let redis = redis::Client::open(o.redis.as_str())?;
     let mut conn = redis.get_multiplexed_async_connection().await?;
@@ -261,7 +262,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::new(Arc::clone(&broker));
     let worker = worker_for(&o, broker);
     match o.mode {
-        Mode::Drain => drain(&o, &client, worker).await,
+        Mode::Drain => drain(&o, &client, worker, Some(&mut conn)).await,
         Mode::Latency => latency(&o, &client, &mut conn, worker).await,
         Mode::Scheduled => scheduled(&o, &client, &mut conn, worker).await,
         Mode::Idle => idle(&o, &mut conn, worker).await,
@@ -302,12 +303,20 @@ async fn enqueue<J: Job>(
     Ok(())
 }
 
+/// Enqueues the jobs, then drains them; reports CPU per job (enqueue and drain) for this
+/// process and, given a connection to it, for Redis.
 async fn drain(
     o: &Options,
     client: &Client,
     worker: WorkerBuilder,
+    mut redis: Option<&mut redis::aio::MultiplexedConnection>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     PROGRESS.target.store(o.jobs, Ordering::Relaxed);
+    let process_cpu = cpu_seconds();
+    let redis_cpu = match redis.as_deref_mut() {
+        Some(conn) => Some(redis_cpu_seconds(conn).await?),
+        None => None,
+    };
     let started = Instant::now();
     let mut n = 0;
     while n < o.jobs {
@@ -333,14 +342,37 @@ async fn drain(
     let drain_s = started.elapsed().as_secs_f64();
     handle.shutdown();
     running.await??;
+    let per_job = |seconds: f64| seconds * 1e6 / o.jobs.max(1) as f64;
+    let process_us = per_job(cpu_seconds() - process_cpu);
+    let redis_us = match (redis, redis_cpu) {
+        (Some(conn), Some(before)) => {
+            format!("{:.2}", per_job(redis_cpu_seconds(conn).await? - before))
+        }
+        _ => "-".to_owned(),
+    };
     println!("rss_kb={}", resident_memory_kb());
     println!(
-        "jobs={} concurrency={} enqueue_s={enqueue_s:.3} drain_s={drain_s:.3} jobs_per_sec={:.0}",
+        "jobs={} concurrency={} enqueue_s={enqueue_s:.3} drain_s={drain_s:.3} jobs_per_sec={:.0} \
+         process_cpu_us_per_job={process_us:.2} redis_cpu_us_per_job={redis_us} peak_rss_kb={}",
         o.jobs,
         o.concurrency,
-        o.jobs as f64 / drain_s
+        o.jobs as f64 / drain_s,
+        peak_resident_memory_kb()
     );
     Ok(())
+}
+
+/// Redis's CPU seconds so far (user and system, from `INFO cpu`).
+async fn redis_cpu_seconds(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<f64, redis::RedisError> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| *name == "used_cpu_sys" || *name == "used_cpu_user")
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum())
 }
 
 /// Pushes `Stamped` jobs through Ruby Sidekiq's client at `RATE` per second.
@@ -537,6 +569,18 @@ fn percentiles() -> (f64, f64, f64) {
         at(0.99),
         samples.last().copied().unwrap_or(f64::NAN),
     )
+}
+
+/// This process's peak resident memory in KiB (`VmHWM` in `/proc/self/status`, 0 where
+/// there is none).
+fn peak_resident_memory_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// This process's resident memory in KiB, from `/proc/self/statm` (0 where there is none).
