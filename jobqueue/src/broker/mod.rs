@@ -61,6 +61,12 @@ pub(crate) fn backoff() -> ExponentialBackoff {
     backoff_builder().build()
 }
 
+/// Locks `mutex`, taking it over from a thread that panicked while holding it: the broker's
+/// shared state (wake-up subscribers, tracked keys, where jobs are held) stays usable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Whether a payload stands for stored bytes that are not UTF-8 text (only the Redis broker
 /// meets such bytes; it carries them in a form it can still find by value).
 pub(crate) fn is_raw_bytes(payload: &str) -> bool {
@@ -623,14 +629,14 @@ pub(crate) struct WakeupHub {
 impl WakeupHub {
     pub(crate) fn subscribe(&self) -> Arc<Wakeups> {
         let wakeups = Arc::new(Wakeups::default());
-        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut subs = lock(&self.subscribers);
         subs.retain(|w| w.strong_count() > 0);
         subs.push(Arc::downgrade(&wakeups));
         wakeups
     }
 
     pub(crate) fn wake(&self, queued: bool, scheduled: bool) {
-        let subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        let subs = lock(&self.subscribers);
         for wakeups in subs.iter().filter_map(Weak::upgrade) {
             if queued {
                 wakeups.queued.notify_one();

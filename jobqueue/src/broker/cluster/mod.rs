@@ -21,7 +21,7 @@ use redis::cluster::ClusterClientBuilder;
 use tokio::task::JoinHandle;
 
 use super::redis::{listen, Conn, RedisBroker};
-use super::{limits_in, Broker, Push, WakeupHub};
+use super::{limits_in, lock, Broker, Push, WakeupHub};
 use crate::error::BrokerError;
 
 mod commands;
@@ -309,10 +309,6 @@ fn fingerprint(payload: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     payload.hash(&mut hasher);
     hasher.finish()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -257,7 +257,7 @@ impl MemoryBroker {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written: every
         // operation below completes its changes without calling out.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.state)
     }
 }
 

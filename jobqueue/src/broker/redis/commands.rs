@@ -12,7 +12,7 @@ use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
 use super::RedisBroker;
 use crate::broker::{
-    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
+    dead_trim, lock, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
     Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
 };
 use crate::error::BrokerError;
@@ -407,11 +407,7 @@ impl Broker for RedisBroker {
             .collect();
         // An idle process that was idle at its last beat has nothing to clear.
         let was_busy = {
-            let mut busy = self
-                .inner
-                .busy_at_last_beat
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut busy = lock(&self.inner.busy_at_last_beat);
             if work.is_empty() {
                 busy.remove(&beat.identity)
             } else {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::error::BrokerError;
 use crate::metrics;
 
-use super::super::{backoff, WakeupHub, MAX_BACKOFF};
+use super::super::{backoff, lock, WakeupHub, MAX_BACKOFF};
 
 /// Follows the wake channels and wakes this process's workers; reconnects when the
 /// connection drops, through the next of `clients` (the nodes of a cluster, any of which
@@ -105,10 +105,6 @@ impl Tracker {
         *lock(&self.conn) = conn;
         lock(&self.armed).clear();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Keeps the tracking connection of `tracker` up and wakes this process's workers when an
