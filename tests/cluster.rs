@@ -79,6 +79,18 @@ fn tick_worker(broker: &ClusterBroker) -> support::Running {
     )
 }
 
+/// Enqueues `jobs` ticks of 20 ms and runs them on an in-process worker; returns the
+/// worker once 100 have completed, so that a fault strikes mid-run.
+async fn run_ticks(broker: &ClusterBroker, jobs: u64) -> support::Running {
+    enqueue_ticks(broker, jobs, 20).await;
+    let worker = tick_worker(broker);
+    eventually(LIMIT, "the worker made progress", || async {
+        broker.queue_len("done").await.unwrap() >= 100
+    })
+    .await;
+    worker
+}
+
 async fn enqueue_ticks(broker: &ClusterBroker, jobs: u64, millis: u64) {
     let ticks: Vec<Tick> = (0..jobs).map(|n| Tick { n, millis }).collect();
     Client::new(broker.clone())
@@ -109,12 +121,7 @@ async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
         .await
         .unwrap();
     let broker = durable(&cluster).await;
-    enqueue_ticks(&broker, JOBS, 20).await;
-    let worker = tick_worker(&broker);
-    eventually(LIMIT, "the worker made progress", || async {
-        broker.queue_len("done").await.unwrap() >= 100
-    })
-    .await;
+    let worker = run_ticks(&broker, JOBS).await;
 
     let done_before = done_now(&broker).await;
     let victim = cluster.masters()[0].0;
@@ -156,12 +163,7 @@ async fn a_reshard_during_a_run_loses_no_job() {
         .await
         .unwrap();
     let broker = ClusterBroker::connect(&cluster.urls()).await.unwrap();
-    enqueue_ticks(&broker, JOBS, 20).await;
-    let worker = tick_worker(&broker);
-    eventually(LIMIT, "the worker made progress", || async {
-        broker.queue_len("done").await.unwrap() >= 100
-    })
-    .await;
+    let worker = run_ticks(&broker, JOBS).await;
 
     // Every slot of one master, its shard's among them, moves to another, keys and all.
     let done_before = done_now(&broker).await;
