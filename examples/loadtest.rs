@@ -366,11 +366,20 @@ async fn drain(
 async fn redis_cpu_seconds(
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> Result<f64, redis::RedisError> {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    info_sum(conn, "cpu", &["used_cpu_sys", "used_cpu_user"]).await
+}
+
+/// The sum of the numeric fields `names` of the `INFO` section `section`.
+async fn info_sum(
+    conn: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    names: &[&str],
+) -> Result<f64, redis::RedisError> {
+    let info: String = redis::cmd("INFO").arg(section).query_async(conn).await?;
     Ok(info
         .lines()
         .filter_map(|line| line.split_once(':'))
-        .filter(|(name, _)| *name == "used_cpu_sys" || *name == "used_cpu_user")
+        .filter(|(name, _)| names.contains(name))
         .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
         .sum())
 }
@@ -527,12 +536,7 @@ async fn idle(
 async fn total_commands(
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> Result<u64, redis::RedisError> {
-    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+    Ok(info_sum(conn, "stats", &["total_commands_processed"]).await? as u64)
 }
 
 /// User and system CPU seconds of this process (Linux).
