@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis_server::free_port;
+use super::redis_server::{free_port, missing_redis_server};
 
 pub struct RedisCluster {
     dir: PathBuf,
@@ -272,12 +272,7 @@ impl RedisCluster {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start redis-server ({e}). The tests need a real Redis: install \
-                         it with `apt-get install redis-server` (or run scripts/test, which does)"
-                    )
-                });
+                .unwrap_or_else(|e| missing_redis_server(e));
             let ours = format!("process_id:{}", child.id());
             let answered = loop {
                 if !matches!(child.try_wait(), Ok(None))

@@ -174,12 +174,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}). The tests need a real Redis: install it \
-                     with `apt-get install redis-server` (or run scripts/test, which does)"
-                )
-            });
+            .unwrap_or_else(|e| missing_redis_server(e));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -200,6 +195,14 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Fails a test that could not start `redis-server`, saying how to install it.
+pub fn missing_redis_server(e: std::io::Error) -> ! {
+    panic!(
+        "cannot start redis-server ({e}). The tests need a real Redis: install it with \
+         `apt-get install redis-server` (or run scripts/test, which does)"
+    )
 }
 
 pub fn free_port() -> u16 {
