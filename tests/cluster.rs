@@ -117,9 +117,10 @@ async fn done_now(broker: &ClusterBroker) -> HashSet<u64> {
 async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
     const JOBS: u64 = 600;
     // Two replicas each: the replica that takes over still has one to confirm pushes.
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start_with_replicas(2))
-        .await
-        .unwrap();
+    let cluster =
+        tokio::task::spawn_blocking(|| RedisCluster::start_with(2, Duration::from_secs(1)))
+            .await
+            .unwrap();
     let broker = durable(&cluster).await;
     let worker = run_ticks(&broker, JOBS).await;
 

@@ -15,6 +15,8 @@ pub struct Browser {
     pub client: Client,
     driver: Child,
     shots: PathBuf,
+    /// What the session looks at (its screenshots' folder), named in failures.
+    name: String,
 }
 
 impl Browser {
@@ -64,6 +66,7 @@ impl Browser {
             client,
             driver,
             shots,
+            name: name.to_owned(),
         }
     }
 
@@ -98,7 +101,8 @@ impl Browser {
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "the page never showed {needle:?}; it shows: {text}"
+                "{}: the page never showed {needle:?}; it shows: {text}",
+                self.name
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,6 +1,7 @@
 //! A private Redis Cluster on loopback: three masters with one replica each, from
 //! `redis-server --cluster-enabled yes`, joined by `redis-cli --cluster create`, stopped when
 //! dropped. Tests may kill a master (its replica takes over) and move slots between masters.
+//! When a test fails, the end of every node's log is printed with it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -11,6 +12,8 @@ use super::redis_server::{free_port, missing_redis_server};
 pub struct RedisCluster {
     dir: PathBuf,
     nodes: Vec<Node>,
+    /// How long a node may go unanswered before the others count it failed.
+    node_timeout: Duration,
 }
 
 struct Node {
@@ -21,13 +24,16 @@ struct Node {
 
 impl RedisCluster {
     /// Starts six nodes and joins them as three masters with a replica each; returns once
-    /// every node sees all slots served and every replica is in sync.
+    /// every node sees all slots served and every replica is in sync. A node is counted
+    /// failed after 5 s unanswered, so that a busy machine's stalls (parallel tests, a
+    /// browser) are not taken for failures and do not start failovers.
     pub fn start() -> Self {
-        Self::start_with_replicas(1)
+        Self::start_with(1, Duration::from_secs(5))
     }
 
-    /// Starts three masters with `replicas` replicas each.
-    pub fn start_with_replicas(replicas: usize) -> Self {
+    /// Starts three masters with `replicas` replicas each; a node unanswered for
+    /// `node_timeout` is counted failed (a failover test keeps it short).
+    pub fn start_with(replicas: usize, node_timeout: Duration) -> Self {
         let first = free_port();
         let dir =
             std::env::temp_dir().join(format!("jobqueue-cluster-{}-{first}", std::process::id()));
@@ -35,6 +41,7 @@ impl RedisCluster {
         let mut cluster = Self {
             dir,
             nodes: Vec::new(),
+            node_timeout,
         };
         for _ in 0..3 * (1 + replicas) {
             let node = Node {
@@ -246,6 +253,20 @@ impl RedisCluster {
         }
     }
 
+    /// Prints the end of every node's log (failovers, lost links) beside a failed test's
+    /// output.
+    fn print_logs(&self) {
+        for node in &self.nodes {
+            let log = std::fs::read_to_string(self.dir.join(format!("node-{}.log", node.port)))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- the end of cluster node {}'s log ---", node.port);
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+
     /// Starts node `i` and waits until it answers. Its ports were free when picked, but a
     /// test starting at the same moment may take them first: then the node fails to bind,
     /// or another test's node answers; either way it starts again on fresh ports.
@@ -265,7 +286,12 @@ impl RedisCluster {
                     "--cluster-config-file",
                     &format!("nodes-{}.conf", node.port),
                 ])
-                .args(["--cluster-node-timeout", "1000"])
+                .args([
+                    "--cluster-node-timeout",
+                    &self.node_timeout.as_millis().to_string(),
+                ])
+                .arg("--logfile")
+                .arg(self.dir.join(format!("node-{}.log", node.port)))
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .arg("--dir")
                 .arg(&self.dir)
@@ -299,6 +325,9 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
