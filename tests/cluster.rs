@@ -1,6 +1,6 @@
 //! Faults on a real Redis Cluster (three masters with a replica each, on loopback): `kill -9`
-//! of worker processes, a master killed under load and replaced by its replica, and slots
-//! moved between masters during a run. Each counts every job by number: none lost, and a
+//! of worker processes, a master killed under load and replaced by its replica, a manual
+//! failover (`CLUSTER FAILOVER`), and slots moved between masters during a run. Each counts every job by number: none lost, and a
 //! job runs again only if it was under way when the fault struck.
 //!
 //! The conformance suite runs on a cluster too (`tests/conformance.rs`).
@@ -153,6 +153,52 @@ async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
     .await;
     worker.stop().await;
     let what = format!("done_before_kill={}", done_before.len());
+    assert_none_lost_repeats_only_under_way(&broker, JOBS, &under_way, what).await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_during_a_run_loses_no_job_and_fails_no_call() {
+    const JOBS: u64 = 600;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let broker = durable(&cluster).await;
+    let worker = run_ticks(&broker, JOBS).await;
+
+    // An operator swaps a master and its replica; the old master stays up, as a replica
+    // that answers its old slots' keys with MOVED.
+    let done_before = done_now(&broker).await;
+    let master = cluster.masters()[0].0;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.fail_over(master);
+        cluster
+    })
+    .await
+    .unwrap();
+    let under_way = under_way(&broker, &done_before).await;
+    assert!(
+        done_before.len() < JOBS as usize,
+        "the failover came while jobs were left"
+    );
+    // Scripts and commands on every shard work at once: none waits out a timeout.
+    for shard_call in 0..10 {
+        broker
+            .remove_job("ticks", &format!("absent-{shard_call}"))
+            .await
+            .expect("a script on every shard right after the failover");
+    }
+    broker
+        .queue_len("ticks")
+        .await
+        .expect("a queue's size right after the failover");
+
+    eventually(LIMIT, "every job completed after the failover", || async {
+        done_now(&broker).await.len() == JOBS as usize
+    })
+    .await;
+    worker.stop().await;
+    let what = format!("done_before_failover={}", done_before.len());
     assert_none_lost_repeats_only_under_way(&broker, JOBS, &under_way, what).await;
     drop(cluster);
 }

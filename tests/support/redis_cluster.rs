@@ -173,6 +173,34 @@ impl RedisCluster {
         });
     }
 
+    /// Has a replica of the master on `port` take its place, as an operator's
+    /// `CLUSTER FAILOVER` does for maintenance: the old master stays up and becomes a
+    /// replica. Returns the new master's port once every node agrees.
+    pub fn fail_over(&self, port: u16) -> u16 {
+        let (_, id) = self
+            .masters()
+            .into_iter()
+            .find(|(p, _)| *p == port)
+            .expect("a master of this cluster");
+        let replica = self
+            .cluster_nodes()
+            .iter()
+            .find(|l| l[3] == id && l[2].contains("slave"))
+            .map(|l| port_of(&l[1]))
+            .expect("a replica of that master");
+        let reply = cli(replica, &["CLUSTER", "FAILOVER"]);
+        assert!(reply.contains("OK"), "CLUSTER FAILOVER refused: {reply}");
+        self.wait_for(Duration::from_secs(60), "the replica to take over", |c| {
+            let masters: Vec<u16> = c.masters().into_iter().map(|(p, _)| p).collect();
+            masters.contains(&replica)
+                && !masters.contains(&port)
+                && c.live_ports()
+                    .into_iter()
+                    .all(|p| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        });
+        replica
+    }
+
     /// Starts the node on `port` again, on the same port and configuration file (after
     /// [`RedisCluster::kill_master`]: it rejoins as a replica of the node that replaced it).
     /// Returns once every replica is in sync.
