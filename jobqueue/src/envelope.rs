@@ -327,12 +327,18 @@ fn redact(args: &[Value], sensitive: &[&str]) -> (Vec<Value>, Vec<String>) {
 pub fn new_jid() -> String {
     let mut bytes = [0u8; 12];
     rand::rng().fill_bytes(&mut bytes);
-    let mut jid = String::with_capacity(24);
+    hex(&bytes)
+}
+
+/// Lowercase hex, two characters a byte: job ids, key digests, process nonces.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        jid.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        jid.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
-    jid
+    text
 }
 
 /// The job id of the `n`th follow-up of job `parent`: the same on every run of the parent,
@@ -340,7 +346,7 @@ pub fn new_jid() -> String {
 pub(crate) fn derived_jid(parent: &str, n: usize) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("{parent}:then:{n}").as_bytes());
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest[..12])
 }
 
 /// `text` cut to at most `max` characters, on a character boundary.

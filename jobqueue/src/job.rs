@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::envelope::Envelope;
+use crate::envelope::{hex, Envelope};
 
 /// A job type: its class name on the wire and its options.
 ///
@@ -407,12 +407,11 @@ fn job_key(kind: &str, envelope: &Envelope, fields: &[&str], queue: bool) -> Str
         // Positional arguments (a job pushed from Ruby): the fields cannot be picked out.
         (_, args) => Value::Array(args.to_vec()),
     };
-    let digest = Sha256::digest(selected.to_string().as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = hex(&Sha256::digest(selected.to_string().as_bytes()));
     if queue {
-        format!("{kind}:{}:{}:{hex}", envelope.class, envelope.queue)
+        format!("{kind}:{}:{}:{digest}", envelope.class, envelope.queue)
     } else {
-        format!("{kind}:{}:{hex}", envelope.class)
+        format!("{kind}:{}:{digest}", envelope.class)
     }
 }
 

@@ -4,6 +4,7 @@
 //! it), the payload size check, the mechanisms its attribute demands (collapse marker,
 //! uniqueness lock), and only then the broker. A refused job has left nothing behind.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -222,13 +223,7 @@ impl Client {
                 Ok(envelope)
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        // Middleware that keeps state in the broker makes a round trip per job; running the
-        // chains together lets the connection pipeline them.
-        let admitted = futures_util::stream::iter(envelopes)
-            .map(|envelope| self.admit(envelope, at, Some(&J::OPTIONS), Origin::Enqueue))
-            .buffered(BULK_MIDDLEWARE_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await;
+        let admitted = self.admit_bulk(envelopes, at, &J::OPTIONS).await;
         let mut jids = Vec::with_capacity(admitted.len());
         let mut pushes = Vec::with_capacity(admitted.len());
         let mut pushed = Vec::new();
@@ -266,6 +261,58 @@ impl Client {
             metrics::enqueued(queue, J::NAME, count);
         }
         Ok(jids)
+    }
+
+    /// Runs the jobs of a bulk through the client chain and mechanisms; the results are in
+    /// the jobs' order. Middleware that keeps state in the broker makes a round trip per
+    /// job; running the chains together lets the connection pipeline them. Twins (jobs
+    /// with the same uniqueness key) go one after the other, in the order given, so that
+    /// the first takes the lock: a cluster connection may reorder commands sent together.
+    async fn admit_bulk(
+        &self,
+        envelopes: Vec<Envelope>,
+        at: Option<SystemTime>,
+        options: &'static JobOptions,
+    ) -> Vec<Result<Admitted, Error>> {
+        let unique = options.unique.filter(|spec| spec.locks_at_enqueue());
+        // Each job's round: how many earlier jobs of the bulk share its key.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let rounds: Vec<usize> = envelopes
+            .iter()
+            .map(|envelope| match unique {
+                Some(spec) => {
+                    let earlier = seen.entry(spec.queued_key(envelope)).or_insert(0);
+                    *earlier += 1;
+                    *earlier - 1
+                }
+                None => 0,
+            })
+            .collect();
+        let mut waiting: Vec<Option<Envelope>> = envelopes.into_iter().map(Some).collect();
+        let mut results: Vec<Option<Result<Admitted, Error>>> =
+            waiting.iter().map(|_| None).collect();
+        for round in 0..=rounds.iter().copied().max().unwrap_or(0) {
+            let this_round: Vec<(usize, Envelope)> = rounds
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r == round)
+                .filter_map(|(i, _)| Some((i, waiting[i].take()?)))
+                .collect();
+            let admitted = futures_util::stream::iter(this_round)
+                .map(|(i, envelope)| async move {
+                    let result = self
+                        .admit(envelope, at, Some(options), Origin::Enqueue)
+                        .await;
+                    (i, result)
+                })
+                .buffered(BULK_MIDDLEWARE_CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await;
+            for (i, result) in admitted {
+                results[i] = Some(result);
+            }
+        }
+        results.into_iter().flatten().collect()
     }
 
     /// Pushes a job given as a payload, for a class this process does not define (a Ruby

@@ -13,6 +13,7 @@ use super::registry::Registry;
 use super::{Queues, RunState, Shared, Worker, WorkerConfig};
 use crate::broker::Broker;
 use crate::client::{Client, ClientChain, ClientMiddleware};
+use crate::envelope::hex;
 use crate::error::Error;
 use crate::perform::Perform;
 use crate::schedule::{Periodic, QuietWindow};
@@ -220,6 +221,5 @@ fn hostname() -> String {
 fn process_identity() -> String {
     let mut nonce = [0u8; 6];
     rand::rng().fill_bytes(&mut nonce);
-    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}:{}:{hex}", hostname(), std::process::id())
+    format!("{}:{}:{}", hostname(), std::process::id(), hex(&nonce))
 }

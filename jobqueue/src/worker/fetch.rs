@@ -1,10 +1,14 @@
-//! The fetch loop. A fetcher task keeps a small buffer of fetched jobs (at most
-//! `min(2 * concurrency, 64)`), refilled in one round trip when half of it is free; the
-//! dispatcher starts a job from the buffer as soon as a slot frees up, so fast jobs do not
-//! wait a round trip each. Buffered jobs are in the in-flight list like running ones, so a
-//! crash loses none. Never spins: with nothing to do the fetcher waits for a push
-//! notification, or `idle_poll` for jobs pushed by producers that do not notify.
+//! The fetch loop. A fetcher task keeps a buffer of fetched jobs, refilled in one round
+//! trip when half of it is free; the dispatcher starts a job from the buffer as soon as a
+//! slot frees up, so fast jobs do not wait a round trip each. The buffer's size follows
+//! the jobs: enough for what the slots start in about 10 ms at their recent pace, between
+//! twice the concurrency (at most 64) and 512. Slow jobs keep it small, so a process does
+//! not sit on jobs another process could start; fast jobs come hundreds to a round trip.
+//! Buffered jobs are in the in-flight list like running ones, so a crash loses none. Never
+//! spins: with nothing to do the fetcher waits for a push notification, or `idle_poll` for
+//! jobs pushed by producers that do not notify.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +22,52 @@ use crate::metrics;
 
 /// How often [`crate::Queues::all`] looks for new queues.
 const QUEUE_REFRESH: Duration = Duration::from_secs(5);
-/// The most jobs held beyond the running ones. With fast jobs, a buffer of twice the
-/// concurrency (measured with `examples/loadtest.rs`) keeps a worker of concurrency 10 near
-/// 90,000 jobs/s where one of the concurrency alone made 56,000.
-const MAX_PREFETCH: usize = 64;
+/// The smallest buffer is twice the concurrency, but no more than this.
+const MIN_PREFETCH_CAP: usize = 64;
+/// The largest buffer. Measured with `examples/loadtest.rs` (no-op jobs, concurrency 10):
+/// a buffer of twice the concurrency drained about 29,000 jobs/s, one of 512 about 95,000,
+/// with half the CPU per job in the process and in Redis.
+const MAX_PREFETCH: usize = 512;
+/// How much work, in time, the buffer holds at the pace jobs start: about how long a
+/// fetched job waits for a slot.
+const PREFETCH_WINDOW: Duration = Duration::from_millis(10);
+
+/// The buffer's size, from the pace at which the dispatcher starts jobs.
+struct Prefetch {
+    floor: usize,
+    started: Arc<AtomicU64>,
+    seen: u64,
+    at: Instant,
+    /// Jobs started per second, smoothed.
+    pace: f64,
+}
+
+impl Prefetch {
+    fn new(concurrency: usize, started: Arc<AtomicU64>) -> Self {
+        Self {
+            floor: (concurrency * 2).clamp(1, MIN_PREFETCH_CAP),
+            started,
+            seen: 0,
+            at: Instant::now(),
+            pace: 0.0,
+        }
+    }
+
+    /// How many jobs the buffer should hold now.
+    fn target(&mut self) -> usize {
+        let elapsed = self.at.elapsed();
+        // Shorter spans say little about the pace.
+        if elapsed >= Duration::from_millis(1) {
+            let started = self.started.load(Ordering::Relaxed);
+            let recent = started.saturating_sub(self.seen) as f64 / elapsed.as_secs_f64();
+            self.pace = (self.pace + recent) / 2.0;
+            self.seen = started;
+            self.at = Instant::now();
+        }
+        let wanted = self.pace * PREFETCH_WINDOW.as_secs_f64();
+        (wanted as usize).clamp(self.floor, MAX_PREFETCH)
+    }
+}
 
 /// Runs until the worker is quiet or stopping; hands back the jobs fetched but not started,
 /// and returns the tasks of the jobs still running.
@@ -29,8 +75,9 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     acks: mpsc::UnboundedSender<AckMessage>,
 ) -> JoinSet<()> {
-    let prefetch = (shared.config.concurrency * 2).clamp(1, MAX_PREFETCH);
-    let (buffer, mut fetched) = mpsc::channel(prefetch);
+    let started = Arc::new(AtomicU64::new(0));
+    let prefetch = Prefetch::new(shared.config.concurrency, Arc::clone(&started));
+    let (buffer, mut fetched) = mpsc::channel(MAX_PREFETCH);
     let fetcher = tokio::spawn(fetch(Arc::clone(&shared), buffer, prefetch));
     let slots = Arc::new(Semaphore::new(shared.config.concurrency));
     let mut running = JoinSet::new();
@@ -58,6 +105,7 @@ pub(crate) async fn run(
             acks.clone(),
             permit,
         ));
+        started.fetch_add(1, Ordering::Relaxed);
     }
 
     let _ = fetcher.await;
@@ -73,12 +121,11 @@ pub(crate) async fn run(
 }
 
 /// Keeps the buffer filled until the worker stops taking work.
-async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usize) {
+async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch: Prefetch) {
     let mut state = shared.state.subscribe();
     let mut delays = broker::backoff();
     let mut known_queues: Vec<String> = Vec::new();
     let mut refreshed: Option<Instant> = None;
-    let refill_at = prefetch.div_ceil(2);
     // A full limit key is looked at again after a heartbeat's lifetime, by when the slots
     // of a process that died holding them are free. A worker without limited classes does
     // not look for limits: a job it fetches with limits is one it cannot run.
@@ -88,15 +135,19 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, prefetch: usi
         .then_some(shared.config.heartbeat_ttl);
 
     while shared.is_running() {
-        // Wait for room for half a buffer, so each round trip brings a useful batch.
+        // Wait until at most half the buffer is full, so each round trip brings a useful
+        // batch; then fill it.
+        let target = prefetch.target();
+        let reserved = MAX_PREFETCH - target / 2;
         let room = tokio::select! {
-            room = buffer.reserve_many(refill_at) => match room {
+            room = buffer.reserve_many(reserved) => match room {
                 Ok(room) => room,
                 Err(_) => return,
             },
             _ = state.changed() => continue,
         };
-        let wanted = refill_at + buffer.capacity();
+        let held = MAX_PREFETCH - reserved - buffer.capacity();
+        let wanted = target.saturating_sub(held).max(1);
 
         let queues = &shared.config.queues;
         if queues.is_all() && refreshed.is_none_or(|at| at.elapsed() >= QUEUE_REFRESH) {

@@ -2,6 +2,8 @@
 //! payload that is not UTF-8 text (written by some other producer) must still be removable
 //! from its lists by value and end in the dead set, so it is carried as a marked hex string.
 
+use crate::envelope::hex;
+
 /// Marks a payload whose bytes are not UTF-8 text (or that start with this marker); the
 /// rest is the bytes in hex. Such a payload fails to parse and is dead-lettered like any bad
 /// payload, while the broker can still remove it from its lists by value.
@@ -24,9 +26,7 @@ pub(super) fn payload_from_bytes(bytes: Vec<u8>) -> String {
 fn raw_payload(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(RAW_MARKER.len() + bytes.len() * 2);
     text.push_str(RAW_MARKER);
-    for b in bytes {
-        text.push_str(&format!("{b:02x}"));
-    }
+    text.push_str(&hex(bytes));
     text
 }
 
