@@ -214,3 +214,49 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer whose last look at the pace was `ago`, with `started` jobs since.
+    fn looked(prefetch: &mut Prefetch, ago: Duration, started: u64) -> usize {
+        prefetch.at = Instant::now()
+            .checked_sub(ago)
+            .expect("the clock is past the span");
+        prefetch.started.fetch_add(started, Ordering::Relaxed);
+        prefetch.target()
+    }
+
+    #[test]
+    fn slow_jobs_keep_the_buffer_at_twice_the_concurrency() {
+        let mut prefetch = Prefetch::new(10, Arc::new(AtomicU64::new(0)));
+        assert_eq!(prefetch.target(), 20, "no pace known yet");
+        // Ten one-second jobs a second.
+        assert_eq!(looked(&mut prefetch, Duration::from_secs(1), 10), 20);
+        assert_eq!(looked(&mut prefetch, Duration::from_secs(1), 10), 20);
+    }
+
+    #[test]
+    fn fast_jobs_grow_the_buffer_to_its_cap_and_a_pause_shrinks_it() {
+        let mut prefetch = Prefetch::new(10, Arc::new(AtomicU64::new(0)));
+        // 100,000 jobs a second: half of that pace is known after one look (about 500
+        // jobs in 10 ms; the span measured is a little longer than the one set), then the
+        // cap.
+        let first = looked(&mut prefetch, Duration::from_millis(100), 10_000);
+        assert!((450..=500).contains(&first), "{first}");
+        let second = looked(&mut prefetch, Duration::from_millis(100), 10_000);
+        assert_eq!(second, MAX_PREFETCH);
+        // A second without a start halves the pace at each look.
+        let paused = looked(&mut prefetch, Duration::from_secs(1), 0);
+        assert!((340..=375).contains(&paused), "{paused}");
+        let longer = looked(&mut prefetch, Duration::from_secs(1), 0);
+        assert!((170..=188).contains(&longer), "{longer}");
+    }
+
+    #[test]
+    fn a_large_concurrency_starts_from_64() {
+        let mut prefetch = Prefetch::new(200, Arc::new(AtomicU64::new(0)));
+        assert_eq!(prefetch.target(), MIN_PREFETCH_CAP);
+    }
+}
