@@ -272,9 +272,11 @@ async fn kill_dash_nine_of_workers_loses_no_job_on_a_cluster() {
     enqueue_ticks(&broker, JOBS, 30).await;
 
     let mut held_at_kills = HashSet::new();
+    let mut identities = Vec::new();
     for round in 1..=3usize {
         let mut victim = spawn_worker(&urls);
         let identity = identity_of(&broker, &victim).await;
+        identities.push(identity.clone());
         eventually(LIMIT, "the worker made progress", || async {
             broker.queue_len("done").await.unwrap() >= round * 40
         })
@@ -292,14 +294,53 @@ async fn kill_dash_nine_of_workers_loses_no_job_on_a_cluster() {
     }
 
     let mut survivor = spawn_worker(&urls);
-    eventually(LIMIT, "every job completed", || async {
-        done_now(&broker).await.len() == JOBS as usize
-    })
-    .await;
+    identities.push(identity_of(&broker, &survivor).await);
+    let start = std::time::Instant::now();
+    while done_now(&broker).await.len() < JOBS as usize {
+        if start.elapsed() > LIMIT {
+            let whereabouts = whereabouts(&broker, JOBS, &identities, &mut survivor).await;
+            let _ = survivor.kill();
+            panic!("gave up after {LIMIT:?} waiting for every job: {whereabouts}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     survivor.kill().unwrap();
     survivor.wait().unwrap();
     let what = "kills=3 (under way: held at the kills)".to_owned();
     assert_none_lost_repeats_only_under_way(&broker, JOBS, &held_at_kills, what).await;
+}
+
+/// Where the jobs not yet done are, for a failure's message: how many are queued, what
+/// each process (the victims, then the survivor) holds in flight and whether it is still
+/// registered, and whether the survivor still runs.
+async fn whereabouts(
+    broker: &ClusterBroker,
+    jobs: u64,
+    identities: &[String],
+    survivor: &mut Child,
+) -> String {
+    let done = done_now(broker).await;
+    let missing: Vec<u64> = (0..jobs).filter(|n| !done.contains(n)).collect();
+    let registered: Vec<String> = broker
+        .processes()
+        .await
+        .map(|ps| ps.into_iter().map(|p| p.identity).collect())
+        .unwrap_or_default();
+    let mut text = format!(
+        "{} not done (first: {:?}); {:?} queued; survivor exited: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        broker.queue_len("ticks").await,
+        survivor.try_wait(),
+    );
+    for identity in identities {
+        let held = broker.in_flight(identity).await.map(|h| h.len());
+        let listed = registered.contains(identity);
+        text.push_str(&format!(
+            "; {identity}: {held:?} in flight, registered: {listed}"
+        ));
+    }
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
