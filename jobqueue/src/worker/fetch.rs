@@ -56,8 +56,9 @@ impl Prefetch {
     /// How many jobs the buffer should hold now.
     fn target(&mut self) -> usize {
         let elapsed = self.at.elapsed();
-        // Shorter spans say little about the pace.
-        if elapsed >= Duration::from_millis(1) {
+        // Starts are counted over at least a window: over a shorter span, the slots
+        // filling at once (one start in a microsecond) would look like a fast pace.
+        if elapsed >= PREFETCH_WINDOW {
             let started = self.started.load(Ordering::Relaxed);
             let recent = started.saturating_sub(self.seen) as f64 / elapsed.as_secs_f64();
             self.pace = (self.pace + recent) / 2.0;
@@ -252,6 +253,15 @@ mod tests {
         assert!((340..=375).contains(&paused), "{paused}");
         let longer = looked(&mut prefetch, Duration::from_secs(1), 0);
         assert!((170..=188).contains(&longer), "{longer}");
+    }
+
+    #[test]
+    fn slots_filling_at_once_do_not_grow_the_buffer() {
+        let mut prefetch = Prefetch::new(20, Arc::new(AtomicU64::new(0)));
+        // Twenty slots take twenty long jobs within a millisecond: no pace yet.
+        assert_eq!(looked(&mut prefetch, Duration::from_millis(1), 20), 40);
+        // Nothing starts for the next 20 ms.
+        assert_eq!(looked(&mut prefetch, Duration::from_millis(20), 0), 40);
     }
 
     #[test]
