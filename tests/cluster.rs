@@ -1,7 +1,8 @@
 //! Faults on a real Redis Cluster (three masters with a replica each, on loopback): `kill -9`
 //! of worker processes, a master killed under load and replaced by its replica, a manual
-//! failover (`CLUSTER FAILOVER`), and slots moved between masters during a run. Each counts every job by number: none lost, and a
-//! job runs again only if it was under way when the fault struck.
+//! failover (`CLUSTER FAILOVER`), and slots moved between masters during a run. Each
+//! counts every job by number: none lost, and a job runs again only if it was under way
+//! when the fault struck.
 //!
 //! The conformance suite runs on a cluster too (`tests/conformance.rs`).
 
@@ -12,12 +13,9 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobqueue::retry::error_class;
-use jobqueue::{
-    Broker, BrokerError, Client, ClusterBroker, ClusterConfig, Envelope, Queues, SortedSet,
-};
+use jobqueue::{Broker, BrokerError, Client, ClusterBroker, ClusterConfig, Envelope, Queues};
 use support::ticks::Tick;
-use support::{eventually, start, RedisCluster};
+use support::{eventually, poison_pills, start, RedisCluster};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -105,6 +103,30 @@ async fn enqueue_ticks(broker: &ClusterBroker, jobs: u64, millis: u64) {
         .unwrap();
 }
 
+/// Waits until every job has completed after `fault`, stops the worker, and checks that
+/// none was lost and that only jobs `under_way` at the fault ran twice.
+async fn finish_after(
+    broker: &ClusterBroker,
+    worker: support::Running,
+    jobs: u64,
+    under_way: &HashSet<u64>,
+    fault: &str,
+    done_before: usize,
+) {
+    eventually(
+        LIMIT,
+        &format!("every job completed after the {fault}"),
+        || async {
+            matches!(broker.queue_len("done").await, Ok(n) if n >= jobs as usize)
+                && done_now(broker).await.len() == jobs as usize
+        },
+    )
+    .await;
+    worker.stop().await;
+    let what = format!("done_before_{fault}={done_before}");
+    assert_none_lost_repeats_only_under_way(broker, jobs, under_way, what, &HashSet::new()).await;
+}
+
 /// Jobs that may run again after a fault: those with a run record by the end of the fault
 /// that had not completed before it began.
 async fn under_way(broker: &ClusterBroker, done_before: &HashSet<u64>) -> HashSet<u64> {
@@ -152,14 +174,7 @@ async fn a_master_killed_under_load_fails_over_and_loses_no_job() {
         "the master died while jobs were left"
     );
 
-    eventually(LIMIT, "every job completed after the failover", || async {
-        matches!(broker.queue_len("done").await, Ok(n) if n >= JOBS as usize)
-            && done_now(&broker).await.len() == JOBS as usize
-    })
-    .await;
-    worker.stop().await;
-    let what = format!("done_before_kill={}", done_before.len());
-    assert_none_lost_repeats_only_under_way(&broker, JOBS, &under_way, what, &HashSet::new()).await;
+    finish_after(&broker, worker, JOBS, &under_way, "kill", done_before.len()).await;
     drop(cluster);
 }
 
@@ -199,13 +214,15 @@ async fn a_manual_failover_during_a_run_loses_no_job_and_fails_no_call() {
         .await
         .expect("a queue's size right after the failover");
 
-    eventually(LIMIT, "every job completed after the failover", || async {
-        done_now(&broker).await.len() == JOBS as usize
-    })
+    finish_after(
+        &broker,
+        worker,
+        JOBS,
+        &under_way,
+        "failover",
+        done_before.len(),
+    )
     .await;
-    worker.stop().await;
-    let what = format!("done_before_failover={}", done_before.len());
-    assert_none_lost_repeats_only_under_way(&broker, JOBS, &under_way, what, &HashSet::new()).await;
     drop(cluster);
 }
 
@@ -237,13 +254,15 @@ async fn a_reshard_during_a_run_loses_no_job() {
     );
     assert_eq!(cluster.slot_count(&source), 0, "the source serves no slot");
 
-    eventually(LIMIT, "every job completed after the reshard", || async {
-        done_now(&broker).await.len() == JOBS as usize
-    })
+    finish_after(
+        &broker,
+        worker,
+        JOBS,
+        &under_way,
+        "reshard",
+        done_before.len(),
+    )
     .await;
-    worker.stop().await;
-    let what = format!("done_before_reshard={}", done_before.len());
-    assert_none_lost_repeats_only_under_way(&broker, JOBS, &under_way, what, &HashSet::new()).await;
 }
 
 fn spawn_worker(urls: &str) -> Child {
@@ -319,27 +338,11 @@ async fn kill_dash_nine_of_workers_loses_no_job_on_a_cluster() {
         poisoned.is_subset(&held_at_kills),
         "only jobs held at the kills died of them: {poisoned:?}"
     );
-    let done = done_now(&broker).await;
     let what = format!(
         "kills=3 (under way: held at the kills) poison_pills={}",
         poisoned.len()
     );
-    let finished = done.union(&poisoned).count();
-    assert_eq!(finished, JOBS as usize, "{what}: every job done or kept");
     assert_none_lost_repeats_only_under_way(&broker, JOBS, &held_at_kills, what, &poisoned).await;
-}
-
-/// The job numbers in the dead set as interrupted too often (poison pills).
-async fn poison_pills(broker: &ClusterBroker) -> HashSet<u64> {
-    let dead = broker
-        .set_range(SortedSet::Dead, 0, 1000)
-        .await
-        .unwrap_or_default();
-    dead.iter()
-        .filter_map(|(_, payload)| Envelope::parse(payload).ok())
-        .filter(|e| e.error_class.as_deref() == Some(error_class::INTERRUPTED))
-        .filter_map(|e| e.args[0]["n"].as_u64())
-        .collect()
 }
 
 /// Where the jobs not yet done are, for a failure's message: how many are queued, what

@@ -12,13 +12,12 @@ use std::process::ExitStatus;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use jobqueue::retry::error_class;
 use jobqueue::{Broker, Client, Envelope, Job, RedisBroker, SortedSet};
 use support::ticks::{
     ChainedTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, PacedTick, ShopTick, Span,
     StartsTick, Tick,
 };
-use support::{eventually, RedisServer};
+use support::{eventually, poison_pills, RedisServer};
 
 fn spawn_worker(url: &str) -> Child {
     spawn_worker_with(url, "8", "25000")
@@ -104,16 +103,6 @@ async fn kill_dash_nine(url: &str, mut victim: Child, identity: &str) -> Vec<u64
         .await
         .unwrap();
     held
-}
-
-/// The job numbers in the dead set as interrupted too often (poison pills).
-async fn poison_pills(broker: &RedisBroker) -> HashSet<u64> {
-    let dead = broker.set_range(SortedSet::Dead, 0, 1000).await.unwrap();
-    dead.iter()
-        .filter_map(|(_, payload)| Envelope::parse(payload).ok())
-        .filter(|e| e.error_class.as_deref() == Some(error_class::INTERRUPTED))
-        .filter_map(|e| e.args[0]["n"].as_u64())
-        .collect()
 }
 
 async fn in_flight_total(url: &str) -> usize {

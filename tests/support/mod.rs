@@ -203,3 +203,17 @@ macro_rules! on_every_broker {
         }
     };
 }
+
+/// The numbers of the ticks in the dead set as interrupted too often: a job held by a
+/// process at each of its `MAX_INTERRUPTIONS` deaths is kept there as a likely poison pill.
+pub async fn poison_pills(broker: &dyn Broker) -> std::collections::HashSet<u64> {
+    let dead = broker
+        .set_range(jobqueue::SortedSet::Dead, 0, 1000)
+        .await
+        .unwrap();
+    dead.iter()
+        .filter_map(|(_, payload)| jobqueue::Envelope::parse(payload).ok())
+        .filter(|e| e.error_class.as_deref() == Some(jobqueue::retry::error_class::INTERRUPTED))
+        .filter_map(|e| e.args[0]["n"].as_u64())
+        .collect()
+}

@@ -281,12 +281,16 @@ impl RedisCluster {
         }
     }
 
+    /// Where the node on `port` writes its log.
+    fn log_path(&self, port: u16) -> PathBuf {
+        self.dir.join(format!("node-{port}.log"))
+    }
+
     /// Prints the end of every node's log (failovers, lost links) beside a failed test's
     /// output.
     fn print_logs(&self) {
         for node in &self.nodes {
-            let log = std::fs::read_to_string(self.dir.join(format!("node-{}.log", node.port)))
-                .unwrap_or_default();
+            let log = std::fs::read_to_string(self.log_path(node.port)).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("--- the end of cluster node {}'s log ---", node.port);
             for line in &lines[lines.len().saturating_sub(30)..] {
@@ -305,6 +309,7 @@ impl RedisCluster {
                 start.elapsed() < Duration::from_secs(30),
                 "no cluster node could start within 30 s"
             );
+            let log = self.log_path(self.nodes[i].port);
             let node = &mut self.nodes[i];
             let mut child = Command::new("redis-server")
                 .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
@@ -319,7 +324,7 @@ impl RedisCluster {
                     &self.node_timeout.as_millis().to_string(),
                 ])
                 .arg("--logfile")
-                .arg(self.dir.join(format!("node-{}.log", node.port)))
+                .arg(log)
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .arg("--dir")
                 .arg(&self.dir)

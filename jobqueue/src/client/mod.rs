@@ -275,30 +275,27 @@ impl Client {
         options: &'static JobOptions,
     ) -> Vec<Result<Admitted, Error>> {
         let unique = options.unique.filter(|spec| spec.locks_at_enqueue());
-        // Each job's round: how many earlier jobs of the bulk share its key.
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let rounds: Vec<usize> = envelopes
-            .iter()
-            .map(|envelope| match unique {
+        // A job's round is how many earlier jobs of the bulk share its key.
+        let mut earlier: HashMap<String, usize> = HashMap::new();
+        let mut rounds: Vec<Vec<(usize, Envelope)>> = Vec::new();
+        let count = envelopes.len();
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            let round = match unique {
                 Some(spec) => {
-                    let earlier = seen.entry(spec.queued_key(envelope)).or_insert(0);
-                    *earlier += 1;
-                    *earlier - 1
+                    let seen = earlier.entry(spec.queued_key(&envelope)).or_insert(0);
+                    *seen += 1;
+                    *seen - 1
                 }
                 None => 0,
-            })
-            .collect();
-        let mut waiting: Vec<Option<Envelope>> = envelopes.into_iter().map(Some).collect();
-        let mut results: Vec<Option<Result<Admitted, Error>>> =
-            waiting.iter().map(|_| None).collect();
-        for round in 0..=rounds.iter().copied().max().unwrap_or(0) {
-            let this_round: Vec<(usize, Envelope)> = rounds
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| **r == round)
-                .filter_map(|(i, _)| Some((i, waiting[i].take()?)))
-                .collect();
-            let admitted = futures_util::stream::iter(this_round)
+            };
+            if rounds.len() <= round {
+                rounds.resize_with(round + 1, Vec::new);
+            }
+            rounds[round].push((i, envelope));
+        }
+        let mut results: Vec<Option<Result<Admitted, Error>>> = (0..count).map(|_| None).collect();
+        for round in rounds {
+            let admitted = futures_util::stream::iter(round)
                 .map(|(i, envelope)| async move {
                     let result = self
                         .admit(envelope, at, Some(options), Origin::Enqueue)
