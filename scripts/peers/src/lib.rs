@@ -44,6 +44,15 @@ impl Options {
         }
         o
     }
+
+    /// The job numbers, in the slices each harness enqueues with one bulk call.
+    pub fn chunks(&self) -> impl Iterator<Item = std::ops::Range<u64>> {
+        const CHUNK: u64 = 10_000;
+        let jobs = self.jobs;
+        (0..jobs)
+            .step_by(CHUNK as usize)
+            .map(move |n| n..(n + CHUNK).min(jobs))
+    }
 }
 
 /// Counts finished jobs and wakes the harness at the last one.

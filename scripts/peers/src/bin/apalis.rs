@@ -12,8 +12,6 @@ use apalis::prelude::*;
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
 use peers::{Options, Run, PROGRESS};
 
-const CHUNK: u64 = 10_000;
-
 async fn noop(_n: u64) -> Result<(), BoxDynError> {
     PROGRESS.finish_one();
     Ok(())
@@ -33,14 +31,8 @@ async fn main() {
         .emit_events(false)
         .persist_results(false);
     let mut storage = RedisStorage::<u64>::new(conn).with_config(config);
-    let mut n = 0;
-    while n < o.jobs {
-        let end = (n + CHUNK).min(o.jobs);
-        storage
-            .push_bulk((n..end).collect())
-            .await
-            .expect("push_bulk");
-        n = end;
+    for chunk in o.chunks() {
+        storage.push_bulk(chunk.collect()).await.expect("push_bulk");
     }
     promote(&mut storage).await;
     run.enqueued();

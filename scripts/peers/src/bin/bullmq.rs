@@ -5,8 +5,6 @@
 use bullmq_rs::{QueueBuilder, RedisConnection, WorkerBuilder};
 use peers::{Options, Run, PROGRESS};
 
-const CHUNK: u64 = 10_000;
-
 #[tokio::main]
 async fn main() {
     let o = Options::parse();
@@ -17,12 +15,9 @@ async fn main() {
         .build::<u64>()
         .await
         .expect("a queue");
-    let mut n = 0;
-    while n < o.jobs {
-        let end = (n + CHUNK).min(o.jobs);
-        let jobs = (n..end).map(|i| ("noop".to_owned(), i, None)).collect();
+    for chunk in o.chunks() {
+        let jobs = chunk.map(|i| ("noop".to_owned(), i, None)).collect();
         queue.add_bulk(jobs).await.expect("add_bulk");
-        n = end;
     }
     run.enqueued();
     let worker = WorkerBuilder::new("peers-bullmq")
