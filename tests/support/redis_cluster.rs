@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::redis_server::{free_port, missing_redis_server};
@@ -34,9 +35,11 @@ impl RedisCluster {
     /// Starts three masters with `replicas` replicas each; a node unanswered for
     /// `node_timeout` is counted failed (a failover test keeps it short).
     pub fn start_with(replicas: usize, node_timeout: Duration) -> Self {
-        let first = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("jobqueue-cluster-{}-{first}", std::process::id()));
+        // Named by a count, not a port: a port freed by one test may be handed to another,
+        // and two clusters sharing a directory would delete each other's files.
+        static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("jobqueue-cluster-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create a directory for the cluster");
         let mut cluster = Self {
             dir,
