@@ -577,6 +577,7 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
             &["default".into()],
             100,
             Some(std::time::Duration::from_secs(60)),
+            false,
         )
         .await
         .unwrap();
@@ -701,6 +702,7 @@ async fn shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue(b: Back
             &[ORDERED.into()],
             1,
             Some(std::time::Duration::from_secs(60)),
+            false,
         )
         .await
         .unwrap()
@@ -810,6 +812,7 @@ async fn take_in_order(b: &Backend, queue: &str) -> Vec<String> {
             &[queue.to_owned()],
             size,
             Some(std::time::Duration::from_secs(60)),
+            false,
         )
         .await
         .unwrap()
@@ -897,6 +900,7 @@ async fn bury(b: &Backend, payloads: Vec<String>) {
             &["graveyard".into()],
             payloads.len(),
             Some(std::time::Duration::from_secs(60)),
+            false,
         )
         .await
         .unwrap();
@@ -1350,6 +1354,7 @@ async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
             &["held".to_owned()],
             1,
             Some(std::time::Duration::from_secs(60)),
+            false,
         )
         .await
         .unwrap()

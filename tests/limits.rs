@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use jobqueue::broker::Settle;
+use jobqueue::broker::{Ack, Settle};
 use jobqueue::{Envelope, SortedSet};
 use support::heartbeat::beat;
 use support::jobs::{self, most_at_once, now, AccountJob, ShopJob};
@@ -50,7 +50,11 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
     let queues = ["default".to_owned()];
     beat(b.broker.as_ref(), "p", LEASE).await;
 
-    let taken = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
+    let taken = b
+        .broker
+        .fetch("p", &queues, 10, Some(LEASE), false)
+        .await
+        .unwrap();
     let mut shops: Vec<String> = taken.iter().map(|f| shop_of(&f.payload)).collect();
     if b.cluster.is_some() {
         // Each shop's jobs live on the shard of its key: shard order, not queue order.
@@ -72,10 +76,17 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
         .collect();
 
     // A finished job frees its slot, and one waiting job goes to the front of its queue.
-    b.broker.ack("p", &[of_a[0].payload.clone()]).await.unwrap();
+    b.broker
+        .ack("p", &[of_a[0].payload.clone().into()])
+        .await
+        .unwrap();
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
     assert_eq!(b.admin().limits().await.unwrap()[0].parked, 2);
-    let next = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
+    let next = b
+        .broker
+        .fetch("p", &queues, 10, Some(LEASE), false)
+        .await
+        .unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(shop_of(&next[0].payload), "a");
 
@@ -106,7 +117,11 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     }
     let queues = ["default".to_owned()];
     let at = now();
-    let taken = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
+    let taken = b
+        .broker
+        .fetch("p", &queues, 10, Some(LEASE), false)
+        .await
+        .unwrap();
     assert_eq!(taken.len(), 5, "five starts per second");
     let limits = b.admin().limits().await.unwrap();
     assert_eq!(limits[0].key, "AccountJob:rate:x");
@@ -138,7 +153,7 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
         let broker = b.broker.clone();
         let shops = shops.clone();
         async move {
-            let taken = broker.fetch(process, &shops, max, Some(LEASE)).await;
+            let taken = broker.fetch(process, &shops, max, Some(LEASE), false).await;
             taken.unwrap().len()
         }
     };
@@ -275,7 +290,11 @@ async fn a_job_set_aside_is_cancelled_where_it_waits(b: Backend) {
     }
     let queues = ["default".to_owned()];
     beat(b.broker.as_ref(), "p", LEASE).await;
-    let taken = b.broker.fetch("p", &queues, 10, Some(LEASE)).await.unwrap();
+    let taken = b
+        .broker
+        .fetch("p", &queues, 10, Some(LEASE), false)
+        .await
+        .unwrap();
     assert_eq!(taken.len(), 2, "the third waits for the shop's slots");
 
     let cancelled = b.admin().cancel(&jids[2]).await.unwrap();
@@ -290,12 +309,12 @@ async fn a_job_set_aside_is_cancelled_where_it_waits(b: Backend) {
         "no job waits under the key any more"
     );
     // The slots free, and nothing comes back to run.
-    let payloads: Vec<String> = taken.into_iter().map(|f| f.payload).collect();
-    b.broker.ack("p", &payloads).await.unwrap();
+    let acks: Vec<Ack> = taken.into_iter().map(|f| f.payload.into()).collect();
+    b.broker.ack("p", &acks).await.unwrap();
     assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
     assert!(b
         .broker
-        .fetch("p", &queues, 10, Some(LEASE))
+        .fetch("p", &queues, 10, Some(LEASE), false)
         .await
         .unwrap()
         .is_empty());

@@ -5,8 +5,10 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use jobqueue::broker::Ack;
 use jobqueue::client::{Admission, ClientJob, ClientMiddleware, ClientNext};
 use jobqueue::schedule::Periodic;
 use jobqueue::worker::{Outcome, ServerJob, ServerMiddleware, ServerNext};
@@ -24,6 +26,9 @@ on_every_broker!(
     only_the_newest_of_a_burst_of_collapsible_jobs_runs,
     concurrent_collapsible_enqueues_run_exactly_one_job,
     collapse_markers_expire,
+    a_fetch_reads_each_jobs_collapse_marker,
+    a_job_that_waited_for_a_slot_sees_a_newer_one_enqueued_meanwhile,
+    an_acknowledgement_releases_a_lock_only_for_its_owner,
     a_unique_job_is_enqueued_once_under_concurrent_enqueues,
     on_conflict_log_returns_the_job_that_stands_for_it,
     on_conflict_replace_swaps_the_queued_job,
@@ -231,6 +236,153 @@ async fn collapse_markers_expire(b: Backend) {
         b.broker.lock_holder(&key).await.unwrap().is_none()
     })
     .await;
+}
+
+async fn a_fetch_reads_each_jobs_collapse_marker(b: Backend) {
+    let c = client(&b);
+    let refresh = |account, seq| Refresh {
+        token: jobs::token(),
+        account,
+        seq,
+    };
+    let queues = [Refresh::OPTIONS.queue.to_owned()];
+    let older = c.enqueue(&refresh(1, 1)).await.unwrap();
+    let newer = c.enqueue(&refresh(1, 2)).await.unwrap();
+    let alone = c.enqueue(&refresh(2, 1)).await.unwrap();
+    let key = Refresh::OPTIONS
+        .collapse
+        .unwrap()
+        .marker_key(&job("Refresh", &refresh(2, 1)));
+    assert!(b.broker.unlock(&key, &alone).await.unwrap());
+
+    let taken = b
+        .broker
+        .fetch("reader", &queues, 3, None, true)
+        .await
+        .unwrap();
+    // On a cluster, the shards' jobs come shard by shard: compared by jid, not in order.
+    let read: BTreeMap<String, (String, Option<String>)> = taken
+        .iter()
+        .map(|f| {
+            let marker = f.marker.clone().expect("the marker was read");
+            let jid = Envelope::parse(&f.payload).unwrap().jid;
+            (jid, (marker.key, marker.newest))
+        })
+        .collect();
+    assert_eq!(read.len(), 3);
+    assert_eq!(
+        read[&older].1.as_ref(),
+        Some(&newer),
+        "the older sees the newer"
+    );
+    assert_eq!(read[&newer].1.as_ref(), Some(&newer));
+    assert_eq!(read[&alone], (key, None), "none where the marker is gone");
+
+    // A process running no collapsible class does not ask for markers.
+    c.enqueue(&refresh(3, 1)).await.unwrap();
+    let taken = b
+        .broker
+        .fetch("reader", &queues, 1, None, false)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].marker, None);
+}
+
+/// Holds its slot until its token has an `open` label.
+#[derive(Serialize, Deserialize, Job, Clone)]
+#[job(queue = "holds")]
+struct Hold {
+    token: String,
+}
+
+#[async_trait]
+impl Perform for Hold {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        record(&self.token, "start");
+        while !jobs::labels(&self.token).iter().any(|l| l == "open") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn a_job_that_waited_for_a_slot_sees_a_newer_one_enqueued_meanwhile(b: Backend) {
+    let t = jobs::token();
+    let hold = jobs::token();
+    let c = client(&b);
+    let refresh = |seq| Refresh {
+        token: t.clone(),
+        account: 1,
+        seq,
+    };
+    c.enqueue(&Hold {
+        token: hold.clone(),
+    })
+    .await
+    .unwrap();
+    let h = start(
+        worker(&b)
+            .register::<Hold>()
+            .register::<Refresh>()
+            .concurrency(1),
+    );
+    eventually(LIMIT, "the first job holds the only slot", || async {
+        jobs::labels(&hold) == ["start"]
+    })
+    .await;
+    // Fetched into the buffer with its marker naming itself, then outdated.
+    c.enqueue(&refresh(1)).await.unwrap();
+    let queue = Refresh::OPTIONS.queue;
+    eventually(LIMIT, "the first was fetched", || async {
+        b.admin().queue(queue).await.unwrap().size == 0
+    })
+    .await;
+    c.enqueue(&refresh(2)).await.unwrap();
+    // Longer than a fetch's reading of a marker stands for (50 ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    record(&hold, "open");
+    eventually(LIMIT, "all three taken", || async {
+        b.admin().stats().await.unwrap().processed == 3
+    })
+    .await;
+    h.stop().await;
+    assert_eq!(jobs::labels(&t), ["1:2"], "only the newer one ran");
+    assert_eq!(b.admin().stats().await.unwrap().skipped, 1);
+}
+
+async fn an_acknowledgement_releases_a_lock_only_for_its_owner(b: Backend) {
+    let c = client(&b);
+    let queue = Import::OPTIONS.queue.to_owned();
+    c.enqueue(&import(&jobs::token(), "a")).await.unwrap();
+    c.enqueue(&import(&jobs::token(), "b")).await.unwrap();
+    let taken = b
+        .broker
+        .fetch("acker", &[queue], 2, None, false)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 2);
+    let ttl = Duration::from_secs(60);
+    b.broker.lock("mine", "a", ttl).await.unwrap();
+    b.broker.lock("theirs", "c", ttl).await.unwrap();
+    let acks = [
+        Ack {
+            payload: taken[0].payload.clone(),
+            unlock: Some(("mine".into(), "a".into())),
+        },
+        Ack {
+            payload: taken[1].payload.clone(),
+            unlock: Some(("theirs".into(), "b".into())),
+        },
+    ];
+    b.broker.ack("acker", &acks).await.unwrap();
+    assert!(b.broker.in_flight("acker").await.unwrap().is_empty());
+    assert_eq!(b.broker.lock_holder("mine").await.unwrap(), None);
+    assert_eq!(
+        b.broker.lock_holder("theirs").await.unwrap().as_deref(),
+        Some("c"),
+        "another owner's lock is kept"
+    );
 }
 
 fn import(token: &str, label: &str) -> Import {

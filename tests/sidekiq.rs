@@ -485,7 +485,13 @@ async fn jobs_retried_by_hand_through_sidekiqs_api_run_here() {
     assert_eq!(queued, 1, "Ruby pushed it back to its queue");
     let fetched = b
         .broker
-        .fetch("interop-test", &["interop".to_owned()], 10, Some(LIMIT))
+        .fetch(
+            "interop-test",
+            &["interop".to_owned()],
+            10,
+            Some(LIMIT),
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(fetched.len(), 1);

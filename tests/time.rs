@@ -40,6 +40,7 @@ async fn drain(b: &Backend, queue: &str) -> Vec<Envelope> {
             &[queue.to_owned()],
             size,
             Some(std::time::Duration::from_secs(60)),
+            false,
         )
         .await
         .unwrap()

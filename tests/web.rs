@@ -279,6 +279,7 @@ async fn every_page_shows_what_the_broker_holds() {
                 &limited,
                 10,
                 Some(Duration::from_secs(60)),
+                false,
             )
             .await
             .unwrap();

@@ -496,6 +496,7 @@ fn limits_show_the_keys_with_jobs_set_aside() {
             &["sync".to_owned()],
             10,
             Some(Duration::from_secs(60)),
+            false,
         ))
         .unwrap();
     assert_eq!(taken.len(), 2);

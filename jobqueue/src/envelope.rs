@@ -14,8 +14,12 @@ const MAX_ERROR_MESSAGE: usize = 10_000;
 /// A job as stored in Redis. Keys this library does not know are kept as they were.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The key of the job's collapse marker (`#[job(collapsible)]`), written first so a
+    /// broker's fetch finds it with one search and reads the marker in the same step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse: Option<String>,
     /// The job's per-key limits, as [`crate::job::LimitTag::encode`] writes them; absent for
-    /// jobs without. Written first and the jid right after, so a broker reads both with one
+    /// jobs without. Written next, and the jid right after, so a broker reads both with one
     /// search, without parsing the payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<String>,
@@ -167,6 +171,7 @@ impl Envelope {
     /// A new job with a fresh jid and `created_at` set to now.
     pub fn new(class: impl Into<String>, queue: impl Into<String>, args: Vec<Value>) -> Self {
         Self {
+            collapse: None,
             limits: None,
             jid: new_jid(),
             class: class.into(),

@@ -387,6 +387,15 @@ impl CollapseSpec {
     pub fn marker_key(&self, envelope: &Envelope) -> String {
         job_key("collapse", envelope, self.key, false)
     }
+
+    /// The marker key the payload names (the client writes it there), or for a job pushed
+    /// without it (by Ruby, or by an earlier version) the one its arguments give.
+    pub(crate) fn marker_key_of(&self, envelope: &Envelope) -> String {
+        match &envelope.collapse {
+            Some(key) => key.clone(),
+            None => self.marker_key(envelope),
+        }
+    }
 }
 
 /// `kind:class[:queue]:sha256(arguments)`: the job's class and a digest of its arguments

@@ -6,7 +6,7 @@
 //! reliable fetch. The worker, scheduler and admin code is written once against this trait.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -91,6 +91,52 @@ pub struct Fetched {
     pub queue: String,
     /// The payload exactly as stored; it identifies the job in the in-flight list.
     pub payload: String,
+    /// Its collapse marker, read in the same step, when the fetch was asked to read markers
+    /// and the payload names one.
+    pub marker: Option<MarkerRead>,
+}
+
+/// A collapsible job's marker as a fetch read it: the worker skips a stale job without
+/// asking the broker again while the reading is fresh.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MarkerRead {
+    /// The marker's key, as the payload names it.
+    pub key: String,
+    /// The newest job with that key, if the marker has not expired.
+    pub newest: Option<String>,
+    /// When it was read.
+    pub at: Instant,
+}
+
+impl MarkerRead {
+    /// The reading of `payload`'s marker, `newest` being what the broker found under the
+    /// key the payload names (none when it names none).
+    pub(crate) fn of(payload: &str, newest: Option<String>) -> Option<Self> {
+        Some(Self {
+            key: collapse_in(payload)?.to_owned(),
+            newest,
+            at: Instant::now(),
+        })
+    }
+}
+
+/// A finished job leaving a process's in-flight list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// Its payload as fetched.
+    pub payload: String,
+    /// A lock it held until now, `(key, owner)`, released in the same round trip if the
+    /// owner still holds it.
+    pub unlock: Option<(String, String)>,
+}
+
+impl From<String> for Ack {
+    fn from(payload: String) -> Self {
+        Self {
+            payload,
+            unlock: None,
+        }
+    }
 }
 
 /// One of the sorted sets Sidekiq keeps.
@@ -376,6 +422,20 @@ pub(crate) fn limits_in(payload: &str) -> Option<(&str, Vec<crate::job::LimitTag
     Some((jid, crate::job::LimitTag::decode(text)))
 }
 
+/// The mark of a payload's collapse key (see [`crate::envelope::Envelope::collapse`]).
+const COLLAPSE_MARK: &str = "\"collapse\":\"";
+
+/// The collapse marker key a payload names, found as the Redis fetch scripts find it: the
+/// first such mark, which is the job's own when it has one, since it is written first. A
+/// payload without one may still match inside its arguments; the worker compares the key
+/// with the one it computes before trusting a reading.
+pub(crate) fn collapse_in(payload: &str) -> Option<&str> {
+    let at = payload.find(COLLAPSE_MARK)?;
+    payload[at + COLLAPSE_MARK.len()..]
+        .split_once('"')
+        .map(|(key, _)| key)
+}
+
 /// How long a batch's state is kept after its last addition.
 pub const BATCH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -400,12 +460,16 @@ pub trait Broker: Send + Sync + 'static {
     /// key is looked at again after `lease` in case no release comes. With no `lease`, for a
     /// process that runs no job class with limits, limits are not looked for, which spares
     /// Redis a search of each payload.
+    ///
+    /// With `markers`, the collapse marker a payload names is read in the same step
+    /// ([`Fetched::marker`]), so the worker need not ask for it job by job.
     async fn fetch(
         &self,
         process: &str,
         queues: &[String],
         max: usize,
         lease: Option<Duration>,
+        markers: bool,
     ) -> Result<Vec<Fetched>, BrokerError>;
 
     /// Brings jobs set aside by [`Broker::fetch`] back to the front of their queues, as many
@@ -416,8 +480,9 @@ pub trait Broker: Send + Sync + 'static {
     /// The limit keys with jobs set aside, with their slots and waiting jobs.
     async fn limits(&self) -> Result<Vec<LimitEntry>, BrokerError>;
 
-    /// Removes finished jobs from the in-flight list of `process`.
-    async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError>;
+    /// Removes finished jobs from the in-flight list of `process`, releasing the locks they
+    /// name, in one round trip on one Redis.
+    async fn ack(&self, process: &str, acks: &[Ack]) -> Result<(), BrokerError>;
 
     /// Adds the jobs `jids` to the batch `bid`, creating it (with `description` and
     /// `callbacks`) if it is new; the callbacks of an existing batch are kept.

@@ -123,7 +123,7 @@ pub(super) async fn apply(
     // queue is not.
     // Recorded before the push, so no worker can see this job before its marker.
     if let (Some(spec), Origin::Enqueue | Origin::Periodic) = (options.collapse, origin) {
-        let key = spec.marker_key(envelope);
+        let key = spec.marker_key_of(envelope);
         broker
             .lock_force(&key, &envelope.jid, config.collapse_marker_ttl)
             .await?;

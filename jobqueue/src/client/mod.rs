@@ -409,6 +409,10 @@ impl Client {
         }
         let mut at = job.at;
         let mut envelope = job.envelope;
+        // The marker's key goes in the payload, so a fetch reads the marker beside the job.
+        if let Some(spec) = options.and_then(|o| o.collapse) {
+            envelope.collapse = Some(spec.marker_key(&envelope));
+        }
         let now = SystemTime::now();
         let mut push = to_push(&mut envelope, at, now);
         self.check_size(&push, &envelope.class)?;

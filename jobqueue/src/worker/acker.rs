@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
-use crate::broker;
+use crate::broker::{self, Ack};
 use crate::metrics;
 
 /// How many finished jobs are removed from the in-flight list per round trip, at most.
@@ -14,8 +14,8 @@ const ACK_BATCH: usize = 256;
 
 /// What the acker is told.
 pub(crate) enum AckMessage {
-    /// This job (its payload as fetched) finished.
-    Done(String),
+    /// This job finished (its payload as fetched, and a lock it releases).
+    Done(Ack),
     /// Answer once everything sent before has reached the broker.
     Flush(oneshot::Sender<()>),
 }
@@ -37,7 +37,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack
         let mut next = Some(first);
         while let Some(message) = next {
             match message {
-                AckMessage::Done(payload) => batch.push(payload),
+                AckMessage::Done(ack) => batch.push(ack),
                 AckMessage::Flush(tx) => flushes.push(tx),
             }
             next = if batch.len() < ACK_BATCH {

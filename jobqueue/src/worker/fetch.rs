@@ -134,6 +134,7 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch:
         .registry
         .has_limits()
         .then_some(shared.config.heartbeat_ttl);
+    let markers = shared.registry.has_collapsible();
 
     while shared.is_running() {
         // Wait until at most half the buffer is full, so each round trip brings a useful
@@ -166,7 +167,7 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch:
         let order = queues.fetch_order(&known_queues);
         let jobs = match shared
             .broker
-            .fetch(&shared.identity, &order, wanted, lease)
+            .fetch(&shared.identity, &order, wanted, lease, markers)
             .await
         {
             Ok(jobs) => {

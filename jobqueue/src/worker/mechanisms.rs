@@ -2,23 +2,25 @@
 //! middleware chain around the job itself, for every job of every worker:
 //!
 //! - the stale-job stopper (`#[job(collapsible)]`): a job that is not the newest for its
-//!   key is skipped;
+//!   key is skipped, by the marker its fetch read or, when that reading is stale, by asking;
 //! - uniqueness locks (`#[job(unique)]`): the lock taken at enqueue is released when the
-//!   lock type says so; a running lock is a lease taken before perform and renewed while
-//!   the job runs, so a `kill -9` leaves it behind only until the lease lapses.
+//!   lock type says so (`until_executed`: with the job's acknowledgement, in its round
+//!   trip); a running lock is a lease taken before perform and renewed while the job runs,
+//!   so a `kill -9` leaves it behind only until the lease lapses.
 //!
 //! A job waiting for a retry keeps its queued lock, since it is still enqueued; a job that
 //! dies (dead set, or discarded) releases both. The enqueue side is in
 //! `client/mechanisms.rs`.
 
 use std::convert::Infallible;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::middleware::{Endpoint, Outcome, ServerJob};
 use super::registry::Handler;
-use crate::broker::Broker;
+use crate::broker::{Broker, MarkerRead};
 use crate::client::MechanismConfig;
 use crate::envelope::Envelope;
 use crate::error::BrokerError;
@@ -29,20 +31,34 @@ use crate::retry::error_class;
 /// How long a job waits when the broker could not be asked about its lock or marker.
 const BROKER_RETRY: Duration = Duration::from_secs(5);
 
+/// How long a collapse marker read by the fetch stands for the marker: a job that waited
+/// longer for a slot asks again, so a newer job enqueued meanwhile is seen.
+const MARKER_FRESH: Duration = Duration::from_millis(50);
+
 /// The job at the end of the server chain, inside its mechanisms.
 pub(super) struct Guarded<'a> {
     pub(super) config: &'a MechanismConfig,
     pub(super) handler: &'a dyn Handler,
+    /// The job's collapse marker as its fetch read it.
+    pub(super) marker: Option<&'a MarkerRead>,
+    /// A lock (key, owner) to release with the job's acknowledgement, in its round trip.
+    pub(super) release_at_ack: &'a OnceLock<(String, String)>,
 }
 
 #[async_trait]
 impl Endpoint for Guarded<'_> {
     async fn perform(&self, job: &ServerJob<'_>) -> Result<Outcome, JobError> {
         if let Some(spec) = job.options.collapse {
-            let key = spec.marker_key(job.envelope);
-            let newest = match job.broker.lock_holder(&key).await {
-                Ok(newest) => newest,
-                Err(e) => return Ok(broker_unavailable("the collapse marker", &e)),
+            let key = spec.marker_key_of(job.envelope);
+            let read = self
+                .marker
+                .filter(|read| read.key == key && read.at.elapsed() < MARKER_FRESH);
+            let newest = match read {
+                Some(read) => read.newest.clone(),
+                None => match job.broker.lock_holder(&key).await {
+                    Ok(newest) => newest,
+                    Err(e) => return Ok(broker_unavailable("the collapse marker", &e)),
+                },
             };
             if let Some(newest) = newest.filter(|n| *n != job.envelope.jid) {
                 return Ok(Outcome::Skipped {
@@ -89,7 +105,9 @@ impl Guarded<'_> {
             if spec.lock == UniqueLock::UntilExecuted
                 && matches!(outcome, Ok(Outcome::Done | Outcome::Skipped { .. }))
             {
-                release(broker, &queued, jid).await;
+                // Released when the job is acknowledged; a job that goes back to a queue or
+                // set after all (a resume, a strict budget) keeps it, being still enqueued.
+                let _ = self.release_at_ack.set((queued, jid.clone()));
             }
             return outcome;
         }
@@ -172,7 +190,7 @@ async fn renew(broker: &dyn Broker, key: &str, jid: &str, lease: Duration) -> In
 }
 
 /// Releases a lock this job holds; a failure only delays the release to the lock's TTL.
-async fn release(broker: &dyn Broker, key: &str, jid: &str) {
+pub(super) async fn release(broker: &dyn Broker, key: &str, jid: &str) {
     if let Err(e) = broker.unlock(key, jid).await {
         tracing::warn!("releasing lock {key} of job {jid} failed; it expires by its TTL: {e}");
     }

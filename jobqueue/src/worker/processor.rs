@@ -17,7 +17,7 @@ use super::budgets;
 use super::mechanisms::Guarded;
 use super::middleware::{Outcome, ServerJob};
 use super::{settle, Shared, Started};
-use crate::broker::{Fetched, Settle};
+use crate::broker::{Ack, Fetched, Settle};
 use crate::budget::{Account, Tracked};
 use crate::class_stats::Run;
 use crate::client::BATCH_KEY;
@@ -41,7 +41,18 @@ pub(crate) async fn run(
     let account = Arc::new(Account::default());
     let mut follow_ups = Vec::new();
     let mut batch = None;
-    let ended = execute(&shared, &job, &slot, &account, &mut follow_ups, &mut batch).await;
+    let release_at_ack = OnceLock::new();
+    let ended = execute(
+        &shared,
+        &job,
+        &slot,
+        &account,
+        &release_at_ack,
+        &mut follow_ups,
+        &mut batch,
+    )
+    .await;
+    let unlock = release_at_ack.into_inner();
     let (class, ran) = slot
         .started
         .get()
@@ -80,18 +91,23 @@ pub(crate) async fn run(
                 .map(|e| e.jid)
                 .unwrap_or_default();
             settle::ack_then(&shared, &parent, &job.payload, follow_ups).await;
+            if let Some((key, owner)) = unlock {
+                super::mechanisms::release(shared.broker.as_ref(), &key, &owner).await;
+            }
         }
         Ok(Outcome::Done) => {
             // The acker is gone only once shutdown has handed every job back.
-            let _ = acks.send(AckMessage::Done(job.payload));
+            let payload = job.payload;
+            let _ = acks.send(AckMessage::Done(Ack { payload, unlock }));
         }
         Ok(Outcome::Skipped { .. }) => {
             shared.skipped.fetch_add(1, Ordering::Relaxed);
-            let _ = acks.send(AckMessage::Done(job.payload));
+            let payload = job.payload;
+            let _ = acks.send(AckMessage::Done(Ack { payload, unlock }));
         }
         Ok(Outcome::Cancelled) => {
             shared.cancelled.fetch_add(1, Ordering::Relaxed);
-            let _ = acks.send(AckMessage::Done(job.payload));
+            let _ = acks.send(AckMessage::Done(job.payload.into()));
         }
         Ok(Outcome::Reschedule { after: delay, .. }) => {
             let to = Settle::Schedule {
@@ -203,6 +219,7 @@ async fn execute(
     job: &Fetched,
     slot: &Slot<'_>,
     account: &Arc<Account>,
+    release_at_ack: &OnceLock<(String, String)>,
     follow_ups: &mut Vec<FollowUp>,
     batch: &mut Option<(String, String)>,
 ) -> Result<Outcome, Failed> {
@@ -268,6 +285,8 @@ async fn execute(
     let endpoint = Guarded {
         config: &shared.config.mechanisms,
         handler: handler.as_ref(),
+        marker: job.marker.as_ref(),
+        release_at_ack,
     };
     let span = tracing::info_span!(
         "jobqueue.perform",

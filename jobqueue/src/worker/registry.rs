@@ -85,6 +85,13 @@ impl Registry {
         })
     }
 
+    /// Whether a class is collapsible, so fetches read its jobs' markers.
+    pub(crate) fn has_collapsible(&self) -> bool {
+        self.handlers
+            .values()
+            .any(|(handler, _)| handler.options().collapse.is_some())
+    }
+
     /// The sensitive argument fields of each class that has some.
     pub(crate) fn sensitive(
         &self,

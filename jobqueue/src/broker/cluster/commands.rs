@@ -12,8 +12,8 @@ use futures_util::future::try_join_all;
 
 use super::ClusterBroker;
 use crate::broker::{
-    BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans, ProcessEntry,
-    Push, Settle, SortedSet, Stats, Wakeups, DEAD_MAX_JOBS,
+    Ack, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
+    ProcessEntry, Push, Settle, SortedSet, Stats, Wakeups, DEAD_MAX_JOBS,
 };
 use crate::error::BrokerError;
 
@@ -144,6 +144,7 @@ impl Broker for ClusterBroker {
         queues: &[String],
         max: usize,
         lease: Option<Duration>,
+        markers: bool,
     ) -> Result<Vec<Fetched>, BrokerError> {
         // Level by level: the first queue on every shard, then the first two, and so on, so
         // that a queue's jobs on any shard go before a later queue's (strict and weighted
@@ -154,10 +155,17 @@ impl Broker for ClusterBroker {
                 if taken.len() >= max {
                     return Ok(taken);
                 }
-                let more = self.inner.shards[shard]
-                    .fetch(process, &queues[..level], max - taken.len(), lease)
+                let mut more = self.inner.shards[shard]
+                    .fetch(process, &queues[..level], max - taken.len(), lease, markers)
                     .await?;
                 self.hold(shard, more.iter().map(|f| f.payload.as_str()));
+                // A marker read on another shard than its own was not the marker.
+                for job in &mut more {
+                    job.marker = job
+                        .marker
+                        .take()
+                        .filter(|m| self.shard_of_key(&m.key) == shard);
+                }
                 taken.extend(more);
             }
         }
@@ -186,13 +194,25 @@ impl Broker for ClusterBroker {
         Ok(merged.into_values().collect())
     }
 
-    async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError> {
-        let groups = self.by_holder(payloads, String::as_str);
+    async fn ack(&self, process: &str, acks: &[Ack]) -> Result<(), BrokerError> {
+        // Each shard in one round trip: the jobs it holds, and the locks that live on it.
+        let mut rounds: BTreeMap<usize, (Vec<&str>, Vec<&(String, String)>)> = BTreeMap::new();
+        for (shard, indices) in self.by_holder(acks, |ack| ack.payload.as_str()) {
+            let round = rounds.entry(shard).or_default();
+            round
+                .0
+                .extend(indices.iter().map(|&i| acks[i].payload.as_str()));
+        }
+        for unlock in acks.iter().filter_map(|ack| ack.unlock.as_ref()) {
+            let round = rounds.entry(self.shard_of_key(&unlock.0)).or_default();
+            round.1.push(unlock);
+        }
         let shards = &self.inner.shards;
-        try_join_all(groups.into_iter().map(|(s, indices)| async move {
-            let mine: Vec<String> = indices.iter().map(|&i| payloads[i].clone()).collect();
-            shards[s].ack(process, &mine).await
-        }))
+        try_join_all(
+            rounds.iter().map(|(&s, (payloads, unlocks))| {
+                shards[s].ack_and_unlock(process, payloads, unlocks)
+            }),
+        )
         .await?;
         Ok(())
     }

@@ -21,7 +21,7 @@ use redis::cluster::ClusterClientBuilder;
 use tokio::task::JoinHandle;
 
 use super::redis::{listen, Conn, RedisBroker};
-use super::{limits_in, lock, Broker, Push, WakeupHub};
+use super::{collapse_in, limits_in, lock, Broker, Push, WakeupHub};
 use crate::error::BrokerError;
 
 mod commands;
@@ -230,15 +230,26 @@ impl ClusterBroker {
             .copied()
             .unwrap_or(usize::MAX)
             .clamp(1, inner.shards.len());
-        match limits_in(&push.payload).and_then(|(_, tags)| tags.into_iter().next()) {
-            Some(tag) => slot(&tag.key) % spread,
-            None => inner.next_push.fetch_add(1, Ordering::Relaxed) % spread,
+        if let Some((_, tags)) = limits_in(&push.payload) {
+            if let Some(tag) = tags.first() {
+                return slot(&tag.key) % spread;
+            }
         }
+        // A collapsible job goes beside its marker, so the fetch reads it there.
+        match collapse_in(&push.payload).map(|key| self.shard_of_key(key)) {
+            Some(home) if home < spread => home,
+            _ => inner.next_push.fetch_add(1, Ordering::Relaxed) % spread,
+        }
+    }
+
+    /// The index of the shard a key-named thing lives on.
+    fn shard_of_key(&self, key: &str) -> usize {
+        slot(key) % self.inner.shards.len()
     }
 
     /// The shard a key-named thing (a lock, a batch) lives on.
     fn shard_by_key(&self, key: &str) -> &RedisBroker {
-        &self.inner.shards[slot(key) % self.inner.shards.len()]
+        &self.inner.shards[self.shard_of_key(key)]
     }
 
     /// Remembers that `payloads` sit in an in-flight list on `shard`.

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 
 use self::limits::{queue_of, tags_in, Limits};
 use super::{
-    dead_trim, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
-    Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub, Wakeups,
+    collapse_in, dead_trim, Ack, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat,
+    LimitEntry, MarkerRead, Orphans, Placement, ProcessEntry, Push, Settle, SortedSet, Stats,
+    WakeupHub, Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, now};
@@ -229,6 +230,24 @@ impl State {
         self.bring_back(back)
     }
 
+    /// Who holds the lock `key`, if it has not expired.
+    fn holder(&self, key: &str) -> Option<&str> {
+        let at = Instant::now();
+        self.locks
+            .get(key)
+            .filter(|(_, expires)| *expires > at)
+            .map(|(holder, _)| holder.as_str())
+    }
+
+    /// Releases the lock `key` if `owner` holds it; returns whether it did.
+    fn unlock(&mut self, key: &str, owner: &str) -> bool {
+        let held = self.holder(key) == Some(owner);
+        if held {
+            self.locks.remove(key);
+        }
+        held
+    }
+
     /// The limits, with the test of whether a process's heartbeat is live.
     fn limits_and_liveness(&mut self) -> (&mut Limits, impl Fn(&str) -> bool + '_) {
         let at = Instant::now();
@@ -294,6 +313,7 @@ impl Broker for MemoryBroker {
         queues: &[String],
         max: usize,
         lease: Option<Duration>,
+        markers: bool,
     ) -> Result<Vec<Fetched>, BrokerError> {
         let mut state = self.state();
         let mut taken = Vec::new();
@@ -318,9 +338,14 @@ impl Broker for MemoryBroker {
                         continue;
                     }
                 }
+                let marker = markers
+                    .then(|| collapse_in(&payload))
+                    .flatten()
+                    .and_then(|key| MarkerRead::of(&payload, state.holder(key).map(str::to_owned)));
                 taken.push(Fetched {
                     queue: queue.clone(),
                     payload,
+                    marker,
                 });
             }
         }
@@ -353,17 +378,20 @@ impl Broker for MemoryBroker {
         Ok(self.state().limits.entries())
     }
 
-    async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError> {
+    async fn ack(&self, process: &str, acks: &[Ack]) -> Result<(), BrokerError> {
         let mut queued = false;
         {
             let mut state = self.state();
-            for payload in payloads {
+            for Ack { payload, unlock } in acks {
                 let removed = state
                     .in_flight
                     .get_mut(process)
                     .is_some_and(|list| remove_last(list, payload));
                 if removed {
                     queued |= state.leave(payload, process);
+                }
+                if let Some((key, owner)) = unlock {
+                    state.unlock(key, owner);
                 }
             }
         }
@@ -695,19 +723,11 @@ impl Broker for MemoryBroker {
         let mut state = self.state();
         let at = Instant::now();
         state.locks.retain(|_, (_, expires)| *expires > at);
-        Ok(state.locks.get(key).map(|(holder, _)| holder.clone()))
+        Ok(state.holder(key).map(str::to_owned))
     }
 
     async fn unlock(&self, key: &str, owner: &str) -> Result<bool, BrokerError> {
-        let mut state = self.state();
-        let held = state
-            .locks
-            .get(key)
-            .is_some_and(|(holder, expires)| holder == owner && *expires > Instant::now());
-        if held {
-            state.locks.remove(key);
-        }
-        Ok(held)
+        Ok(self.state().unlock(key, owner))
     }
 
     async fn pause(&self, queue: &str, until: Option<f64>) -> Result<(), BrokerError> {
@@ -840,7 +860,7 @@ mod tests {
         };
         broker.push(&[push]).await.unwrap();
         broker
-            .fetch("p", &["q".into()], 1, Some(Duration::from_secs(60)))
+            .fetch("p", &["q".into()], 1, Some(Duration::from_secs(60)), false)
             .await
             .unwrap();
         let dead = Settle::Dead {

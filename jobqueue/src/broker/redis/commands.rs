@@ -10,10 +10,11 @@ use redis::{AsyncCommands, Script, ScriptInvocation};
 
 use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
-use super::RedisBroker;
+use super::{RedisBroker, UNLOCK};
 use crate::broker::{
-    dead_trim, lock, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
-    Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
+    dead_trim, lock, Ack, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
+    MarkerRead, Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups,
+    BATCH_TTL,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
@@ -74,13 +75,19 @@ impl Broker for RedisBroker {
         queues: &[String],
         max: usize,
         lease: Option<Duration>,
+        markers: bool,
     ) -> Result<Vec<Fetched>, BrokerError> {
         if queues.is_empty() || max == 0 {
             return Ok(Vec::new());
         }
+        let locks = match markers {
+            true => self.inner.keys.lock(""),
+            false => String::new(),
+        };
         let Some(lease) = lease else {
-            let call = self.fetch_call(&self.inner.scripts.fetch, process, queues, max);
-            let flat: Vec<(usize, Vec<u8>)> = call.invoke_async(&mut self.conn()).await?;
+            let mut call = self.fetch_call(&self.inner.scripts.fetch, process, queues, max);
+            call.arg(&locks);
+            let flat: Vec<FetchedRow> = call.invoke_async(&mut self.conn()).await?;
             return Ok(fetched(queues, flat).collect());
         };
         // Jobs set aside do not count: the script looks further down the queue, in larger
@@ -94,8 +101,9 @@ impl Broker for RedisBroker {
             call.arg(scan)
                 .arg(process)
                 .arg(&self.inner.keys.prefix)
-                .arg(lease.as_secs_f64());
-            let (looked, flat): (usize, Vec<(usize, Vec<u8>)>) =
+                .arg(lease.as_secs_f64())
+                .arg(&locks);
+            let (looked, flat): (usize, Vec<FetchedRow>) =
                 call.invoke_async(&mut self.conn()).await?;
             let found = flat.len();
             taken.extend(fetched(queues, flat));
@@ -151,25 +159,11 @@ impl Broker for RedisBroker {
             .collect())
     }
 
-    async fn ack(&self, process: &str, payloads: &[String]) -> Result<(), BrokerError> {
-        if payloads.is_empty() {
-            return Ok(());
-        }
-        let list = self.inner.keys.in_flight(process);
-        let mut pipe = redis::pipe();
-        let mut freed = Vec::new();
-        for payload in payloads {
-            pipe.lrem(&list, -1, payload_bytes(payload).as_ref())
-                .ignore();
-            self.free_slots(&mut pipe, payload, process, &mut freed);
-        }
-        if freed.is_empty() {
-            pipe.query_async::<()>(&mut self.conn()).await?;
-            return Ok(());
-        }
-        self.look_for_parked(&mut pipe, &freed);
-        let (parked,): (Vec<Option<f64>>,) = pipe.query_async(&mut self.conn()).await?;
-        self.unpark_freed(freed, parked).await
+    async fn ack(&self, process: &str, acks: &[Ack]) -> Result<(), BrokerError> {
+        let payloads: Vec<&str> = acks.iter().map(|ack| ack.payload.as_str()).collect();
+        let unlocks: Vec<&(String, String)> =
+            acks.iter().filter_map(|ack| ack.unlock.as_ref()).collect();
+        self.ack_and_unlock(process, &payloads, &unlocks).await
     }
 
     async fn batch_add(
@@ -930,6 +924,43 @@ impl RedisBroker {
 
     /// A call of a fetch script (`script`) taking up to `max` jobs from `queues` into the
     /// in-flight list of `process`; the limited fetch adds its own arguments.
+    /// Removes `payloads` from `process`'s in-flight list and releases `unlocks` (key,
+    /// owner), in one round trip.
+    pub(crate) async fn ack_and_unlock(
+        &self,
+        process: &str,
+        payloads: &[&str],
+        unlocks: &[&(String, String)],
+    ) -> Result<(), BrokerError> {
+        if payloads.is_empty() && unlocks.is_empty() {
+            return Ok(());
+        }
+        let list = self.inner.keys.in_flight(process);
+        let mut pipe = redis::pipe();
+        let mut freed = Vec::new();
+        for payload in payloads {
+            pipe.lrem(&list, -1, payload_bytes(payload).as_ref())
+                .ignore();
+            self.free_slots(&mut pipe, payload, process, &mut freed);
+        }
+        for (key, owner) in unlocks {
+            // EVAL, not EVALSHA: a pipeline cannot load the script on a miss.
+            pipe.cmd("EVAL")
+                .arg(UNLOCK)
+                .arg(1)
+                .arg(self.inner.keys.lock(key))
+                .arg(owner)
+                .ignore();
+        }
+        if freed.is_empty() {
+            pipe.query_async::<()>(&mut self.conn()).await?;
+            return Ok(());
+        }
+        self.look_for_parked(&mut pipe, &freed);
+        let (parked,): (Vec<Option<f64>>,) = pipe.query_async(&mut self.conn()).await?;
+        self.unpark_freed(freed, parked).await
+    }
+
     fn fetch_call<'a>(
         &'a self,
         script: &'a Script,
@@ -977,13 +1008,24 @@ impl RedisBroker {
 
 /// The jobs a fetch script returned (`{queue index, payload}` each, the index into `queues`
 /// from 1).
-fn fetched(queues: &[String], flat: Vec<(usize, Vec<u8>)>) -> impl Iterator<Item = Fetched> + '_ {
-    flat.into_iter().map(|(index, payload)| Fetched {
-        queue: queues
-            .get(index.wrapping_sub(1))
-            .cloned()
-            .unwrap_or_default(),
-        payload: payload_from_bytes(payload),
+/// A job as the fetch scripts return it: its queue's index (from 1), its payload, and its
+/// collapse marker's value when one was read (empty when the marker has expired).
+type FetchedRow = (usize, Vec<u8>, Option<String>);
+
+fn fetched(queues: &[String], flat: Vec<FetchedRow>) -> impl Iterator<Item = Fetched> + '_ {
+    flat.into_iter().map(|(index, payload, newest)| {
+        let payload = payload_from_bytes(payload);
+        let marker = newest.and_then(|newest| {
+            MarkerRead::of(&payload, Some(newest).filter(|jid| !jid.is_empty()))
+        });
+        Fetched {
+            queue: queues
+                .get(index.wrapping_sub(1))
+                .cloned()
+                .unwrap_or_default(),
+            payload,
+            marker,
+        }
     })
 }
 

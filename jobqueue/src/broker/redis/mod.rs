@@ -40,6 +40,9 @@ macro_rules! with_limits {
     };
 }
 
+/// Releases a lock if its owner still holds it.
+const UNLOCK: &str = include_str!("lua/unlock.lua");
+
 struct Scripts {
     fetch: Script,
     fetch_limited: Script,
@@ -169,15 +172,21 @@ impl RedisBroker {
                 keys,
                 wait,
                 scripts: Scripts {
-                    fetch: Script::new(include_str!("lua/fetch.lua")),
-                    fetch_limited: Script::new(with_limits!("lua/fetch_limited.lua")),
+                    fetch: Script::new(concat!(
+                        include_str!("lua/marker.lua"),
+                        include_str!("lua/fetch.lua")
+                    )),
+                    fetch_limited: Script::new(concat!(
+                        include_str!("lua/marker.lua"),
+                        with_limits!("lua/fetch_limited.lua")
+                    )),
                     unpark: Script::new(with_limits!("lua/unpark.lua")),
                     unpark_keys: Script::new(with_limits!("lua/unpark_keys.lua")),
                     take_due: Script::new(include_str!("lua/take_due.lua")),
                     settle: Script::new(with_limits!("lua/settle.lua")),
                     forget: Script::new(include_str!("lua/forget.lua")),
                     lock: Script::new(include_str!("lua/lock.lua")),
-                    unlock: Script::new(include_str!("lua/unlock.lua")),
+                    unlock: Script::new(UNLOCK),
                     remove_job: Script::new(include_str!("lua/remove_job.lua")),
                     remove_set_aside: Script::new(include_str!("lua/remove_set_aside.lua")),
                     move_entry: Script::new(include_str!("lua/move_entry.lua")),

@@ -1,9 +1,11 @@
 -- Reliable fetch: moves up to ARGV[1] jobs from the queue lists KEYS[3..], in order, into
 -- the process's in-flight list KEYS[1], skipping queues paused past ARGV[2] (now) in the
 -- sorted set KEYS[2] (member: the queue name ARGV[i] of KEYS[i], score: paused until).
--- Returns {queue index, payload, ...}.
+-- Collapse markers are read under the lock prefix ARGV[#KEYS + 1] (marker.lua).
+-- Returns {queue index, payload, newest, ...}.
 local max = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
+local locks = ARGV[#KEYS + 1]
 local out = {}
 local taken = 0
 for i = 3, #KEYS do
@@ -15,6 +17,7 @@ for i = 3, #KEYS do
       taken = taken + 1
       out[#out + 1] = i - 2
       out[#out + 1] = job
+      out[#out + 1] = newest(locks, job)
     end
   end
   if taken >= max then break end
