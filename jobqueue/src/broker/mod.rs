@@ -715,7 +715,7 @@ impl WakeupHub {
 
 #[cfg(test)]
 mod tests {
-    use super::limits_in;
+    use super::{collapse_in, limits_in};
     use crate::envelope::Envelope;
     use serde_json::json;
 
@@ -739,5 +739,25 @@ mod tests {
         // Parsed and written again, as a retry does, it starts with them again.
         let again = Envelope::parse(&ruby).unwrap().to_json();
         assert!(again.starts_with(r#"{"limits":"#), "{again}");
+    }
+
+    #[test]
+    fn a_payloads_collapse_key_is_found_first_and_written_first() {
+        let mut envelope = Envelope::new("Refresh", "default", vec![json!({"account": 1})]);
+        assert_eq!(collapse_in(&envelope.to_json()), None);
+        envelope.collapse = Some("collapse:Refresh:ab12".into());
+        envelope.limits = Some("c2 Refresh:concurrency".into());
+        let payload = envelope.to_json();
+        assert!(payload.starts_with(r#"{"collapse":"collapse:Refresh:ab12","limits":"#));
+        assert_eq!(collapse_in(&payload), Some("collapse:Refresh:ab12"));
+        assert_eq!(
+            limits_in(&payload).unwrap().0,
+            envelope.jid,
+            "limits still read"
+        );
+        // Without a key of its own, a payload may match in its arguments: the worker
+        // compares the key with the one it expects before trusting a reading.
+        let lookalike = Envelope::new("Refresh", "default", vec![json!({"collapse": "x"})]);
+        assert_eq!(collapse_in(&lookalike.to_json()), Some("x"));
     }
 }

@@ -1,5 +1,6 @@
 //! Acknowledging: finished jobs leave the in-flight list in batches, whatever has queued
-//! up since the last round trip, so a fast worker pays one round trip for many jobs.
+//! up since the last round trip, so a fast worker pays one round trip for many jobs. The
+//! `until_executed` locks of those jobs are released in the same round trip.
 
 use std::sync::Arc;
 
@@ -10,7 +11,10 @@ use crate::broker::{self, Ack};
 use crate::metrics;
 
 /// How many finished jobs are removed from the in-flight list per round trip, at most.
-const ACK_BATCH: usize = 256;
+/// Measured with `examples/loadtest.rs` (concurrency 50, collapsible and unique jobs): with
+/// 256, finished jobs waiting for their acknowledgement peaked at about 7,000, each holding
+/// its payload; with 1,024, at about 1,000.
+const ACK_BATCH: usize = 1024;
 
 /// What the acker is told.
 pub(crate) enum AckMessage {

@@ -87,8 +87,8 @@ impl Broker for RedisBroker {
         let Some(lease) = lease else {
             let mut call = self.fetch_call(&self.inner.scripts.fetch, process, queues, max);
             call.arg(&locks);
-            let flat: Vec<FetchedRow> = call.invoke_async(&mut self.conn()).await?;
-            return Ok(fetched(queues, flat).collect());
+            let reply: redis::Value = call.invoke_async(&mut self.conn()).await?;
+            return Ok(fetched(queues, rows(reply, markers)?).collect());
         };
         // Jobs set aside do not count: the script looks further down the queue, in larger
         // steps while it finds only such jobs, until it has `max` or the queues are empty;
@@ -103,8 +103,9 @@ impl Broker for RedisBroker {
                 .arg(&self.inner.keys.prefix)
                 .arg(lease.as_secs_f64())
                 .arg(&locks);
-            let (looked, flat): (usize, Vec<FetchedRow>) =
+            let (looked, reply): (usize, redis::Value) =
                 call.invoke_async(&mut self.conn()).await?;
+            let flat = rows(reply, markers)?;
             let found = flat.len();
             taken.extend(fetched(queues, flat));
             // Fewer looked at than allowed: the queues ran dry, or it has all it wanted.
@@ -943,14 +944,17 @@ impl RedisBroker {
                 .ignore();
             self.free_slots(&mut pipe, payload, process, &mut freed);
         }
-        for (key, owner) in unlocks {
-            // EVAL, not EVALSHA: a pipeline cannot load the script on a miss.
-            pipe.cmd("EVAL")
-                .arg(UNLOCK)
-                .arg(1)
-                .arg(self.inner.keys.lock(key))
-                .arg(owner)
-                .ignore();
+        if !unlocks.is_empty() {
+            // One call for the batch's locks. EVAL, not EVALSHA: a pipeline cannot load the
+            // script on a miss.
+            let eval = pipe.cmd("EVAL").arg(UNLOCK).arg(unlocks.len());
+            for (key, _) in unlocks {
+                eval.arg(self.inner.keys.lock(key));
+            }
+            for (_, owner) in unlocks {
+                eval.arg(owner);
+            }
+            eval.ignore();
         }
         if freed.is_empty() {
             pipe.query_async::<()>(&mut self.conn()).await?;
@@ -1011,6 +1015,20 @@ impl RedisBroker {
 /// A job as the fetch scripts return it: its queue's index (from 1), its payload, and its
 /// collapse marker's value when one was read (empty when the marker has expired).
 type FetchedRow = (usize, Vec<u8>, Option<String>);
+
+/// A fetch script's rows: triples when it read markers, pairs otherwise (a worker without
+/// collapsible classes is spared a value per job).
+fn rows(reply: redis::Value, markers: bool) -> Result<Vec<FetchedRow>, BrokerError> {
+    if markers {
+        return Ok(redis::from_redis_value(reply).map_err(redis::RedisError::from)?);
+    }
+    let pairs: Vec<(usize, Vec<u8>)> =
+        redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+    Ok(pairs
+        .into_iter()
+        .map(|(i, payload)| (i, payload, None))
+        .collect())
+}
 
 fn fetched(queues: &[String], flat: Vec<FetchedRow>) -> impl Iterator<Item = Fetched> + '_ {
     flat.into_iter().map(|(index, payload, newest)| {

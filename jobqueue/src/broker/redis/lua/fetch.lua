@@ -2,7 +2,8 @@
 -- the process's in-flight list KEYS[1], skipping queues paused past ARGV[2] (now) in the
 -- sorted set KEYS[2] (member: the queue name ARGV[i] of KEYS[i], score: paused until).
 -- Collapse markers are read under the lock prefix ARGV[#KEYS + 1] (marker.lua).
--- Returns {queue index, payload, newest, ...}.
+-- Returns {queue index, payload, ...}, with the marker's value after each payload when
+-- markers are read.
 local max = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local locks = ARGV[#KEYS + 1]
@@ -17,7 +18,7 @@ for i = 3, #KEYS do
       taken = taken + 1
       out[#out + 1] = i - 2
       out[#out + 1] = job
-      out[#out + 1] = newest(locks, job)
+      if locks ~= '' then out[#out + 1] = newest(locks, job) end
     end
   end
   if taken >= max then break end

@@ -3,8 +3,8 @@
 -- does not count. Takes up to ARGV[1] jobs, looking at up to ARGV[#KEYS + 1]; the process
 -- is ARGV[#KEYS + 2], the namespace ARGV[#KEYS + 3], and a full concurrency key is looked
 -- at again after ARGV[#KEYS + 4] seconds; collapse markers are read under the lock prefix
--- ARGV[#KEYS + 5] (marker.lua). Returns {jobs looked at, {queue index, payload, newest,
--- ...}}.
+-- ARGV[#KEYS + 5] (marker.lua). Returns {jobs looked at, {queue index, payload, ...}},
+-- with the marker's value after each payload when markers are read.
 local max, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local scan, process = tonumber(ARGV[#KEYS + 1]), ARGV[#KEYS + 2]
 local ns, lease = ARGV[#KEYS + 3], tonumber(ARGV[#KEYS + 4])
@@ -22,7 +22,7 @@ for i = 3, #KEYS do
         taken = taken + 1
         out[#out + 1] = i - 2
         out[#out + 1] = job
-        out[#out + 1] = newest(locks, job)
+        if locks ~= '' then out[#out + 1] = newest(locks, job) end
       else
         -- Set aside: out of the in-flight list, whose head it is.
         redis.call('LPOP', KEYS[1])
