@@ -30,6 +30,9 @@ use crate::schedule::window::quiet_until;
 use crate::time::after;
 
 /// Runs one job and settles it. Holds `permit` (a concurrency slot) until the job is done.
+///
+/// The futures of the rarer ends (a settle, a batch's count, death handlers) are boxed:
+/// inline, they made every job's task 4.3 KB, copied as it is spawned; 1.9 KB without them.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     job: Fetched,
@@ -82,7 +85,7 @@ pub(crate) async fn run(
             _ => None,
         };
         if let Some(succeeded) = finished {
-            settle::batch_done(&shared, bid, jid, succeeded).await;
+            Box::pin(settle::batch_done(&shared, bid, jid, succeeded)).await;
         }
     }
     match ended {
@@ -90,9 +93,14 @@ pub(crate) async fn run(
             let parent = Envelope::parse(&job.payload)
                 .map(|e| e.jid)
                 .unwrap_or_default();
-            settle::ack_then(&shared, &parent, &job.payload, follow_ups).await;
+            Box::pin(settle::ack_then(&shared, &parent, &job.payload, follow_ups)).await;
             if let Some((key, owner)) = unlock {
-                super::mechanisms::release(shared.broker.as_ref(), &key, &owner).await;
+                Box::pin(super::mechanisms::release(
+                    shared.broker.as_ref(),
+                    &key,
+                    &owner,
+                ))
+                .await;
             }
         }
         Ok(Outcome::Done) => {
@@ -114,10 +122,10 @@ pub(crate) async fn run(
                 payload: job.payload.clone(),
                 at: after(delay),
             };
-            settle::one(&shared, &job.payload, to).await;
+            Box::pin(settle::one(&shared, &job.payload, to)).await;
         }
         Ok(Outcome::PauseQueue { cooldown, .. }) => {
-            if let Err(e) = shared.broker.pause(&job.queue, Some(after(cooldown))).await {
+            if let Err(e) = Box::pin(shared.broker.pause(&job.queue, Some(after(cooldown)))).await {
                 tracing::warn!("pausing queue {} failed: {e}", job.queue);
             }
             let back = Settle::Queue {
@@ -125,15 +133,15 @@ pub(crate) async fn run(
                 payload: job.payload.clone(),
                 front: true,
             };
-            settle::one(&shared, &job.payload, back).await;
+            Box::pin(settle::one(&shared, &job.payload, back)).await;
         }
         Err(Failed { to, job: known }) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
             let dies = retry::dies(&to);
-            settle::one(&shared, &job.payload, to).await;
+            Box::pin(settle::one(&shared, &job.payload, to)).await;
             if let (true, Some(known)) = (dies, known) {
                 let (envelope, options) = *known;
-                on_death(&shared, &envelope, options).await;
+                Box::pin(on_death(&shared, &envelope, options)).await;
             }
         }
     }
