@@ -66,12 +66,13 @@ pub struct JobContext {
     client: Client,
     /// What the run asks of the worker once it returns: follow-ups, or to resume later.
     requests: Arc<Mutex<Requests>>,
-    /// Turns true when an operator cancels the job.
-    cancel: watch::Receiver<bool>,
+    /// Turns true when an operator cancels the job; none outside a worker, where nothing
+    /// can cancel it.
+    cancel: Option<watch::Receiver<bool>>,
     /// The batch the job belongs to.
     batch: Option<String>,
-    /// Whether the worker running the job is shutting down or quiet.
-    stopping: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether the worker running the job is shutting down or quiet; none outside a worker.
+    stopping: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 /// What a run asks of the worker once it returns.
@@ -108,14 +109,15 @@ impl JobContext {
             options,
             client,
             requests: Arc::default(),
-            // Never cancelled unless a worker gives it its switch.
-            cancel: watch::channel(false).1,
+            // Never cancelled, and never stopping, unless a worker says so: set by the
+            // worker alone, so a context costs no channel or closure it replaces at once.
+            cancel: None,
             batch: envelope
                 .extra
                 .get(crate::client::BATCH_KEY)
                 .and_then(|bid| bid.as_str())
                 .map(str::to_owned),
-            stopping: Arc::new(|| false),
+            stopping: None,
         }
     }
 
@@ -124,14 +126,14 @@ impl JobContext {
         mut self,
         stopping: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.stopping = Arc::new(stopping);
+        self.stopping = Some(Arc::new(stopping));
         self
     }
 
     /// Whether the worker running this job is shutting down or has gone quiet: a long job
     /// should stop at its next step and resume later ([`crate::iterate`] does).
     pub fn is_stopping(&self) -> bool {
-        (self.stopping)()
+        self.stopping.as_ref().is_some_and(|stopping| stopping())
     }
 
     /// Asks for this job to run again, as the same job, once this run returns `Ok`: it goes
@@ -155,7 +157,7 @@ impl JobContext {
 
     /// This context, cancelled when `cancel` turns true.
     pub(crate) fn with_cancel(mut self, cancel: watch::Receiver<bool>) -> Self {
-        self.cancel = cancel;
+        self.cancel = Some(cancel);
         self
     }
 
@@ -164,16 +166,18 @@ impl JobContext {
     /// after the worker's `cancel_grace`. A run cancelled while it ran ends as cancelled
     /// whatever it returns: neither failed nor retried, and its follow-ups not pushed.
     pub fn is_cancelled(&self) -> bool {
-        *self.cancel.borrow()
+        self.cancel.as_ref().is_some_and(|cancel| *cancel.borrow())
     }
 
     /// Completes when an operator cancels this job; for `tokio::select!` against work.
     pub async fn cancelled(&self) {
-        let mut cancel = self.cancel.clone();
-        if cancel.wait_for(|cancelled| *cancelled).await.is_err() {
-            // No switch any more: the job can no longer be cancelled.
-            std::future::pending::<()>().await;
+        if let Some(mut cancel) = self.cancel.clone() {
+            if cancel.wait_for(|cancelled| *cancelled).await.is_ok() {
+                return;
+            }
         }
+        // No switch, or none any more: the job can no longer be cancelled.
+        std::future::pending::<()>().await;
     }
 
     /// A context for a first run of a `J` with a new job id, whose follow-up jobs go
