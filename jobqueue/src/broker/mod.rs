@@ -109,12 +109,13 @@ pub struct MarkerRead {
 }
 
 impl MarkerRead {
-    /// The reading of `payload`'s marker, `newest` being what the broker found under the
+    /// The reading of `payload`'s marker, `newest` telling what the broker holds under the
     /// key the payload names (none when it names none).
-    pub(crate) fn of(payload: &str, newest: Option<String>) -> Option<Self> {
+    pub(crate) fn of(payload: &str, newest: impl FnOnce(&str) -> Option<String>) -> Option<Self> {
+        let key = collapse_in(payload)?;
         Some(Self {
-            key: collapse_in(payload)?.to_owned(),
-            newest,
+            key: key.to_owned(),
+            newest: newest(key),
             at: Instant::now(),
         })
     }

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 
 use self::limits::{queue_of, tags_in, Limits};
 use super::{
-    collapse_in, dead_trim, Ack, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat,
-    LimitEntry, MarkerRead, Orphans, Placement, ProcessEntry, Push, Settle, SortedSet, Stats,
-    WakeupHub, Wakeups,
+    dead_trim, Ack, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
+    MarkerRead, Orphans, Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
+    Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, now};
@@ -339,9 +339,8 @@ impl Broker for MemoryBroker {
                     }
                 }
                 let marker = markers
-                    .then(|| collapse_in(&payload))
-                    .flatten()
-                    .and_then(|key| MarkerRead::of(&payload, state.holder(key).map(str::to_owned)));
+                    .then(|| MarkerRead::of(&payload, |key| state.holder(key).map(str::to_owned)))
+                    .flatten();
                 taken.push(Fetched {
                     queue: queue.clone(),
                     payload,

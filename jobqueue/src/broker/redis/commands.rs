@@ -1034,7 +1034,7 @@ fn fetched(queues: &[String], flat: Vec<FetchedRow>) -> impl Iterator<Item = Fet
     flat.into_iter().map(|(index, payload, newest)| {
         let payload = payload_from_bytes(payload);
         let marker = newest.and_then(|newest| {
-            MarkerRead::of(&payload, Some(newest).filter(|jid| !jid.is_empty()))
+            MarkerRead::of(&payload, |_| Some(newest).filter(|jid| !jid.is_empty()))
         });
         Fetched {
             queue: queues
