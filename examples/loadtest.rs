@@ -7,7 +7,7 @@
 //! cargo run --release --example loadtest -- --latency --rate R --seconds S [--concurrency C]
 //!     p50_ms=.. p99_ms=.. max_ms=..
 //! cargo run --release --example loadtest -- --scheduled --jobs N [--concurrency C]
-//!     p50_late_ms=.. p99_late_ms=..
+//!     p50_late_ms=.. p99_late_ms=.. process_cpu_us_per_job=.. redis_cpu_us_per_job=..
 //! cargo run --release --example loadtest -- --idle --seconds S [--concurrency C]
 //!     redis_commands_per_sec=.. cpu_percent=..
 //! ```
@@ -20,18 +20,21 @@
 //! and run the drain mode only), `--mechanisms` (use jobs that are collapsible or unique by their number, so
 //! every job pays for its collapse marker or uniqueness lock), `--limits concurrency|rate|both`
 //! (use jobs with a per-tenant concurrency limit, rate limit or both, over a thousand
-//! tenants, none reached, so every job pays for taking and freeing its slots). Built with `--features
+//! tenants, none reached, so every job pays for taking and freeing its slots), `--metrics`
+//! (install the Prometheus recorder of `examples/metrics.rs`, so every metric call is
+//! recorded, and print how many jobs it counted before the figures). Built with `--features
 //! tracking`, it runs under the tracking allocator, which charges each job's allocations
 //! to it: the figures then include what budget tracking costs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobqueue::{
     async_trait, Broker, Client, Job, JobContext, JobError, Perform, Queues, RedisBroker, Worker,
     WorkerBuilder,
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -187,6 +190,7 @@ struct Options {
     limits: Option<String>,
     plain: bool,
     ruby: bool,
+    metrics: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -201,6 +205,7 @@ fn parse_options() -> Result<Options, String> {
         limits: None,
         plain: false,
         ruby: false,
+        metrics: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -230,6 +235,7 @@ fn parse_options() -> Result<Options, String> {
             }
             "--plain" => o.plain = true,
             "--ruby" => o.ruby = true,
+            "--metrics" => o.metrics = true,
             other => {
                 return Err(format!(
                     "unknown option `{other}`; see the top of examples/loadtest.rs"
@@ -246,6 +252,9 @@ fn parse_options() -> Result<Options, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let o = parse_options()?;
+    if o.metrics {
+        install_metrics()?;
+    }
     if o.redis.contains(',') {
         // A cluster: drain only, on a cluster emptied beforehand.
         if !matches!(o.mode, Mode::Drain) {
@@ -351,6 +360,9 @@ async fn drain(
         _ => "-".to_owned(),
     };
     println!("rss_kb={}", resident_memory_kb());
+    if let Some(metrics) = METRICS.get() {
+        println!("metrics_jobs_finished={}", finished_jobs(&metrics.render()));
+    }
     println!(
         "jobs={} concurrency={} enqueue_s={enqueue_s:.3} drain_s={drain_s:.3} jobs_per_sec={:.0} \
          process_cpu_us_per_job={process_us:.2} redis_cpu_us_per_job={redis_us} peak_rss_kb={}",
@@ -360,6 +372,37 @@ async fn drain(
         peak_resident_memory_kb()
     );
     Ok(())
+}
+
+/// The Prometheus recorder of `--metrics`, to read back what it recorded.
+static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder, with the upkeep its `install` would run (it drains
+/// histogram samples into their summaries), but no listener.
+fn install_metrics() -> Result<(), Box<dyn std::error::Error>> {
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    METRICS
+        .set(handle)
+        .map_err(|_| "the metrics recorder was installed twice")?;
+    Ok(())
+}
+
+/// The jobs a Prometheus scrape counts as finished, whatever their outcome.
+fn finished_jobs(scrape: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| line.starts_with("jobqueue_jobs_finished_total{"))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
 }
 
 /// Redis's CPU seconds so far (user and system, from `INFO cpu`).
@@ -495,11 +538,20 @@ async fn scheduled(
             client.enqueue_bulk_at(due, chunk).await?;
         }
     }
+    // Nothing runs until the jobs are due, so the CPU from here on is their moving and
+    // running.
+    let (process_cpu, redis_cpu) = (cpu_seconds(), redis_cpu_seconds(conn).await?);
     finished.await;
+    let per_job = |seconds: f64| seconds * 1e6 / o.jobs as f64;
+    let process_us = per_job(cpu_seconds() - process_cpu);
+    let redis_us = per_job(redis_cpu_seconds(conn).await? - redis_cpu);
     handle.shutdown();
     running.await??;
     let (p50, p99, _) = percentiles();
-    println!("p50_late_ms={p50:.3} p99_late_ms={p99:.3}");
+    println!(
+        "p50_late_ms={p50:.3} p99_late_ms={p99:.3} process_cpu_us_per_job={process_us:.2} \
+         redis_cpu_us_per_job={redis_us:.2}"
+    );
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 
 use super::{settle, Shared};
 use crate::broker::{self, Settle, SortedSet};
@@ -61,28 +61,34 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// Moves every due job, then returns the next due time.
 async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, BrokerError> {
     for set in [SortedSet::Retry, SortedSet::Schedule] {
+        // The next batch is taken while the last goes through the client middleware and
+        // to its queues: the steps wait on different things (the broker's script, this
+        // process's CPU and the settle's round trip), so a burst of due jobs moves at the
+        // pace of the slower step, not of their sum.
+        let mut taken: Option<(f64, Vec<(f64, String)>)> = None;
         loop {
             let taken_at = now();
-            let due = shared
+            let take = shared
                 .broker
-                .take_due(&shared.identity, set, taken_at, DUE_BATCH)
-                .await?;
-            for (at, _) in &due {
-                metrics::late(set.key(), taken_at - at);
+                .take_due(&shared.identity, set, taken_at, DUE_BATCH);
+            let previous = async {
+                if let Some((at, due)) = taken.take() {
+                    move_batch(shared, set, at, due).await;
+                }
+            };
+            // A failed take returns once the batch before it has been moved.
+            let (due, ()) = join(take, previous).await;
+            let due = due?;
+            let last = due.len() < DUE_BATCH;
+            if !due.is_empty() {
+                taken = Some((taken_at, due));
             }
-            // Through the client middleware concurrently, then to the queues in one trip.
-            let moves = join_all(due.iter().map(|(_, payload)| async move {
-                let to = match Envelope::parse(payload) {
-                    Ok(envelope) => to_queue(shared, payload, envelope, set).await,
-                    Err(e) => retry::invalid_payload(set.key(), payload, &e),
-                };
-                (payload.clone(), to)
-            }))
-            .await;
-            settle::many(shared, moves).await;
-            if due.len() < DUE_BATCH {
+            if last {
                 break;
             }
+        }
+        if let Some((at, due)) = taken {
+            move_batch(shared, set, at, due).await;
         }
     }
     // Jobs set aside by their limits whose keys may have room.
@@ -91,6 +97,23 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, BrokerError> {
         .unpark_due(now(), shared.config.heartbeat_ttl)
         .await?;
     shared.broker.next_due().await
+}
+
+/// Moves one batch of due jobs, taken at `taken_at`, through the client middleware
+/// concurrently, then to their queues in one trip.
+async fn move_batch(shared: &Shared, set: SortedSet, taken_at: f64, due: Vec<(f64, String)>) {
+    for (at, _) in &due {
+        metrics::late(set.key(), taken_at - at);
+    }
+    let moves = join_all(due.into_iter().map(|(_, payload)| async move {
+        let to = match Envelope::parse(&payload) {
+            Ok(envelope) => to_queue(shared, &payload, envelope, set).await,
+            Err(e) => retry::invalid_payload(set.key(), &payload, &e),
+        };
+        (payload, to)
+    }))
+    .await;
+    settle::many(shared, moves).await;
 }
 
 /// Where a due job goes: through the client middleware again, as Sidekiq does, then to its

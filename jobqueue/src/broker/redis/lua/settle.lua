@@ -13,6 +13,25 @@
 local moved = {}
 local queued, scheduled = false, false
 local previous = 0
+-- Pushes onto lists are gathered per list and operation and made after the loop, one call
+-- per list (LPUSH and RPUSH onto one list commute, and each keeps its own order); queue
+-- names are added to the `queues` set once each.
+local pushes, order, named = {}, {}, {}
+local function push(op, dest, queue, stored)
+  local at = op .. ' ' .. dest
+  local batch = pushes[at]
+  if batch == nil then
+    batch = {op = op, dest = dest}
+    pushes[at] = batch
+    order[#order + 1] = batch
+  end
+  batch[#batch + 1] = stored
+  if not named[queue] then
+    named[queue] = true
+    redis.call('SADD', KEYS[2], queue)
+  end
+  queued = true
+end
 for i = 1, #KEYS - 2 do
   local a = 4 + (i - 1) * 5
   local original, op, stored, target = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -21,9 +40,7 @@ for i = 1, #KEYS - 2 do
   if op == 'then_lpush' or op == 'then_zadd' then
     moved[i] = previous
     if previous == 1 and op == 'then_lpush' then
-      redis.call('SADD', KEYS[2], target)
-      redis.call('LPUSH', dest, stored)
-      queued = true
+      push('lpush', dest, target, stored)
     elseif previous == 1 then
       redis.call('ZADD', dest, target, stored)
       scheduled = true
@@ -36,9 +53,7 @@ for i = 1, #KEYS - 2 do
     previous = 1
     if slots ~= '' then release(ARGV[4], slots) end
     if op == 'lpush' or op == 'rpush' then
-      redis.call('SADD', KEYS[2], target)
-      redis.call(op, dest, stored)
-      queued = true
+      push(op, dest, target, stored)
     elseif op == 'zadd' then
       redis.call('ZADD', dest, target, stored)
       scheduled = true
@@ -47,6 +62,12 @@ for i = 1, #KEYS - 2 do
       redis.call('ZREMRANGEBYSCORE', dest, '-inf', ARGV[1])
       redis.call('ZREMRANGEBYRANK', dest, 0, -(tonumber(ARGV[2]) + 1))
     end
+  end
+end
+for _, batch in ipairs(order) do
+  -- At most 500 values a call (unpack's stack is limited).
+  for first = 1, #batch, 500 do
+    redis.call(batch.op, batch.dest, unpack(batch, first, math.min(first + 499, #batch)))
   end
 end
 if queued then redis.call('PUBLISH', ARGV[3], 'queued') end

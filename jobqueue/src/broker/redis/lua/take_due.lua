@@ -3,8 +3,18 @@
 -- Returns {job, due time, job, due time, ...}.
 local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2],
   'WITHSCORES')
+local n = #due / 2
+if n == 0 then return due end
+-- The jobs due are the set's first n by rank (scores from -inf), so one call removes them.
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1)
+-- One push per 500 jobs, in their order (unpack's stack is limited).
+local jobs = {}
 for i = 1, #due, 2 do
-  redis.call('ZREM', KEYS[1], due[i])
-  redis.call('LPUSH', KEYS[2], due[i])
+  jobs[#jobs + 1] = due[i]
+  if #jobs == 500 then
+    redis.call('LPUSH', KEYS[2], unpack(jobs))
+    jobs = {}
+  end
 end
+if #jobs > 0 then redis.call('LPUSH', KEYS[2], unpack(jobs)) end
 return due
