@@ -937,11 +937,16 @@ impl RedisBroker {
             return Ok(());
         }
         let list = self.inner.keys.in_flight(process);
-        let mut pipe = redis::pipe();
+        // A removal per job, then the unlock and the parked jobs' look.
+        let mut pipe = redis::Pipeline::with_capacity(payloads.len() + 2);
         let mut freed = Vec::new();
         for payload in payloads {
-            pipe.lrem(&list, -1, payload_bytes(payload).as_ref())
-                .ignore();
+            // Sized up front: built argument by argument, each removal would grow its
+            // buffers four or five times.
+            let bytes = payload_bytes(payload);
+            let mut lrem = redis::Cmd::with_capacity(4, 6 + list.len() + bytes.len());
+            lrem.arg("LREM").arg(&list).arg(-1).arg(bytes.as_ref());
+            pipe.add_command(lrem).ignore();
             self.free_slots(&mut pipe, payload, process, &mut freed);
         }
         if !unlocks.is_empty() {
