@@ -25,6 +25,18 @@
 //! recorded, and print how many jobs it counted before the figures). Built with `--features
 //! tracking`, it runs under the tracking allocator, which charges each job's allocations
 //! to it: the figures then include what budget tracking costs.
+//!
+//! `--enqueue-only` and `--drain-only` split the drain mode across two processes: the
+//! first empties the database and enqueues the jobs, the second drains what is there
+//! without flushing, and waits for as many jobs as its `--jobs` says. Each prints its own
+//! CPU per job and peak memory, so the second's are the worker's alone, without the
+//! producer's bulk payloads in its heap:
+//!
+//! ```text
+//! loadtest --enqueue-only --jobs N [--mechanisms|--limits ..]
+//!     enqueued=N enqueue_s=X process_cpu_us_per_job=.. redis_cpu_us_per_job=.. peak_rss_kb=..
+//! loadtest --drain-only --jobs N --concurrency C [--mechanisms|--limits ..]
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -191,6 +203,16 @@ struct Options {
     plain: bool,
     ruby: bool,
     metrics: bool,
+    /// Which halves of the drain mode run in this process.
+    halves: Halves,
+}
+
+/// The drain mode's two halves: both in one process, or one of them.
+#[derive(Clone, Copy, PartialEq)]
+enum Halves {
+    Both,
+    EnqueueOnly,
+    DrainOnly,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -206,6 +228,7 @@ fn parse_options() -> Result<Options, String> {
         plain: false,
         ruby: false,
         metrics: false,
+        halves: Halves::Both,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -236,12 +259,17 @@ fn parse_options() -> Result<Options, String> {
             "--plain" => o.plain = true,
             "--ruby" => o.ruby = true,
             "--metrics" => o.metrics = true,
+            "--enqueue-only" => o.halves = Halves::EnqueueOnly,
+            "--drain-only" => o.halves = Halves::DrainOnly,
             other => {
                 return Err(format!(
                     "unknown option `{other}`; see the top of examples/loadtest.rs"
                 ))
             }
         }
+    }
+    if o.halves != Halves::Both && o.mode != Mode::Drain {
+        return Err("--enqueue-only and --drain-only split the drain mode only".into());
     }
     if o.jobs == 0 || o.concurrency == 0 || o.rate == 0 {
         return Err("--jobs, --concurrency and --rate must be at least 1".into());
@@ -266,7 +294,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let redis = redis::Client::open(o.redis.as_str())?;
     let mut conn = redis.get_multiplexed_async_connection().await?;
-    redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
+    if o.halves != Halves::DrainOnly {
+        redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
+    }
     let broker: Arc<dyn Broker> = RedisBroker::connect(&o.redis).await?.into();
     let client = Client::new(Arc::clone(&broker));
     let worker = worker_for(&o, broker);
@@ -312,21 +342,8 @@ async fn enqueue<J: Job>(
     Ok(())
 }
 
-/// Enqueues the jobs, then drains them; reports CPU per job (enqueue and drain) for this
-/// process and, given a connection to it, for Redis.
-async fn drain(
-    o: &Options,
-    client: &Client,
-    worker: WorkerBuilder,
-    mut redis: Option<&mut redis::aio::MultiplexedConnection>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    PROGRESS.target.store(o.jobs, Ordering::Relaxed);
-    let process_cpu = cpu_seconds();
-    let redis_cpu = match redis.as_deref_mut() {
-        Some(conn) => Some(redis_cpu_seconds(conn).await?),
-        None => None,
-    };
-    let started = Instant::now();
+/// Enqueues the jobs the options call for, `CHUNK` at a time.
+async fn enqueue_all(o: &Options, client: &Client) -> Result<(), jobqueue::Error> {
     let mut n = 0;
     while n < o.jobs {
         let end = (n + CHUNK).min(o.jobs);
@@ -340,17 +357,44 @@ async fn drain(
         }
         n = end;
     }
-    let enqueue_s = started.elapsed().as_secs_f64();
+    Ok(())
+}
 
-    let worker = worker.build()?;
-    let handle = worker.handle();
+/// Enqueues the jobs, then drains them; reports CPU per job (enqueue and drain) for this
+/// process and, given a connection to it, for Redis. With `--enqueue-only` it stops after
+/// the enqueue; with `--drain-only` it drains the jobs already there, and its figures are
+/// the drain's alone.
+async fn drain(
+    o: &Options,
+    client: &Client,
+    worker: WorkerBuilder,
+    mut redis: Option<&mut redis::aio::MultiplexedConnection>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    PROGRESS.target.store(o.jobs, Ordering::Relaxed);
+    let process_cpu = cpu_seconds();
+    let redis_cpu = match redis.as_deref_mut() {
+        Some(conn) => Some(redis_cpu_seconds(conn).await?),
+        None => None,
+    };
     let started = Instant::now();
-    let finished = PROGRESS.finished.notified();
-    let running = tokio::spawn(worker.run_until(std::future::pending()));
-    finished.await;
-    let drain_s = started.elapsed().as_secs_f64();
-    handle.shutdown();
-    running.await??;
+    if o.halves != Halves::DrainOnly {
+        enqueue_all(o, client).await?;
+    }
+    let enqueue_s = started.elapsed().as_secs_f64();
+    let drain_s = if o.halves == Halves::EnqueueOnly {
+        None
+    } else {
+        let worker = worker.build()?;
+        let handle = worker.handle();
+        let started = Instant::now();
+        let finished = PROGRESS.finished.notified();
+        let running = tokio::spawn(worker.run_until(std::future::pending()));
+        finished.await;
+        let drain_s = started.elapsed().as_secs_f64();
+        handle.shutdown();
+        running.await??;
+        Some(drain_s)
+    };
     let per_job = |seconds: f64| seconds * 1e6 / o.jobs.max(1) as f64;
     let process_us = per_job(cpu_seconds() - process_cpu);
     let redis_us = match (redis, redis_cpu) {
@@ -358,6 +402,15 @@ async fn drain(
             format!("{:.2}", per_job(redis_cpu_seconds(conn).await? - before))
         }
         _ => "-".to_owned(),
+    };
+    let Some(drain_s) = drain_s else {
+        println!(
+            "enqueued={} enqueue_s={enqueue_s:.3} process_cpu_us_per_job={process_us:.2} \
+             redis_cpu_us_per_job={redis_us} peak_rss_kb={}",
+            o.jobs,
+            peak_resident_memory_kb()
+        );
+        return Ok(());
     };
     println!("rss_kb={}", resident_memory_kb());
     if let Some(metrics) = METRICS.get() {

@@ -428,6 +428,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_nulls_as_absent_and_refuses_a_repeated_or_missing_field() {
+        let nulls = r#"{"class":"A","args":[],"jid":"x","queue":"q","retry":null,
+            "enqueued_at":null,"retry_count":null,"error_class":null,"collapse":null}"#;
+        let env = Envelope::parse(nulls).unwrap();
+        assert_eq!(env.retry, Retry::Disabled);
+        assert_eq!((env.enqueued_at, env.retry_count), (None, None));
+        assert_eq!((env.error_class, env.collapse), (None, None));
+        let twice = r#"{"class":"A","args":[],"jid":"x","queue":"q","jid":"y"}"#;
+        let error = Envelope::parse(twice).unwrap_err().to_string();
+        assert!(error.contains("duplicate field `jid`"), "{error}");
+        let no_queue = r#"{"class":"A","args":[],"jid":"x"}"#;
+        let error = Envelope::parse(no_queue).unwrap_err().to_string();
+        assert!(error.contains("missing field `queue`"), "{error}");
+        let wrong = r#"{"class":"A","args":{},"jid":"x","queue":"q"}"#;
+        assert!(Envelope::parse(wrong).is_err());
+        assert!(Envelope::parse(r#"["A",[],"x","q"]"#).is_err());
+    }
+
+    #[test]
     fn keeps_unknown_keys() {
         let raw =
             r#"{"class":"A","args":[1],"jid":"x","queue":"q","retry":3,"bid":"b1","tags":["t"]}"#;
