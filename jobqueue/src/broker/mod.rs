@@ -5,11 +5,12 @@
 //! and `dead` sorted sets, process hashes, stats) plus a per-process in-flight list for
 //! reliable fetch. The worker, scheduler and admin code is written once against this trait.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use memchr::memmem::Finder;
 use tokio::sync::Notify;
 
 use crate::error::BrokerError;
@@ -407,7 +408,8 @@ pub struct LimitEntry {
 }
 
 /// The mark of a payload's limits, and what follows their closing quote (see
-/// [`crate::envelope::Envelope::limits`]).
+/// [`crate::envelope::Envelope::limits`]). The marks are looked for with a searcher built
+/// once: `str::find` builds one per call, which cost a no-op job about 1,000 instructions.
 const LIMITS_MARK: &str = "\"limits\":\"";
 const JID_NEXT: &str = ",\"jid\":\"";
 
@@ -417,7 +419,8 @@ const JID_NEXT: &str = ",\"jid\":\"";
 /// nothing. The first mark is the job's own: Ruby Sidekiq, pushing a job again, may put its
 /// defaults first, but never the arguments.
 pub(crate) fn limits_in(payload: &str) -> Option<(&str, Vec<crate::job::LimitTag>)> {
-    let at = payload.find(LIMITS_MARK)?;
+    static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(LIMITS_MARK));
+    let at = FINDER.find(payload.as_bytes())?;
     let (text, rest) = payload[at + LIMITS_MARK.len()..].split_once('"')?;
     let jid = rest.strip_prefix(JID_NEXT)?.split('"').next()?;
     Some((jid, crate::job::LimitTag::decode(text)))
@@ -431,7 +434,8 @@ const COLLAPSE_MARK: &str = "\"collapse\":\"";
 /// payload without one may still match inside its arguments; the worker compares the key
 /// with the one it computes before trusting a reading.
 pub(crate) fn collapse_in(payload: &str) -> Option<&str> {
-    let at = payload.find(COLLAPSE_MARK)?;
+    static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(COLLAPSE_MARK));
+    let at = FINDER.find(payload.as_bytes())?;
     payload[at + COLLAPSE_MARK.len()..]
         .split_once('"')
         .map(|(key, _)| key)
