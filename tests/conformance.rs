@@ -56,6 +56,7 @@ on_every_broker!(
     shutdown_lets_running_jobs_finish_within_the_timeout,
     quiet_stops_taking_jobs_but_keeps_the_heartbeat,
     heartbeat_publishes_the_process_and_stats,
+    a_fetch_takes_each_queues_oldest_jobs_first,
 );
 
 async fn dead_jobs(b: &Backend) -> Vec<Envelope> {
@@ -564,6 +565,80 @@ async fn all_queues_mode_consumes_every_queue_including_dotted_names(b: Backend)
             "utilitarian.tasks.amr.scheduled.daily"
         ]
     );
+}
+
+/// A fetch takes the oldest jobs of each queue in turn, oldest first, however it is asked
+/// (plain, reading collapse markers, or with limits), and leaves the in-flight list as one
+/// move per job would: the newest taken at its head. A cluster spreads the second queue
+/// over its shards, which keep their order only each within itself.
+async fn a_fetch_takes_each_queues_oldest_jobs_first(b: Backend) {
+    let ways = [
+        (None, false),
+        (None, true),
+        (Some(Duration::from_secs(60)), false),
+    ];
+    for (way, (lease, markers)) in ways.into_iter().enumerate() {
+        let queues = [ORDERED.to_owned(), format!("fetch-order-{way}")];
+        let label = |queue: &str, i: usize| format!("{queue}/{i}");
+        let mut pushes = Vec::new();
+        for (queue, count) in queues.iter().zip([5, 3]) {
+            for i in 0..count {
+                let args = vec![serde_json::json!(label(queue, i))];
+                pushes.push(Push {
+                    queue: queue.clone(),
+                    payload: Envelope::new("Note", queue.as_str(), args).to_json(),
+                    at: None,
+                });
+            }
+        }
+        b.broker.push(&pushes).await.unwrap();
+        let process = format!("fetcher:{way}:000000000001");
+        let labels = |payloads: Vec<String>| -> Vec<String> {
+            payloads
+                .iter()
+                .map(|p| {
+                    Envelope::parse(p).unwrap().args[0]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        };
+        let mut taken = Vec::new();
+        for max in [6, 6] {
+            let fetched = b
+                .broker
+                .fetch(&process, &queues, max, lease, markers)
+                .await
+                .unwrap();
+            assert!(
+                fetched.iter().all(|f| f.marker.is_none()),
+                "no job names a marker"
+            );
+            assert!(fetched
+                .iter()
+                .all(|f| f.payload.contains(&format!("\"{}/", f.queue))));
+            taken.extend(labels(fetched.into_iter().map(|f| f.payload).collect()));
+        }
+        let mut expected: Vec<String> = (0..5).map(|i| label(&queues[0], i)).collect();
+        expected.extend((0..3).map(|i| label(&queues[1], i)));
+        let mut held = labels(b.broker.in_flight(&process).await.unwrap());
+        if b.cluster.is_some() {
+            assert_eq!(taken[..5], expected[..5], "way {way}");
+            taken.sort();
+            held.sort();
+            expected.sort();
+            assert_eq!(taken, expected, "way {way}");
+            assert_eq!(held, expected, "way {way}");
+        } else {
+            assert_eq!(taken, expected, "way {way}");
+            held.reverse();
+            assert_eq!(held, expected, "way {way}: the newest taken heads the list");
+        }
+        for queue in &queues {
+            assert_eq!(b.admin().queue(queue).await.unwrap().size, 0);
+        }
+    }
 }
 
 /// Registers a process that never beats again and takes every queued job into its

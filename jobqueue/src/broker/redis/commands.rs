@@ -1015,8 +1015,6 @@ impl RedisBroker {
     }
 }
 
-/// The jobs a fetch script returned (`{queue index, payload}` each, the index into `queues`
-/// from 1).
 /// A job as the fetch scripts return it: its queue's index (from 1), its payload, and its
 /// collapse marker's value when one was read (empty when the marker has expired).
 type FetchedRow = (usize, Vec<u8>, Option<String>);

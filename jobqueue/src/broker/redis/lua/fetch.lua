@@ -2,23 +2,38 @@
 -- the process's in-flight list KEYS[1], skipping queues paused past ARGV[2] (now) in the
 -- sorted set KEYS[2] (member: the queue name ARGV[i] of KEYS[i], score: paused until).
 -- Collapse markers are read under the lock prefix ARGV[#KEYS + 1] (marker.lua).
--- Returns {queue index, payload, ...}, with the marker's value after each payload when
--- markers are read.
+-- Returns {queue index, payload, ...}, oldest first, with the marker's value after each
+-- payload when markers are read.
+--
+-- A queue's oldest jobs (its tail) are moved together: LRANGE, LTRIM, then LPUSH, leaving
+-- the lists as one LMOVE per job would, for three calls instead of one per job.
 local max = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local locks = ARGV[#KEYS + 1]
+-- LPUSH takes this many jobs at a time: Lua's unpack has a bounded stack.
+local chunk = 1000
 local out = {}
 local taken = 0
 for i = 3, #KEYS do
   local until_ = redis.call('ZSCORE', KEYS[2], ARGV[i])
   if not until_ or tonumber(until_) <= now then
-    while taken < max do
-      local job = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
-      if not job then break end
-      taken = taken + 1
-      out[#out + 1] = i - 2
-      out[#out + 1] = job
-      if locks ~= '' then out[#out + 1] = newest(locks, job) end
+    local jobs = redis.call('LRANGE', KEYS[i], taken - max, -1)
+    local n = #jobs
+    if n > 0 then
+      redis.call('LTRIM', KEYS[i], 0, -n - 1)
+      -- The tail first: the in-flight list's head ends with the newest taken, as LMOVE
+      -- RIGHT LEFT leaves it.
+      local oldest = {}
+      for k = n, 1, -1 do oldest[#oldest + 1] = jobs[k] end
+      for from = 1, n, chunk do
+        redis.call('LPUSH', KEYS[1], unpack(oldest, from, math.min(from + chunk - 1, n)))
+      end
+      for _, job in ipairs(oldest) do
+        out[#out + 1] = i - 2
+        out[#out + 1] = job
+        if locks ~= '' then out[#out + 1] = newest(locks, job) end
+      end
+      taken = taken + n
     end
   end
   if taken >= max then break end
