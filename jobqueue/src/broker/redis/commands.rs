@@ -1019,18 +1019,30 @@ impl RedisBroker {
 /// collapse marker's value when one was read (empty when the marker has expired).
 type FetchedRow = (usize, Vec<u8>, Option<String>);
 
-/// A fetch script's rows: triples when it read markers, pairs otherwise (a worker without
-/// collapsible classes is spared a value per job).
+/// A queue's jobs as a fetch script returns them when it reads markers: the queue's index,
+/// the payloads, and their markers' values.
+type MarkedGroup = (usize, Vec<Vec<u8>>, Vec<Option<String>>);
+
+/// A fetch script's jobs. The reply holds, for each queue taken from, its index and its
+/// jobs, then their markers' values when it read markers: a worker without collapsible
+/// classes is spared a value per job, and every job the index of its queue.
 fn rows(reply: redis::Value, markers: bool) -> Result<Vec<FetchedRow>, BrokerError> {
+    let mut rows = Vec::new();
     if markers {
-        return Ok(redis::from_redis_value(reply).map_err(redis::RedisError::from)?);
+        let groups: Vec<MarkedGroup> =
+            redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+        for (index, payloads, newest) in groups {
+            let newest = newest.into_iter().chain(std::iter::repeat(None));
+            rows.extend(payloads.into_iter().zip(newest).map(|(p, n)| (index, p, n)));
+        }
+    } else {
+        let groups: Vec<(usize, Vec<Vec<u8>>)> =
+            redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+        for (index, payloads) in groups {
+            rows.extend(payloads.into_iter().map(|p| (index, p, None)));
+        }
     }
-    let pairs: Vec<(usize, Vec<u8>)> =
-        redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
-    Ok(pairs
-        .into_iter()
-        .map(|(i, payload)| (i, payload, None))
-        .collect())
+    Ok(rows)
 }
 
 fn fetched(queues: &[String], flat: Vec<FetchedRow>) -> impl Iterator<Item = Fetched> + '_ {

@@ -2,8 +2,8 @@
 -- the process's in-flight list KEYS[1], skipping queues paused past ARGV[2] (now) in the
 -- sorted set KEYS[2] (member: the queue name ARGV[i] of KEYS[i], score: paused until).
 -- Collapse markers are read under the lock prefix ARGV[#KEYS + 1] (marker.lua).
--- Returns {queue index, payload, ...}, oldest first, with the marker's value after each
--- payload when markers are read.
+-- Returns, for each queue it took from, its index and its jobs, oldest first, and their
+-- markers' values when markers are read: {index, {payload, ...}, [{marker, ...}], ...}.
 --
 -- A queue's oldest jobs (its tail) are moved together: LRANGE, LTRIM, then LPUSH, leaving
 -- the lists as one LMOVE per job would, for three calls instead of one per job.
@@ -28,10 +28,12 @@ for i = 3, #KEYS do
       for from = 1, n, chunk do
         redis.call('LPUSH', KEYS[1], unpack(oldest, from, math.min(from + chunk - 1, n)))
       end
-      for _, job in ipairs(oldest) do
-        out[#out + 1] = i - 2
-        out[#out + 1] = job
-        if locks ~= '' then out[#out + 1] = newest(locks, job) end
+      out[#out + 1] = i - 2
+      out[#out + 1] = oldest
+      if locks ~= '' then
+        local markers = {}
+        for k, job in ipairs(oldest) do markers[k] = newest(locks, job) end
+        out[#out + 1] = markers
       end
       taken = taken + n
     end

@@ -3,8 +3,8 @@
 -- does not count. Takes up to ARGV[1] jobs, looking at up to ARGV[#KEYS + 1]; the process
 -- is ARGV[#KEYS + 2], the namespace ARGV[#KEYS + 3], and a full concurrency key is looked
 -- at again after ARGV[#KEYS + 4] seconds; collapse markers are read under the lock prefix
--- ARGV[#KEYS + 5] (marker.lua). Returns {jobs looked at, {queue index, payload, ...}},
--- with the marker's value after each payload when markers are read.
+-- ARGV[#KEYS + 5] (marker.lua). Returns {jobs looked at, {...}}, the second as fetch.lua's
+-- reply: each queue's index and the jobs taken from it, and their markers' values.
 local max, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local scan, process = tonumber(ARGV[#KEYS + 1]), ARGV[#KEYS + 2]
 local ns, lease = ARGV[#KEYS + 3], tonumber(ARGV[#KEYS + 4])
@@ -14,20 +14,25 @@ local taken, looked, parked = 0, 0, false
 for i = 3, #KEYS do
   local until_ = redis.call('ZSCORE', KEYS[2], ARGV[i])
   if not until_ or tonumber(until_) <= now then
+    local jobs, markers = {}, {}
     while taken < max and looked < scan do
       local job = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
       if not job then break end
       looked = looked + 1
       if admit(ns, job, process, now, lease, full) then
         taken = taken + 1
-        out[#out + 1] = i - 2
-        out[#out + 1] = job
-        if locks ~= '' then out[#out + 1] = newest(locks, job) end
+        jobs[#jobs + 1] = job
+        if locks ~= '' then markers[#markers + 1] = newest(locks, job) end
       else
         -- Set aside: out of the in-flight list, whose head it is.
         redis.call('LPOP', KEYS[1])
         parked = true
       end
+    end
+    if #jobs > 0 then
+      out[#out + 1] = i - 2
+      out[#out + 1] = jobs
+      if locks ~= '' then out[#out + 1] = markers end
     end
   end
   if taken >= max or looked >= scan then break end
