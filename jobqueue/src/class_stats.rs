@@ -6,10 +6,11 @@
 //! Durations go into a log-scale histogram (four buckets per power of two, so a percentile
 //! is within 19 % of the true value), which sums exactly across processes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::time::epoch_seconds;

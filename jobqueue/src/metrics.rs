@@ -18,10 +18,10 @@
 //! | `jobqueue_broker_reconnects_total` | counter | connection | reconnections of the Redis wake-up (`wake`) and key-tracking (`tracking`) connections after they dropped |
 //! | `jobqueue_budget_violations_total` | counter | class, limit | runs over their budget: `alloc`, `retained`, `time`, `misclassified` |
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use foldhash::HashMap;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Histogram, Unit,

@@ -122,7 +122,9 @@ async fn slot(
     let mut state = shared.state.subscribe();
     while shared.is_running() {
         let next = async { fetched.lock().await.recv().await };
+        // The buffer first: while it holds jobs, the state is not waited on.
         let job = tokio::select! {
+            biased;
             job = next => match job {
                 Some(job) => job,
                 None => break,

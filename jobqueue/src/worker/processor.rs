@@ -313,7 +313,9 @@ async fn execute(
         }
         tokio::time::sleep(grace).await;
     };
+    // The run first: a job that ends at its first poll never waits on the cancel switch.
     let result = tokio::select! {
+        biased;
         result = run => Some(result),
         () = stopped => None,
     };

@@ -1,11 +1,11 @@
 //! The job types a worker runs, looked up by class name. Nothing else can run: a payload
 //! only names a class, and only registered classes have code behind them.
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use foldhash::HashMap;
 use serde_json::Value;
 
 use crate::envelope::decode_args;
