@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::client::envelope_for;
 use crate::client::Client;
@@ -66,14 +66,17 @@ pub struct JobContext {
     client: Client,
     /// What the run asks of the worker once it returns: follow-ups, or to resume later.
     requests: Arc<Mutex<Requests>>,
-    /// Turns true when an operator cancels the job; none outside a worker, where nothing
+    /// Cancelled when an operator cancels the job; none outside a worker, where nothing
     /// can cancel it.
-    cancel: Option<watch::Receiver<bool>>,
+    cancel: Option<CancellationToken>,
     /// The batch the job belongs to.
     batch: Option<String>,
     /// Whether the worker running the job is shutting down or quiet; none outside a worker.
-    stopping: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    stopping: Option<Stopping>,
 }
+
+/// Whether a worker is shutting down or quiet: one per worker, shared by its jobs.
+pub(crate) type Stopping = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// What a run asks of the worker once it returns.
 #[derive(Default)]
@@ -122,11 +125,8 @@ impl JobContext {
     }
 
     /// This context, telling the job when its worker stops taking work.
-    pub(crate) fn with_stopping(
-        mut self,
-        stopping: impl Fn() -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.stopping = Some(Arc::new(stopping));
+    pub(crate) fn with_stopping(mut self, stopping: Stopping) -> Self {
+        self.stopping = Some(stopping);
         self
     }
 
@@ -155,8 +155,8 @@ impl JobContext {
         self.client.broker()
     }
 
-    /// This context, cancelled when `cancel` turns true.
-    pub(crate) fn with_cancel(mut self, cancel: watch::Receiver<bool>) -> Self {
+    /// This context, cancelled with `cancel`.
+    pub(crate) fn with_cancel(mut self, cancel: CancellationToken) -> Self {
         self.cancel = Some(cancel);
         self
     }
@@ -166,18 +166,18 @@ impl JobContext {
     /// after the worker's `cancel_grace`. A run cancelled while it ran ends as cancelled
     /// whatever it returns: neither failed nor retried, and its follow-ups not pushed.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.as_ref().is_some_and(|cancel| *cancel.borrow())
+        self.cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
     }
 
     /// Completes when an operator cancels this job; for `tokio::select!` against work.
     pub async fn cancelled(&self) {
-        if let Some(mut cancel) = self.cancel.clone() {
-            if cancel.wait_for(|cancelled| *cancelled).await.is_ok() {
-                return;
-            }
+        match &self.cancel {
+            Some(cancel) => cancel.cancelled().await,
+            // No switch: the job cannot be cancelled.
+            None => std::future::pending::<()>().await,
         }
-        // No switch, or none any more: the job can no longer be cancelled.
-        std::future::pending::<()>().await;
     }
 
     /// A context for a first run of a `J` with a new job id, whose follow-up jobs go

@@ -180,6 +180,8 @@ impl WorkerBuilder {
         })
         .to_string();
         let (state, _) = watch::channel(RunState::Running);
+        let seen = state.subscribe();
+        let stopping = Arc::new(move || *seen.borrow() != RunState::Running);
         Ok(Worker {
             shared: Arc::new(Shared {
                 wakeups: self.broker.subscribe(),
@@ -195,6 +197,7 @@ impl WorkerBuilder {
                 identity,
                 info,
                 state,
+                stopping,
                 busy: AtomicUsize::new(0),
                 running: Mutex::default(),
                 next_slot: AtomicU64::new(0),

@@ -140,7 +140,7 @@ async fn signal_cancellations(shared: &Shared) {
             for (slot, jid) in &running {
                 if cancelled.contains(jid) {
                     if let Some(started) = map.get(slot) {
-                        started.cancel.send_replace(true);
+                        started.cancel.cancel();
                     }
                 }
             }

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use foldhash::HashMap;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Running, Wakeups};
 use crate::client::Client;
@@ -86,8 +87,8 @@ pub(crate) struct Started {
     pub(crate) payload: String,
     pub(crate) sensitive: &'static [&'static str],
     pub(crate) since: std::time::SystemTime,
-    /// Flipped when an operator cancels the job.
-    pub(crate) cancel: watch::Sender<bool>,
+    /// Cancelled when an operator cancels the job.
+    pub(crate) cancel: CancellationToken,
 }
 
 /// Sidekiq's thread ids are short base-36 strings.
@@ -115,6 +116,8 @@ pub(crate) struct Shared {
     pub(crate) info: String,
     pub(crate) wakeups: Arc<Wakeups>,
     pub(crate) state: watch::Sender<RunState>,
+    /// Whether the state is past running, for the jobs' contexts.
+    pub(crate) stopping: crate::perform::Stopping,
     pub(crate) busy: AtomicUsize,
     /// The jobs running now, by slot, for the heartbeat.
     pub(crate) running: Mutex<HashMap<u64, Started>>,

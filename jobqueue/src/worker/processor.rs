@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::acker::AckMessage;
@@ -196,7 +197,7 @@ impl<'a> Slot<'a> {
         job: &Fetched,
         class: &'static str,
         options: &'static JobOptions,
-        cancel: watch::Sender<bool>,
+        cancel: CancellationToken,
     ) {
         let _ = self.started.set((class, Instant::now()));
         let started = Started {
@@ -272,12 +273,11 @@ async fn execute(
             });
         }
     }
-    let (cancel, cancelled) = watch::channel(false);
-    slot.show(job, handler.class(), options, cancel);
-    let state = shared.state.subscribe();
+    let cancel = CancellationToken::new();
+    slot.show(job, handler.class(), options, cancel.clone());
     let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone())
-        .with_cancel(cancelled.clone())
-        .with_stopping(move || *state.borrow() != super::RunState::Running);
+        .with_cancel(cancel.clone())
+        .with_stopping(Arc::clone(&shared.stopping));
     let server_job = ServerJob {
         envelope: &envelope,
         options,
@@ -306,11 +306,8 @@ async fn execute(
     .instrument(span);
     // A cancelled job has `cancel_grace` to end by itself; then its future is dropped.
     let grace = shared.config.cancel_grace;
-    let stopped = async move {
-        let mut cancelled = cancelled;
-        if cancelled.wait_for(|c| *c).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    let stopped = async {
+        cancel.cancelled().await;
         tokio::time::sleep(grace).await;
     };
     // The run first: a job that ends at its first poll never waits on the cancel switch.
