@@ -937,7 +937,9 @@ impl RedisBroker {
             return Ok(());
         }
         let list = self.inner.keys.in_flight(process);
-        // A removal per job, then the unlock and the parked jobs' look.
+        // A removal per job, then the unlock and the parked jobs' look. No command is marked
+        // ignored: redis-rs keeps those in a hash set, which cost a job more than reading
+        // its removal's reply does.
         let mut pipe = redis::Pipeline::with_capacity(payloads.len() + 2);
         let mut freed = Vec::new();
         for payload in payloads {
@@ -946,7 +948,7 @@ impl RedisBroker {
             let bytes = payload_bytes(payload);
             let mut lrem = redis::Cmd::with_capacity(4, 6 + list.len() + bytes.len());
             lrem.arg("LREM").arg(&list).arg(-1).arg(bytes.as_ref());
-            pipe.add_command(lrem).ignore();
+            pipe.add_command(lrem);
             self.free_slots(&mut pipe, payload, process, &mut freed);
         }
         if !unlocks.is_empty() {
@@ -959,14 +961,17 @@ impl RedisBroker {
             for (_, owner) in unlocks {
                 eval.arg(owner);
             }
-            eval.ignore();
         }
         if freed.is_empty() {
             pipe.query_async::<()>(&mut self.conn()).await?;
             return Ok(());
         }
         self.look_for_parked(&mut pipe, &freed);
-        let (parked,): (Vec<Option<f64>>,) = pipe.query_async(&mut self.conn()).await?;
+        let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+        let parked: Vec<Option<f64>> = match replies.pop() {
+            Some(last) => redis::from_redis_value(last).map_err(redis::RedisError::from)?,
+            None => Vec::new(),
+        };
         self.unpark_freed(freed, parked).await
     }
 

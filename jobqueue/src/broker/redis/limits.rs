@@ -50,8 +50,7 @@ impl RedisBroker {
             return;
         };
         for key in keys {
-            pipe.lrem(self.inner.keys.slots(&key), 1, id.as_str())
-                .ignore();
+            pipe.lrem(self.inner.keys.slots(&key), 1, id.as_str());
             freed.push(key);
         }
     }
