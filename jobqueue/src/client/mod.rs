@@ -295,17 +295,17 @@ impl Client {
         }
         let mut results: Vec<Option<Result<Admitted, Error>>> = (0..count).map(|_| None).collect();
         for round in rounds {
-            let admitted = futures_util::stream::iter(round)
+            // Each result goes to its place as it comes: collected first, a bulk's results
+            // were copied again each time their vector grew.
+            let mut admitted = std::pin::pin!(futures_util::stream::iter(round)
                 .map(|(i, envelope)| async move {
                     let result = self
                         .admit(envelope, at, Some(options), Origin::Enqueue)
                         .await;
                     (i, result)
                 })
-                .buffered(BULK_MIDDLEWARE_CONCURRENCY)
-                .collect::<Vec<_>>()
-                .await;
-            for (i, result) in admitted {
+                .buffered(BULK_MIDDLEWARE_CONCURRENCY));
+            while let Some((i, result)) = admitted.next().await {
                 results[i] = Some(result);
             }
         }
