@@ -126,7 +126,7 @@ async fn signal_cancellations(shared: &Shared) {
         .filter_map(|(slot, s)| {
             Some((
                 *slot,
-                crate::envelope::Envelope::parse(&s.payload).ok()?.jid,
+                crate::envelope::Envelope::parse(&s.job.payload).ok()?.jid,
             ))
         })
         .collect();

@@ -33,7 +33,7 @@ use foldhash::HashMap;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Running, Wakeups};
+use crate::broker::{Broker, Fetched, Running, Wakeups};
 use crate::client::Client;
 use crate::envelope::Envelope;
 use crate::error::{BrokerError, Error};
@@ -83,8 +83,7 @@ pub enum RunState {
 /// A job a slot has started.
 #[derive(Clone)]
 pub(crate) struct Started {
-    pub(crate) queue: String,
-    pub(crate) payload: String,
+    pub(crate) job: Arc<Fetched>,
     pub(crate) sensitive: &'static [&'static str],
     pub(crate) since: std::time::SystemTime,
     /// Cancelled when an operator cancels the job.
@@ -154,11 +153,11 @@ impl Shared {
             .into_iter()
             .map(|(slot, s)| Running {
                 slot: base36(slot),
-                payload: match Envelope::parse(&s.payload) {
+                payload: match Envelope::parse(&s.job.payload) {
                     Ok(envelope) => envelope.to_json_redacted(s.sensitive),
-                    Err(_) => s.payload,
+                    Err(_) => s.job.payload.clone(),
                 },
-                queue: s.queue,
+                queue: s.job.queue.clone(),
                 since: s.since,
             })
             .collect()
