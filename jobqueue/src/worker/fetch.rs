@@ -1,6 +1,6 @@
 //! The fetch loop. A fetcher task keeps a buffer of fetched jobs, refilled in one round
-//! trip when half of it is free; the dispatcher starts a job from the buffer as soon as a
-//! slot frees up, so fast jobs do not wait a round trip each. The buffer's size follows
+//! trip when half of it is free; each concurrency slot, a task of its own, takes its next
+//! job from the buffer as soon as it is free, so fast jobs do not wait a round trip each. The buffer's size follows
 //! the jobs: enough for what the slots start in about 10 ms at their recent pace, between
 //! twice the concurrency (at most 64) and 512. Slow jobs keep it small, so a process does
 //! not sit on jobs another process could start; fast jobs come hundreds to a round trip.
@@ -34,7 +34,7 @@ const MAX_PREFETCH: usize = 512;
 /// fetched job waits for a slot.
 const PREFETCH_WINDOW: Duration = Duration::from_millis(10);
 
-/// The buffer's size, from the pace at which the dispatcher starts jobs.
+/// The buffer's size, from the pace at which the slots start jobs.
 struct Prefetch {
     floor: usize,
     started: Arc<AtomicU64>,
