@@ -57,6 +57,7 @@ on_every_broker!(
     quiet_stops_taking_jobs_but_keeps_the_heartbeat,
     heartbeat_publishes_the_process_and_stats,
     a_fetch_takes_each_queues_oldest_jobs_first,
+    due_jobs_reach_their_queues_stamped_and_otherwise_unchanged,
 );
 
 async fn dead_jobs(b: &Backend) -> Vec<Envelope> {
@@ -639,6 +640,96 @@ async fn a_fetch_takes_each_queues_oldest_jobs_first(b: Backend) {
             assert_eq!(b.admin().queue(queue).await.unwrap().size, 0);
         }
     }
+}
+
+/// Due jobs reach their queues stamped with a new `enqueued_at`, and otherwise as they
+/// were, whoever wrote them: this library (the Redis scripts move these themselves),
+/// this library after an earlier run (an `enqueued_at` to replace), Ruby Sidekiq (its key
+/// order), or anyone with an `enqueued_at` inside the arguments.
+async fn due_jobs_reach_their_queues_stamped_and_otherwise_unchanged(b: Backend) {
+    use serde_json::{json, Value};
+    let queue = "due.stamped";
+    let fresh = Envelope::new("Note", queue, vec![json!("fresh")]);
+    let mut again = Envelope::new("Note", queue, vec![json!("again")]);
+    again.enqueued_at = Some(1_700_000_000.25);
+    again.retry_count = Some(0);
+    again.error_message = Some("it failed once".into());
+    let ruby = format!(
+        r#"{{"retry":true,"queue":"{queue}","class":"Ruby::Greeting","args":["ruby"],"jid":"0123456789abcdef01234567","created_at":1700000000.5}}"#
+    );
+    let nested = Envelope::new(
+        "Note",
+        queue,
+        vec![json!({"enqueued_at": 5}), json!("nested")],
+    );
+    let payloads = [fresh.to_json(), again.to_json(), ruby, nested.to_json()];
+    let pushed_at = now();
+    let due = std::time::SystemTime::now() - Duration::from_secs(1);
+    let pushes: Vec<Push> = payloads
+        .iter()
+        .map(|payload| Push {
+            queue: queue.to_owned(),
+            payload: payload.clone(),
+            at: Some(due),
+        })
+        .collect();
+    b.broker.push(&pushes).await.unwrap();
+    // The worker takes another queue, so the moved jobs stay to be read.
+    let h = start(
+        b.worker()
+            .register::<Note>()
+            .queues(Queues::strict(["elsewhere"])),
+    );
+    eventually(LIMIT, "every due job reached its queue", || async {
+        b.admin().queue(queue).await.unwrap().size == payloads.len()
+    })
+    .await;
+    h.stop().await;
+    let arrived: Vec<String> = b
+        .admin()
+        .queue_jobs(queue, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.payload)
+        .collect();
+    let without_stamp = |payload: &str| -> (Value, f64) {
+        let mut value: Value = serde_json::from_str(payload).unwrap();
+        let stamp = value
+            .as_object_mut()
+            .unwrap()
+            .remove("enqueued_at")
+            .and_then(|v| v.as_f64());
+        (value, stamp.unwrap_or(f64::NAN))
+    };
+    for payload in &payloads {
+        let (expected, _) = without_stamp(payload);
+        let jid = expected["jid"].as_str().unwrap();
+        let moved = arrived
+            .iter()
+            .find(|a| a.contains(jid))
+            .unwrap_or_else(|| panic!("{jid} is not in {arrived:?}"));
+        let (value, stamp) = without_stamp(moved);
+        assert_eq!(value, expected, "{moved}");
+        assert!(
+            stamp >= pushed_at - 0.001 && stamp <= now() + 0.001,
+            "stamped {stamp}, pushed at {pushed_at}: {moved}"
+        );
+        assert_eq!(
+            moved.matches("\"enqueued_at\":").count(),
+            if moved.contains("nested") { 2 } else { 1 },
+            "{moved}"
+        );
+        // This library's own jobs keep the order the client writes: the stamp right
+        // after the queue.
+        if value["class"] == "Note" {
+            assert!(
+                moved.contains(&format!("\"queue\":\"{queue}\",\"enqueued_at\":")),
+                "{moved}"
+            );
+        }
+    }
+    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 0);
 }
 
 /// Registers a process that never beats again and takes every queued job into its

@@ -97,6 +97,11 @@ impl<M: ?Sized> Chain<M> {
         self.position::<T>().is_some()
     }
 
+    /// Whether the chain has no middleware.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The type names in order, outermost first.
     pub fn names(&self) -> Vec<&'static str> {
         self.entries.iter().map(|e| e.name).collect()

@@ -31,19 +31,21 @@ pub struct Envelope {
     pub jid: String,
     /// The class name the job is dispatched by.
     pub class: String,
+    /// The queue the job belongs to. Written right after the class, and `enqueued_at` right
+    /// after it, so a broker script moving a due job to its queue finds both without
+    /// parsing the payload.
+    pub queue: String,
+    /// When the job was last pushed to its queue.
+    #[serde(default, with = "epoch", skip_serializing_if = "Option::is_none")]
+    pub enqueued_at: Option<f64>,
     /// The job's arguments.
     pub args: Vec<Value>,
-    /// The queue the job belongs to.
-    pub queue: String,
     /// How many job-level retries the job gets.
     #[serde(default)]
     pub retry: Retry,
     /// When the job was first created, in epoch seconds.
     #[serde(default, with = "epoch", skip_serializing_if = "Option::is_none")]
     pub created_at: Option<f64>,
-    /// When the job was last pushed to its queue.
-    #[serde(default, with = "epoch", skip_serializing_if = "Option::is_none")]
-    pub enqueued_at: Option<f64>,
     /// Retries so far: absent before the first failure, 0 after it. Sidekiq lowers it by
     /// one when a job is retried by hand (the Web UI's Retry buttons, `SortedEntry#retry`),
     /// so a job that died at its first failure comes back with -1.

@@ -163,6 +163,59 @@ impl SortedSet {
     }
 }
 
+/// Which due jobs [`Broker::take_due`] may move straight to their queues, stamped with
+/// `enqueued_at`, instead of handing them to the process to pass through the client
+/// again: given when the client has no middleware, so that passing would only restamp
+/// them.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct DirectMoves<'a> {
+    /// The `enqueued_at` the moved jobs get (epoch seconds).
+    pub enqueued_at: f64,
+    /// The largest payload the client admits, in bytes; a larger job passes through it.
+    pub max_payload_bytes: usize,
+    /// Classes whose jobs pass through the client whatever they are, because their
+    /// mechanisms act at enqueue (a uniqueness lock renewed, a collapse key written).
+    pub through_client: &'a [&'static str],
+    /// Whether to name each job moved (see [`Due::named`]), for its enqueue span.
+    pub named: bool,
+}
+
+/// A job a broker moved straight to its queue, by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovedJob {
+    /// Its jid.
+    pub jid: String,
+    /// Its class.
+    pub class: String,
+    /// The queue it went to.
+    pub queue: String,
+}
+
+/// The jobs [`Broker::take_due`] took.
+#[derive(Clone, Debug, Default)]
+pub struct Due {
+    /// The due time (epoch seconds) of each job moved straight to its queue.
+    pub moved: Vec<f64>,
+    /// The jobs moved, in the order of `moved`, when [`DirectMoves::named`] asked for them.
+    pub named: Vec<MovedJob>,
+    /// The due time and payload of each job put in the process's in-flight list, for the
+    /// process to move on.
+    pub taken: Vec<(f64, String)>,
+}
+
+impl Due {
+    /// How many jobs were taken, moved or not.
+    pub fn len(&self) -> usize {
+        self.moved.len() + self.taken.len()
+    }
+
+    /// Whether no job was due.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Where a job leaves a process's in-flight list to.
 #[derive(Clone, Debug)]
 pub enum Settle {
@@ -542,16 +595,18 @@ pub trait Broker: Send + Sync + 'static {
         Ok(moved.first().copied().unwrap_or(false))
     }
 
-    /// Moves up to `limit` jobs due by `now` from `set` into the in-flight list of
-    /// `process`, so that a crash before they reach their queue loses nothing. Returns each
-    /// job's due time (epoch seconds) and payload.
+    /// Takes up to `limit` jobs due by `now` out of `set`. Each goes into the in-flight
+    /// list of `process`, so that a crash before it reaches its queue loses nothing, unless
+    /// `direct` lets it go straight to its queue in the same step. A broker may move none
+    /// directly: the process then moves them itself, to the same end.
     async fn take_due(
         &self,
         process: &str,
         set: SortedSet,
         now: f64,
         limit: usize,
-    ) -> Result<Vec<(f64, String)>, BrokerError>;
+        direct: Option<DirectMoves<'_>>,
+    ) -> Result<Due, BrokerError>;
 
     /// The earliest due time in `schedule` and `retry`, and of jobs set aside by their
     /// limits, if any.

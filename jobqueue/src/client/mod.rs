@@ -353,6 +353,11 @@ impl Client {
         }
     }
 
+    /// The largest payload this client pushes, in bytes.
+    pub(crate) fn payload_limit(&self) -> usize {
+        self.max_payload_bytes
+    }
+
     fn check_size(&self, push: &Push, class: &str) -> Result<(), Error> {
         if push.payload.len() > self.max_payload_bytes {
             return Err(Error::PayloadTooLarge {
@@ -374,13 +379,7 @@ impl Client {
         options: Option<&'static JobOptions>,
         origin: Origin,
     ) -> Result<Admitted, Error> {
-        let span = tracing::info_span!(
-            "jobqueue.enqueue",
-            jid = %envelope.jid,
-            class = %envelope.class,
-            queue = %envelope.queue,
-            origin = ?origin,
-        );
+        let span = enqueue_span(&envelope.jid, &envelope.class, &envelope.queue, origin);
         self.admit_in_span(envelope, at, options, origin)
             .instrument(span)
             .await
@@ -436,6 +435,16 @@ impl Client {
         }
         Ok(Admitted::Push(push, envelope.jid))
     }
+}
+
+/// The span of one job's enqueue.
+pub(crate) fn enqueue_span(jid: &str, class: &str, queue: &str, origin: Origin) -> tracing::Span {
+    tracing::info_span!("jobqueue.enqueue", jid = %jid, class = %class, queue = %queue, origin = ?origin)
+}
+
+/// Whether enqueue spans are recorded, so a job moved without the client needs one made.
+pub(crate) fn enqueue_spans_enabled() -> bool {
+    tracing::span_enabled!(tracing::Level::INFO)
 }
 
 /// A job that passed the client chain.

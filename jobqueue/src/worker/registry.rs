@@ -92,6 +92,19 @@ impl Registry {
             .any(|(handler, _)| handler.options().collapse.is_some())
     }
 
+    /// The classes whose mechanisms act at enqueue (a uniqueness lock taken, a collapse
+    /// key written), so that their due jobs pass through the client again.
+    pub(crate) fn enqueue_mechanisms(&self) -> Vec<&'static str> {
+        self.handlers
+            .iter()
+            .filter(|(_, (handler, _))| {
+                let options = handler.options();
+                options.collapse.is_some() || options.unique.is_some_and(|u| u.locks_at_enqueue())
+            })
+            .map(|(class, _)| *class)
+            .collect()
+    }
+
     /// The sensitive argument fields of each class that has some.
     pub(crate) fn sensitive(
         &self,

@@ -1,6 +1,11 @@
 //! The scheduler: moves due jobs from the `schedule` and `retry` sets to their queues, as
 //! Sidekiq's `scheduled.rb`, through the client again (middleware, size check, mechanisms),
 //! and brings back jobs set aside by their limits when their keys have room.
+//!
+//! When the client has no middleware, passing a job through it would only stamp its
+//! `enqueued_at`, unless its class has a mechanism that acts at enqueue; the broker may
+//! then stamp and move such jobs itself, in the step that takes them (the Redis scripts
+//! do), and the process sees only the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +13,8 @@ use std::time::Duration;
 use futures_util::future::{join, join_all};
 
 use super::{settle, Shared};
-use crate::broker::{self, Settle, SortedSet};
-use crate::client::{Admitted, Origin};
+use crate::broker::{self, DirectMoves, Settle, SortedSet};
+use crate::client::{self, Admitted, Origin};
 use crate::envelope::Envelope;
 use crate::error::{BrokerError, Error};
 use crate::metrics;
@@ -28,8 +33,16 @@ const DUE_BATCH: usize = 1000;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut state = shared.state.subscribe();
     let mut delays = broker::backoff();
+    // A due job that passing through the client would only restamp may be moved by the
+    // broker itself: when the client has no middleware, and its class no mechanism that
+    // acts at enqueue.
+    let through_client = shared
+        .client
+        .chain()
+        .is_empty()
+        .then(|| shared.registry.enqueue_mechanisms());
     while shared.is_running() {
-        let wait = match enqueue_due(&shared).await {
+        let wait = match enqueue_due(&shared, through_client.as_deref()).await {
             Ok(next) => {
                 // Be told of jobs scheduled by producers that do not notify; one made before
                 // the watch began is found by one more look.
@@ -58,8 +71,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Moves every due job, then returns the next due time.
-async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, BrokerError> {
+/// Moves every due job, then returns the next due time. The broker moves those it may
+/// (see [`DirectMoves`]) when `through_client` is given.
+async fn enqueue_due(
+    shared: &Shared,
+    through_client: Option<&[&'static str]>,
+) -> Result<Option<f64>, BrokerError> {
     for set in [SortedSet::Retry, SortedSet::Schedule] {
         // The next batch is taken while the last goes through the client middleware and
         // to its queues: the steps wait on different things (the broker's script, this
@@ -68,9 +85,15 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, BrokerError> {
         let mut taken: Option<(f64, Vec<(f64, String)>)> = None;
         loop {
             let taken_at = now();
+            let direct = through_client.map(|through_client| DirectMoves {
+                enqueued_at: taken_at,
+                max_payload_bytes: shared.client.payload_limit(),
+                through_client,
+                named: client::enqueue_spans_enabled(),
+            });
             let take = shared
                 .broker
-                .take_due(&shared.identity, set, taken_at, DUE_BATCH);
+                .take_due(&shared.identity, set, taken_at, DUE_BATCH, direct);
             let previous = async {
                 if let Some((at, due)) = taken.take() {
                     move_batch(shared, set, at, due).await;
@@ -80,8 +103,20 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<f64>, BrokerError> {
             let (due, ()) = join(take, previous).await;
             let due = due?;
             let last = due.len() < DUE_BATCH;
-            if !due.is_empty() {
-                taken = Some((taken_at, due));
+            for at in &due.moved {
+                metrics::late(set.key(), taken_at - at);
+            }
+            // Each moved job's enqueue span, as the client would have opened.
+            for job in &due.named {
+                drop(client::enqueue_span(
+                    &job.jid,
+                    &job.class,
+                    &job.queue,
+                    origin(set),
+                ));
+            }
+            if !due.taken.is_empty() {
+                taken = Some((taken_at, due.taken));
             }
             if last {
                 break;
@@ -116,13 +151,18 @@ async fn move_batch(shared: &Shared, set: SortedSet, taken_at: f64, due: Vec<(f6
     settle::many(shared, moves).await;
 }
 
+/// Why a due job from `set` is pushed.
+fn origin(set: SortedSet) -> Origin {
+    match set {
+        SortedSet::Retry => Origin::Retry,
+        _ => Origin::Scheduled,
+    }
+}
+
 /// Where a due job goes: through the client middleware again, as Sidekiq does, then to its
 /// queue, unless the middleware keeps it out.
 async fn to_queue(shared: &Shared, payload: &str, envelope: Envelope, set: SortedSet) -> Settle {
-    let origin = match set {
-        SortedSet::Retry => Origin::Retry,
-        _ => Origin::Scheduled,
-    };
+    let origin = origin(set);
     let options = shared.registry.get(&envelope.class).map(|h| h.options());
     let (class, jid) = (envelope.class.clone(), envelope.jid.clone());
     match shared.client.admit(envelope, None, options, origin).await {

@@ -12,8 +12,8 @@ use futures_util::future::try_join_all;
 
 use super::ClusterBroker;
 use crate::broker::{
-    Ack, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry, Orphans,
-    ProcessEntry, Push, Settle, SortedSet, Stats, Wakeups, DEAD_MAX_JOBS,
+    Ack, BatchCallbacks, BatchStatus, Broker, DirectMoves, Due, Fetched, Heartbeat, LimitEntry,
+    Orphans, ProcessEntry, Push, Settle, SortedSet, Stats, Wakeups, DEAD_MAX_JOBS,
 };
 use crate::error::BrokerError;
 
@@ -301,19 +301,22 @@ impl Broker for ClusterBroker {
         set: SortedSet,
         now: f64,
         limit: usize,
-    ) -> Result<Vec<(f64, String)>, BrokerError> {
-        let mut taken = Vec::new();
+        direct: Option<DirectMoves<'_>>,
+    ) -> Result<Due, BrokerError> {
+        let mut due = Due::default();
         for shard in self.rotation() {
-            if taken.len() >= limit {
+            if due.len() >= limit {
                 break;
             }
             let more = self.inner.shards[shard]
-                .take_due(process, set, now, limit - taken.len())
+                .take_due(process, set, now, limit - due.len(), direct)
                 .await?;
-            self.hold(shard, more.iter().map(|(_, p)| p.as_str()));
-            taken.extend(more);
+            self.hold(shard, more.taken.iter().map(|(_, p)| p.as_str()));
+            due.moved.extend(more.moved);
+            due.named.extend(more.named);
+            due.taken.extend(more.taken);
         }
-        Ok(taken)
+        Ok(due)
     }
 
     async fn next_due(&self) -> Result<Option<f64>, BrokerError> {

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 
 use self::limits::{queue_of, tags_in, Limits};
 use super::{
-    dead_trim, Ack, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
-    MarkerRead, Orphans, Placement, ProcessEntry, Push, Settle, SortedSet, Stats, WakeupHub,
-    Wakeups,
+    dead_trim, Ack, BatchCallbacks, BatchStatus, Broker, DirectMoves, Due, Fetched, Heartbeat,
+    LimitEntry, MarkerRead, Orphans, Placement, ProcessEntry, Push, Settle, SortedSet, Stats,
+    WakeupHub, Wakeups,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, now};
@@ -542,7 +542,9 @@ impl Broker for MemoryBroker {
         set: SortedSet,
         now: f64,
         limit: usize,
-    ) -> Result<Vec<(f64, String)>, BrokerError> {
+        // The process's own move costs no more here than a move in this broker would.
+        _direct: Option<DirectMoves<'_>>,
+    ) -> Result<Due, BrokerError> {
         let mut state = self.state();
         let mut due = Vec::new();
         while due.len() < limit && state.set(set).first_score().is_some_and(|s| s <= now) {
@@ -554,7 +556,10 @@ impl Broker for MemoryBroker {
         for (_, payload) in &due {
             list.push_front(payload.clone());
         }
-        Ok(due)
+        Ok(Due {
+            taken: due,
+            ..Due::default()
+        })
     }
 
     async fn next_due(&self) -> Result<Option<f64>, BrokerError> {

@@ -12,9 +12,9 @@ use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::keys::Keys;
 use super::{RedisBroker, UNLOCK};
 use crate::broker::{
-    dead_trim, lock, Ack, BatchCallbacks, BatchStatus, Broker, Fetched, Heartbeat, LimitEntry,
-    MarkerRead, Orphans, Placement, ProcessEntry, Push, Running, Settle, SortedSet, Stats, Wakeups,
-    BATCH_TTL,
+    dead_trim, lock, Ack, BatchCallbacks, BatchStatus, Broker, DirectMoves, Due, Fetched,
+    Heartbeat, LimitEntry, MarkerRead, MovedJob, Orphans, Placement, ProcessEntry, Push, Running,
+    Settle, SortedSet, Stats, Wakeups, BATCH_TTL,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
@@ -321,22 +321,44 @@ impl Broker for RedisBroker {
         set: SortedSet,
         now: f64,
         limit: usize,
-    ) -> Result<Vec<(f64, String)>, BrokerError> {
+        direct: Option<DirectMoves<'_>>,
+    ) -> Result<Due, BrokerError> {
         let keys = &self.inner.keys;
-        let due: Vec<(Vec<u8>, f64)> = self
-            .inner
-            .scripts
-            .take_due
-            .key(keys.set(set))
-            .key(keys.in_flight(process))
+        let mut call = self.inner.scripts.take_due.key(keys.set(set));
+        call.key(keys.in_flight(process))
+            .key(&keys.queues)
             .arg(now)
-            .arg(limit)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(due
-            .into_iter()
-            .map(|(payload, at)| (at, payload_from_bytes(payload)))
-            .collect())
+            .arg(limit);
+        match direct {
+            // Written as the payload's other timestamps are, by serde_json.
+            Some(direct) => call
+                .arg(serde_json::Value::from(direct.enqueued_at).to_string())
+                .arg(direct.max_payload_bytes),
+            None => call.arg("").arg(0),
+        };
+        call.arg(&keys.prefix)
+            .arg(&keys.wake)
+            .arg(if direct.is_some_and(|d| d.named) {
+                "1"
+            } else {
+                ""
+            });
+        for class in direct.map_or(&[][..], |d| d.through_client) {
+            call.arg(*class);
+        }
+        type Reply = (Vec<f64>, Vec<(Vec<u8>, f64)>, Vec<(String, String, String)>);
+        let (moved, taken, named): Reply = call.invoke_async(&mut self.conn()).await?;
+        Ok(Due {
+            moved,
+            named: named
+                .into_iter()
+                .map(|(jid, class, queue)| MovedJob { jid, class, queue })
+                .collect(),
+            taken: taken
+                .into_iter()
+                .map(|(payload, at)| (at, payload_from_bytes(payload)))
+                .collect(),
+        })
     }
 
     async fn next_due(&self) -> Result<Option<f64>, BrokerError> {
