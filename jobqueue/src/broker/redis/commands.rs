@@ -324,26 +324,28 @@ impl Broker for RedisBroker {
         direct: Option<DirectMoves<'_>>,
     ) -> Result<Due, BrokerError> {
         let keys = &self.inner.keys;
+        // An empty stamp moves nothing directly.
+        let (stamp, max_bytes, named, through_client) = match direct {
+            // Written as the payload's other timestamps are, by serde_json.
+            Some(d) => (
+                serde_json::Value::from(d.enqueued_at).to_string(),
+                d.max_payload_bytes,
+                d.named,
+                d.through_client,
+            ),
+            None => (String::new(), 0, false, &[][..]),
+        };
         let mut call = self.inner.scripts.take_due.key(keys.set(set));
         call.key(keys.in_flight(process))
             .key(&keys.queues)
             .arg(now)
-            .arg(limit);
-        match direct {
-            // Written as the payload's other timestamps are, by serde_json.
-            Some(direct) => call
-                .arg(serde_json::Value::from(direct.enqueued_at).to_string())
-                .arg(direct.max_payload_bytes),
-            None => call.arg("").arg(0),
-        };
-        call.arg(&keys.prefix)
+            .arg(limit)
+            .arg(stamp)
+            .arg(max_bytes)
+            .arg(&keys.prefix)
             .arg(&keys.wake)
-            .arg(if direct.is_some_and(|d| d.named) {
-                "1"
-            } else {
-                ""
-            });
-        for class in direct.map_or(&[][..], |d| d.through_client) {
+            .arg(if named { "1" } else { "" });
+        for class in through_client {
             call.arg(*class);
         }
         type Reply = (Vec<f64>, Vec<(Vec<u8>, f64)>, Vec<(String, String, String)>);
