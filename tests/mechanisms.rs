@@ -246,37 +246,50 @@ async fn a_fetch_reads_each_jobs_collapse_marker(b: Backend) {
         seq,
     };
     let queues = [Refresh::OPTIONS.queue.to_owned()];
-    let older = c.enqueue(&refresh(1, 1)).await.unwrap();
-    let newer = c.enqueue(&refresh(1, 2)).await.unwrap();
-    let alone = c.enqueue(&refresh(2, 1)).await.unwrap();
-    let key = Refresh::OPTIONS
-        .collapse
-        .unwrap()
-        .marker_key(&job("Refresh", &refresh(2, 1)));
-    assert!(b.broker.unlock(&key, &alone).await.unwrap());
+    // Both fetch scripts: the plain one, and the one for processes running limited jobs.
+    for (base, lease) in [(0, None), (10, Some(Duration::from_secs(60)))] {
+        let older = c.enqueue(&refresh(base + 1, 1)).await.unwrap();
+        // A job with no marker between them: the markers read together still go to their own
+        // jobs.
+        let plain = c
+            .enqueue_to(&queues[0], &import(&jobs::token(), "plain"))
+            .await
+            .unwrap();
+        let newer = c.enqueue(&refresh(base + 1, 2)).await.unwrap();
+        let alone = c.enqueue(&refresh(base + 2, 1)).await.unwrap();
+        let key = Refresh::OPTIONS
+            .collapse
+            .unwrap()
+            .marker_key(&job("Refresh", &refresh(base + 2, 1)));
+        assert!(b.broker.unlock(&key, &alone).await.unwrap());
 
-    let taken = b
-        .broker
-        .fetch("reader", &queues, 3, None, true)
-        .await
-        .unwrap();
-    // On a cluster, the shards' jobs come shard by shard: compared by jid, not in order.
-    let read: BTreeMap<String, (String, Option<String>)> = taken
-        .iter()
-        .map(|f| {
-            let marker = f.marker.clone().expect("the marker was read");
-            let jid = Envelope::parse(&f.payload).unwrap().jid;
-            (jid, (marker.key, marker.newest))
-        })
-        .collect();
-    assert_eq!(read.len(), 3);
-    assert_eq!(
-        read[&older].1.as_ref(),
-        Some(&newer),
-        "the older sees the newer"
-    );
-    assert_eq!(read[&newer].1.as_ref(), Some(&newer));
-    assert_eq!(read[&alone], (key, None), "none where the marker is gone");
+        let taken = b
+            .broker
+            .fetch("reader", &queues, 4, lease, true)
+            .await
+            .unwrap();
+        // On a cluster, the shards' jobs come shard by shard: compared by jid, not in order.
+        let mut read: BTreeMap<String, Option<(String, Option<String>)>> = taken
+            .iter()
+            .map(|f| {
+                let marker = f.marker.clone().map(|m| (m.key, m.newest));
+                (Envelope::parse(&f.payload).unwrap().jid, marker)
+            })
+            .collect();
+        assert_eq!(read.remove(&plain), Some(None), "no marker for a plain job");
+        let read: BTreeMap<String, (String, Option<String>)> = read
+            .into_iter()
+            .map(|(jid, marker)| (jid, marker.expect("the marker was read")))
+            .collect();
+        assert_eq!(read.len(), 3);
+        assert_eq!(
+            read[&older].1.as_ref(),
+            Some(&newer),
+            "the older sees the newer"
+        );
+        assert_eq!(read[&newer].1.as_ref(), Some(&newer));
+        assert_eq!(read[&alone], (key, None), "none where the marker is gone");
+    }
 
     // A process running no collapsible class does not ask for markers.
     c.enqueue(&refresh(3, 1)).await.unwrap();

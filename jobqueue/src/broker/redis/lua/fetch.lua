@@ -30,11 +30,7 @@ for i = 3, #KEYS do
       end
       out[#out + 1] = i - 2
       out[#out + 1] = oldest
-      if locks ~= '' then
-        local markers = {}
-        for k, job in ipairs(oldest) do markers[k] = newest(locks, job) end
-        out[#out + 1] = markers
-      end
+      if locks ~= '' then out[#out + 1] = newest(locks, oldest) end
       taken = taken + n
     end
   end

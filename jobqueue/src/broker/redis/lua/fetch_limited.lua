@@ -14,7 +14,7 @@ local taken, looked, parked = 0, 0, false
 for i = 3, #KEYS do
   local until_ = redis.call('ZSCORE', KEYS[2], ARGV[i])
   if not until_ or tonumber(until_) <= now then
-    local jobs, markers = {}, {}
+    local jobs = {}
     while taken < max and looked < scan do
       local job = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
       if not job then break end
@@ -22,7 +22,6 @@ for i = 3, #KEYS do
       if admit(ns, job, process, now, lease, full) then
         taken = taken + 1
         jobs[#jobs + 1] = job
-        if locks ~= '' then markers[#markers + 1] = newest(locks, job) end
       else
         -- Set aside: out of the in-flight list, whose head it is.
         redis.call('LPOP', KEYS[1])
@@ -32,7 +31,7 @@ for i = 3, #KEYS do
     if #jobs > 0 then
       out[#out + 1] = i - 2
       out[#out + 1] = jobs
-      if locks ~= '' then out[#out + 1] = markers end
+      if locks ~= '' then out[#out + 1] = newest(locks, jobs) end
     end
   end
   if taken >= max or looked >= scan then break end
