@@ -987,11 +987,11 @@ impl RedisBroker {
             }
         }
         if freed.is_empty() {
-            pipe.query_async::<()>(&mut self.conn()).await?;
+            pipe.query_async::<()>(&mut self.ack_conn()).await?;
             return Ok(());
         }
         self.look_for_parked(&mut pipe, &freed);
-        let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+        let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.ack_conn()).await?;
         let parked: Vec<Option<f64>> = match replies.pop() {
             Some(last) => redis::from_redis_value(last).map_err(redis::RedisError::from)?,
             None => Vec::new(),
