@@ -352,13 +352,24 @@ pub fn new_jid() -> String {
 
 /// Lowercase hex, two characters a byte: job ids, key digests, process nonces.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        text.push(char::from(DIGITS[usize::from(b >> 4)]));
-        text.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
+    push_hex(&mut text, bytes);
     text
+}
+
+/// Appends `bytes` to `text` in lowercase hex, 32 bytes at a time through a buffer on the
+/// stack (a `push` per character costs about four times as much).
+pub(crate) fn push_hex(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for chunk in bytes.chunks(32) {
+        let mut buf = [0u8; 64];
+        for (pair, b) in buf.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+        // Hex digits are ASCII, so this is always UTF-8.
+        text.push_str(std::str::from_utf8(&buf[..chunk.len() * 2]).unwrap_or_default());
+    }
 }
 
 /// The job id of the `n`th follow-up of job `parent`: the same on every run of the parent,

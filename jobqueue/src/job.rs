@@ -2,14 +2,15 @@
 //! retry policy derived from them, and the keys its collapse marker and uniqueness locks
 //! are stored under. What running job code sees is in [`crate::perform`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::envelope::{hex, Envelope};
+use crate::envelope::{push_hex, Envelope};
 
 /// A job type: its class name on the wire and its options.
 ///
@@ -402,26 +403,42 @@ impl CollapseSpec {
 /// (all of them, or the fields the attribute names). Object keys are sorted before hashing,
 /// so the same arguments give the same key however they were written.
 fn job_key(kind: &str, envelope: &Envelope, fields: &[&str], queue: bool) -> String {
-    let selected = match (fields, envelope.args.as_slice()) {
-        ([], args) => Value::Array(args.to_vec()),
-        (fields, [Value::Object(object)]) => Value::Object(
-            fields
+    const NULL: Value = Value::Null;
+    // The arguments are written straight into the digest: a `BTreeMap` of the picked
+    // fields writes the same JSON as a `Value::Object` of them (keys sorted), and the
+    // arguments' slice the same as a `Value::Array`, without copying them first.
+    let mut hasher = Sha256::new();
+    let written = match (fields, envelope.args.as_slice()) {
+        (fields, [Value::Object(object)]) if !fields.is_empty() => {
+            let picked: BTreeMap<&str, &Value> = fields
                 .iter()
-                .map(|f| {
-                    let value = object.get(*f).cloned().unwrap_or(Value::Null);
-                    ((*f).to_owned(), value)
-                })
-                .collect::<Map<_, _>>(),
-        ),
-        // Positional arguments (a job pushed from Ruby): the fields cannot be picked out.
-        (_, args) => Value::Array(args.to_vec()),
+                .map(|f| (*f, object.get(*f).unwrap_or(&NULL)))
+                .collect();
+            serde_json::to_writer(&mut hasher, &picked)
+        }
+        // All of them; or positional arguments (a job pushed from Ruby), whose fields
+        // cannot be picked out.
+        (_, args) => serde_json::to_writer(&mut hasher, args),
     };
-    let digest = hex(&Sha256::digest(selected.to_string().as_bytes()));
-    if queue {
-        format!("{kind}:{}:{}:{digest}", envelope.class, envelope.queue)
-    } else {
-        format!("{kind}:{}:{digest}", envelope.class)
+    // Writing JSON values into a hasher cannot fail; a key without its digest would still
+    // name the class, but never match a lock taken with one.
+    let digest = match written {
+        Ok(()) => hasher.finalize(),
+        Err(_) => Default::default(),
+    };
+    let mut key = String::with_capacity(
+        kind.len() + envelope.class.len() + envelope.queue.len() + 3 + 2 * digest.len(),
+    );
+    for part in [kind, ":", &envelope.class] {
+        key.push_str(part);
     }
+    if queue {
+        key.push(':');
+        key.push_str(&envelope.queue);
+    }
+    key.push(':');
+    push_hex(&mut key, &digest);
+    key
 }
 
 #[cfg(test)]
@@ -431,6 +448,59 @@ mod tests {
 
     fn envelope(args: Vec<Value>) -> Envelope {
         Envelope::new("Refresh", "default", args)
+    }
+
+    /// The keys locks were taken under before the digest was written into directly: a
+    /// lock taken by an earlier version must still be found.
+    #[test]
+    fn keys_are_those_of_the_arguments_json_digest() {
+        let cases = [
+            (
+                vec![
+                    json!(1),
+                    json!("a"),
+                    json!({"b": 2, "a": [1, {"z": 1, "y": null}]}),
+                ],
+                &[][..],
+            ),
+            (
+                vec![json!({"account": 1, "reason": "a", "nested": {"b": 1, "a": 2}})],
+                &["reason", "nested", "account"][..],
+            ),
+            (vec![json!({"account": 1})], &["missing", "account"][..]),
+            (vec![json!(1), json!(2)], &["account"][..]),
+            (vec![], &[][..]),
+        ];
+        for (args, fields) in cases {
+            let job = envelope(args.clone());
+            let selected = match (fields, args.as_slice()) {
+                ([], _) => Value::Array(args.clone()),
+                (fields, [Value::Object(object)]) => Value::Object(
+                    fields
+                        .iter()
+                        .map(|f| {
+                            (
+                                (*f).to_owned(),
+                                object.get(*f).cloned().unwrap_or(Value::Null),
+                            )
+                        })
+                        .collect(),
+                ),
+                _ => Value::Array(args.clone()),
+            };
+            let digest: String = Sha256::digest(selected.to_string().as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                job_key("unique", &job, fields, true),
+                format!("unique:Refresh:default:{digest}")
+            );
+            assert_eq!(
+                job_key("collapse", &job, fields, false),
+                format!("collapse:Refresh:{digest}")
+            );
+        }
     }
 
     #[test]
