@@ -78,10 +78,7 @@ impl Prefetch {
 /// Each concurrency slot is one task that takes a job from the buffer, runs it, and takes
 /// the next, as Sidekiq's processor threads do. A task per job cost about 3,000 instructions
 /// per job to spawn, schedule and reap (a third of a no-op job's dispatch).
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    acks: mpsc::UnboundedSender<AckMessage>,
-) -> JoinSet<()> {
+pub(crate) async fn run(shared: Arc<Shared>, acks: mpsc::Sender<AckMessage>) -> JoinSet<()> {
     let started = Arc::new(AtomicU64::new(0));
     let prefetch = Prefetch::new(shared.config.concurrency, Arc::clone(&started));
     let (buffer, fetched) = mpsc::channel(MAX_PREFETCH);
@@ -116,7 +113,7 @@ pub(crate) async fn run(
 async fn slot(
     shared: Arc<Shared>,
     fetched: Arc<Mutex<mpsc::Receiver<Fetched>>>,
-    acks: mpsc::UnboundedSender<AckMessage>,
+    acks: mpsc::Sender<AckMessage>,
     started: Arc<AtomicU64>,
 ) {
     let mut state = shared.state.subscribe();

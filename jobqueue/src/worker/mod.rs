@@ -268,7 +268,7 @@ impl Worker {
         let sampler = tokio::spawn(sampler::run(Arc::clone(&shared), done_rx));
         let scheduler = tokio::spawn(scheduler::run(Arc::clone(&shared)));
         let periodic = tokio::spawn(ticker::run(Arc::clone(&shared)));
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (ack_tx, ack_rx) = mpsc::channel(acker::ACK_BACKLOG);
         let acker = tokio::spawn(acker::run(Arc::clone(&shared), ack_rx));
 
         let stopping = async {

@@ -34,7 +34,7 @@ use crate::time::after;
 ///
 /// The futures of the rarer ends (a settle, a batch's count, death handlers) are boxed:
 /// inline, they made every job's run 4.3 KB, written anew for each job; 1.9 KB without them.
-pub(crate) async fn run(shared: &Shared, job: Fetched, acks: &mpsc::UnboundedSender<AckMessage>) {
+pub(crate) async fn run(shared: &Shared, job: Fetched, acks: &mpsc::Sender<AckMessage>) {
     shared.busy.fetch_add(1, Ordering::Relaxed);
     // Shared with the list of running jobs while it runs, not copied into it.
     let job = Arc::new(job);
@@ -112,16 +112,16 @@ pub(crate) async fn run(shared: &Shared, job: Fetched, acks: &mpsc::UnboundedSen
         Ok(Outcome::Done) => {
             // The acker is gone only once shutdown has handed every job back.
             let payload = job.payload;
-            let _ = acks.send(AckMessage::Done(Ack { payload, unlock }));
+            let _ = acks.send(AckMessage::Done(Ack { payload, unlock })).await;
         }
         Ok(Outcome::Skipped { .. }) => {
             shared.skipped.fetch_add(1, Ordering::Relaxed);
             let payload = job.payload;
-            let _ = acks.send(AckMessage::Done(Ack { payload, unlock }));
+            let _ = acks.send(AckMessage::Done(Ack { payload, unlock })).await;
         }
         Ok(Outcome::Cancelled) => {
             shared.cancelled.fetch_add(1, Ordering::Relaxed);
-            let _ = acks.send(AckMessage::Done(job.payload.into()));
+            let _ = acks.send(AckMessage::Done(job.payload.into())).await;
         }
         Ok(Outcome::Reschedule { after: delay, .. }) => {
             let to = Settle::Schedule {
