@@ -55,25 +55,21 @@ pub(crate) async fn run(shared: &Shared, job: Fetched, acks: &mpsc::Sender<AckMe
     .await;
     let unlock = release_at_ack.into_inner();
     // The clock is read twice at a job's start and once at its end (see `Slot`).
-    let (class, ran) = slot
-        .started
-        .get()
-        .map_or((metrics::UNKNOWN_CLASS, None), |started| {
-            let ran = slot.ran.get().copied();
-            (
-                started.class,
-                Some(ran.unwrap_or_else(|| started.at.elapsed())),
-            )
-        });
-    let since = slot.started.get().map(|started| started.since);
+    let started = slot.started.get().map(|started| {
+        let ran = slot.ran.get().copied();
+        let ran = ran.unwrap_or_else(|| started.at.elapsed());
+        (started.class, ran, started.since)
+    });
+    let class = started.map_or(metrics::UNKNOWN_CLASS, |(class, ..)| class);
     drop(slot);
     // A heartbeat may still hold the running entry it copied; the job is copied then.
     let job = Arc::try_unwrap(job).unwrap_or_else(|job| Fetched::clone(&job));
     shared.busy.fetch_sub(1, Ordering::Relaxed);
     shared.processed.fetch_add(1, Ordering::Relaxed);
     let outcome = ended_as(&ended);
+    let ran = started.map(|(_, ran, _)| ran);
     shared.job_metrics.finished(&job.queue, class, outcome, ran);
-    if let (Some(ran), Some(since)) = (ran, since) {
+    if let Some((_, ran, since)) = started {
         let run = Run {
             failed: matches!(outcome, Ended::Retried | Ended::Dead | Ended::Discarded),
             ran,
