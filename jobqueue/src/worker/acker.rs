@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
 
 use super::Shared;
 use crate::broker::{self, Ack};
@@ -38,23 +39,28 @@ pub(super) async fn flush(acks: &mpsc::Sender<AckMessage>) {
     }
 }
 
+/// Hands a finished job to the acker, waiting only while [`ACK_BACKLOG`] jobs already wait.
+pub(super) async fn done(acks: &mpsc::Sender<AckMessage>, ack: Ack) {
+    // Most jobs find room: trying first spares them the wait's future. The acker is gone
+    // only once shutdown has handed every job back, so a closed channel needs nothing.
+    if let Err(TrySendError::Full(message)) = acks.try_send(AckMessage::Done(ack)) {
+        let _ = acks.send(message).await;
+    }
+}
+
 /// Removes finished jobs from the in-flight list, batching whatever has queued up since the
 /// last round trip; a failed batch is tried again until the broker answers.
 pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AckMessage>) {
+    let mut messages = Vec::with_capacity(ACK_BATCH);
     let mut batch = Vec::with_capacity(ACK_BATCH);
     let mut flushes = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(message) = next {
+    // Taken together, the messages free their room in the channel at once.
+    while rx.recv_many(&mut messages, ACK_BATCH).await > 0 {
+        for message in messages.drain(..) {
             match message {
                 AckMessage::Done(ack) => batch.push(ack),
                 AckMessage::Flush(tx) => flushes.push(tx),
             }
-            next = if batch.len() < ACK_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
         }
         let mut delays = broker::backoff();
         while let Err(e) = shared.broker.ack(&shared.identity, &batch).await {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::acker::AckMessage;
+use super::acker::{self, AckMessage};
 use super::budgets;
 use super::mechanisms::Guarded;
 use super::middleware::{Outcome, ServerJob};
@@ -106,18 +106,17 @@ pub(crate) async fn run(shared: &Shared, job: Fetched, acks: &mpsc::Sender<AckMe
             }
         }
         Ok(Outcome::Done) => {
-            // The acker is gone only once shutdown has handed every job back.
             let payload = job.payload;
-            let _ = acks.send(AckMessage::Done(Ack { payload, unlock })).await;
+            acker::done(acks, Ack { payload, unlock }).await;
         }
         Ok(Outcome::Skipped { .. }) => {
             shared.skipped.fetch_add(1, Ordering::Relaxed);
             let payload = job.payload;
-            let _ = acks.send(AckMessage::Done(Ack { payload, unlock })).await;
+            acker::done(acks, Ack { payload, unlock }).await;
         }
         Ok(Outcome::Cancelled) => {
             shared.cancelled.fetch_add(1, Ordering::Relaxed);
-            let _ = acks.send(AckMessage::Done(job.payload.into())).await;
+            acker::done(acks, job.payload.into()).await;
         }
         Ok(Outcome::Reschedule { after: delay, .. }) => {
             let to = Settle::Schedule {
