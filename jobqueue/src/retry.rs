@@ -40,6 +40,9 @@ pub mod error_class {
     pub const UNIQUE_CONFLICT: &str = "jobqueue::UniqueConflict";
     /// The run went over its budget, and the worker is in strict mode.
     pub const BUDGET_EXCEEDED: &str = "jobqueue::BudgetExceeded";
+    /// The payload's `limits` header names counts, periods or keys out of range, or limits
+    /// its fetch did not apply: running it would run it unlimited.
+    pub const INVALID_LIMITS: &str = "jobqueue::InvalidLimits";
 }
 
 /// Sidekiq's delay before retry `count + 1` (count is 0 after the first failure):
