@@ -118,7 +118,7 @@ pub async fn run<J: Iterate>(job: &J, ctx: &JobContext) -> Result<(), JobError> 
     let key = checkpoint_key(&ctx.jid);
     let broker = ctx.broker();
     // The checkpoint's text is also its owner in the lock primitive, which removes it.
-    let mut stored = broker.lock_holder(&key).await.map_err(broker_error)?;
+    let mut stored = broker.get(&key).await.map_err(broker_error)?;
     let mut checkpoint: Option<Checkpoint<J::Cursor>> = stored
         .as_deref()
         .and_then(|text| serde_json::from_str(text).ok());
@@ -142,7 +142,7 @@ pub async fn run<J: Iterate>(job: &J, ctx: &JobContext) -> Result<(), JobError> 
         };
         let text = serde_json::to_string(&saved).map_err(broker_error)?;
         broker
-            .lock_force(&key, &text, CHECKPOINT_TTL)
+            .set(&key, &text, CHECKPOINT_TTL)
             .await
             .map_err(broker_error)?;
         checkpoint = Some(saved);

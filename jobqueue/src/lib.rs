@@ -66,12 +66,13 @@
 //! | yes | yes | 0 | 2 |
 
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 // The layers, lowest first (each imports only from those before it): error, time,
-// envelope; job; broker; chain, client; perform; retry; schedule; worker; admin. Metrics
-// and trace are leaves any layer may use; runner sits on top.
+// metrics, chain; envelope, class_stats; job; backend, schedule, budget; client; perform,
+// retry; worker; admin. Runner and testing sit on top.
 pub mod admin;
-pub mod broker;
+pub mod backend;
 pub mod budget;
 pub mod chain;
 pub mod class_stats;
@@ -98,7 +99,7 @@ pub use chrono_tz;
 pub use jobqueue_derive::Job;
 
 pub use crate::admin::Admin;
-pub use crate::broker::{
+pub use crate::backend::{
     Broker, ClusterBroker, ClusterConfig, MemoryBroker, RedisBroker, RedisConfig, SortedSet,
 };
 pub use crate::class_stats::ClassStats;

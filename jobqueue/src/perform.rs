@@ -151,7 +151,7 @@ impl JobContext {
     }
 
     /// The broker, for the crate's own helpers that keep state there.
-    pub(crate) fn broker(&self) -> &Arc<dyn crate::broker::Broker> {
+    pub(crate) fn broker(&self) -> &Arc<dyn crate::backend::Broker> {
         self.client.broker()
     }
 
@@ -344,6 +344,20 @@ impl JobError {
     /// The `error_message` written to the payload.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// This error with each of `secrets` replaced in its message by
+    /// [`REDACTED`](crate::envelope::REDACTED): a job's error may quote its sensitive
+    /// arguments, and its message is stored and shown.
+    pub(crate) fn redact(mut self, secrets: &[String]) -> Self {
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            if self.message.contains(secret.as_str()) {
+                self.message = self
+                    .message
+                    .replace(secret.as_str(), crate::envelope::REDACTED);
+            }
+        }
+        self
     }
 }
 

@@ -6,16 +6,15 @@
 //! [`error_class`] names. Whether a job dies decides whether the worker runs the death
 //! handlers (lock releases, then each server middleware's `on_death`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use serde_json::Value;
 
-use crate::broker::{is_raw_bytes, Settle};
-pub use crate::broker::{DEAD_MAX_JOBS, DEAD_TIMEOUT};
+use crate::backend::{is_raw_bytes, Settle};
+pub use crate::backend::{DEAD_MAX_JOBS, DEAD_TIMEOUT};
 use crate::envelope::{DecodeError, Envelope, Retry};
 use crate::perform::JobError;
-use crate::time::after;
 
 /// A job interrupted by this many process deaths goes to the dead set (a poison pill).
 pub const MAX_INTERRUPTIONS: u32 = 3;
@@ -71,7 +70,7 @@ pub(crate) fn after_failure(envelope: &mut Envelope, error: &JobError) -> Settle
     if !error.no_retry && count < envelope.retry.max_retries() {
         let delay = error.retry_in.unwrap_or_else(|| sidekiq_backoff(count));
         return Settle::Retry {
-            at: after(delay),
+            at: SystemTime::now() + delay,
             payload: envelope.to_json(),
         };
     }
@@ -83,14 +82,25 @@ pub(crate) fn after_failure(envelope: &mut Envelope, error: &JobError) -> Settle
     }
 }
 
-/// Where a job goes when the process running it died: back to the front of its queue, or,
-/// at its [`MAX_INTERRUPTIONS`]th interruption, to the dead set as a likely poison pill.
-pub(crate) fn after_interruption(payload: &str) -> Settle {
+/// Where a job goes when the process holding it died: back to the front of its queue, or,
+/// at its [`MAX_INTERRUPTIONS`]th known interruption, to the dead set as a likely poison
+/// pill. Only a job the process is known to have `started` counts an interruption; one
+/// that may only have waited in its prefetch buffer goes back counted as recovered, so
+/// that its next start is recorded (see `worker::recovery`).
+pub(crate) fn after_interruption(payload: &str, started: bool) -> Settle {
     let mut envelope = match Envelope::parse(payload) {
         Ok(envelope) => envelope,
         Err(e) => return invalid_payload("", payload, &e),
     };
-    let count = envelope.interrupted_count.unwrap_or(0) + 1;
+    if !started {
+        envelope.recovered_count = Some(envelope.recovered_count.unwrap_or(0).saturating_add(1));
+        return Settle::Queue {
+            queue: envelope.queue.clone(),
+            payload: envelope.to_json(),
+            front: true,
+        };
+    }
+    let count = envelope.interrupted_count.unwrap_or(0).saturating_add(1);
     envelope.interrupted_count = Some(count);
     if count >= MAX_INTERRUPTIONS {
         let error = JobError::new(format!(
@@ -175,7 +185,7 @@ mod tests {
     fn the_third_interruption_is_a_poison_pill() {
         let mut payload = Envelope::new("Job", "default", vec![]).to_json();
         for expected in 1..MAX_INTERRUPTIONS {
-            match after_interruption(&payload) {
+            match after_interruption(&payload, true) {
                 Settle::Queue {
                     payload: p,
                     front: true,
@@ -188,7 +198,7 @@ mod tests {
                 other => panic!("interruption {expected} went to {other:?}"),
             }
         }
-        match after_interruption(&payload) {
+        match after_interruption(&payload, true) {
             Settle::Dead { payload } => {
                 let envelope = Envelope::parse(&payload).unwrap();
                 assert_eq!(
@@ -197,6 +207,26 @@ mod tests {
                 );
             }
             other => panic!("the last interruption went to {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_job_not_known_to_have_started_is_never_counted() {
+        let mut payload = Envelope::new("Job", "default", vec![]).to_json();
+        for recovered in 1..=10 {
+            match after_interruption(&payload, false) {
+                Settle::Queue {
+                    payload: p,
+                    front: true,
+                    ..
+                } => {
+                    let envelope = Envelope::parse(&p).unwrap();
+                    assert_eq!(envelope.recovered_count, Some(recovered));
+                    assert_eq!(envelope.interrupted_count, None);
+                    payload = p;
+                }
+                other => panic!("recovery {recovered} went to {other:?}"),
+            }
         }
     }
 }

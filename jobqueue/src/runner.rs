@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::broker::Broker;
+use crate::backend::Broker;
 use crate::error::Error;
 use crate::time::now;
 use crate::worker::{Queues, Worker, WorkerBuilder};
@@ -201,7 +201,7 @@ pub async fn run(
     register: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
 ) -> Result<(), Error> {
     let settings = args.settings()?;
-    let broker = crate::broker::connect(&settings.redis, None).await?;
+    let broker = crate::backend::connect(&settings.redis, None).await?;
     run_on(broker, settings, register).await
 }
 

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::broker::MemoryBroker;
+use crate::backend::MemoryBroker;
 use crate::budget::{self, is_tracking, Account, Memory, Overrun, Tier, Tracked};
 use crate::client::{Admission, ClientJob, ClientMiddleware, ClientNext};
 use crate::envelope::{decode_args, encode_args, Envelope};

@@ -32,11 +32,6 @@ pub(crate) fn from_epoch(seconds: f64) -> SystemTime {
         .unwrap_or_else(far_future)
 }
 
-/// The current time plus `delay`, in float epoch seconds.
-pub(crate) fn after(delay: Duration) -> f64 {
-    now() + delay.as_secs_f64()
-}
-
 fn far_future() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(253_402_300_799) // 9999-12-31T23:59:59Z
 }

@@ -3,7 +3,7 @@
 //! (`on_success`), as Sidekiq Pro's batches. A job of the batch may add jobs to it
 //! ([`JobContext::enqueue_in_batch`](crate::JobContext::enqueue_in_batch)).
 
-use crate::broker::{BatchCallbacks, Push};
+use crate::backend::{BatchCallbacks, Push};
 use crate::envelope::new_jid;
 use crate::error::Error;
 use crate::job::Job;
@@ -76,9 +76,10 @@ impl Batch {
     }
 }
 
+/// A callback as the batch keeps it: pushed when the batch finishes into the `schedule`
+/// set, due at once, where a worker's scheduler admits it as any due job.
 fn callback<J: Job>(job: &J) -> Result<Push, Error> {
-    let mut envelope = envelope_for(job, crate::time::now())?;
-    envelope.enqueued_at = Some(crate::time::now());
+    let envelope = envelope_for(job, crate::time::now())?;
     Ok(Push {
         queue: envelope.queue.clone(),
         payload: envelope.to_json(),

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::broker::Broker;
+use crate::backend::KeyValue;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::job::{JobOptions, OnConflict};
@@ -67,7 +67,7 @@ impl MechanismConfig {
 /// this process (`options` is `None`): its mechanisms are its own producer's business.
 pub(super) async fn apply(
     config: &MechanismConfig,
-    broker: &dyn Broker,
+    store: &dyn KeyValue,
     envelope: &Envelope,
     options: Option<&'static JobOptions>,
     origin: Origin,
@@ -81,7 +81,7 @@ pub(super) async fn apply(
         let jid = &envelope.jid;
         // A due job coming back from the schedule or retry set still holds its own lock,
         // and taking it again only renews it.
-        if let Some(holder) = broker.lock(&key, jid, spec.ttl).await? {
+        if let Some(holder) = store.lock(&key, jid, spec.ttl).await? {
             match spec.on_conflict {
                 OnConflict::Reject => {
                     return Err(Error::Skipped {
@@ -104,17 +104,10 @@ pub(super) async fn apply(
                     *at = Some(base + config.conflict_wait);
                 }
                 OnConflict::Replace => {
-                    let removed = broker.remove_job(&envelope.queue, &holder).await?;
-                    tracing::info!(
-                        "{} {jid} replaces job {holder} ({})",
-                        envelope.class,
-                        if removed {
-                            "removed"
-                        } else {
-                            "no longer waiting"
-                        }
-                    );
-                    broker.lock_force(&key, jid, spec.ttl).await?;
+                    // The lock names the newest job: the one it replaces is skipped when
+                    // its turn comes (see the worker's mechanisms), so no queue is searched.
+                    tracing::info!("{} {jid} replaces job {holder}", envelope.class);
+                    store.set(&key, jid, spec.ttl).await?;
                 }
             }
         }
@@ -124,8 +117,8 @@ pub(super) async fn apply(
     // Recorded before the push, so no worker can see this job before its marker.
     if let (Some(spec), Origin::Enqueue | Origin::Periodic) = (options.collapse, origin) {
         let key = spec.marker_key_of(envelope);
-        broker
-            .lock_force(&key, &envelope.jid, config.collapse_marker_ttl)
+        store
+            .set(&key, &envelope.jid, config.collapse_marker_ttl)
             .await?;
     }
     Ok(Admission::Push)

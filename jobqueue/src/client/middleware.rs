@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::broker::Broker;
+use crate::backend::KeyValue;
 use crate::chain::{chain_methods, Chain, Entry};
 use crate::envelope::Envelope;
 use crate::error::Error;
@@ -40,8 +40,9 @@ pub struct ClientJob {
     pub options: Option<&'static JobOptions>,
     /// Why it is being pushed.
     pub origin: Origin,
-    /// The broker it goes to, for middleware that keeps state there.
-    pub broker: Arc<dyn Broker>,
+    /// The key/value store of the backend it goes to, for middleware that keeps state
+    /// there (a lock, a counter).
+    pub store: Arc<dyn KeyValue>,
 }
 
 /// What the client chain decided.

@@ -1,8 +1,12 @@
 //! Enqueueing: now, after a delay, at a time, or many jobs in one round trip.
 //!
-//! Every job passes, in order: the client middleware chain (which may change or refuse
-//! it), the payload size check, the mechanisms its attribute demands (collapse marker,
-//! uniqueness lock), and only then the broker. A refused job has left nothing behind.
+//! Every job passes one admission path ([`Client::admit`]), whoever enqueues it: a caller,
+//! a running job's follow-ups, a periodic tick, the scheduler moving a due job (a batch's
+//! callbacks among them), an operator's "run now". In order: the client middleware chain
+//! (which may change or refuse it), its header (collapse key, per-key limits), the payload
+//! size check, the mechanisms its attribute demands (collapse marker, uniqueness lock), and
+//! only then the backend. A refused job has left nothing behind. A class this process does
+//! not have is admitted with the options its own processes publish ([`catalog`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tracing::Instrument;
 
-use crate::broker::{BatchStatus, Broker, Push};
+use crate::backend::{BatchStatus, Broker, KeyValue, Push};
 use crate::envelope::{encode_args, Envelope, Retry};
 use crate::error::Error;
 use crate::job::{Job, JobOptions, LimitTag};
@@ -21,11 +25,13 @@ use crate::time::{epoch_seconds, now};
 use crate::trace;
 
 mod batch;
+pub(crate) mod catalog;
 mod mechanisms;
 mod middleware;
 
 pub use self::batch::Batch;
 pub(crate) use self::batch::BATCH_KEY;
+use self::catalog::Catalog;
 pub use self::mechanisms::MechanismConfig;
 pub use self::middleware::{
     Admission, ClientChain, ClientJob, ClientMiddleware, ClientNext, Origin,
@@ -57,6 +63,8 @@ pub struct Client {
     chain: Arc<ClientChain>,
     max_payload_bytes: usize,
     mechanisms: MechanismConfig,
+    /// The options of classes this process does not have, as their processes publish them.
+    catalog: Arc<Catalog>,
 }
 
 /// The default largest payload a client pushes and a worker accepts: 1 MiB.
@@ -80,6 +88,7 @@ impl Client {
             chain: Arc::new(ClientChain::new()),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             mechanisms: MechanismConfig::default(),
+            catalog: Arc::default(),
         }
     }
 
@@ -111,6 +120,11 @@ impl Client {
     /// The broker it pushes to.
     pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
+    }
+
+    /// Its reading of the classes processes publish.
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// The middleware every enqueue goes through.
@@ -177,7 +191,7 @@ impl Client {
             .await?
         {
             Admitted::Push(push, jid) => {
-                let callbacks = crate::broker::BatchCallbacks::default();
+                let callbacks = crate::backend::BatchCallbacks::default();
                 self.broker
                     .batch_add(bid, "", &callbacks, std::slice::from_ref(&jid))
                     .await?;
@@ -369,9 +383,10 @@ impl Client {
         Ok(())
     }
 
-    /// Makes one job ready to push: the middleware chain, then the size check, then the
-    /// job's mechanisms, so a job refused for any reason leaves no lock or marker behind.
-    /// Every enqueue path comes through here: the scheduler and periodic ticks too.
+    /// Makes one job ready to push: the middleware chain, then its header, the size check,
+    /// then the job's mechanisms, so a job refused for any reason leaves no lock or marker
+    /// behind. Every enqueue path comes through here. `options` are the job type's; for a
+    /// class this process does not have, those its processes publish, if any.
     pub(crate) async fn admit(
         &self,
         envelope: Envelope,
@@ -396,21 +411,27 @@ impl Client {
         if matches!(origin, Origin::Enqueue | Origin::Periodic) {
             trace::inject(&mut envelope);
         }
+        let options = match options {
+            Some(options) => Some(options),
+            None => {
+                let class = &envelope.class;
+                self.catalog.options(self.broker.as_ref(), class).await?
+            }
+        };
         let mut job = ClientJob {
             envelope,
             at,
             options,
             origin,
-            broker: Arc::clone(&self.broker),
+            store: Arc::clone(&self.broker) as Arc<dyn KeyValue>,
         };
         if let Admission::Existing { jid } = self.chain.run(&mut job).await? {
             return Ok(Admitted::Existing(jid));
         }
         let mut at = job.at;
         let mut envelope = job.envelope;
-        // The marker's key goes in the payload, so a fetch reads the marker beside the job.
-        if let Some(spec) = options.and_then(|o| o.collapse) {
-            envelope.collapse = Some(spec.marker_key(&envelope));
+        if let Some(options) = options {
+            write_header(&mut envelope, options);
         }
         let now = SystemTime::now();
         let mut push = to_push(&mut envelope, at, now);
@@ -463,11 +484,18 @@ pub(crate) fn envelope_for<J: Job>(job: &J, created_at: f64) -> Result<Envelope,
     let mut envelope = Envelope::new(J::NAME, J::OPTIONS.queue, args);
     envelope.retry = Retry::Count(J::OPTIONS.retry.job_retries);
     envelope.created_at = Some(created_at);
-    let limits = J::OPTIONS.limit_tags(&envelope);
-    if !limits.is_empty() {
-        envelope.limits = Some(LimitTag::encode(&limits));
-    }
     Ok(envelope)
+}
+
+/// Writes the header a backend acts on from the class's `options`: the collapse marker's
+/// key, so a fetch reads the marker beside the job, and the per-key limits, so a fetch
+/// applies them. The one place a header is written.
+fn write_header(envelope: &mut Envelope, options: &JobOptions) {
+    if let Some(spec) = options.collapse {
+        envelope.collapse = Some(spec.marker_key(envelope));
+    }
+    let limits = options.limit_tags(envelope);
+    envelope.limits = (!limits.is_empty()).then(|| LimitTag::encode(&limits));
 }
 
 /// A job due later goes to `schedule` without `enqueued_at`, as Sidekiq stores it; the

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
 
 use super::Shared;
-use crate::broker::{self, Ack};
+use crate::backend::{self, Move, Source};
 use crate::metrics;
 
 /// How many finished jobs are removed from the in-flight list per round trip, at most.
@@ -26,7 +26,7 @@ pub(crate) const ACK_BACKLOG: usize = 4 * ACK_BATCH;
 /// What the acker is told.
 pub(crate) enum AckMessage {
     /// This job finished (its payload as fetched, and a lock it releases).
-    Done(Ack),
+    Done(Move),
     /// Answer once everything sent before has reached the broker.
     Flush(oneshot::Sender<()>),
 }
@@ -40,7 +40,7 @@ pub(super) async fn flush(acks: &mpsc::Sender<AckMessage>) {
 }
 
 /// Hands a finished job to the acker, waiting only while [`ACK_BACKLOG`] jobs already wait.
-pub(super) async fn done(acks: &mpsc::Sender<AckMessage>, ack: Ack) {
+pub(super) async fn done(acks: &mpsc::Sender<AckMessage>, ack: Move) {
     // Most jobs find room: trying first spares them the wait's future. The acker is gone
     // only once shutdown has handed every job back, so a closed channel needs nothing.
     if let Err(TrySendError::Full(message)) = acks.try_send(AckMessage::Done(ack)) {
@@ -62,9 +62,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AckMessage>)
                 AckMessage::Flush(tx) => flushes.push(tx),
             }
         }
-        let mut delays = broker::backoff();
-        while let Err(e) = shared.broker.ack(&shared.identity, &batch).await {
-            let wait = delays.next().unwrap_or(broker::MAX_BACKOFF);
+        let mut delays = backend::backoff();
+        let from = Source::InFlight(&shared.identity);
+        while let Err(e) = shared.broker.settle(from, &batch).await {
+            let wait = delays.next().unwrap_or(backend::MAX_BACKOFF);
             metrics::broker_error("ack");
             tracing::warn!(
                 "acknowledging {} job(s) failed, trying again in {wait:?}: {e}",

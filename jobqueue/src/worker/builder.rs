@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::middleware::{ServerChain, ServerMiddleware};
 use super::registry::Registry;
 use super::{Queues, RunState, Shared, Worker, WorkerConfig};
-use crate::broker::Broker;
+use crate::backend::Broker;
 use crate::client::{Client, ClientChain, ClientMiddleware};
 use crate::envelope::hex;
 use crate::error::Error;

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use super::acker::AckMessage;
 use super::{processor, recovery, Shared};
-use crate::broker::{self, Fetched};
+use crate::backend::{self, Fetch, Fetched};
 use crate::metrics;
 
 /// How often [`crate::Queues::all`] looks for new queues.
@@ -141,7 +141,7 @@ async fn slot(
 /// Keeps the buffer filled until the worker stops taking work.
 async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch: Prefetch) {
     let mut state = shared.state.subscribe();
-    let mut delays = broker::backoff();
+    let mut delays = backend::backoff();
     let mut known_queues: Vec<String> = Vec::new();
     let mut refreshed: Option<Instant> = None;
     // A full limit key is looked at again after a heartbeat's lifetime, by when the slots
@@ -182,17 +182,20 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch:
             }
         }
         let order = queues.fetch_order(&known_queues);
-        let jobs = match shared
-            .broker
-            .fetch(&shared.identity, &order, wanted, lease, markers)
-            .await
-        {
+        let mut request = Fetch::new(&order, wanted);
+        if let Some(lease) = lease {
+            request = request.limits(lease);
+        }
+        if markers {
+            request = request.markers();
+        }
+        let jobs = match shared.broker.fetch(&shared.identity, request).await {
             Ok(jobs) => {
-                delays = broker::backoff();
+                delays = backend::backoff();
                 jobs
             }
             Err(e) => {
-                let wait = delays.next().unwrap_or(broker::MAX_BACKOFF);
+                let wait = delays.next().unwrap_or(backend::MAX_BACKOFF);
                 metrics::broker_error("fetch");
                 tracing::warn!("fetch failed, trying again in {wait:?}: {e}");
                 drop(room);

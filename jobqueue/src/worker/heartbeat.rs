@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{recovery, RunState, Shared};
-use crate::broker::Heartbeat;
+use crate::backend::Heartbeat;
 use crate::class_stats;
 use crate::error::BrokerError;
+use crate::job::keys::cancel_key;
 use crate::metrics;
 
 /// How often the class rates of every process are read.
@@ -133,12 +134,12 @@ async fn signal_cancellations(shared: &Shared) {
     if running.is_empty() {
         return;
     }
-    let jids: Vec<String> = running.iter().map(|(_, jid)| jid.clone()).collect();
-    match shared.broker.cancelled_among(&jids).await {
-        Ok(cancelled) => {
+    let keys: Vec<String> = running.iter().map(|(_, jid)| cancel_key(jid)).collect();
+    match shared.store().get_many(&keys).await {
+        Ok(marks) => {
             let map = shared.running_map();
-            for (slot, jid) in &running {
-                if cancelled.contains(jid) {
+            for ((slot, _), mark) in running.iter().zip(marks) {
+                if mark.is_some() {
                     if let Some(started) = map.get(slot) {
                         started.cancel.cancel();
                     }

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 
 use super::middleware::{Endpoint, Outcome, ServerJob};
 use super::registry::Handler;
-use crate::broker::{Broker, MarkerRead};
+use crate::backend::{KeyValue, MarkerRead};
 use crate::client::MechanismConfig;
 use crate::envelope::Envelope;
 use crate::error::BrokerError;
@@ -55,7 +55,7 @@ impl Endpoint for Guarded<'_> {
                 .filter(|read| read.key == key && read.at.elapsed() < MARKER_FRESH);
             let newest = match read {
                 Some(read) => read.newest.clone(),
-                None => match job.broker.lock_holder(&key).await {
+                None => match job.store.get(&key).await {
                     Ok(newest) => newest,
                     Err(e) => return Ok(broker_unavailable("the collapse marker", &e)),
                 },
@@ -91,13 +91,26 @@ impl Guarded<'_> {
     }
 
     async fn unique(&self, job: &ServerJob<'_>, spec: &UniqueSpec) -> Result<Outcome, JobError> {
-        let broker = job.broker.as_ref();
+        let store = job.store;
         let jid = &job.envelope.jid;
         let queued = spec.queued_key(job.envelope);
+        if spec.on_conflict == OnConflict::Replace && spec.locks_at_enqueue() {
+            // A newer job with the same key took the lock at its enqueue: this one was
+            // replaced, and is skipped rather than searched for in its queue.
+            match store.get(&queued).await {
+                Ok(Some(newer)) if newer != *jid => {
+                    return Ok(Outcome::Skipped {
+                        reason: format!("replaced by job {newer} with the same unique key"),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return Ok(broker_unavailable("the unique lock", &e)),
+            }
+        }
 
         if !spec.locks_while_running() {
             if spec.lock == UniqueLock::UntilExecuting {
-                if let Err(e) = broker.unlock(&queued, jid).await {
+                if let Err(e) = store.unlock(&queued, jid).await {
                     return Ok(broker_unavailable("the unique lock", &e));
                 }
             }
@@ -114,19 +127,19 @@ impl Guarded<'_> {
 
         let running = spec.running_key(job.envelope);
         let lease = self.config.running_lease.min(spec.ttl);
-        match broker.lock(&running, jid, lease).await {
+        match store.lock(&running, jid, lease).await {
             Ok(None) => {}
             Ok(Some(holder)) => return self.running_conflict(job, spec, &holder),
             Err(e) => return Ok(broker_unavailable("the unique lock", &e)),
         }
         if spec.lock == UniqueLock::UntilAndWhileExecuting {
-            release(broker, &queued, jid).await;
+            release(store, &queued, jid).await;
         }
         let outcome = tokio::select! {
             outcome = self.run(job) => outcome,
-            never = renew(broker, &running, jid, lease) => match never {},
+            never = renew(store, &running, jid, lease) => match never {},
         };
-        release(broker, &running, jid).await;
+        release(store, &running, jid).await;
         outcome
     }
 
@@ -161,13 +174,13 @@ impl Guarded<'_> {
 
 /// Releases the locks of a job that will not run again.
 pub(crate) async fn release_on_death(
-    broker: &dyn Broker,
+    store: &dyn KeyValue,
     envelope: &Envelope,
     options: &JobOptions,
 ) {
     if let Some(spec) = options.unique {
-        release(broker, &spec.queued_key(envelope), &envelope.jid).await;
-        release(broker, &spec.running_key(envelope), &envelope.jid).await;
+        release(store, &spec.queued_key(envelope), &envelope.jid).await;
+        release(store, &spec.running_key(envelope), &envelope.jid).await;
     }
 }
 
@@ -180,18 +193,18 @@ fn broker_unavailable(what: &str, error: &BrokerError) -> Outcome {
 }
 
 /// Renews a running lock every third of its lease, for as long as the job runs.
-async fn renew(broker: &dyn Broker, key: &str, jid: &str, lease: Duration) -> Infallible {
+async fn renew(store: &dyn KeyValue, key: &str, jid: &str, lease: Duration) -> Infallible {
     loop {
         tokio::time::sleep(lease / 3).await;
-        if let Err(e) = broker.lock(key, jid, lease).await {
+        if let Err(e) = store.lock(key, jid, lease).await {
             tracing::warn!("renewing the running lock of job {jid}: {e}");
         }
     }
 }
 
 /// Releases a lock this job holds; a failure only delays the release to the lock's TTL.
-pub(super) async fn release(broker: &dyn Broker, key: &str, jid: &str) {
-    if let Err(e) = broker.unlock(key, jid).await {
+pub(super) async fn release(store: &dyn KeyValue, key: &str, jid: &str) {
+    if let Err(e) = store.unlock(key, jid).await {
         tracing::warn!("releasing lock {key} of job {jid} failed; it expires by its TTL: {e}");
     }
 }

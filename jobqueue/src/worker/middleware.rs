@@ -6,12 +6,11 @@
 //! lock, the lock releases) are not in the chain: the worker applies them inside it, around
 //! the job itself, every time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::broker::Broker;
+use crate::backend::KeyValue;
 use crate::chain::{chain_methods, Chain, Entry};
 use crate::client::Client;
 use crate::envelope::Envelope;
@@ -27,8 +26,9 @@ pub struct ServerJob<'a> {
     pub options: &'static JobOptions,
     /// The context the job's `perform` is given.
     pub ctx: &'a JobContext,
-    /// The broker the job came from, for middleware that keeps state there.
-    pub broker: &'a Arc<dyn Broker>,
+    /// The key/value store of the backend the job came from, for middleware that keeps
+    /// state there.
+    pub store: &'a dyn KeyValue,
 }
 
 /// How a job's turn ended, when it did not fail.

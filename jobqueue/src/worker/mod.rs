@@ -33,7 +33,7 @@ use foldhash::HashMap;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Fetched, Running, Wakeups};
+use crate::backend::{Broker, Fetched, KeyValue, Running, Wakeups};
 use crate::client::Client;
 use crate::envelope::Envelope;
 use crate::error::{BrokerError, Error};
@@ -44,6 +44,7 @@ mod budgets;
 mod builder;
 mod config;
 mod fetch;
+mod finish;
 mod health;
 mod heartbeat;
 mod mechanisms;
@@ -137,6 +138,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The backend's key/value store: locks, markers, claims, marks.
+    pub(crate) fn store(&self) -> &dyn KeyValue {
+        self.broker.as_ref()
+    }
+
     pub(crate) fn running_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Started>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -258,6 +264,7 @@ impl Worker {
         let shared = self.shared;
         // Registering first makes this process alive before it holds any job.
         heartbeat::beat(&shared).await?;
+        publish_classes(&shared).await;
         if let Err(e) = recovery::recover_orphans(&shared).await {
             tracing::warn!("recovering jobs of dead processes: {e}");
         }
@@ -328,7 +335,7 @@ impl Worker {
         }
         let farewell = tokio::time::timeout(LAST_CALLS, async {
             let last_beat = heartbeat::beat(&shared).await;
-            shared.broker.unregister(&shared.identity).await?;
+            shared.broker.forget(&shared.identity).await?;
             last_beat
         })
         .await
@@ -340,5 +347,16 @@ impl Worker {
         }
         tracing::info!(identity = %shared.identity, "worker stopped");
         Ok(())
+    }
+}
+
+/// Publishes the options of this process's classes (those it runs, and those of its
+/// periodic jobs), so that processes and tools without them admit and show their jobs as
+/// these types would.
+async fn publish_classes(shared: &Shared) {
+    let mut classes = shared.registry.classes();
+    classes.extend(shared.periodic.iter().map(|p| (p.class, p.options)));
+    if let Err(e) = crate::client::catalog::publish(shared.broker.as_ref(), &classes).await {
+        tracing::warn!("publishing the options of this process's classes: {e}");
     }
 }

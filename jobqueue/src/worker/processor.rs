@@ -1,6 +1,6 @@
-//! Runs one fetched job, as Sidekiq's processor: checks its payload, finds its type, runs
-//! it through the server middleware and its mechanisms, and settles it where it goes next
-//! (acknowledged, rescheduled, its queue paused, or where [`crate::retry`] sends a failure).
+//! Runs one fetched job, as Sidekiq's processor: checks its payload and header, finds its
+//! type, runs it through the server middleware and its mechanisms, and hands how it ended
+//! to the finish path ([`super::finish`]), the one place a job's end is accounted for.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -13,168 +13,51 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::acker::{self, AckMessage};
+use super::acker::AckMessage;
 use super::budgets;
+use super::finish::{self, Failed, Turn};
 use super::mechanisms::Guarded;
 use super::middleware::{Outcome, ServerJob};
-use super::{settle, Shared, Started};
-use crate::broker::{Ack, Fetched, Settle};
+use super::registry::Handler;
+use super::{Shared, Started};
+use crate::backend::{Fetched, LimitsRead};
 use crate::budget::{Account, Tracked};
-use crate::class_stats::Run;
 use crate::client::BATCH_KEY;
-use crate::envelope::Envelope;
-use crate::job::JobOptions;
-use crate::metrics::{self, Ended};
-use crate::perform::{FollowUp, JobContext, JobError};
+use crate::envelope::{header, secrets, Envelope};
+use crate::job::keys::started_key;
+use crate::job::{JobOptions, LimitTag};
+use crate::perform::{JobContext, JobError};
 use crate::retry::{self, error_class};
 use crate::schedule::window::quiet_until;
-use crate::time::after;
 
-/// Runs one job and settles it.
-///
-/// The futures of the rarer ends (a settle, a batch's count, death handlers) are boxed:
-/// inline, they made every job's run 4.3 KB, written anew for each job; 1.9 KB without them.
+/// How long a start record is kept: longer than a dead process takes to be recovered.
+const STARTED_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs one job and hands its end to the finish path.
 pub(crate) async fn run(shared: &Shared, job: Fetched, acks: &mpsc::Sender<AckMessage>) {
     shared.busy.fetch_add(1, Ordering::Relaxed);
     // Shared with the list of running jobs while it runs, not copied into it.
     let job = Arc::new(job);
     let slot = Slot::take(shared);
     let account = Arc::new(Account::default());
-    let mut follow_ups = Vec::new();
-    let mut batch = None;
-    let release_at_ack = OnceLock::new();
-    let ended = execute(
-        shared,
-        &job,
-        &slot,
-        &account,
-        &release_at_ack,
-        &mut follow_ups,
-        &mut batch,
-    )
-    .await;
-    let unlock = release_at_ack.into_inner();
+    let mut turn = Turn::default();
+    let ended = execute(shared, &job, &slot, &account, &mut turn).await;
     // The clock is read twice at a job's start and once at its end (see `Slot`).
-    let started = slot.started.get().map(|started| {
-        let ran = slot.ran.get().copied();
-        let ran = ran.unwrap_or_else(|| started.at.elapsed());
-        (started.class, ran, started.since)
+    turn.started = slot.started.get().map(|started| finish::Started {
+        class: started.class,
+        ran: slot
+            .ran
+            .get()
+            .copied()
+            .unwrap_or_else(|| started.at.elapsed()),
+        since: started.since,
+        memory: account.memory().map(|m| (m.peak, m.retained)),
     });
-    let class = started.map_or(metrics::UNKNOWN_CLASS, |(class, ..)| class);
     drop(slot);
     // A heartbeat may still hold the running entry it copied; the job is copied then.
     let job = Arc::try_unwrap(job).unwrap_or_else(|job| Fetched::clone(&job));
     shared.busy.fetch_sub(1, Ordering::Relaxed);
-    shared.processed.fetch_add(1, Ordering::Relaxed);
-    let outcome = ended_as(&ended);
-    let ran = started.map(|(_, ran, _)| ran);
-    shared.job_metrics.finished(&job.queue, class, outcome, ran);
-    if let Some((_, ran, since)) = started {
-        let run = Run {
-            failed: matches!(outcome, Ended::Retried | Ended::Dead | Ended::Discarded),
-            ran,
-            at: since + ran,
-            memory: account.memory().map(|m| (m.peak, m.retained)),
-        };
-        shared.class_stats.record(class, &run);
-    }
-    // A batch counts a job once it will not run again: done, skipped, cancelled or dead.
-    if let Some((bid, jid)) = &batch {
-        let finished = match &ended {
-            Ok(Outcome::Done | Outcome::Skipped { .. }) => Some(true),
-            Ok(Outcome::Cancelled) => Some(false),
-            Err(Failed { to, .. }) if retry::dies(to) => Some(false),
-            _ => None,
-        };
-        if let Some(succeeded) = finished {
-            Box::pin(settle::batch_done(shared, bid, jid, succeeded)).await;
-        }
-    }
-    match ended {
-        Ok(Outcome::Done) if !follow_ups.is_empty() => {
-            let parent = Envelope::parse(&job.payload)
-                .map(|e| e.jid)
-                .unwrap_or_default();
-            Box::pin(settle::ack_then(shared, &parent, &job.payload, follow_ups)).await;
-            if let Some((key, owner)) = unlock {
-                Box::pin(super::mechanisms::release(
-                    shared.broker.as_ref(),
-                    &key,
-                    &owner,
-                ))
-                .await;
-            }
-        }
-        Ok(Outcome::Done) => {
-            let payload = job.payload;
-            acker::done(acks, Ack { payload, unlock }).await;
-        }
-        Ok(Outcome::Skipped { .. }) => {
-            shared.skipped.fetch_add(1, Ordering::Relaxed);
-            let payload = job.payload;
-            acker::done(acks, Ack { payload, unlock }).await;
-        }
-        Ok(Outcome::Cancelled) => {
-            shared.cancelled.fetch_add(1, Ordering::Relaxed);
-            acker::done(acks, job.payload.into()).await;
-        }
-        Ok(Outcome::Reschedule { after: delay, .. }) => {
-            let to = Settle::Schedule {
-                payload: job.payload.clone(),
-                at: after(delay),
-            };
-            Box::pin(settle::one(shared, &job.payload, to)).await;
-        }
-        Ok(Outcome::PauseQueue { cooldown, .. }) => {
-            if let Err(e) = Box::pin(shared.broker.pause(&job.queue, Some(after(cooldown)))).await {
-                tracing::warn!("pausing queue {} failed: {e}", job.queue);
-            }
-            let back = Settle::Queue {
-                queue: job.queue.clone(),
-                payload: job.payload.clone(),
-                front: true,
-            };
-            Box::pin(settle::one(shared, &job.payload, back)).await;
-        }
-        Err(Failed { to, job: known }) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            let dies = retry::dies(&to);
-            Box::pin(settle::one(shared, &job.payload, to)).await;
-            if let (true, Some(known)) = (dies, known) {
-                let (envelope, options) = *known;
-                Box::pin(on_death(shared, &envelope, options)).await;
-            }
-        }
-    }
-}
-
-/// The `outcome` label of a job's end.
-fn ended_as(ended: &Result<Outcome, Failed>) -> Ended {
-    match ended {
-        Ok(Outcome::Done) => Ended::Succeeded,
-        Ok(Outcome::Skipped { .. }) => Ended::Skipped,
-        Ok(Outcome::Reschedule { .. }) => Ended::Rescheduled,
-        Ok(Outcome::PauseQueue { .. }) => Ended::Paused,
-        Ok(Outcome::Cancelled) => Ended::Cancelled,
-        Err(Failed { to, .. }) => match to {
-            Settle::Dead { .. } => Ended::Dead,
-            Settle::Discard => Ended::Discarded,
-            _ => Ended::Retried,
-        },
-    }
-}
-
-/// A failed job: where it goes, and the job and its options when its type is known (for
-/// the death handlers).
-struct Failed {
-    to: Settle,
-    job: Option<Box<(Envelope, &'static JobOptions)>>,
-}
-
-impl Failed {
-    fn unknown(to: Settle) -> Self {
-        Self { to, job: None }
-    }
+    finish::finish(shared, job, ended, turn, acks).await;
 }
 
 /// A concurrency slot's entry in the list of running jobs; leaves it when dropped.
@@ -237,117 +120,44 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Checks the job, runs it, and says how it ended.
 async fn execute(
     shared: &Shared,
     job: &Arc<Fetched>,
     slot: &Slot<'_>,
     account: &Arc<Account>,
-    release_at_ack: &OnceLock<(String, String)>,
-    follow_ups: &mut Vec<FollowUp>,
-    batch: &mut Option<(String, String)>,
+    turn: &mut Turn,
 ) -> Result<Outcome, Failed> {
-    let limit = shared.config.max_payload_bytes;
-    if job.payload.len() > limit {
-        tracing::error!(queue = %job.queue, "dead: a {} byte payload, over the limit of {limit}", job.payload.len());
-        return Err(Failed::unknown(retry::too_large(
-            &job.queue,
-            &job.payload,
-            limit,
-        )));
-    }
-    let mut envelope = match Envelope::parse(&job.payload) {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            tracing::error!(queue = %job.queue, "dead: {e}");
-            return Err(Failed::unknown(retry::invalid_payload(
-                &job.queue,
-                &job.payload,
-                &e,
-            )));
-        }
-    };
+    let (mut envelope, handler) = prepare(shared, job)?;
     if let Some(bid) = envelope.extra.get(BATCH_KEY).and_then(|b| b.as_str()) {
-        *batch = Some((bid.to_owned(), envelope.jid.clone()));
+        turn.batch = Some((bid.to_owned(), envelope.jid.clone()));
     }
-    let Some(handler) = shared.registry.get(&envelope.class) else {
-        let error = JobError::new(format!(
-            "no job class `{}` is registered with this worker (it runs: {}); register it, or \
-             stop this worker from taking queue `{}`",
-            envelope.class,
-            shared.registry.class_names().join(", "),
-            job.queue,
-        ))
-        .with_class(error_class::UNKNOWN_CLASS);
-        return Err(Failed::unknown(retry::after_failure(&mut envelope, &error)));
-    };
     let options = handler.options();
-    if options.bulk {
-        if let Some(end) = quiet_until(&shared.config.quiet_windows, chrono::Utc::now()) {
-            tracing::info!(jid = %envelope.jid, class = %envelope.class, "bulk job waits for the quiet window's end at {end}");
-            let wait = std::time::SystemTime::from(end)
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            return Ok(Outcome::Reschedule {
-                after: wait,
-                reason: format!("a bulk job waits for the quiet window's end at {end}"),
-            });
-        }
+    if let Some(wait) = bulk_wait(shared, &envelope, options) {
+        return Ok(wait);
     }
     let cancel = CancellationToken::new();
     slot.show(job, handler.class(), options, cancel.clone());
+    record_start(shared, &envelope).await;
     let ctx = JobContext::new(&envelope, &job.queue, options, shared.client.clone())
         .with_cancel(cancel)
         .with_stopping(Arc::clone(&shared.stopping));
-    let server_job = ServerJob {
-        envelope: &envelope,
-        options,
-        ctx: &ctx,
-        broker: &shared.broker,
-    };
-    let endpoint = Guarded {
-        config: &shared.config.mechanisms,
-        handler: handler.as_ref(),
-        marker: job.marker.as_ref(),
-        release_at_ack,
-    };
-    let span = tracing::info_span!(
-        "jobqueue.perform",
-        jid = %envelope.jid,
-        class = %envelope.class,
-        queue = %job.queue,
-        retry_count = ctx.retries,
-    );
-    crate::trace::continue_from(&envelope, &span);
-    // Everything the job's run allocates, in its middleware and its code, is charged to it.
-    let run = Tracked::new(
-        Arc::clone(account),
-        AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint)).catch_unwind(),
+    let result = perform(
+        shared,
+        job,
+        handler.as_ref(),
+        &envelope,
+        &ctx,
+        account,
+        turn,
     )
-    .instrument(span);
-    // A cancelled job has `cancel_grace` to end by itself; then its future is dropped.
-    let grace = shared.config.cancel_grace;
-    let stopped = async {
-        ctx.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    // The run first: a job that ends at its first poll never waits on the cancel switch.
-    let result = tokio::select! {
-        biased;
-        result = run => Some(result),
-        () = stopped => None,
-    };
-    let result = match result {
-        Some(result) if !ctx.is_cancelled() => result,
+    .await;
+    let Some(result) = result.filter(|_| !ctx.is_cancelled()) else {
         // Cancelled during the run: it stopped by itself (whatever it returned; its
         // follow-ups are not pushed), or it was dropped after the grace.
-        _ => {
-            tracing::info!(jid = %envelope.jid, class = %envelope.class, "cancelled");
-            if slot.started.get().is_some() {
-                super::mechanisms::release_on_death(shared.broker.as_ref(), &envelope, options)
-                    .await;
-            }
-            return Ok(Outcome::Cancelled);
-        }
+        tracing::info!(jid = %envelope.jid, class = %envelope.class, "cancelled");
+        super::mechanisms::release_on_death(shared.store(), &envelope, options).await;
+        return Ok(Outcome::Cancelled);
     };
     let ran = slot
         .started
@@ -372,30 +182,7 @@ async fn execute(
         other => other,
     };
     let error = match result {
-        Ok(Ok(outcome)) => {
-            match &outcome {
-                Outcome::Done if ctx.resumes() => {
-                    return Ok(Outcome::Reschedule {
-                        after: Duration::ZERO,
-                        reason: "it resumes from its checkpoint".into(),
-                    });
-                }
-                Outcome::Done => *follow_ups = ctx.take_follow_ups(),
-                Outcome::Skipped { reason } => {
-                    tracing::info!(jid = %envelope.jid, class = %envelope.class, "skipped: {reason}");
-                }
-                Outcome::Reschedule { after, reason } => {
-                    tracing::info!(jid = %envelope.jid, class = %envelope.class, "rescheduled in {after:?}: {reason}");
-                }
-                Outcome::PauseQueue { cooldown, reason } => {
-                    tracing::warn!(queue = %job.queue, "pausing the queue for {cooldown:?}: {reason}");
-                }
-                Outcome::Cancelled => {
-                    tracing::info!(jid = %envelope.jid, class = %envelope.class, "cancelled");
-                }
-            }
-            return Ok(outcome);
-        }
+        Ok(Ok(outcome)) => return Ok(succeeded(&envelope, &job.queue, &ctx, outcome, turn)),
         Ok(Err(error)) => match error.pause_queue {
             Some(cooldown) => {
                 tracing::warn!(queue = %job.queue, "pausing the queue for {cooldown:?}: {error}");
@@ -406,42 +193,206 @@ async fn execute(
             }
             None => error,
         },
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic with a non-string payload".to_owned());
-            JobError::new(format!("perform panicked: {message}")).with_class(error_class::PANIC)
+        Err(panic) => panicked(panic),
+    };
+    // The job's own error message may quote its sensitive values.
+    let error = error.redact(&secrets(&envelope.args, options.sensitive));
+    let to = retry::after_failure(&mut envelope, &error);
+    Err(Failed::known(to, envelope, options))
+}
+
+/// The job's payload, parsed, and its type's handler; or where a job that cannot run goes.
+fn prepare(shared: &Shared, job: &Fetched) -> Result<(Envelope, Arc<dyn Handler>), Failed> {
+    let limit = shared.config.max_payload_bytes;
+    if job.payload.len() > limit {
+        tracing::error!(queue = %job.queue, "dead: a {} byte payload, over the limit of {limit}", job.payload.len());
+        return Err(Failed::unknown(retry::too_large(
+            &job.queue,
+            &job.payload,
+            limit,
+        )));
+    }
+    let mut envelope = match Envelope::parse(&job.payload) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            tracing::error!(queue = %job.queue, "dead: {e}");
+            return Err(Failed::unknown(retry::invalid_payload(
+                &job.queue,
+                &job.payload,
+                &e,
+            )));
         }
     };
-    let to = retry::after_failure(&mut envelope, &error);
-    Err(Failed {
-        to,
-        job: Some(Box::new((envelope, options))),
+    if let Some(reason) = unapplied_limits(job, &envelope) {
+        let error = JobError::new(reason)
+            .with_class(error_class::INVALID_LIMITS)
+            .no_retry();
+        tracing::error!(jid = %envelope.jid, class = %envelope.class, "dead: {error}");
+        return Err(Failed::unknown(retry::after_failure(&mut envelope, &error)));
+    }
+    let Some(handler) = shared.registry.get(&envelope.class) else {
+        let error = JobError::new(format!(
+            "no job class `{}` is registered with this worker (it runs: {}); register it, or \
+             stop this worker from taking queue `{}`",
+            envelope.class,
+            shared.registry.class_names().join(", "),
+            job.queue,
+        ))
+        .with_class(error_class::UNKNOWN_CLASS);
+        return Err(Failed::unknown(retry::after_failure(&mut envelope, &error)));
+    };
+    Ok((envelope, Arc::clone(handler)))
+}
+
+/// Why a job must not run under the limits its fetch applied, if it must not: its header
+/// names limits out of range, or limits the fetch did not apply (read where a backend
+/// could not read them, or taken by a process that applies none). Running it would run it
+/// unlimited.
+fn unapplied_limits(job: &Fetched, envelope: &Envelope) -> Option<String> {
+    if job.limits == LimitsRead::Invalid {
+        let header = header::read(&job.payload);
+        let reason = match header.limits.map(|text| LimitTag::parse(&text)) {
+            Some(Err(e)) => e.to_string(),
+            _ => "its limits name no job id to take their slots by".to_owned(),
+        };
+        return Some(reason);
+    }
+    let limits = envelope.limits.as_deref().filter(|l| !l.is_empty())?;
+    match job.limits {
+        LimitsRead::NotRead => Some(format!(
+            "its limits `{limits}` were not applied: the process that took it runs no class \
+             with limits (is its class registered here without them?)"
+        )),
+        _ if header::read(&job.payload).limits.as_deref() != Some(limits) => Some(format!(
+            "its limits `{limits}` are written where a backend cannot read them; enqueue it \
+             through the client, which writes them first"
+        )),
+        _ => None,
+    }
+}
+
+/// When a bulk job must wait for the end of a quiet window: the outcome that sends it there.
+fn bulk_wait(shared: &Shared, envelope: &Envelope, options: &JobOptions) -> Option<Outcome> {
+    if !options.bulk {
+        return None;
+    }
+    let end = quiet_until(&shared.config.quiet_windows, chrono::Utc::now())?;
+    tracing::info!(jid = %envelope.jid, class = %envelope.class, "bulk job waits for the quiet window's end at {end}");
+    let wait = SystemTime::from(end)
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Some(Outcome::Reschedule {
+        after: wait,
+        reason: format!("a bulk job waits for the quiet window's end at {end}"),
     })
 }
 
-/// The death handlers of a job that will not run again: its locks are released, then each
-/// server middleware's `on_death` runs.
-async fn on_death(shared: &Shared, envelope: &Envelope, options: &'static JobOptions) {
-    super::mechanisms::release_on_death(shared.broker.as_ref(), envelope, options).await;
-    shared
-        .server_chain
-        .on_death(envelope, options, &shared.client)
-        .await;
+/// Records that this process starts a job that was recovered from a dead process before,
+/// so that if this process dies under it too, recovery knows it started (see
+/// [`crate::retry::after_interruption`]). Other jobs start without a write: a job whose
+/// start was never recorded goes back to its queue uncounted.
+async fn record_start(shared: &Shared, envelope: &Envelope) {
+    if envelope.recovered_count.is_none() && envelope.interrupted_count.is_none() {
+        return;
+    }
+    let key = started_key(&envelope.jid);
+    if let Err(e) = shared
+        .store()
+        .set(&key, &shared.identity, STARTED_TTL)
+        .await
+    {
+        tracing::warn!(jid = %envelope.jid, "recording the start of a recovered job: {e}");
+    }
 }
 
-/// The death handlers of a job that died outside a run (a poison pill found in a dead
-/// process's in-flight list); its batch counts it as failed, since it will not run again.
-pub(crate) async fn after_death(shared: &Shared, payload: &str) {
-    let Ok(envelope) = Envelope::parse(payload) else {
-        return;
+/// The job's run through the server middleware and its mechanisms, with its allocations
+/// charged to it; `None` when a cancellation's grace ran out first.
+async fn perform(
+    shared: &Shared,
+    job: &Fetched,
+    handler: &dyn Handler,
+    envelope: &Envelope,
+    ctx: &JobContext,
+    account: &Arc<Account>,
+    turn: &Turn,
+) -> Option<std::thread::Result<Result<Outcome, JobError>>> {
+    let options = handler.options();
+    let server_job = ServerJob {
+        envelope,
+        options,
+        ctx,
+        store: shared.store(),
     };
-    if let Some(bid) = envelope.extra.get(BATCH_KEY).and_then(|b| b.as_str()) {
-        settle::batch_done(shared, bid, &envelope.jid, false).await;
+    let endpoint = Guarded {
+        config: &shared.config.mechanisms,
+        handler,
+        marker: job.marker.as_ref(),
+        release_at_ack: &turn.unlock,
+    };
+    let span = tracing::info_span!(
+        "jobqueue.perform",
+        jid = %envelope.jid,
+        class = %envelope.class,
+        queue = %job.queue,
+        retry_count = ctx.retries,
+    );
+    crate::trace::continue_from(envelope, &span);
+    // Everything the job's run allocates, in its middleware and its code, is charged to it.
+    let run = Tracked::new(
+        Arc::clone(account),
+        AssertUnwindSafe(shared.server_chain.run(&server_job, &endpoint)).catch_unwind(),
+    )
+    .instrument(span);
+    // A cancelled job has `cancel_grace` to end by itself; then its future is dropped.
+    let grace = shared.config.cancel_grace;
+    let stopped = async {
+        ctx.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    // The run first: a job that ends at its first poll never waits on the cancel switch.
+    tokio::select! {
+        biased;
+        result = run => Some(result),
+        () = stopped => None,
     }
-    if let Some(handler) = shared.registry.get(&envelope.class) {
-        on_death(shared, &envelope, handler.options()).await;
+}
+
+/// A run that returned without failing: its outcome, once logged; its follow-ups taken
+/// when it is done, and a resumable job sent to run again.
+fn succeeded(
+    envelope: &Envelope,
+    queue: &str,
+    ctx: &JobContext,
+    outcome: Outcome,
+    turn: &mut Turn,
+) -> Outcome {
+    let (jid, class) = (&envelope.jid, &envelope.class);
+    match &outcome {
+        Outcome::Done if ctx.resumes() => {
+            return Outcome::Reschedule {
+                after: Duration::ZERO,
+                reason: "it resumes from its checkpoint".into(),
+            };
+        }
+        Outcome::Done => turn.follow_ups = ctx.take_follow_ups(),
+        Outcome::Skipped { reason } => tracing::info!(%jid, %class, "skipped: {reason}"),
+        Outcome::Reschedule { after, reason } => {
+            tracing::info!(%jid, %class, "rescheduled in {after:?}: {reason}");
+        }
+        Outcome::PauseQueue { cooldown, reason } => {
+            tracing::warn!(%queue, "pausing the queue for {cooldown:?}: {reason}");
+        }
+        Outcome::Cancelled => tracing::info!(%jid, %class, "cancelled"),
     }
+    outcome
+}
+
+/// A panic in `perform`, as a failure.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> JobError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned());
+    JobError::new(format!("perform panicked: {message}")).with_class(error_class::PANIC)
 }

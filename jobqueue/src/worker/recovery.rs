@@ -1,30 +1,52 @@
 //! Jobs left in an in-flight list go back to the front of their queue: a dead process's
 //! (recovered by the others once its heartbeat has expired), and this process's own at
-//! quiet and at shutdown. A job whose process died under it again and again is a poison
-//! pill: [`crate::retry::after_interruption`] sends it to the dead set instead.
+//! quiet and at shutdown.
+//!
+//! A dead process's list holds the jobs it was running and the jobs that only waited in its
+//! prefetch buffer, and no write on a job's start tells them apart: that would cost every
+//! job a round trip. So a job counts an interruption only when its process is known to
+//! have started it: a job recovered once records its start before it runs again
+//! (`processor::record_start`), and a later recovery reads that record. A job that never
+//! started goes back uncounted, whatever befell it; a job whose process died under it
+//! again and again is a poison pill, sent to the dead set by
+//! [`crate::retry::after_interruption`] at its third known interruption.
 
-use super::{processor, Shared};
-use crate::broker::Settle;
+use super::{finish, Shared};
+use crate::backend::{Location, Move, Settle, Source, Span};
+use crate::envelope::header;
 use crate::error::BrokerError;
+use crate::job::keys::started_key;
 use crate::retry;
+
+/// How many start records one read covers.
+const STARTS_PER_READ: usize = 1000;
 
 /// Recovers the jobs of every process whose heartbeat has expired. Returns how many.
 pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerError> {
     let mut recovered = 0;
     for orphans in shared.broker.orphans(&shared.identity).await? {
-        let moves: Vec<(String, Settle)> = orphans
-            .payloads
-            .iter()
-            .map(|payload| (payload.clone(), retry::after_interruption(payload)))
-            .collect();
-        let moved = shared.broker.settle_many(&orphans.identity, &moves).await?;
-        for ((payload, to), moved) in moves.iter().zip(moved) {
+        let mut moves = Vec::with_capacity(orphans.payloads.len());
+        for payloads in orphans.payloads.chunks(STARTS_PER_READ) {
+            let keys: Vec<String> = payloads
+                .iter()
+                .map(|p| started_key(header::read(p).jid.as_deref().unwrap_or_default()))
+                .collect();
+            let starts = shared.store().get_many(&keys).await?;
+            for (payload, start) in payloads.iter().zip(starts) {
+                let started = start.as_deref() == Some(orphans.identity.as_str());
+                let to = retry::after_interruption(payload, started);
+                moves.push(Move::new(payload.clone(), to));
+            }
+        }
+        let from = Source::InFlight(&orphans.identity);
+        let moved = shared.broker.settle(from, &moves).await?;
+        for (m, moved) in moves.iter().zip(moved) {
             if !moved {
                 continue;
             }
             recovered += 1;
-            if retry::dies(to) {
-                processor::after_death(shared, payload).await;
+            if retry::dies(&m.to) {
+                finish::after_death(shared, &m.payload).await;
             }
         }
         shared.broker.forget(&orphans.identity).await?;
@@ -54,14 +76,15 @@ pub(crate) async fn return_unstarted(shared: &Shared, mut payloads: Vec<String>)
 /// Returns every job still in this process's in-flight list (at shutdown). The list holds
 /// the newest first, so the oldest ends up at the front of its queue.
 pub(crate) async fn return_own(shared: &Shared) -> Result<usize, BrokerError> {
-    let payloads = shared.broker.in_flight(&shared.identity).await?;
-    return_to_front(shared, payloads).await
+    let own = Location::InFlight(&shared.identity);
+    let held = shared.broker.range(own, Span::page(0, usize::MAX)).await?;
+    return_to_front(shared, held.into_iter().map(|e| e.payload).collect()).await
 }
 
 /// Puts jobs of this process back at the front of their queues, in the order given, as
 /// they were: not interrupted by a crash, so not counted. Returns how many moved.
 async fn return_to_front(shared: &Shared, payloads: Vec<String>) -> Result<usize, BrokerError> {
-    let moves: Vec<(String, Settle)> = payloads
+    let moves: Vec<Move> = payloads
         .into_iter()
         .map(|payload| {
             let to = match crate::envelope::Envelope::parse(&payload) {
@@ -72,9 +95,10 @@ async fn return_to_front(shared: &Shared, payloads: Vec<String>) -> Result<usize
                 },
                 Err(e) => retry::invalid_payload("", &payload, &e),
             };
-            (payload, to)
+            Move::new(payload, to)
         })
         .collect();
-    let moved = shared.broker.settle_many(&shared.identity, &moves).await?;
+    let from = Source::InFlight(&shared.identity);
+    let moved = shared.broker.settle(from, &moves).await?;
     Ok(moved.into_iter().filter(|m| *m).count())
 }

@@ -92,16 +92,20 @@ impl Registry {
             .any(|(handler, _)| handler.options().collapse.is_some())
     }
 
-    /// The classes whose mechanisms act at enqueue (a uniqueness lock taken, a collapse
-    /// key written), so that their due jobs pass through the client again.
-    pub(crate) fn enqueue_mechanisms(&self) -> Vec<&'static str> {
+    /// The classes admission acts on (see [`admission_acts_on`]).
+    pub(crate) fn admitted(&self) -> Vec<&'static str> {
         self.handlers
             .iter()
-            .filter(|(_, (handler, _))| {
-                let options = handler.options();
-                options.collapse.is_some() || options.unique.is_some_and(|u| u.locks_at_enqueue())
-            })
+            .filter(|(_, (handler, _))| admission_acts_on(handler.options()))
             .map(|(class, _)| *class)
+            .collect()
+    }
+
+    /// Every class with its options, to publish for processes and tools without them.
+    pub(crate) fn classes(&self) -> Vec<(&'static str, &'static JobOptions)> {
+        self.handlers
+            .iter()
+            .map(|(class, (handler, _))| (*class, handler.options()))
             .collect()
     }
 
@@ -121,4 +125,14 @@ impl Registry {
         names.sort_unstable();
         names
     }
+}
+
+/// Whether admission acts on jobs of a class with `options`: a uniqueness lock taken at
+/// enqueue, a collapse key or limits written in the header. Their due jobs pass through
+/// the client, not straight to their queues.
+pub(crate) fn admission_acts_on(options: &JobOptions) -> bool {
+    options.collapse.is_some()
+        || options.unique.is_some_and(|u| u.locks_at_enqueue())
+        || options.concurrency.is_some()
+        || options.rate.is_some()
 }

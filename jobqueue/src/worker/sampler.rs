@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Shared;
-use crate::broker::SortedSet;
+use crate::backend::{Location, SortedSet, Span};
 use crate::envelope::Envelope;
 use crate::error::BrokerError;
 use crate::metrics;
@@ -45,15 +45,16 @@ async fn sample(shared: &Shared) -> Result<(), BrokerError> {
         return Ok(());
     }
     for queue in shared.broker.queues().await? {
-        let size = shared.broker.queue_len(&queue).await?;
-        let waited = match shared.broker.queue_oldest(&queue).await? {
-            Some(payload) => Envelope::parse(&payload).map_or(Duration::ZERO, |e| e.waited()),
-            None => Duration::ZERO,
-        };
+        let at = Location::Queue(&queue);
+        let size = shared.broker.len(at).await?;
+        let next = shared.broker.range(at, Span::page(0, 1)).await?;
+        let waited = next.first().map_or(Duration::ZERO, |e| {
+            Envelope::parse(&e.payload).map_or(Duration::ZERO, |e| e.waited())
+        });
         metrics::queue(&queue, size, waited);
     }
     for set in [SortedSet::Schedule, SortedSet::Retry, SortedSet::Dead] {
-        metrics::set(set.key(), shared.broker.set_len(set).await?);
+        metrics::set(set.key(), shared.broker.len(Location::Set(set)).await?);
     }
     Ok(())
 }

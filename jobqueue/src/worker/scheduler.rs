@@ -3,23 +3,24 @@
 //! and brings back jobs set aside by their limits when their keys have room.
 //!
 //! When the client has no middleware, passing a job through it would only stamp its
-//! `enqueued_at`, unless its class has a mechanism that acts at enqueue; the broker may
-//! then stamp and move such jobs itself, in the step that takes them (the Redis scripts
-//! do), and the process sees only the rest.
+//! `enqueued_at`, unless admission acts on its class (a lock, a marker, limits; known from
+//! this process's types and from what other processes publish); the backend may then stamp
+//! and move such jobs itself, in the step that takes them (the Redis scripts do), and the
+//! process sees only the rest. A batch's callbacks come this way too: the backend puts them
+//! in the `schedule` set, due at once, and they are admitted here.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::{join, join_all};
 
-use super::{settle, Shared};
-use crate::broker::{self, DirectMoves, Settle, SortedSet};
+use super::{registry, settle, Shared};
+use crate::backend::{self, DirectMoves, Move, Settle, SortedSet};
 use crate::client::{self, Admitted, Origin};
 use crate::envelope::Envelope;
 use crate::error::{BrokerError, Error};
 use crate::metrics;
 use crate::retry;
-use crate::time::{after, epoch_seconds, now};
 
 /// How long a due job waits when client middleware failed on it (a broker error).
 const MIDDLEWARE_RETRY: Duration = Duration::from_secs(5);
@@ -32,17 +33,9 @@ const DUE_BATCH: usize = 1000;
 /// `poll_interval` for jobs scheduled by other producers.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut state = shared.state.subscribe();
-    let mut delays = broker::backoff();
-    // A due job that passing through the client would only restamp may be moved by the
-    // broker itself: when the client has no middleware, and its class no mechanism that
-    // acts at enqueue.
-    let through_client = shared
-        .client
-        .chain()
-        .is_empty()
-        .then(|| shared.registry.enqueue_mechanisms());
+    let mut delays = backend::backoff();
     while shared.is_running() {
-        let wait = match enqueue_due(&shared, through_client.as_deref()).await {
+        let wait = match enqueue_due(&shared).await {
             Ok(next) => {
                 // Be told of jobs scheduled by producers that do not notify; one made before
                 // the watch began is found by one more look.
@@ -51,16 +44,18 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     Ok(false) => {}
                     Err(e) => tracing::debug!("watching the schedule: {e}"),
                 }
-                delays = broker::backoff();
+                delays = backend::backoff();
                 let poll = shared.config.poll_interval;
                 next.map_or(poll, |at| {
-                    Duration::from_secs_f64((at - now()).max(0.0)).min(poll)
+                    at.duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO)
+                        .min(poll)
                 })
             }
             Err(e) => {
                 metrics::broker_error("schedule");
                 tracing::warn!("scheduler: {e}");
-                delays.next().unwrap_or(broker::MAX_BACKOFF)
+                delays.next().unwrap_or(backend::MAX_BACKOFF)
             }
         };
         tokio::select! {
@@ -71,25 +66,56 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// The classes whose due jobs must pass through the client, because admission acts on them
+/// (a uniqueness lock taken, a collapse key or limits written): this process's and those
+/// other processes publish. `None` when every due job must, because the client has
+/// middleware.
+fn through_client(shared: &Shared) -> Option<Vec<String>> {
+    if !shared.client.chain().is_empty() {
+        return None;
+    }
+    let published = shared.client.catalog().classes();
+    let mut classes: Vec<String> = shared
+        .registry
+        .admitted()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    classes.extend(
+        published
+            .into_iter()
+            .filter(|(_, options)| registry::admission_acts_on(options))
+            .map(|(class, _)| class),
+    );
+    Some(classes)
+}
+
 /// Moves every due job, then returns the next due time. The broker moves those it may
-/// (see [`DirectMoves`]) when `through_client` is given.
-async fn enqueue_due(
-    shared: &Shared,
-    through_client: Option<&[&'static str]>,
-) -> Result<Option<f64>, BrokerError> {
+/// itself (see [`DirectMoves`]) when no client middleware is there to run.
+async fn enqueue_due(shared: &Shared) -> Result<Option<SystemTime>, BrokerError> {
+    // What other processes publish, for the classes of due jobs this process does not run.
+    if let Err(e) = shared.client.catalog().fresh(shared.broker.as_ref()).await {
+        tracing::debug!("reading the published classes: {e}");
+    }
+    let through_client = through_client(shared);
+    let through_client: Option<Vec<&str>> = through_client
+        .as_ref()
+        .map(|classes| classes.iter().map(String::as_str).collect());
     for set in [SortedSet::Retry, SortedSet::Schedule] {
         // The next batch is taken while the last goes through the client middleware and
         // to its queues: the steps wait on different things (the broker's script, this
         // process's CPU and the settle's round trip), so a burst of due jobs moves at the
         // pace of the slower step, not of their sum.
-        let mut taken: Option<(f64, Vec<(f64, String)>)> = None;
+        let mut taken: Option<(SystemTime, Vec<(SystemTime, String)>)> = None;
         loop {
-            let taken_at = now();
-            let direct = through_client.map(|through_client| DirectMoves {
-                enqueued_at: taken_at,
-                max_payload_bytes: shared.client.payload_limit(),
-                through_client,
-                named: client::enqueue_spans_enabled(),
+            let taken_at = SystemTime::now();
+            let direct = through_client.as_deref().map(|through_client| {
+                DirectMoves::new(
+                    taken_at,
+                    shared.client.payload_limit(),
+                    through_client,
+                    client::enqueue_spans_enabled(),
+                )
             });
             let take = shared
                 .broker
@@ -104,7 +130,7 @@ async fn enqueue_due(
             let due = due?;
             let last = due.len() < DUE_BATCH;
             for at in &due.moved {
-                metrics::late(set.key(), taken_at - at);
+                metrics::late(set.key(), seconds_late(taken_at, *at));
             }
             // Each moved job's enqueue span, as the client would have opened.
             for job in &due.named {
@@ -129,23 +155,36 @@ async fn enqueue_due(
     // Jobs set aside by their limits whose keys may have room.
     shared
         .broker
-        .unpark_due(now(), shared.config.heartbeat_ttl)
+        .unpark_due(SystemTime::now(), shared.config.heartbeat_ttl)
         .await?;
     shared.broker.next_due().await
 }
 
+/// How late a job due at `due` is at `at`, in seconds (negative when early).
+fn seconds_late(at: SystemTime, due: SystemTime) -> f64 {
+    match at.duration_since(due) {
+        Ok(late) => late.as_secs_f64(),
+        Err(early) => -early.duration().as_secs_f64(),
+    }
+}
+
 /// Moves one batch of due jobs, taken at `taken_at`, through the client middleware
 /// concurrently, then to their queues in one trip.
-async fn move_batch(shared: &Shared, set: SortedSet, taken_at: f64, due: Vec<(f64, String)>) {
+async fn move_batch(
+    shared: &Shared,
+    set: SortedSet,
+    taken_at: SystemTime,
+    due: Vec<(SystemTime, String)>,
+) {
     for (at, _) in &due {
-        metrics::late(set.key(), taken_at - at);
+        metrics::late(set.key(), seconds_late(taken_at, *at));
     }
     let moves = join_all(due.into_iter().map(|(_, payload)| async move {
         let to = match Envelope::parse(&payload) {
             Ok(envelope) => to_queue(shared, &payload, envelope, set).await,
             Err(e) => retry::invalid_payload(set.key(), &payload, &e),
         };
-        (payload, to)
+        Move::new(payload, to)
     }))
     .await;
     settle::many(shared, moves).await;
@@ -174,7 +213,7 @@ async fn to_queue(shared: &Shared, payload: &str, envelope: Envelope, set: Sorte
             },
             Some(at) => Settle::Schedule {
                 payload: push.payload,
-                at: epoch_seconds(at),
+                at,
             },
         },
         Ok(Admitted::Existing(existing)) => {
@@ -195,7 +234,7 @@ async fn to_queue(shared: &Shared, payload: &str, envelope: Envelope, set: Sorte
             );
             Settle::Schedule {
                 payload: payload.to_owned(),
-                at: after(MIDDLEWARE_RETRY),
+                at: SystemTime::now() + MIDDLEWARE_RETRY,
             }
         }
     }

@@ -7,23 +7,25 @@
 use backon::Retryable;
 
 use super::Shared;
-use crate::broker::{backoff, backoff_builder, Settle, MAX_BACKOFF};
+use crate::backend::{backoff, backoff_builder, Move, Source, MAX_BACKOFF};
 use crate::client::{Admitted, Origin};
 use crate::error::Error;
 use crate::metrics;
 use crate::perform::FollowUp;
 
 /// Settles one job; see [`many`].
-pub(crate) async fn one(shared: &Shared, payload: &str, to: Settle) {
-    many(shared, vec![(payload.to_owned(), to)]).await;
+pub(crate) async fn one(shared: &Shared, to: Move) {
+    many(shared, vec![to]).await;
 }
 
-/// Settles jobs in one round trip, trying again until the broker answers.
-pub(crate) async fn many(shared: &Shared, moves: Vec<(String, Settle)>) {
+/// Settles jobs of this process's in-flight list in one round trip, trying again until the
+/// broker answers.
+pub(crate) async fn many(shared: &Shared, moves: Vec<Move>) {
     if moves.is_empty() {
         return;
     }
-    let settle = || shared.broker.settle_many(&shared.identity, &moves);
+    let from = Source::InFlight(&shared.identity);
+    let settle = || shared.broker.settle(from, &moves);
     let moved = settle
         .retry(backoff_builder())
         .notify(|e, wait| {
@@ -41,17 +43,17 @@ pub(crate) async fn many(shared: &Shared, moves: Vec<(String, Settle)>) {
     }
 }
 
-/// Acknowledges a job that succeeded together with the follow-ups it declared: each goes
-/// through the client (middleware, size check, mechanisms), then the job leaves the
-/// in-flight list and the admitted follow-ups are pushed in one atomic broker call, tried
-/// again until the broker answers (a repeat pushes nothing twice). A follow-up refused by
-/// middleware or too large is logged and left out; the job itself succeeded.
-pub(crate) async fn ack_then(
-    shared: &Shared,
-    parent: &str,
-    payload: &str,
-    follow_ups: Vec<FollowUp>,
-) {
+/// Acknowledges a job that succeeded (`done`) together with the follow-ups it declared:
+/// each goes through the client's admission, then the job leaves the in-flight list and the
+/// admitted follow-ups are pushed in one atomic broker call, tried again until the broker
+/// answers (a repeat pushes nothing twice). A follow-up refused by middleware or too large
+/// is logged and left out; the job itself succeeded.
+pub(crate) async fn with_follow_ups(shared: &Shared, done: Move, follow_ups: Vec<FollowUp>) {
+    let parent = crate::envelope::header::read(&done.payload)
+        .jid
+        .map(|jid| jid.into_owned())
+        .unwrap_or_default();
+    let parent = parent.as_str();
     let mut pushes = Vec::with_capacity(follow_ups.len());
     for follow_up in follow_ups {
         let class = follow_up.envelope.class.clone();
@@ -87,7 +89,9 @@ pub(crate) async fn ack_then(
         }
     }
     let (pushes, classes): (Vec<_>, Vec<_>) = pushes.into_iter().unzip();
-    let ack = || shared.broker.ack_then(&shared.identity, payload, &pushes);
+    let done = [done.then(pushes)];
+    let from = Source::InFlight(&shared.identity);
+    let ack = || shared.broker.settle(from, &done);
     let acked = ack
         .retry(backoff_builder())
         .notify(|e, wait| {
@@ -95,9 +99,9 @@ pub(crate) async fn ack_then(
             tracing::warn!("acknowledging job {parent} with its follow-ups failed, trying again in {wait:?}: {e}")
         })
         .await;
-    match acked {
+    match acked.map(|moved| moved.first() == Some(&true)) {
         Ok(true) => {
-            for (push, class) in pushes.iter().zip(&classes) {
+            for (push, class) in done[0].then.iter().zip(&classes) {
                 metrics::enqueued(&push.queue, class, 1);
             }
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::Shared;
+use crate::backend::Published;
 use crate::client::{Admitted, Origin};
 use crate::error::Error;
 use crate::metrics;
@@ -83,7 +84,10 @@ async fn publish(shared: &Shared, now: DateTime<Utc>) -> Result<(), Error> {
         .iter()
         .map(|p| (p.name.clone(), p.description(now).to_string()))
         .collect();
-    Ok(shared.broker.publish_periodic(&schedules).await?)
+    Ok(shared
+        .broker
+        .publish(Published::Periodic, &schedules)
+        .await?)
 }
 
 /// Enqueues the latest tick in `(from, until]`, if any, once: a process coming back after
@@ -120,7 +124,7 @@ async fn catch_up(
 
 /// Logs the ticks no process enqueued since the last one was, older than the grace period.
 async fn report_missed(shared: &Shared, periodic: &Periodic, horizon: DateTime<Utc>) {
-    let last = match shared.broker.lock_holder(&periodic.last_key()).await {
+    let last = match shared.broker.get(&periodic.last_key()).await {
         Ok(last) => last.and_then(|ms| ms.parse::<i64>().ok()),
         Err(e) => {
             tracing::warn!(
@@ -152,12 +156,7 @@ async fn fire(
     tick: DateTime<Utc>,
     late: bool,
 ) -> Result<(), Error> {
-    if shared
-        .broker
-        .lock_holder(&periodic.paused_key())
-        .await?
-        .is_some()
-    {
+    if shared.broker.get(&periodic.paused_key()).await?.is_some() {
         tracing::info!(
             "periodic job `{}`: tick {tick} skipped: paused",
             periodic.name
@@ -177,7 +176,7 @@ async fn fire(
     let keep = Duration::from_secs(400 * 24 * 3600);
     shared
         .broker
-        .lock_force(&periodic.last_key(), &tick_ms, keep)
+        .set(&periodic.last_key(), &tick_ms, keep)
         .await?;
 
     let envelope = periodic.envelope(tick);
