@@ -130,7 +130,7 @@ fn middleware_benches(c: &mut Criterion) {
                     at: None,
                     options: Some(&RecomputeSegment::OPTIONS),
                     origin: Origin::Enqueue,
-                    broker: Arc::clone(&broker),
+                    store: Arc::clone(&broker) as Arc<dyn jobqueue::backend::KeyValue>,
                 },
                 |mut job| async move { chain.run(&mut job).await.unwrap() },
                 BatchSize::SmallInput,

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use jobqueue::broker::Push;
+use jobqueue::backend::Push;
 use jobqueue::{Broker, Envelope, MemoryBroker, RedisBroker};
 
 const JOBS: usize = 100_000;

@@ -288,7 +288,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !matches!(o.mode, Mode::Drain) {
             return Err("on a cluster (several nodes in --redis) only the drain mode runs".into());
         }
-        let broker = jobqueue::broker::connect(&o.redis, None).await?;
+        let broker = jobqueue::backend::connect(&o.redis, None).await?;
         let client = Client::new(Arc::clone(&broker));
         return drain(&o, &client, worker_for(&o, broker), None).await;
     }

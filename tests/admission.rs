@@ -6,11 +6,16 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use jobqueue::broker::Push;
+use jobqueue::backend::Push;
 use jobqueue::client::Batch;
 use jobqueue::schedule::Periodic;
 use jobqueue::{async_trait, Envelope, Job, JobContext, JobError, Perform, Queues, SortedSet};

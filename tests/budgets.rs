@@ -283,7 +283,7 @@ async fn strict_mode_fails_a_run_over_budget() {
         .await;
         let dead = b
             .admin()
-            .find(SortedSet::Dead, &jid)
+            .find(SortedSet::Dead, &jid, None)
             .await
             .unwrap()
             .unwrap();

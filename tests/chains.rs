@@ -309,7 +309,7 @@ async fn trace(chain: &ClientChain) -> Vec<String> {
         at: None,
         options: None,
         origin: Origin::Enqueue,
-        broker: Arc::new(jobqueue::MemoryBroker::new()),
+        store: Arc::new(jobqueue::MemoryBroker::new()),
     };
     assert_eq!(chain.run(&mut job).await.unwrap(), Admission::Push);
     entries(&TRACE)

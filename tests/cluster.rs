@@ -8,6 +8,11 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -204,8 +209,10 @@ async fn a_manual_failover_during_a_run_loses_no_job_and_fails_no_call() {
     );
     // Scripts and commands on every shard work at once: none waits out a timeout.
     for shard_call in 0..10 {
+        let absent = jobqueue::backend::Move::done(format!("absent-{shard_call}"));
+        let from = jobqueue::backend::Source::Set(jobqueue::SortedSet::Retry);
         broker
-            .remove_job("ticks", &format!("absent-{shard_call}"))
+            .settle(from, &[absent])
             .await
             .expect("a script on every shard right after the failover");
     }
@@ -315,7 +322,7 @@ async fn kill_dash_nine_of_workers_loses_no_job_on_a_cluster() {
             held.iter()
                 .map(|p| Envelope::parse(p).unwrap().args[0]["n"].as_u64().unwrap()),
         );
-        broker.unregister(&identity).await.unwrap();
+        broker.forget(&identity).await.unwrap();
     }
 
     let mut survivor = spawn_worker(&urls);

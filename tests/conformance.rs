@@ -4,9 +4,14 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::time::Duration;
 
-use jobqueue::broker::Push;
+use jobqueue::backend::Push;
 use jobqueue::retry::error_class;
 use jobqueue::{Envelope, Job, Queues, RunState, SortedSet, WorkerBuilder};
 use support::jobs::now;
@@ -609,7 +614,7 @@ async fn a_fetch_takes_each_queues_oldest_jobs_first(b: Backend) {
         for max in [6, 6] {
             let fetched = b
                 .broker
-                .fetch(&process, &queues, max, lease, markers)
+                .fetch(&process, support::request(&queues, max, lease, markers))
                 .await
                 .unwrap();
             assert!(
@@ -740,10 +745,12 @@ async fn leave_jobs_with_a_dead_process(b: &Backend, identity: &str) {
         .broker
         .fetch(
             identity,
-            &["default".into()],
-            100,
-            Some(std::time::Duration::from_secs(60)),
-            false,
+            support::request(
+                &["default".into()],
+                100,
+                Some(std::time::Duration::from_secs(60)),
+                false,
+            ),
         )
         .await
         .unwrap();
@@ -865,10 +872,12 @@ async fn shutdown_hands_unfinished_jobs_back_to_the_front_of_their_queue(b: Back
         .broker
         .fetch(
             "probe",
-            &[ORDERED.into()],
-            1,
-            Some(std::time::Duration::from_secs(60)),
-            false,
+            support::request(
+                &[ORDERED.into()],
+                1,
+                Some(std::time::Duration::from_secs(60)),
+                false,
+            ),
         )
         .await
         .unwrap()
@@ -975,10 +984,12 @@ async fn take_in_order(b: &Backend, queue: &str) -> Vec<String> {
     b.broker
         .fetch(
             "reader:0:000000000000",
-            &[queue.to_owned()],
-            size,
-            Some(std::time::Duration::from_secs(60)),
-            false,
+            support::request(
+                &[queue.to_owned()],
+                size,
+                Some(std::time::Duration::from_secs(60)),
+                false,
+            ),
         )
         .await
         .unwrap()
@@ -1063,10 +1074,12 @@ async fn bury(b: &Backend, payloads: Vec<String>) {
         .broker
         .fetch(
             "digger:0:000000000000",
-            &["graveyard".into()],
-            payloads.len(),
-            Some(std::time::Duration::from_secs(60)),
-            false,
+            support::request(
+                &["graveyard".into()],
+                payloads.len(),
+                Some(std::time::Duration::from_secs(60)),
+                false,
+            ),
         )
         .await
         .unwrap();
@@ -1074,16 +1087,14 @@ async fn bury(b: &Backend, payloads: Vec<String>) {
     let moves: Vec<_> = taken
         .into_iter()
         .map(|f| {
-            let to = jobqueue::broker::Settle::Dead {
+            let to = jobqueue::backend::Settle::Dead {
                 payload: f.payload.clone(),
             };
-            (f.payload, to)
+            jobqueue::backend::Move::new(f.payload, to)
         })
         .collect();
-    b.broker
-        .settle_many("digger:0:000000000000", &moves)
-        .await
-        .unwrap();
+    let from = jobqueue::backend::Source::InFlight("digger:0:000000000000");
+    b.broker.settle(from, &moves).await.unwrap();
 }
 
 async fn the_dead_set_keeps_the_newest_ten_thousand(b: Backend) {
@@ -1172,7 +1183,7 @@ async fn operators_act_on_sets_queues_and_processes(b: Backend) {
 
     // Run the dead job now: it is back in its queue, its retry_count lowered as Sidekiq does.
     let entry = admin
-        .find(SortedSet::Dead, &dead.jid)
+        .find(SortedSet::Dead, &dead.jid, None)
         .await
         .unwrap()
         .expect("in the dead set");
@@ -1192,19 +1203,23 @@ async fn operators_act_on_sets_queues_and_processes(b: Backend) {
 
     // Delete one scheduled job, kill the other.
     let entry = admin
-        .find(SortedSet::Schedule, &later)
+        .find(SortedSet::Schedule, &later, None)
         .await
         .unwrap()
         .unwrap();
     assert!(admin.delete(SortedSet::Schedule, &entry).await.unwrap());
     let entry = admin
-        .find(SortedSet::Schedule, &other)
+        .find(SortedSet::Schedule, &other, None)
         .await
         .unwrap()
         .unwrap();
     assert!(admin.kill(SortedSet::Schedule, &entry).await.unwrap());
     assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 0);
-    assert!(admin.find(SortedSet::Dead, &other).await.unwrap().is_some());
+    assert!(admin
+        .find(SortedSet::Dead, &other, None)
+        .await
+        .unwrap()
+        .is_some());
 
     // Clear the queue.
     assert_eq!(admin.clear("default").await.unwrap(), 1);
@@ -1517,10 +1532,12 @@ async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
         .broker
         .fetch(
             "p1",
-            &["held".to_owned()],
-            1,
-            Some(std::time::Duration::from_secs(60)),
-            false,
+            support::request(
+                &["held".to_owned()],
+                1,
+                Some(std::time::Duration::from_secs(60)),
+                false,
+            ),
         )
         .await
         .unwrap()
@@ -1537,17 +1554,11 @@ async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
             at: Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
         },
     ];
-    assert!(b
-        .broker
-        .ack_then("p1", &taken.payload, &then)
-        .await
-        .unwrap());
+    let done = [jobqueue::backend::Move::done(taken.payload.clone()).then(then.to_vec())];
+    let from = jobqueue::backend::Source::InFlight("p1");
+    assert_eq!(b.broker.settle(from, &done).await.unwrap(), [true]);
     // A repeat (as after a lost reply) finds the job gone and pushes nothing.
-    assert!(!b
-        .broker
-        .ack_then("p1", &taken.payload, &then)
-        .await
-        .unwrap());
+    assert_eq!(b.broker.settle(from, &done).await.unwrap(), [false]);
     assert_eq!(b.admin().queue("next").await.unwrap().size, 1);
     assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
     assert!(b.broker.in_flight("p1").await.unwrap().is_empty());

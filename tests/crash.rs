@@ -7,12 +7,17 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::collections::{HashMap, HashSet};
 use std::process::ExitStatus;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use jobqueue::{Broker, Client, Envelope, Job, RedisBroker, SortedSet};
+use jobqueue::{Client, Envelope, Job, RedisBroker, SortedSet};
 use support::ticks::{
     ChainedTick, ExclusiveTick, ExpiresTick, GuardedTick, LockedTick, PacedTick, ShopTick, Span,
     StartsTick, Tick,

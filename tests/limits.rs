@@ -3,12 +3,18 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::time::Duration;
 
-use jobqueue::broker::{Ack, Settle};
+use jobqueue::backend::{Move, Settle, Source};
 use jobqueue::{Envelope, SortedSet};
 use support::heartbeat::beat;
 use support::jobs::{self, most_at_once, now, AccountJob, ShopJob};
+use support::secs;
 use support::{eventually, start, Backend};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -52,7 +58,7 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
 
     let taken = b
         .broker
-        .fetch("p", &queues, 10, Some(LEASE), false)
+        .fetch("p", support::request(&queues, 10, Some(LEASE), false))
         .await
         .unwrap();
     let mut shops: Vec<String> = taken.iter().map(|f| shop_of(&f.payload)).collect();
@@ -77,14 +83,17 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
 
     // A finished job frees its slot, and one waiting job goes to the front of its queue.
     b.broker
-        .ack("p", &[of_a[0].payload.clone().into()])
+        .settle(
+            Source::InFlight("p"),
+            &[Move::done(of_a[0].payload.clone())],
+        )
         .await
         .unwrap();
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
     assert_eq!(b.admin().limits().await.unwrap()[0].parked, 2);
     let next = b
         .broker
-        .fetch("p", &queues, 10, Some(LEASE), false)
+        .fetch("p", support::request(&queues, 10, Some(LEASE), false))
         .await
         .unwrap();
     assert_eq!(next.len(), 1);
@@ -93,13 +102,17 @@ async fn fetch_takes_slots_sets_the_rest_aside_and_a_release_brings_one_back(b: 
     // So does a failed one on its way to the retry set.
     let failed = Settle::Retry {
         payload: of_a[1].payload.clone(),
-        at: now() + 3600.0,
+        at: std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
     };
-    assert!(b
+    let moved = b
         .broker
-        .settle("p", &of_a[1].payload, failed)
+        .settle(
+            Source::InFlight("p"),
+            &[Move::new(of_a[1].payload.clone(), failed)],
+        )
         .await
-        .unwrap());
+        .unwrap();
+    assert_eq!(moved, [true]);
     assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
     let limits = b.admin().limits().await.unwrap();
     assert_eq!((limits[0].held, limits[0].parked), (1, 1));
@@ -119,24 +132,26 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     let at = now();
     let taken = b
         .broker
-        .fetch("p", &queues, 10, Some(LEASE), false)
+        .fetch("p", support::request(&queues, 10, Some(LEASE), false))
         .await
         .unwrap();
     assert_eq!(taken.len(), 5, "five starts per second");
     let limits = b.admin().limits().await.unwrap();
     assert_eq!(limits[0].key, "AccountJob:rate:x");
     assert_eq!(limits[0].parked, 3);
-    assert!(limits[0].next_look > at + 0.5 && limits[0].next_look < now() + 1.5);
-    let due = b.broker.next_due().await.unwrap().unwrap();
-    assert!(
-        (due - limits[0].next_look).abs() < 1e-3,
-        "the scheduler wakes for it"
-    );
+    let next_look = secs(limits[0].next_look);
+    assert!(next_look > at + 0.5 && next_look < now() + 1.5);
+    let due = secs(b.broker.next_due().await.unwrap().unwrap());
+    assert!((due - next_look).abs() < 1e-3, "the scheduler wakes for it");
 
     // Within the second: no room. A second later: room for all three.
-    assert_eq!(b.broker.unpark_due(now(), LEASE).await.unwrap(), 0);
+    let at_time = |secs: f64| std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs);
+    assert_eq!(b.broker.unpark_due(at_time(now()), LEASE).await.unwrap(), 0);
     assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
-    assert_eq!(b.broker.unpark_due(at + 1.5, LEASE).await.unwrap(), 3);
+    assert_eq!(
+        b.broker.unpark_due(at_time(at + 1.5), LEASE).await.unwrap(),
+        3
+    );
     assert_eq!(b.admin().queue("default").await.unwrap().size, 3);
     assert!(b.admin().limits().await.unwrap().is_empty());
 
@@ -153,7 +168,9 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
         let broker = b.broker.clone();
         let shops = shops.clone();
         async move {
-            let taken = broker.fetch(process, &shops, max, Some(LEASE), false).await;
+            let taken = broker
+                .fetch(process, support::request(&shops, max, Some(LEASE), false))
+                .await;
             taken.unwrap().len()
         }
     };
@@ -164,7 +181,8 @@ async fn set_aside_jobs_come_back_when_their_key_has_room_again(b: Backend) {
     let limits = b.admin().limits().await.unwrap();
     assert_eq!((limits[0].held, limits[0].parked), (2, 1));
     // Still full when looked at again.
-    assert_eq!(b.broker.unpark_due(now() + 61.0, LEASE).await.unwrap(), 0);
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(61);
+    assert_eq!(b.broker.unpark_due(later, LEASE).await.unwrap(), 0);
 }
 
 async fn jobs_over_a_concurrency_limit_wait_and_every_job_runs_once(b: Backend) {
@@ -292,7 +310,7 @@ async fn a_job_set_aside_is_cancelled_where_it_waits(b: Backend) {
     beat(b.broker.as_ref(), "p", LEASE).await;
     let taken = b
         .broker
-        .fetch("p", &queues, 10, Some(LEASE), false)
+        .fetch("p", support::request(&queues, 10, Some(LEASE), false))
         .await
         .unwrap();
     assert_eq!(taken.len(), 2, "the third waits for the shop's slots");
@@ -309,12 +327,12 @@ async fn a_job_set_aside_is_cancelled_where_it_waits(b: Backend) {
         "no job waits under the key any more"
     );
     // The slots free, and nothing comes back to run.
-    let acks: Vec<Ack> = taken.into_iter().map(|f| f.payload.into()).collect();
-    b.broker.ack("p", &acks).await.unwrap();
+    let acks: Vec<Move> = taken.into_iter().map(|f| Move::done(f.payload)).collect();
+    b.broker.settle(Source::InFlight("p"), &acks).await.unwrap();
     assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
     assert!(b
         .broker
-        .fetch("p", &queues, 10, Some(LEASE), false)
+        .fetch("p", support::request(&queues, 10, Some(LEASE), false))
         .await
         .unwrap()
         .is_empty());

@@ -5,10 +5,15 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jobqueue::broker::Ack;
+use jobqueue::backend::{Move, Source};
 use jobqueue::client::{Admission, ClientJob, ClientMiddleware, ClientNext};
 use jobqueue::schedule::Periodic;
 use jobqueue::worker::{Outcome, ServerJob, ServerMiddleware, ServerNext};
@@ -265,7 +270,7 @@ async fn a_fetch_reads_each_jobs_collapse_marker(b: Backend) {
 
         let taken = b
             .broker
-            .fetch("reader", &queues, 4, lease, true)
+            .fetch("reader", support::request(&queues, 4, lease, true))
             .await
             .unwrap();
         // On a cluster, the shards' jobs come shard by shard: compared by jid, not in order.
@@ -295,7 +300,7 @@ async fn a_fetch_reads_each_jobs_collapse_marker(b: Backend) {
     c.enqueue(&refresh(3, 1)).await.unwrap();
     let taken = b
         .broker
-        .fetch("reader", &queues, 1, None, false)
+        .fetch("reader", support::request(&queues, 1, None, false))
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
@@ -371,7 +376,7 @@ async fn an_acknowledgement_releases_a_lock_only_for_its_owner(b: Backend) {
     c.enqueue(&import(&jobs::token(), "b")).await.unwrap();
     let taken = b
         .broker
-        .fetch("acker", &[queue], 2, None, false)
+        .fetch("acker", support::request(&[queue], 2, None, false))
         .await
         .unwrap();
     assert_eq!(taken.len(), 2);
@@ -379,16 +384,15 @@ async fn an_acknowledgement_releases_a_lock_only_for_its_owner(b: Backend) {
     b.broker.lock("mine", "a", ttl).await.unwrap();
     b.broker.lock("theirs", "c", ttl).await.unwrap();
     let acks = [
-        Ack {
-            payload: taken[0].payload.clone(),
-            unlock: Some(("mine".into(), "a".into())),
-        },
-        Ack {
-            payload: taken[1].payload.clone(),
-            unlock: Some(("theirs".into(), "b".into())),
-        },
+        Move::done(taken[0].payload.clone()).unlock(Some(("mine".into(), "a".into()))),
+        Move::done(taken[1].payload.clone()).unlock(Some(("theirs".into(), "b".into()))),
     ];
-    b.broker.ack("acker", &acks).await.unwrap();
+    let moved = b
+        .broker
+        .settle(Source::InFlight("acker"), &acks)
+        .await
+        .unwrap();
+    assert_eq!(moved, [true, true]);
     assert!(b.broker.in_flight("acker").await.unwrap().is_empty());
     assert_eq!(b.broker.lock_holder("mine").await.unwrap(), None);
     assert_eq!(
@@ -973,7 +977,8 @@ async fn a_periodic_tick_takes_the_lock_like_any_enqueue(b: Backend) {
     while let Some(payload) = b.broker.queue_oldest("default").await.unwrap() {
         let envelope = Envelope::parse(&payload).unwrap();
         imports += usize::from(envelope.class == "Import");
-        b.broker.remove_job("default", &envelope.jid).await.unwrap();
+        let default = jobqueue::backend::Location::Queue("default");
+        b.broker.remove(default, &[payload]).await.unwrap();
     }
     assert_eq!(imports, 0, "no tick pushed a twin past the lock");
 }

@@ -3,11 +3,16 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::time::Duration;
 
 use std::time::Instant;
 
-use jobqueue::{Broker, BrokerError, Client, Error, RedisBroker, RedisConfig, Worker};
+use jobqueue::{BrokerError, Client, Error, RedisBroker, RedisConfig, Worker};
 use support::jobs::{self, Note, Sleeps};
 use support::{eventually, fast_config, start, RedisServer};
 

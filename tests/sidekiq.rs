@@ -4,6 +4,11 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -487,10 +492,7 @@ async fn jobs_retried_by_hand_through_sidekiqs_api_run_here() {
         .broker
         .fetch(
             "interop-test",
-            &["interop".to_owned()],
-            10,
-            Some(LIMIT),
-            false,
+            support::request(&["interop".to_owned()], 10, Some(LIMIT), false),
         )
         .await
         .unwrap();

@@ -3,6 +3,11 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,10 +42,12 @@ async fn drain(b: &Backend, queue: &str) -> Vec<Envelope> {
     b.broker
         .fetch(
             "test-reader",
-            &[queue.to_owned()],
-            size,
-            Some(std::time::Duration::from_secs(60)),
-            false,
+            support::request(
+                &[queue.to_owned()],
+                size,
+                Some(std::time::Duration::from_secs(60)),
+                false,
+            ),
         )
         .await
         .unwrap()

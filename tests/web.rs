@@ -7,11 +7,16 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use fantoccini::Locator;
-use jobqueue::broker::{Push, Settle};
+use jobqueue::backend::{Push, Settle};
 use jobqueue::schedule::Periodic;
 use jobqueue::{
     async_trait, Broker, Envelope, Job, JobContext, JobError, Perform, Queues, SortedSet,
@@ -149,14 +154,17 @@ async fn fail_into(broker: &Arc<dyn Broker>, job: &Envelope, failed: &Envelope, 
     } else {
         Settle::Retry {
             payload,
-            at: 4_000_000_000.0,
+            at: std::time::UNIX_EPOCH + Duration::from_secs(4_000_000_000),
         }
     };
     let moved = broker
-        .move_entry(SortedSet::Schedule, &job.to_json(), to)
+        .settle(
+            jobqueue::backend::Source::Set(SortedSet::Schedule),
+            &[jobqueue::backend::Move::new(job.to_json(), to)],
+        )
         .await
         .expect("move");
-    assert!(moved, "the scheduled job was there to move");
+    assert_eq!(moved, [true], "the scheduled job was there to move");
 }
 
 fn in_an_hour() -> Option<std::time::SystemTime> {
@@ -276,10 +284,7 @@ async fn every_page_shows_what_the_broker_holds() {
             .broker
             .fetch(
                 "viewer:1:limits",
-                &limited,
-                10,
-                Some(Duration::from_secs(60)),
-                false,
+                support::request(&limited, 10, Some(Duration::from_secs(60)), false),
             )
             .await
             .unwrap();
@@ -565,12 +570,12 @@ async fn delete_removes_a_job() {
         browser.click("button[value=delete]").await;
         browser.wait_for_text("Delete: 1 job(s).").await;
         assert!(admin
-            .find(SortedSet::Schedule, &scheduled)
+            .find(SortedSet::Schedule, &scheduled, None)
             .await
             .unwrap()
             .is_none());
         assert!(admin
-            .find(SortedSet::Schedule, &kept)
+            .find(SortedSet::Schedule, &kept, None)
             .await
             .unwrap()
             .is_some());

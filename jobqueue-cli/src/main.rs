@@ -181,7 +181,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let broker = jobqueue::broker::connect(&cli.redis, cli.namespace.as_deref()).await?;
+    let broker = jobqueue::backend::connect(&cli.redis, cli.namespace.as_deref()).await?;
     let admin = Admin::new(Arc::clone(&broker));
     let out = Out { json: cli.json };
     match cli.command {
@@ -438,13 +438,13 @@ async fn limits(admin: &Admin, out: &Out) -> Result<(), Failure> {
                 l.key.clone(),
                 l.held.to_string(),
                 l.parked.to_string(),
-                format!("{:.1}s", (l.next_look - now).max(0.0)),
+                format!("{:.1}s", (seconds(l.next_look) - now).max(0.0)),
             ]
         })
         .collect();
     let json: Vec<Value> = limits
         .iter()
-        .map(|l| json!({"key": l.key, "held": l.held, "waiting": l.parked, "next_look": l.next_look}))
+        .map(|l| json!({"key": l.key, "held": l.held, "waiting": l.parked, "next_look": seconds(l.next_look)}))
         .collect();
     out.table(
         &["key", "slots taken", "waiting", "looked at in"],
@@ -583,7 +583,7 @@ async fn set(admin: &Admin, out: &Out, set: SortedSet, action: SetAction) -> Res
         }
         SetAction::Show { jid } => {
             let entry = admin
-                .find(set, &jid)
+                .find(set, &jid, None)
                 .await?
                 .ok_or_else(|| not_found(set, &jid))?;
             let value = entry_json(&entry);
@@ -624,7 +624,7 @@ async fn act(
 ) -> Result<(), Failure> {
     let entries = match &target.jid {
         Some(jid) => vec![admin
-            .find(set, jid)
+            .find(set, jid, None)
             .await?
             .ok_or_else(|| not_found(set, jid))?],
         None => {
@@ -683,9 +683,12 @@ async fn matching(
         .collect())
 }
 
+/// An entry as JSON, with its sensitive values hidden (the job as the admin shows it).
 fn entry_json(entry: &SetEntry) -> Value {
-    let job: Value =
-        serde_json::from_str(&entry.payload).unwrap_or(Value::String(entry.payload.clone()));
+    let job = match &entry.job {
+        Ok(job) => serde_json::to_value(job).unwrap_or(Value::Null),
+        Err(text) => Value::String(text.clone()),
+    };
     json!({ "at": seconds(entry.at), "job": job })
 }
 

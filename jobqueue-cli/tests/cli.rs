@@ -489,15 +489,10 @@ fn limits_show_the_keys_with_jobs_set_aside() {
     }
     // A fetch as a live worker's: two take the shop's slots, the third is set aside.
     rt.block_on(heartbeat::beat(&broker, "p", Duration::from_secs(60)));
+    let queues = ["sync".to_owned()];
+    let request = jobqueue::backend::Fetch::new(&queues, 10).limits(Duration::from_secs(60));
     let taken = rt
-        .block_on(jobqueue::Broker::fetch(
-            &broker,
-            "p",
-            &["sync".to_owned()],
-            10,
-            Some(Duration::from_secs(60)),
-            false,
-        ))
+        .block_on(jobqueue::backend::JobStore::fetch(&broker, "p", request))
         .unwrap();
     assert_eq!(taken.len(), 2);
     let listed = json_of(&url, &["limits"]);

@@ -31,13 +31,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::backend::Broker;
+use crate::backend::{Broker, Location};
 use crate::error::Error;
-use crate::time::now;
 use crate::worker::{Queues, Worker, WorkerBuilder};
 
 /// The options of a worker process.
@@ -242,7 +241,7 @@ pub async fn run_on(
 /// Nothing waits in `queues`, nothing is due in the schedule and retry sets, and this
 /// process holds no job (running, fetched, or finished and not yet acknowledged).
 async fn is_drained(broker: &dyn Broker, queues: &Queues, identity: &str) -> Result<bool, Error> {
-    if !broker.in_flight(identity).await?.is_empty() {
+    if broker.len(Location::InFlight(identity)).await? > 0 {
         return Ok(false);
     }
     let names = if queues.is_all() {
@@ -251,11 +250,14 @@ async fn is_drained(broker: &dyn Broker, queues: &Queues, identity: &str) -> Res
         queues.names()
     };
     for name in &names {
-        if broker.queue_len(name).await? > 0 {
+        if broker.len(Location::Queue(name)).await? > 0 {
             return Ok(false);
         }
     }
-    Ok(broker.next_due().await?.is_none_or(|at| at > now()))
+    Ok(broker
+        .next_due()
+        .await?
+        .is_none_or(|at| at > SystemTime::now()))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]")?;
     let concurrency: usize = args.next().unwrap_or_else(|| "10".into()).parse()?;
     let shutdown_ms: u64 = args.next().unwrap_or_else(|| "25000".into()).parse()?;
-    let broker = jobqueue::broker::connect(&url, None).await?;
+    let broker = jobqueue::backend::connect(&url, None).await?;
     Worker::builder(broker)
         .queues(Queues::strict(["ticks"]))
         .concurrency(concurrency)

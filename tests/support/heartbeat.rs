@@ -7,7 +7,7 @@ use jobqueue::Broker;
 
 /// Records a heartbeat for `identity` that lives `ttl`, as a worker process would.
 pub async fn beat(broker: &dyn Broker, identity: &str, ttl: Duration) {
-    let beat = jobqueue::broker::Heartbeat {
+    let beat = jobqueue::backend::Heartbeat {
         identity: identity.into(),
         info: "{}".into(),
         busy: 0,

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod scripted_http;
+pub mod store;
 pub mod ticks;
 
 use std::future::Future;
@@ -19,6 +20,8 @@ use jobqueue::{
 
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
+#[allow(unused_imports)]
+pub use store::{request, secs, StoreExt};
 
 /// A queue whose tests need first in, first out across the whole queue, which a cluster
 /// keeps only within a shard: the cluster backend keeps it on one.

@@ -84,7 +84,7 @@ pub(crate) async fn list(state: State, ctx: Ctx) -> PageResult {
                             td.mono { (l.key) }
                             td.num { (l.held) }
                             td.num { (l.parked) }
-                            td { @if let Some(at) = crate::page::from_epoch(l.next_look) { (when(at)) } }
+                            td { (when(l.next_look)) }
                         }
                     }
                 }

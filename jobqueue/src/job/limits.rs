@@ -100,7 +100,7 @@ impl LimitTag {
             )));
         }
         let words: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
-        if words.len() % 2 != 0 {
+        if !words.len().is_multiple_of(2) {
             return Err(invalid("a limit has no key"));
         }
         if words.len() / 2 > MAX_LIMITS {

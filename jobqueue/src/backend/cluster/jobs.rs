@@ -76,7 +76,7 @@ impl ClusterBroker {
                     .map(move |e| (e.at.unwrap_or(SystemTime::UNIX_EPOCH), shard, e.payload))
             })
             .collect();
-        tagged.sort_by(|a, b| a.0.cmp(&b.0));
+        tagged.sort_by_key(|t| t.0);
         let mut by_shard: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (_, shard, payload) in tagged.into_iter().take(excess) {
             by_shard.entry(shard).or_default().push(payload);

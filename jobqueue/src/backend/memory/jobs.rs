@@ -174,6 +174,7 @@ impl JobStore for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::memory::limits_of;
 
     #[test]
     fn a_header_is_applicable_only_in_range_and_with_a_jid() {
