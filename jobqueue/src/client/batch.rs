@@ -6,7 +6,7 @@
 use crate::backend::{BatchCallbacks, Push};
 use crate::envelope::new_jid;
 use crate::error::Error;
-use crate::job::Job;
+use crate::job::{Job, JobOptions};
 
 use super::envelope_for;
 
@@ -38,6 +38,9 @@ pub struct Batch {
     bid: String,
     description: String,
     callbacks: BatchCallbacks,
+    /// The callbacks' classes and options, published with the batch so that whichever
+    /// process's scheduler admits the callbacks admits them as their types would.
+    classes: Vec<(&'static str, &'static JobOptions)>,
 }
 
 impl Batch {
@@ -47,6 +50,7 @@ impl Batch {
             bid: new_jid(),
             description: description.into(),
             callbacks: BatchCallbacks::default(),
+            classes: Vec::new(),
         }
     }
 
@@ -58,13 +62,19 @@ impl Batch {
     /// Pushes `job` once every job of the batch has finished, some possibly dead.
     pub fn on_complete<J: Job>(mut self, job: &J) -> Result<Self, Error> {
         self.callbacks.on_complete = Some(callback(job)?);
+        self.classes.push((J::NAME, &J::OPTIONS));
         Ok(self)
     }
 
     /// Pushes `job` once every job of the batch has succeeded.
     pub fn on_success<J: Job>(mut self, job: &J) -> Result<Self, Error> {
         self.callbacks.on_success = Some(callback(job)?);
+        self.classes.push((J::NAME, &J::OPTIONS));
         Ok(self)
+    }
+
+    pub(crate) fn classes(&self) -> &[(&'static str, &'static JobOptions)] {
+        &self.classes
     }
 
     pub(crate) fn description(&self) -> &str {

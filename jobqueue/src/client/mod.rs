@@ -257,6 +257,9 @@ impl Client {
             }
         }
         if let Some(batch) = batch {
+            if !batch.classes().is_empty() {
+                catalog::publish(self.broker.as_ref(), batch.classes()).await?;
+            }
             // The batch knows its jobs before any of them can finish.
             self.broker
                 .batch_add(batch.id(), batch.description(), batch.callbacks(), &pushed)
