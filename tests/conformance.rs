@@ -1350,7 +1350,7 @@ async fn a_queues_jobs_are_listed_next_first_and_deleted_by_id(b: Backend) {
     for i in 0..5 {
         jids.push(
             b.client()
-                .enqueue_to("listed", &Note::new(&t, i.to_string()))
+                .enqueue_to(ORDERED, &Note::new(&t, i.to_string()))
                 .await
                 .unwrap(),
         );
@@ -1363,7 +1363,7 @@ async fn a_queues_jobs_are_listed_next_first_and_deleted_by_id(b: Backend) {
             .to_owned()
     };
     let first: Vec<String> = admin
-        .queue_jobs("listed", 0, 2)
+        .queue_jobs(ORDERED, 0, 2)
         .await
         .unwrap()
         .iter()
@@ -1371,23 +1371,23 @@ async fn a_queues_jobs_are_listed_next_first_and_deleted_by_id(b: Backend) {
         .collect();
     assert_eq!(first, ["0", "1"]);
     let rest: Vec<String> = admin
-        .queue_jobs("listed", 3, 10)
+        .queue_jobs(ORDERED, 3, 10)
         .await
         .unwrap()
         .iter()
         .map(label)
         .collect();
     assert_eq!(rest, ["3", "4"]);
-    assert!(admin.queue_jobs("listed", 5, 10).await.unwrap().is_empty());
+    assert!(admin.queue_jobs(ORDERED, 5, 10).await.unwrap().is_empty());
     assert!(admin.queue_jobs("nowhere", 0, 10).await.unwrap().is_empty());
 
-    assert!(admin.delete_queued("listed", &jids[1]).await.unwrap());
+    assert!(admin.delete_queued(ORDERED, &jids[1]).await.unwrap());
     assert!(
-        !admin.delete_queued("listed", &jids[1]).await.unwrap(),
+        !admin.delete_queued(ORDERED, &jids[1]).await.unwrap(),
         "only once"
     );
     let left: Vec<String> = admin
-        .queue_jobs("listed", 0, 10)
+        .queue_jobs(ORDERED, 0, 10)
         .await
         .unwrap()
         .iter()

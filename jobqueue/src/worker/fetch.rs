@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinSet;
 
 use super::acker::AckMessage;
-use super::{processor, recovery, Shared};
+use super::{processor, recovery, RunState, Shared};
 use crate::backend::{self, Fetch, Fetched};
 use crate::metrics;
 
@@ -138,21 +138,40 @@ async fn slot(
     }
 }
 
+/// Which queues a fetch asks, in what order: with [`crate::Queues::all`], every queue
+/// known, looked up again every [`QUEUE_REFRESH`] and after an idle wait.
+struct Order {
+    known: Vec<String>,
+    refreshed: Option<Instant>,
+}
+
+impl Order {
+    async fn now(&mut self, shared: &Shared) -> Vec<String> {
+        let queues = &shared.config.queues;
+        if queues.is_all() && self.refreshed.is_none_or(|at| at.elapsed() >= QUEUE_REFRESH) {
+            match shared.broker.queues().await {
+                Ok(found) => {
+                    self.known = found;
+                    self.refreshed = Some(Instant::now());
+                }
+                Err(e) => {
+                    metrics::broker_error("queues");
+                    tracing::warn!("listing queues: {e}");
+                }
+            }
+        }
+        queues.fetch_order(&self.known)
+    }
+}
+
 /// Keeps the buffer filled until the worker stops taking work.
 async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch: Prefetch) {
     let mut state = shared.state.subscribe();
     let mut delays = backend::backoff();
-    let mut known_queues: Vec<String> = Vec::new();
-    let mut refreshed: Option<Instant> = None;
-    // A full limit key is looked at again after a heartbeat's lifetime, by when the slots
-    // of a process that died holding them are free. A worker without limited classes does
-    // not look for limits: a job it fetches with limits is one it cannot run.
-    let lease = shared
-        .registry
-        .has_limits()
-        .then_some(shared.config.heartbeat_ttl);
-    let markers = shared.registry.has_collapsible();
-
+    let mut order = Order {
+        known: Vec::new(),
+        refreshed: None,
+    };
     while shared.is_running() {
         // Wait until at most half the buffer is full, so each round trip brings a useful
         // batch; then fill it.
@@ -167,29 +186,8 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch:
         };
         let held = MAX_PREFETCH - reserved - buffer.capacity();
         let wanted = target.saturating_sub(held).max(1);
-
-        let queues = &shared.config.queues;
-        if queues.is_all() && refreshed.is_none_or(|at| at.elapsed() >= QUEUE_REFRESH) {
-            match shared.broker.queues().await {
-                Ok(found) => {
-                    known_queues = found;
-                    refreshed = Some(Instant::now());
-                }
-                Err(e) => {
-                    metrics::broker_error("queues");
-                    tracing::warn!("listing queues: {e}");
-                }
-            }
-        }
-        let order = queues.fetch_order(&known_queues);
-        let mut request = Fetch::new(&order, wanted);
-        if let Some(lease) = lease {
-            request = request.limits(lease);
-        }
-        if markers {
-            request = request.markers();
-        }
-        let jobs = match shared.broker.fetch(&shared.identity, request).await {
+        let queues = order.now(&shared).await;
+        let jobs = match shared.broker.fetch(&shared.identity, request(&shared, &queues, wanted)).await {
             Ok(jobs) => {
                 delays = backend::backoff();
                 jobs
@@ -208,20 +206,9 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch:
         };
         if jobs.is_empty() {
             drop(room);
-            // Idle: be told of pushes by producers that do not notify. A push that came
-            // before the watch began is found by one more look.
-            match shared.broker.watch(&order, false).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => tracing::debug!("watching the queues: {e}"),
-            }
-            tokio::select! {
-                _ = shared.wakeups.queued.notified() => {}
-                _ = tokio::time::sleep(shared.config.idle_poll) => {}
-                _ = state.changed() => {}
-            }
+            idle(&shared, &queues, &mut state).await;
             // A new queue may be what woke us.
-            refreshed = None;
+            order.refreshed = None;
             continue;
         }
         let mut jobs = jobs.into_iter();
@@ -234,6 +221,37 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch:
                 return;
             }
         }
+    }
+}
+
+/// A fetch of up to `wanted` jobs from `queues`. A full limit key is looked at again after
+/// a heartbeat's lifetime, by when the slots of a process that died holding them are free;
+/// a worker without limited classes does not apply limits (a job it fetches with limits is
+/// one it cannot run, and refuses). Markers are read for a worker with collapsible classes.
+fn request<'a>(shared: &Shared, queues: &'a [String], wanted: usize) -> Fetch<'a> {
+    let mut request = Fetch::new(queues, wanted);
+    if shared.registry.has_limits() {
+        request = request.limits(shared.config.heartbeat_ttl);
+    }
+    if shared.registry.has_collapsible() {
+        request = request.markers();
+    }
+    request
+}
+
+/// Waits, with nothing to fetch, for a push, the idle poll, or a change of state; told of
+/// pushes by producers that do not notify too. A push that came before the watch began is
+/// found by returning at once, for one more look.
+async fn idle(shared: &Shared, queues: &[String], state: &mut watch::Receiver<RunState>) {
+    match shared.broker.watch(queues, false).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => tracing::debug!("watching the queues: {e}"),
+    }
+    tokio::select! {
+        _ = shared.wakeups.queued.notified() => {}
+        _ = tokio::time::sleep(shared.config.idle_poll) => {}
+        _ = state.changed() => {}
     }
 }
 

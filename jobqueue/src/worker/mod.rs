@@ -262,13 +262,7 @@ impl Worker {
     /// the rest go back to the front of their queues.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let shared = self.shared;
-        // Registering first makes this process alive before it holds any job.
-        heartbeat::beat(&shared).await?;
-        publish_classes(&shared).await;
-        if let Err(e) = recovery::recover_orphans(&shared).await {
-            tracing::warn!("recovering jobs of dead processes: {e}");
-        }
-        tracing::info!(identity = %shared.identity, "worker started");
+        start(&shared).await?;
 
         let (done_tx, done_rx) = watch::channel(false);
         let heartbeat = tokio::spawn(heartbeat::run(Arc::clone(&shared), done_rx.clone()));
@@ -294,38 +288,8 @@ impl Worker {
                 fetch::run(Arc::clone(&shared), ack_tx.clone()).await
             }
         };
-        let (mut running, ()) = tokio::join!(fetching, stopping);
-        let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
-        for mut task in [scheduler, periodic] {
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                task.abort();
-            }
-        }
-        let finished = tokio::time::timeout_at(deadline, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
-        if !finished {
-            tracing::warn!(
-                "{} job(s) still running after {:?}; handing them back to their queues",
-                running.len(),
-                shared.config.shutdown_timeout
-            );
-        }
-        // Finished jobs must be acknowledged before the rest is handed back, or they would
-        // be handed back too. With the broker unreachable these last calls give up after a
-        // while: the jobs stay in flight and other processes recover them once this
-        // process's heartbeat has expired.
-        let flushed = tokio::time::timeout(LAST_CALLS, acker::flush(&ack_tx)).await;
-        let handed_back = match flushed {
-            Ok(()) => tokio::time::timeout(LAST_CALLS, recovery::return_own(&shared))
-                .await
-                .unwrap_or(Err(BrokerError::Timeout(LAST_CALLS))),
-            Err(_) => Err(BrokerError::Timeout(LAST_CALLS)),
-        };
-        running.abort_all();
-        while running.join_next().await.is_some() {}
+        let (running, ()) = tokio::join!(fetching, stopping);
+        let handed_back = wind_down(&shared, [scheduler, periodic], running, &ack_tx).await;
         drop(ack_tx);
         let _ = done_tx.send(true);
         for mut task in [acker, heartbeat, sampler] {
@@ -359,4 +323,59 @@ async fn publish_classes(shared: &Shared) {
     if let Err(e) = crate::client::catalog::publish(shared.broker.as_ref(), &classes).await {
         tracing::warn!("publishing the options of this process's classes: {e}");
     }
+}
+
+/// Makes this process known before it holds any job: its first heartbeat, its classes
+/// published, and the jobs of processes that died recovered.
+async fn start(shared: &Shared) -> Result<(), Error> {
+    heartbeat::beat(shared).await?;
+    publish_classes(shared).await;
+    if let Err(e) = recovery::recover_orphans(shared).await {
+        tracing::warn!("recovering jobs of dead processes: {e}");
+    }
+    tracing::info!(identity = %shared.identity, "worker started");
+    Ok(())
+}
+
+/// Stops the scheduler and ticker, gives `running` jobs the shutdown timeout to finish, has
+/// the finished ones acknowledged, then hands the rest back to their queues. Returns how
+/// many went back.
+async fn wind_down(
+    shared: &Shared,
+    background: [tokio::task::JoinHandle<()>; 2],
+    mut running: tokio::task::JoinSet<()>,
+    acks: &mpsc::Sender<acker::AckMessage>,
+) -> Result<usize, BrokerError> {
+    let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
+    for mut task in background {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+    let finished = tokio::time::timeout_at(deadline, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !finished {
+        tracing::warn!(
+            "{} job(s) still running after {:?}; handing them back to their queues",
+            running.len(),
+            shared.config.shutdown_timeout
+        );
+    }
+    // Finished jobs must be acknowledged before the rest is handed back, or they would be
+    // handed back too. With the broker unreachable these last calls give up after a while:
+    // the jobs stay in flight and other processes recover them once this process's
+    // heartbeat has expired.
+    let flushed = tokio::time::timeout(LAST_CALLS, acker::flush(acks)).await;
+    let handed_back = match flushed {
+        Ok(()) => tokio::time::timeout(LAST_CALLS, recovery::return_own(shared))
+            .await
+            .unwrap_or(Err(BrokerError::Timeout(LAST_CALLS))),
+        Err(_) => Err(BrokerError::Timeout(LAST_CALLS)),
+    };
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    handed_back
 }

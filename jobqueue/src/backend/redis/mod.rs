@@ -58,6 +58,7 @@ struct Scripts {
     unlock: Script,
     batch_add: Script,
     batch_done: Script,
+    remove: Script,
 }
 
 impl Scripts {
@@ -72,6 +73,7 @@ impl Scripts {
             unlock: Script::new(UNLOCK),
             batch_add: Script::new(include_str!("lua/batch_add.lua")),
             batch_done: Script::new(with_lib!("lua/batch_done.lua")),
+            remove: Script::new(include_str!("lua/remove.lua")),
         }
     }
 }

@@ -119,10 +119,9 @@ impl Views for RedisBroker {
         if payloads.is_empty() {
             return Ok(0);
         }
-        let list = match at {
-            Location::Queue(queue) => keys.queue(queue),
-            // Its key leaves the index of limit keys at the next look, once it holds none.
-            Location::Parked(key) => keys.parked(key),
+        let (list, limit) = match at {
+            Location::Queue(queue) => (keys.queue(queue), ""),
+            Location::Parked(key) => (keys.parked(key), key),
             Location::InFlight(_) => return Ok(0),
             Location::Set(set) => {
                 let members: Vec<_> = payloads.iter().map(|p| payload_bytes(p)).collect();
@@ -130,12 +129,12 @@ impl Views for RedisBroker {
                 return Ok(self.conn().zrem(keys.set(set), members).await?);
             }
         };
-        let mut pipe = redis::pipe();
+        let mut call = self.inner.scripts.remove.key(list);
+        call.key(keys.limits()).arg(limit);
         for payload in payloads {
-            pipe.lrem(&list, 1, payload_bytes(payload).as_ref());
+            call.arg(payload_bytes(payload).as_ref());
         }
-        let removed: Vec<usize> = pipe.query_async(&mut self.conn()).await?;
-        Ok(removed.into_iter().sum())
+        Ok(call.invoke_async(&mut self.conn()).await?)
     }
 
     async fn limits(&self) -> Result<Vec<LimitEntry>, BrokerError> {
