@@ -252,6 +252,16 @@ fn redis_passwords_never_show() {
     }
 }
 
+#[test]
+fn help_never_shows_the_redis_password() {
+    let _env = env_lock();
+    std::env::set_var("REDIS_URL", "redis://:hunter2@127.0.0.1:6379");
+    let help = args(&["--help"]).unwrap_err().render().to_string();
+    std::env::remove_var("REDIS_URL");
+    assert!(help.contains("REDIS_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}
+
 #[tokio::test]
 async fn an_invalid_redis_url_is_reported_without_its_password() {
     for url in [

@@ -18,6 +18,7 @@ use jobqueue::{
 };
 use serde::{Deserialize, Serialize};
 use support::browser::Browser;
+use support::extremes;
 use support::jobs::{self, Note};
 use support::{eventually, start, Backend};
 
@@ -872,7 +873,7 @@ async fn actions_need_this_browsers_token_and_read_only_refuses_them() {
     let clear = site.url("/queues/kept/act");
 
     // No cookie and no token; a token without its cookie; a cookie with another token.
-    let (status, _, cookies) = http("GET", &site.url("/queues"), None, "").await;
+    let (status, _, cookies) = http("GET", &site.url("/assets/style.css"), None, "").await;
     assert_eq!(status, 200);
     let cookie = cookies
         .iter()
@@ -990,7 +991,7 @@ fn attack_page(target: &str, action: &str, token: &str, cookie: Option<&str>) ->
 
 /// A token the dashboard signed, as an attacker gets one by opening the dashboard itself.
 async fn a_signed_token(site: &Site) -> String {
-    let (status, _, cookies) = http("GET", &site.url("/queues"), None, "").await;
+    let (status, _, cookies) = http("GET", &site.url("/assets/style.css"), None, "").await;
     assert_eq!(status, 200);
     let cookie = cookies
         .iter()
@@ -1087,4 +1088,192 @@ async fn posts_from_other_sites_change_nothing_and_a_click_still_works() {
     assert_eq!(paused[0].0, "target");
     browser.screenshot("own-click").await;
     browser.close().await;
+}
+
+/// `bytes` as one path segment, everything but plain characters escaped.
+fn encode_bytes(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for byte in bytes {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(byte) {
+            out.push(*byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_and_action_answers_whatever_redis_holds() {
+    let b = Backend::redis().await;
+    let url = b.server.as_ref().unwrap().url();
+    tokio::task::spawn_blocking(move || extremes::seed(&url))
+        .await
+        .unwrap();
+    let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let huge = "18446744073709551615";
+    let over = "99999999999999999999999999";
+    let mut paths: Vec<String> = [
+        "",
+        "/",
+        "/stats.json",
+        "/queues",
+        "/busy",
+        "/periodic",
+        "/classes",
+        "/nowhere",
+        "/assets/nothing",
+        "/queues/nowhere",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for name in extremes::queue_names() {
+        let queue = format!("/queues/{}", encode_bytes(&name));
+        for query in [
+            "",
+            "?page=0",
+            "?page=-1",
+            &format!("?page={huge}"),
+            &format!("?page={over}"),
+        ] {
+            paths.push(format!("{queue}{query}"));
+        }
+    }
+    for set in ["/scheduled", "/retries", "/dead"] {
+        for query in [
+            String::new(),
+            format!("?page={huge}"),
+            format!("?page={over}"),
+            "?class=Extreme".into(),
+            format!("?class=Extreme&from={huge}"),
+            format!("?error=huge&from={over}"),
+            "?queue=%FF%FE&notice=%FF".into(),
+        ] {
+            paths.push(format!("{set}{query}"));
+        }
+        for jid in extremes::JIDS.iter().chain(&["nothing"]) {
+            paths.push(format!("{set}/{jid}"));
+            paths.push(format!("{set}/{jid}?at={huge}"));
+            paths.push(format!("{set}/{jid}?at=-1"));
+        }
+    }
+    let mut failures = Vec::new();
+    for path in &paths {
+        let url = site.url(path);
+        match client.get(&url).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.bytes().await;
+                if status >= 500 || body.is_err() {
+                    failures.push(format!("GET {path}: {status} {body:?}"));
+                }
+            }
+            Err(e) => failures.push(format!("GET {path}: no answer: {e}")),
+        }
+    }
+
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // What a person sees of them, before the actions below change them.
+    let browser = Browser::start("web-extremes").await;
+    let far = format!("/scheduled/{}", extremes::JIDS[0]);
+    let huge_count = format!("/retries/{}", extremes::JIDS[5]);
+    for (path, shown) in [
+        (far.as_str(), "far future"),
+        (huge_count.as_str(), "9223372036854775807 failure(s)"),
+        ("/scheduled", "in 285"),
+        ("/busy", "huge:2:b"),
+        ("/classes", "Extreme"),
+        ("/periodic", "plain"),
+        ("", "Processed"),
+    ] {
+        let text = browser.open(&site.url(path)).await;
+        assert!(
+            text.contains(shown),
+            "{path} does not show {shown:?}: {text}"
+        );
+        browser
+            .screenshot(&format!("extreme{}", path.replace('/', "-")))
+            .await;
+    }
+    browser.close().await;
+
+    // Every action on every extreme entry, with the page's own token and origin.
+    let token = a_signed_token(&site).await;
+    let own = site.base.trim_end_matches("/jobs").to_owned();
+    let mut forms: Vec<(String, String)> = Vec::new();
+    // Each set's entries are all sent to their queue, killed or deleted, one by one by
+    // their ids, then the rest in bulk.
+    for (set, action) in [
+        ("/retries", "run"),
+        ("/scheduled", "kill"),
+        ("/dead", "run"),
+        ("/retries", "delete"),
+    ] {
+        for jid in extremes::JIDS {
+            forms.push((
+                format!("{set}/act"),
+                format!("action={action}&jid={jid}&pos={huge}"),
+            ));
+        }
+        forms.push((
+            format!("{set}/act"),
+            format!("action={action}&scope=all&pos={over}"),
+        ));
+    }
+    for name in extremes::queue_names() {
+        let act = format!("/queues/{}/act", encode_bytes(&name));
+        for form in [
+            "action=pause&for=1d",
+            "action=pause&for=100y",
+            "action=resume",
+            "action=delete&jid=q1",
+            "action=clear",
+        ] {
+            forms.push((act.clone(), form.into()));
+        }
+    }
+    for form in [
+        format!("action=pause&name=huge&for={huge}"),
+        format!("action=pause&name=plain&for={over}"),
+        "action=run&name=huge".into(),
+        "action=run&name=not-json".into(),
+        "action=run&name=plain".into(),
+        "action=resume&name=huge".into(),
+    ] {
+        forms.push(("/periodic/act".into(), form));
+    }
+    for form in [
+        "action=quiet&identity=huge:2:b",
+        "action=stop&identity=garbage:1:a",
+        "action=cancel&jid=running",
+        "action=cancel&jid=%FF%FE",
+    ] {
+        forms.push(("/busy/act".into(), form.into()));
+    }
+    for (path, form) in &forms {
+        let response = client
+            .post(site.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", format!("jobqueue_csrf={token}"))
+            .header("origin", &own)
+            .body(format!("{form}&csrf={token}"))
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                if !(status == 303 || (400..500).contains(&status)) {
+                    failures.push(format!("POST {path} {form}: {status} {body}"));
+                }
+            }
+            Err(e) => failures.push(format!("POST {path} {form}: no answer: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

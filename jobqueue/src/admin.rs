@@ -229,7 +229,7 @@ impl Admin {
         };
         let mut job = job.clone();
         if set != SortedSet::Schedule {
-            job.retry_count = job.retry_count.map(|n| n - 1);
+            job.retry_count = job.retry_count.map(|n| n.saturating_sub(1));
         }
         job.enqueued_at = Some(now());
         let to = Settle::Queue {

@@ -48,7 +48,8 @@ pub const MAX_CONCURRENCY: usize = 5000;
 /// stopping process, and the deploy waiting on it, past any orchestrator's patience.
 pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// The options of a worker process. Its `Debug` output hides the Redis URL's password.
+/// The options of a worker process.
+// Its `Debug` output hides the Redis URL's password (written by hand below).
 #[derive(clap::Args, Clone, Default)]
 #[non_exhaustive]
 pub struct WorkerArgs {
@@ -75,7 +76,8 @@ pub struct WorkerArgs {
     pub shutdown_timeout: Option<String>,
     /// The Redis URL (default `redis://127.0.0.1:6379`); several nodes
     /// (`redis://a:7000,b:7000`) are a Redis Cluster's.
-    #[arg(long, env = "REDIS_URL")]
+    // `--help` never shows the environment's value: it may hold a password.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// A TOML file with any of: `queue` (a list), `queues`, `concurrency`, `tag`,
     /// `shutdown_timeout`, `redis`.

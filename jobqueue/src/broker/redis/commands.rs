@@ -138,8 +138,9 @@ impl Broker for RedisBroker {
 
     async fn limits(&self) -> Result<Vec<LimitEntry>, BrokerError> {
         let keys = &self.inner.keys;
-        let waiting: Vec<(String, f64)> =
+        let waiting: Vec<(Vec<u8>, f64)> =
             self.conn().zrange_withscores(keys.limits(), 0, -1).await?;
+        let waiting: Vec<(String, f64)> = waiting.into_iter().map(|(k, s)| (lossy(k), s)).collect();
         if waiting.is_empty() {
             return Ok(Vec::new());
         }
@@ -543,7 +544,8 @@ impl Broker for RedisBroker {
     }
 
     async fn queues(&self) -> Result<Vec<String>, BrokerError> {
-        let mut queues: Vec<String> = self.conn().smembers(&self.inner.keys.queues).await?;
+        let queues: Vec<Vec<u8>> = self.conn().smembers(&self.inner.keys.queues).await?;
+        let mut queues: Vec<String> = queues.into_iter().map(lossy).collect();
         queues.sort();
         Ok(queues)
     }
@@ -608,7 +610,8 @@ impl Broker for RedisBroker {
     async fn processes(&self) -> Result<Vec<ProcessEntry>, BrokerError> {
         let keys = &self.inner.keys;
         let mut conn = self.conn();
-        let mut identities: Vec<String> = conn.smembers(&keys.processes).await?;
+        let identities: Vec<Vec<u8>> = conn.smembers(&keys.processes).await?;
+        let mut identities: Vec<String> = identities.into_iter().map(lossy).collect();
         identities.sort();
         if identities.is_empty() {
             return Ok(Vec::new());
@@ -621,27 +624,27 @@ impl Broker for RedisBroker {
                 .arg(&["info", "busy", "beat", "quiet", "rss", "classes"])
                 .hgetall(format!("{hash}:work"));
         }
-        type Fields = (
-            Option<String>,
-            Option<usize>,
-            Option<f64>,
-            Option<String>,
-            Option<u64>,
-            Option<String>,
-        );
-        let rows: Vec<(Fields, Vec<(String, String)>)> = pipe.query_async(&mut conn).await?;
+        // Read as bytes and parsed leniently, as Sidekiq reads them (`to_i`): a field another
+        // writer left unreadable counts as absent, and never hides the other processes.
+        type Fields = [Option<Vec<u8>>; 6];
+        type Work = Vec<(Vec<u8>, Vec<u8>)>;
+        let rows: Vec<(Fields, Work)> = pipe.query_async(&mut conn).await?;
         Ok(identities
             .into_iter()
             .zip(rows)
             .filter_map(|(identity, (fields, work))| {
-                let (info, busy, beat, quiet, rss, classes) = fields;
+                let [info, busy, beat, quiet, rss, classes] = fields.map(|f| f.map(lossy));
+                let work = work
+                    .into_iter()
+                    .map(|(k, v)| (lossy(k), lossy(v)))
+                    .collect();
                 Some(ProcessEntry {
                     identity,
                     info: info?,
-                    busy: busy.unwrap_or(0),
-                    beat: from_epoch(beat.unwrap_or(0.0)),
+                    busy: number(busy).unwrap_or(0),
+                    beat: from_epoch(number(beat).unwrap_or(0.0)),
                     quiet: quiet.as_deref() == Some("true"),
-                    rss_kb: rss.unwrap_or(0),
+                    rss_kb: number(rss).unwrap_or(0),
                     running: running_from_work(work),
                     classes: classes.unwrap_or_default(),
                 })
@@ -651,14 +654,16 @@ impl Broker for RedisBroker {
 
     async fn stats(&self) -> Result<Stats, BrokerError> {
         let keys = &self.inner.keys;
-        type Totals = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
-        let (processed, failed, skipped, cancelled): Totals = redis::pipe()
+        // A total another writer left unreadable counts as 0, as Sidekiq's `to_i` reads it.
+        type Totals = [Option<Vec<u8>>; 4];
+        let totals: Totals = redis::pipe()
             .get(keys.plain("stat:processed"))
             .get(keys.plain("stat:failed"))
             .get(keys.plain("jobqueue:stat:skipped"))
             .get(keys.plain("jobqueue:stat:cancelled"))
             .query_async(&mut self.conn())
             .await?;
+        let [processed, failed, skipped, cancelled] = totals.map(|t| number(t.map(lossy)));
         Ok(Stats {
             processed: processed.unwrap_or(0),
             failed: failed.unwrap_or(0),
@@ -735,10 +740,10 @@ impl Broker for RedisBroker {
         let keys = &self.inner.keys;
         let mut conn = self.conn();
         let _: () = conn.zrembyscore(&keys.paused, "-inf", now()).await?;
-        let entries: Vec<(String, f64)> = conn.zrange_withscores(&keys.paused, 0, -1).await?;
+        let entries: Vec<(Vec<u8>, f64)> = conn.zrange_withscores(&keys.paused, 0, -1).await?;
         Ok(entries
             .into_iter()
-            .map(|(queue, until)| (queue, until.is_finite().then_some(until)))
+            .map(|(queue, until)| (lossy(queue), until.is_finite().then_some(until)))
             .collect())
     }
 
@@ -836,7 +841,9 @@ impl Broker for RedisBroker {
 
     async fn periodic(&self) -> Result<Vec<(String, String)>, BrokerError> {
         let key = self.inner.keys.plain("jobqueue:periodic");
-        let all: BTreeMap<String, String> = self.conn().hgetall(&key).await?;
+        let all: Vec<(Vec<u8>, Vec<u8>)> = self.conn().hgetall(&key).await?;
+        let all: BTreeMap<String, String> =
+            all.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect();
         Ok(all.into_iter().collect())
     }
 
@@ -1093,6 +1100,16 @@ fn fetched(queues: &[String], flat: Vec<FetchedRow>) -> impl Iterator<Item = Fet
 
 /// The running jobs of a process's `:work` hash (slot → `{queue, payload, run_at}`), oldest
 /// first; entries that do not parse are left out.
+/// Text another writer stored, with bytes that are not UTF-8 replaced.
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A number stored as text, when it reads as one.
+fn number<T: std::str::FromStr>(text: Option<String>) -> Option<T> {
+    text?.trim().parse().ok()
+}
+
 fn running_from_work(work: Vec<(String, String)>) -> Vec<Running> {
     #[derive(serde::Deserialize)]
     struct Work {
