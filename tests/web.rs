@@ -762,7 +762,8 @@ async fn forged_tokens_and_foreign_origins_are_refused() {
     let chosen_cookie = format!("jobqueue_csrf={chosen}");
     let forged_form = format!("action=pause&csrf={chosen}");
     let form = format!("action=pause&csrf={signed}");
-    let refused: [(&str, Vec<(&str, &str)>, &str); 6] = [
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let refused: [(&str, Headers, &str); 6] = [
         // The attack that once paused a queue: a cookie and token of the attacker's
         // choosing, from a foreign origin; and the same from no origin at all.
         (

@@ -145,7 +145,8 @@ pub fn seed(url: &str) {
         r#"{{"Extreme":{{"window":{{"runs":18446744073709551615,"failed":18446744073709551615,"max_us":18446744073709551615,"hist":{{"0":18446744073709551615,"9":18446744073709551615,"65535":18446744073709551615}},"peak_max":18446744073709551615}},"total":[18446744073709551615,18446744073709551615],"violations":[{{"jid":"x","limit":"time","figure":18446744073709551615,"allowed":0,"at_ms":18446744073709551615,"tier":"{big}"}},{{"jid":"y","limit":"alloc","figure":18446744073709551615,"allowed":18446744073709551615,"at_ms":0,"tier":"rare"}}]}},"Small":{{"window":{{"runs":1,"failed":0,"max_us":5,"hist":{{"5":1}}}},"total":[1,0]}}}}"#
     );
     let info_huge = r#"{"hostname":"h","pid":-1,"concurrency":1e30,"queues":"not a list","tag":5,"started_at":9e12,"sensitive":{"Extreme":5,"Other":[1,null,"password"]},"labels":{}}"#;
-    let processes: Vec<(&[u8], Vec<(&[u8], Vec<u8>)>)> = vec![
+    type Fields<'a> = Vec<(&'a [u8], Vec<u8>)>;
+    let processes: Vec<(&[u8], Fields)> = vec![
         (
             b"garbage:1:a",
             vec![
