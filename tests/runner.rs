@@ -316,7 +316,7 @@ async fn a_draining_worker_exits_once_its_queues_are_empty(b: Backend) {
             .unwrap()
     };
     let ran = tokio::time::timeout(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         runner::run_on(std::sync::Arc::clone(&b.broker), settings, |w| {
             w.register::<Note>().register::<Sleeps>()
         }),
@@ -336,5 +336,58 @@ async fn a_draining_worker_exits_once_its_queues_are_empty(b: Backend) {
     assert!(
         admin.processes().await.unwrap().is_empty(),
         "it left cleanly"
+    );
+}
+
+/// A worker started by the runner on a Redis full of extreme values (far, negative and
+/// infinite scores, garbage processes, payloads of every wrong shape) runs through its
+/// queue, dead-letters what it cannot run, and drains without a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_drains_whatever_redis_holds() {
+    let b = Backend::redis().await;
+    let url = b.server.as_ref().unwrap().url();
+    let seeded = url.clone();
+    tokio::task::spawn_blocking(move || support::extremes::seed(&seeded))
+        .await
+        .unwrap();
+    // The seed pauses `extreme` until the far future, as the dashboard would show it.
+    b.admin().resume("extreme").await.unwrap();
+    // Redis itself refuses INCRBY on a total that is not a number (so would Sidekiq's
+    // heartbeat): the engine's counters need numbers there, which the dashboard and the
+    // CLI read as 0. Every other extreme value stays.
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for key in [
+        "stat:processed",
+        "jobqueue:stat:skipped",
+        "jobqueue:stat:cancelled",
+    ] {
+        let _: () = ::redis::AsyncCommands::del(&mut conn, key).await.unwrap();
+    }
+    let dead_before = b.admin().set_size(jobqueue::SortedSet::Dead).await.unwrap();
+    let settings = {
+        let _env = env_lock();
+        args(&["-q", "extreme", "-c", "4", "--drain", "--redis", &url])
+            .unwrap()
+            .settings()
+            .unwrap()
+    };
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        runner::run_on(std::sync::Arc::clone(&b.broker), settings, |w| {
+            w.register::<Note>()
+        }),
+    )
+    .await
+    .expect("the drain ended by itself")
+    .expect("a clean exit");
+    let admin = b.admin();
+    assert_eq!(admin.queue("extreme").await.unwrap().size, 0);
+    // The payloads that are not jobs (bytes that are not UTF-8, an empty one) are dead.
+    let dead_after = admin.set_size(jobqueue::SortedSet::Dead).await.unwrap();
+    assert_eq!(
+        dead_after,
+        dead_before + 2,
+        "what could not run is in the dead set"
     );
 }
