@@ -23,6 +23,7 @@ use jobqueue::{
 };
 use serde::{Deserialize, Serialize};
 use support::browser::Browser;
+use support::extremes;
 use support::jobs::{self, Note};
 use support::{eventually, start, Backend};
 
@@ -736,6 +737,137 @@ async fn http(
     (status, response.text().await.unwrap(), cookies)
 }
 
+/// A form POST with `headers`: (status, body).
+async fn post(url: &str, headers: &[(&str, &str)], form: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("the dashboard answers");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tokens_and_foreign_origins_are_refused() {
+    let b = Backend::redis().await;
+    let admin = b.admin();
+    let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+    let own = site.base.trim_end_matches("/jobs").to_owned();
+    let pause = site.url("/queues/target/act");
+    let signed = a_signed_token(&site).await;
+    let cookie = format!("jobqueue_csrf={signed}");
+    let chosen = "0".repeat(64);
+    let chosen_cookie = format!("jobqueue_csrf={chosen}");
+    let forged_form = format!("action=pause&csrf={chosen}");
+    let form = format!("action=pause&csrf={signed}");
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let refused: [(&str, Headers, &str); 6] = [
+        // The attack that once paused a queue: a cookie and token of the attacker's
+        // choosing, from a foreign origin; and the same from no origin at all.
+        (
+            "chosen token, foreign origin",
+            vec![("cookie", &chosen_cookie), ("origin", "http://127.0.0.1:1")],
+            &forged_form,
+        ),
+        (
+            "chosen token, no origin",
+            vec![("cookie", &chosen_cookie)],
+            &forged_form,
+        ),
+        (
+            "chosen token, own origin",
+            vec![("cookie", &chosen_cookie), ("origin", &own)],
+            &forged_form,
+        ),
+        // A token the server signed, from elsewhere.
+        (
+            "signed token, foreign origin",
+            vec![("cookie", &cookie), ("origin", "http://evil.example")],
+            &form,
+        ),
+        (
+            "signed token, cross-site fetch",
+            vec![("cookie", &cookie), ("sec-fetch-site", "cross-site")],
+            &form,
+        ),
+        (
+            "signed token, foreign referer",
+            vec![("cookie", &cookie), ("referer", "http://evil.example/page")],
+            &form,
+        ),
+    ];
+    for (case, headers, form) in refused {
+        let (status, body) = post(&pause, &headers, form).await;
+        assert_eq!(status, 403, "{case}: {body}");
+        assert!(admin.paused().await.unwrap().is_empty(), "{case}: paused");
+    }
+    // The page's own form, from the page's origin.
+    let (status, body) = post(
+        &pause,
+        &[
+            ("cookie", &cookie),
+            ("origin", &own),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        &form,
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(admin.paused().await.unwrap().len(), 1);
+
+    // Behind a proxy that ends TLS: a `Secure`, `__Host-` cookie for the whole host.
+    let client = reqwest::Client::new();
+    let response = client
+        .get(site.url("/queues"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let set = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(set.starts_with("__Host-jobqueue_csrf_"), "{set}");
+    for attribute in ["; Path=/;", "; Secure", "; HttpOnly", "; SameSite=Strict"] {
+        assert!(set.contains(attribute), "{attribute}: {set}");
+    }
+    // Declared HTTPS: the same without the proxy's word, and plain-HTTP origins refused.
+    let https = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker)).https(true)).await;
+    let response = client.get(https.url("/queues")).send().await.unwrap();
+    let set = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set.contains("; Secure") && set.starts_with("__Host-"),
+        "{set}"
+    );
+    let token = set.split(';').next().unwrap().split_once('=').unwrap().1;
+    let name = set.split('=').next().unwrap();
+    let https_own = https.base.trim_end_matches("/jobs").to_owned();
+    let (status, body) = post(
+        &https.url("/queues/target/act"),
+        &[
+            ("cookie", &format!("{name}={token}")),
+            ("origin", &https_own),
+        ],
+        &format!("action=resume&csrf={token}"),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "an http:// origin on an HTTPS dashboard: {body}"
+    );
+    assert_eq!(admin.paused().await.unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_need_this_browsers_token_and_read_only_refuses_them() {
     let b = Backend::memory().await;
@@ -747,7 +879,7 @@ async fn actions_need_this_browsers_token_and_read_only_refuses_them() {
     let clear = site.url("/queues/kept/act");
 
     // No cookie and no token; a token without its cookie; a cookie with another token.
-    let (status, _, cookies) = http("GET", &site.url("/queues"), None, "").await;
+    let (status, _, cookies) = http("GET", &site.url("/assets/style.css"), None, "").await;
     assert_eq!(status, 200);
     let cookie = cookies
         .iter()
@@ -813,4 +945,341 @@ async fn actions_need_this_browsers_token_and_read_only_refuses_them() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("read-only"), "{body}");
     assert_eq!(b.admin().queue("kept").await.unwrap().size, 1);
+}
+
+/// A page another origin serves: `html` at `/{name}` for each pair, on `ip` at a free port.
+struct Elsewhere {
+    base: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Elsewhere {
+    async fn start(ip: &str, pages: Vec<(String, String)>) -> Self {
+        let mut app = axum::Router::new();
+        for (name, html) in pages {
+            app = app.route(
+                &format!("/{name}"),
+                axum::routing::get(move || async move { axum::response::Html(html) }),
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(format!("{ip}:0"))
+            .await
+            .expect("a free loopback port");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("the other site serves");
+        });
+        Self { base, server }
+    }
+}
+
+impl Drop for Elsewhere {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A page that plants `cookie` (when given) for the dashboard's host, as any page on a
+/// sibling origin may, then posts `action` with `token` to the dashboard's `target` at once.
+fn attack_page(target: &str, action: &str, token: &str, cookie: Option<&str>) -> String {
+    let plant = cookie
+        .map(|c| format!("document.cookie = {:?};", c))
+        .unwrap_or_default();
+    format!(
+        r#"<!doctype html><html><body><p>Win a prize!</p>
+<form method="post" action="{target}"><input type="hidden" name="action" value="{action}">
+<input type="hidden" name="csrf" value="{token}"></form>
+<script>{plant} document.forms[0].submit();</script></body></html>"#
+    )
+}
+
+/// A token the dashboard signed, as an attacker gets one by opening the dashboard itself.
+async fn a_signed_token(site: &Site) -> String {
+    let (status, _, cookies) = http("GET", &site.url("/assets/style.css"), None, "").await;
+    assert_eq!(status, 200);
+    let cookie = cookies
+        .iter()
+        .find_map(|c| c.split(';').next()?.strip_prefix("jobqueue_csrf="))
+        .expect("a CSRF cookie");
+    cookie.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_from_other_sites_change_nothing_and_a_click_still_works() {
+    let b = Backend::redis().await;
+    b.client()
+        .enqueue_to("target", &Note::new(&jobs::token(), "x"))
+        .await
+        .unwrap();
+    let admin = b.admin();
+    let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+    let target = site.url("/queues/target/act");
+    let signed = a_signed_token(&site).await;
+    let chosen = "0".repeat(64);
+    // 127.0.0.2 is another site (SameSite keeps the dashboard's cookie from it); another
+    // port of 127.0.0.1 is the same site, another origin, and may set cookies the
+    // dashboard's host receives.
+    let cross_site = Elsewhere::start(
+        "127.0.0.2",
+        vec![(
+            "attack".into(),
+            attack_page(&target, "pause", &signed, None),
+        )],
+    )
+    .await;
+    let plant = |value: &str| format!("jobqueue_csrf={value}; path=/jobs/queues");
+    let sibling = Elsewhere::start(
+        "127.0.0.1",
+        vec![
+            (
+                "chosen".into(),
+                attack_page(&target, "pause", &chosen, Some(&plant(&chosen))),
+            ),
+            (
+                "signed".into(),
+                attack_page(&target, "pause", &signed, Some(&plant(&signed))),
+            ),
+        ],
+    )
+    .await;
+
+    let browser = Browser::start("web-csrf").await;
+    // The victim has the dashboard open: its browser holds the dashboard's own cookie.
+    browser.open(&site.url("/queues")).await;
+    let attacks = [
+        ("chosen-cookie", format!("{}/chosen", sibling.base)),
+        ("signed-cookie", format!("{}/signed", sibling.base)),
+        ("cross-site", format!("{}/attack", cross_site.base)),
+    ];
+    // The sibling's planted cookies have no SameSite attribute, and Chrome sends such a
+    // cookie on a cross-site POST in its first two minutes: the cross-site form carries
+    // the planted signed token too, and only its origin gives it away.
+    let mut failures = Vec::new();
+    for (name, url) in attacks {
+        browser
+            .client
+            .goto(&url)
+            .await
+            .expect("open the other site");
+        // The form posts itself: wait until the dashboard's answer is on screen, whatever
+        // it is.
+        eventually(LIMIT, "the dashboard's answer", || async {
+            let at = browser.client.current_url().await.unwrap().to_string();
+            at.starts_with(&site.base) && !browser.text().await.is_empty()
+        })
+        .await;
+        let text = browser.text().await;
+        browser.screenshot(&format!("refused-{name}")).await;
+        // Every attack is tried before judging, so a failure shows them all.
+        if !admin.paused().await.unwrap().is_empty() {
+            failures.push(format!("{name}: the queue was paused"));
+            admin.resume("target").await.unwrap();
+        } else if !(text.contains("403") && text.contains("Refused")) {
+            // Refused for where it came from, before any token is looked at.
+            failures.push(format!("{name}: not refused for its origin: {text}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // The dashboard's own button still works, in the same browser.
+    browser.open(&site.url("/queues")).await;
+    browser
+        .click("tr[data-queue='target'] button[value=pause]")
+        .await;
+    browser.wait_for_text("Paused target until resumed.").await;
+    let paused = admin.paused().await.unwrap();
+    assert_eq!(paused.len(), 1, "{paused:?}");
+    assert_eq!(paused[0].0, "target");
+    browser.screenshot("own-click").await;
+    browser.close().await;
+}
+
+/// `bytes` as one path segment, everything but plain characters escaped.
+fn encode_bytes(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for byte in bytes {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(byte) {
+            out.push(*byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_and_action_answers_whatever_redis_holds() {
+    let b = Backend::redis().await;
+    let url = b.server.as_ref().unwrap().url();
+    tokio::task::spawn_blocking(move || extremes::seed(&url))
+        .await
+        .unwrap();
+    let site = Site::start(jobqueue_web::Dashboard::new(Arc::clone(&b.broker))).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let huge = "18446744073709551615";
+    let over = "99999999999999999999999999";
+    let mut paths: Vec<String> = [
+        "",
+        "/",
+        "/stats.json",
+        "/queues",
+        "/busy",
+        "/periodic",
+        "/classes",
+        "/nowhere",
+        "/assets/nothing",
+        "/queues/nowhere",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for name in extremes::queue_names() {
+        let queue = format!("/queues/{}", encode_bytes(&name));
+        for query in [
+            "",
+            "?page=0",
+            "?page=-1",
+            &format!("?page={huge}"),
+            &format!("?page={over}"),
+        ] {
+            paths.push(format!("{queue}{query}"));
+        }
+    }
+    for set in ["/scheduled", "/retries", "/dead"] {
+        for query in [
+            String::new(),
+            format!("?page={huge}"),
+            format!("?page={over}"),
+            "?class=Extreme".into(),
+            format!("?class=Extreme&from={huge}"),
+            format!("?error=huge&from={over}"),
+            "?queue=%FF%FE&notice=%FF".into(),
+        ] {
+            paths.push(format!("{set}{query}"));
+        }
+        for jid in extremes::JIDS.iter().chain(&["nothing"]) {
+            paths.push(format!("{set}/{jid}"));
+            paths.push(format!("{set}/{jid}?at={huge}"));
+            paths.push(format!("{set}/{jid}?at=-1"));
+        }
+    }
+    let mut failures = Vec::new();
+    for path in &paths {
+        let url = site.url(path);
+        match client.get(&url).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.bytes().await;
+                if status >= 500 || body.is_err() {
+                    failures.push(format!("GET {path}: {status} {body:?}"));
+                }
+            }
+            Err(e) => failures.push(format!("GET {path}: no answer: {e}")),
+        }
+    }
+
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // What a person sees of them, before the actions below change them.
+    let browser = Browser::start("web-extremes").await;
+    let far = format!("/scheduled/{}", extremes::JIDS[0]);
+    let huge_count = format!("/retries/{}", extremes::JIDS[5]);
+    for (path, shown) in [
+        (far.as_str(), "far future"),
+        (huge_count.as_str(), "9223372036854775807 failure(s)"),
+        ("/scheduled", "in 285"),
+        ("/busy", "huge:2:b"),
+        ("/classes", "Extreme"),
+        ("/periodic", "plain"),
+        ("", "Processed"),
+    ] {
+        let text = browser.open(&site.url(path)).await;
+        assert!(
+            text.contains(shown),
+            "{path} does not show {shown:?}: {text}"
+        );
+        browser
+            .screenshot(&format!("extreme{}", path.replace('/', "-")))
+            .await;
+    }
+    browser.close().await;
+
+    // Every action on every extreme entry, with the page's own token and origin.
+    let token = a_signed_token(&site).await;
+    let own = site.base.trim_end_matches("/jobs").to_owned();
+    let mut forms: Vec<(String, String)> = Vec::new();
+    // Each set's entries are all sent to their queue, killed or deleted, one by one by
+    // their ids, then the rest in bulk.
+    for (set, action) in [
+        ("/retries", "run"),
+        ("/scheduled", "kill"),
+        ("/dead", "run"),
+        ("/retries", "delete"),
+    ] {
+        for jid in extremes::JIDS {
+            forms.push((
+                format!("{set}/act"),
+                format!("action={action}&jid={jid}&pos={huge}"),
+            ));
+        }
+        forms.push((
+            format!("{set}/act"),
+            format!("action={action}&scope=all&pos={over}"),
+        ));
+    }
+    for name in extremes::queue_names() {
+        let act = format!("/queues/{}/act", encode_bytes(&name));
+        for form in [
+            "action=pause&for=1d",
+            "action=pause&for=100y",
+            "action=resume",
+            "action=delete&jid=q1",
+            "action=clear",
+        ] {
+            forms.push((act.clone(), form.into()));
+        }
+    }
+    for form in [
+        format!("action=pause&name=huge&for={huge}"),
+        format!("action=pause&name=plain&for={over}"),
+        "action=run&name=huge".into(),
+        "action=run&name=not-json".into(),
+        "action=run&name=plain".into(),
+        "action=resume&name=huge".into(),
+    ] {
+        forms.push(("/periodic/act".into(), form));
+    }
+    for form in [
+        "action=quiet&identity=huge:2:b",
+        "action=stop&identity=garbage:1:a",
+        "action=cancel&jid=running",
+        "action=cancel&jid=%FF%FE",
+    ] {
+        forms.push(("/busy/act".into(), form.into()));
+    }
+    for (path, form) in &forms {
+        let response = client
+            .post(site.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", format!("jobqueue_csrf={token}"))
+            .header("origin", &own)
+            .body(format!("{form}&csrf={token}"))
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                if !(status == 303 || (400..500).contains(&status)) {
+                    failures.push(format!("POST {path} {form}: {status} {body}"));
+                }
+            }
+            Err(e) => failures.push(format!("POST {path} {form}: no answer: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

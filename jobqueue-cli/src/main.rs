@@ -24,7 +24,13 @@ use serde_json::{json, Value};
 )]
 struct Cli {
     /// The Redis URL; several nodes (`redis://a:7000,b:7000`) are a Redis Cluster's.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    // `--help` never shows the environment's value: it may hold a password.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis: String,
     /// The key namespace, if the workers use one.
     #[arg(long, env = "JOBQUEUE_NAMESPACE")]
@@ -217,7 +223,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Pause { queue, duration } => {
             match duration {
-                Some(d) => admin.pause_for(&queue, d).await?,
+                Some(d) => admin.pause_for(&queue, bounded("--for", d)?).await?,
                 None => admin.pause(&queue).await?,
             }
             out.done(&format!("queue {queue} paused"));
@@ -247,8 +253,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let args: Vec<Value> = serde_json::from_str(&args).map_err(|e| {
                 Failure::Usage(format!("--args must be a JSON array, as '[1, \"a\"]': {e}"))
             })?;
+            let at = match delay {
+                Some(d) => Some(
+                    SystemTime::now()
+                        .checked_add(bounded("--in", d)?)
+                        .ok_or_else(|| Failure::Usage("--in: too far in the future".into()))?,
+                ),
+                None => None,
+            };
             let envelope = Envelope::new(class, queue, args);
-            let at = delay.map(|d| SystemTime::now() + d);
             let jid = Client::new(broker).enqueue_envelope(envelope, at).await?;
             if out.json {
                 println!("{}", json!({ "jid": jid }));
@@ -277,6 +290,11 @@ impl Out {
             println!("{json}");
             return;
         }
+        // A stored value may be a megabyte long: cells show its start.
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|row| row.into_iter().map(|cell| clip(&cell)).collect())
+            .collect();
         let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -304,6 +322,38 @@ impl Out {
             println!("{message}");
         }
     }
+}
+
+/// The longest cell a table shows, in characters.
+const MAX_CELL: usize = 120;
+
+/// `cell` on one line, cut to [`MAX_CELL`] characters.
+fn clip(cell: &str) -> String {
+    let line: String = cell
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_CELL + 1)
+        .collect();
+    if line.chars().count() > MAX_CELL {
+        let cut: String = line.chars().take(MAX_CELL - 1).collect();
+        format!("{cut}…")
+    } else {
+        line
+    }
+}
+
+/// The longest `--in` and `--for`: a hundred years.
+const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `delay` when it is at most [`MAX_DELAY`], or a usage error naming `flag`.
+fn bounded(flag: &str, delay: Duration) -> Result<Duration, Failure> {
+    if delay > MAX_DELAY {
+        return Err(Failure::Usage(format!(
+            "{flag} {}: at most 100 years",
+            humantime::format_duration(delay)
+        )));
+    }
+    Ok(delay)
 }
 
 async fn stats(admin: &Admin, out: &Out) -> Result<(), Failure> {

@@ -1,6 +1,8 @@
 //! The `jobqueue` command run as a process against a private Redis: every subcommand, its
 //! output, its exit codes, and state written by Ruby Sidekiq.
 
+#[path = "../../tests/support/extremes.rs"]
+mod extremes;
 #[path = "../../tests/support/heartbeat.rs"]
 mod heartbeat;
 #[allow(dead_code)]
@@ -531,4 +533,149 @@ fn a_cluster_is_read_and_steered_like_one_redis() {
     assert_eq!(json_of(&urls, &["queues"])[0]["paused"], false);
     ok(&urls, &["clear", "reports", "--yes"]);
     assert_eq!(json_of(&urls, &["queues"])[0]["size"], 0);
+}
+
+/// Runs `jobqueue ARGS` and checks that it ended as documented (0 done, 1 broker, 2 usage,
+/// 3 not found) with a message when it failed, never with a panic (exit 101).
+fn answers(url: &str, args: &[&str]) -> Result<Output, String> {
+    let out = jobqueue(url, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => Ok(out),
+        Some(1..=3) if !stderr.trim().is_empty() => Ok(out),
+        code => Err(format!(
+            "jobqueue {:?}: exit {code:?}: {}",
+            args.iter()
+                .map(|a| a.chars().take(80).collect::<String>())
+                .collect::<Vec<_>>(),
+            stderr.chars().take(2000).collect::<String>()
+        )),
+    }
+}
+
+#[test]
+fn every_command_answers_whatever_redis_holds_and_whatever_it_is_given() {
+    let server = RedisServer::start();
+    let url = server.url();
+    extremes::seed(&url);
+    // The longest single argument Linux passes (128 KiB) is under a megabyte.
+    let big = "l".repeat(100_000);
+    let huge = "18446744073709551615";
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    let mut add = |args: &[&str]| commands.push(args.iter().map(|a| a.to_string()).collect());
+    // Reading everything, as tables and as JSON.
+    for json in [false, true] {
+        let mut reads: Vec<Vec<&str>> = vec![
+            vec!["stats"],
+            vec!["queues"],
+            vec!["processes"],
+            vec!["periodic"],
+            vec!["classes"],
+            vec!["limits"],
+        ];
+        for set in ["retries", "scheduled", "dead"] {
+            reads.push(vec![set, "list"]);
+            reads.push(vec![set, "list", "--class", "Extreme", "--error", "huge"]);
+            for jid in extremes::JIDS {
+                reads.push(vec![set, "show", jid]);
+            }
+        }
+        for mut args in reads {
+            if json {
+                args.push("--json");
+            }
+            add(&args);
+        }
+    }
+    // Acting on every extreme entry, one by one and in bulk.
+    for (set, action) in [
+        ("retries", "retry"),
+        ("scheduled", "kill"),
+        ("dead", "retry"),
+        ("retries", "delete"),
+        ("dead", "kill"),
+    ] {
+        for jid in extremes::JIDS {
+            add(&[set, action, jid]);
+        }
+        add(&[set, action, "--all", "--yes"]);
+    }
+    // Arguments out of every range.
+    for args in [
+        vec!["enqueue", "X", "--in", "300000000000y"],
+        vec!["enqueue", "X", "--in", "18446744073709551615s"],
+        vec!["enqueue", "X", "--in", "999999999999999999999y"],
+        vec!["enqueue", "X", "--in", "101y"],
+        vec!["enqueue", "X", "--in", "-5s"],
+        vec!["enqueue", "X", "--args", "[1e400]"],
+        vec!["enqueue", "X", "--args", "{\"not\": \"an array\"}"],
+        vec!["enqueue", "X", "--args", &big],
+        vec!["enqueue", "", "--queue", ""],
+        vec!["enqueue", &big, "--queue", &big],
+        vec!["pause", "extreme", "--for", "300000000000y"],
+        vec!["pause", "extreme", "--for", "0s"],
+        vec!["pause", &big],
+        vec!["resume", "bad\u{fffd}\u{fffd}name"],
+        vec!["quiet", "huge:2:b"],
+        vec!["stop", "garbage:1:a"],
+        vec!["quiet", &big],
+        vec!["cancel", "running"],
+        vec!["cancel", &big],
+        vec!["clear", "extreme", "--yes"],
+        vec!["dead", "show", huge],
+        vec!["retries", "list", "--class", &big],
+    ] {
+        add(&args);
+    }
+    let mut failures = Vec::new();
+    for args in &commands {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Err(e) = answers(&url, &args) {
+            failures.push(e);
+        }
+    }
+    // An unreachable or malformed Redis URL is a broker error, not a crash, and its
+    // password is not shown.
+    for bad in [
+        "redis://:hunter2@127.0.0.1:1",
+        "redis://ann:hunter2@host:notaport",
+        "redis://:hunter2@127.0.0.1:notaport,127.0.0.1:2",
+        "not a url",
+        "",
+    ] {
+        match answers(bad, &["stats"]) {
+            Ok(out) if String::from_utf8_lossy(&out.stderr).contains("hunter2") => {
+                failures.push(format!("{bad}: {}", String::from_utf8_lossy(&out.stderr)))
+            }
+            Ok(_) => {}
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // What the far future and the range checks look like.
+    let far = json_of(&url, &["scheduled", "list"]);
+    assert!(
+        far.as_array().is_some_and(|a| a.is_empty()),
+        "killed: {far}"
+    );
+    let out = jobqueue(&url, &["enqueue", "X", "--in", "300000000000y"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--in") && stderr.contains("100 years"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_never_shows_the_redis_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_jobqueue"))
+        .arg("--help")
+        .env("REDIS_URL", "redis://:hunter2@127.0.0.1:6379")
+        .output()
+        .expect("run the jobqueue command");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("REDIS_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
 }

@@ -15,6 +15,8 @@ pub(crate) enum WebError {
     BadRequest(String),
     /// The form's CSRF token is missing or wrong.
     Forbidden,
+    /// A state-changing request from another origin, and why it is taken as one.
+    CrossSite(String),
     /// An action on a read-only dashboard.
     ReadOnly,
     /// The dashboard is wired wrongly (a bug of ours).
@@ -41,6 +43,13 @@ impl IntoResponse for WebError {
                 "The form's security token is missing or does not match this browser's: \
                  reload the page and try again."
                     .to_owned(),
+            ),
+            WebError::CrossSite(why) => (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Refused: {why}. Actions are taken only from the dashboard's own pages; \
+                     open the dashboard and use its buttons."
+                ),
             ),
             WebError::ReadOnly => (
                 StatusCode::FORBIDDEN,

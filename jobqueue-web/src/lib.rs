@@ -7,9 +7,12 @@
 //! periodic schedules (pause, resume, enqueue now) and per-class figures (throughput,
 //! duration percentiles, failure rate, against the time limits of the job guidelines).
 //!
-//! Every value from a payload is escaped; actions are POSTs carrying a CSRF token (a
-//! `SameSite=Strict` cookie matched by a form field); a read-only mode hides and refuses
-//! them; pages send a Content Security Policy that allows no inline or foreign script.
+//! Every value from a payload is escaped; actions are POSTs, refused when the browser says
+//! they come from another origin (`Origin`, `Sec-Fetch-Site`) and accepted only with a
+//! signed CSRF token (an HMAC under a server secret, in a `SameSite=Strict`, `HttpOnly`
+//! cookie matched by a form field; `Secure` and `__Host-` over HTTPS: see
+//! [`Dashboard::https`]); a read-only mode hides and refuses them; pages send a Content
+//! Security Policy that allows no inline or foreign script.
 //! CSS and JavaScript are embedded: no CDN, no build step.
 //!
 //! ```no_run
@@ -61,6 +64,9 @@ use jobqueue::{Admin, Broker};
 pub struct Dashboard {
     admin: Admin,
     read_only: bool,
+    csrf_secret: Option<Vec<u8>>,
+    allowed_origins: Vec<String>,
+    https: Option<bool>,
 }
 
 /// The dashboard of `broker` with every action enabled, to mount under any prefix;
@@ -76,7 +82,40 @@ impl Dashboard {
         Self {
             admin: Admin::new(broker),
             read_only: false,
+            csrf_secret: None,
+            allowed_origins: Vec::new(),
+            https: None,
         }
+    }
+
+    /// Signs the CSRF tokens with `secret` instead of 32 random bytes drawn when the router
+    /// is made. Give the same secret (at least 32 random bytes, kept like a password) to
+    /// every replica behind one load balancer, so that a form served by one is accepted by
+    /// another; a random secret also means that a restart asks open pages to reload before
+    /// their next action.
+    pub fn csrf_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.csrf_secret = Some(secret.into());
+        self
+    }
+
+    /// Accepts actions posted from `origin` (`https://admin.example.com`, no path) besides
+    /// the dashboard's own. The dashboard's own origin is the request's `Host` (or
+    /// `X-Forwarded-Host`, from a proxy that rewrites `Host`) with its scheme; name it here
+    /// when a proxy changes the host and says nothing.
+    pub fn allowed_origin(mut self, origin: impl Into<String>) -> Self {
+        self.allowed_origins.push(origin.into());
+        self
+    }
+
+    /// Declares whether the dashboard is served over HTTPS. Over HTTPS the CSRF cookie is
+    /// `Secure` and named `__Host-jobqueue_csrf…`, which needs `Path=/` (its name then
+    /// carries a hash of the mount path, so dashboards under two prefixes of one host keep
+    /// apart), and only `https://` origins are accepted. By default it is detected per
+    /// request: the request URI's scheme, or a proxy's `X-Forwarded-Proto: https` or
+    /// `Forwarded: proto=https`. Declare it when a proxy ends TLS without saying so.
+    pub fn https(mut self, https: bool) -> Self {
+        self.https = Some(https);
+        self
     }
 
     /// Shows everything and changes nothing: no action buttons, and every POST is refused
@@ -92,6 +131,11 @@ impl Dashboard {
             admin: self.admin,
             read_only: self.read_only,
         });
+        let csrf = Arc::new(csrf::Csrf::new(
+            self.csrf_secret,
+            self.allowed_origins,
+            self.https,
+        ));
         Router::new()
             .route("/", get(pages::overview::show))
             .route("/stats.json", get(pages::overview::numbers))
@@ -107,7 +151,7 @@ impl Dashboard {
             .route("/{set}", get(pages::sets::list))
             .route("/{set}/act", post(pages::sets::act))
             .route("/{set}/{jid}", get(pages::sets::detail))
-            .layer(axum::middleware::from_fn(csrf::cookie))
+            .layer(axum::middleware::from_fn_with_state(csrf, csrf::guard))
             .layer(axum::middleware::from_fn(page::security_headers))
             .with_state(app)
     }

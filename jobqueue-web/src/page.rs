@@ -22,6 +22,8 @@ const STYLE: &str = include_str!("../assets/style.css");
 const SCRIPT: &str = include_str!("../assets/app.js");
 /// Rows per page of a list.
 pub(crate) const PER_PAGE: usize = 25;
+/// The highest page number taken: past the end of any list Redis can hold (2^32 rows).
+const MAX_PAGE: usize = (1 << 32) / PER_PAGE + 1;
 
 /// The request as a page sees it: the mount path, the CSRF token, the mode, the query.
 pub(crate) struct Ctx {
@@ -77,12 +79,18 @@ impl Ctx {
             .filter(|v| !v.is_empty())
     }
 
-    /// The 1-based page number asked for.
+    /// The 1-based page number asked for; one past any list's end at most, so that the
+    /// offset it gives never overflows.
     pub(crate) fn page(&self) -> usize {
         self.param("page")
             .and_then(|p| p.parse().ok())
             .unwrap_or(1)
-            .max(1)
+            .clamp(1, MAX_PAGE)
+    }
+
+    /// The first row of the page asked for.
+    pub(crate) fn offset(&self) -> usize {
+        (self.page() - 1) * PER_PAGE
     }
 
     /// A form posting to `path` with the CSRF token, holding `fields`; nothing in
@@ -260,7 +268,8 @@ pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// A short description of how far `at` is from now: "12s ago", "in 3m".
+/// A short description of how far `at` is from now: "12s ago", "in 3m", "in 2d", "in
+/// 104000000y".
 pub(crate) fn relative(at: SystemTime) -> String {
     let now = SystemTime::now();
     match at.duration_since(now) {
@@ -270,16 +279,35 @@ pub(crate) fn relative(at: SystemTime) -> String {
     }
 }
 
-/// A time as an element: relative text, the exact UTC time on hover.
+/// A time as an element: relative text, the exact UTC time on hover. A time no calendar
+/// reaches (past year 262,143, as any producer may store) shows as its epoch seconds.
 pub(crate) fn when(at: SystemTime) -> Markup {
-    let exact = chrono::DateTime::<chrono::Utc>::from(at).format("%Y-%m-%d %H:%M:%S UTC");
-    html! { time datetime=(exact.to_string()) title=(exact.to_string()) { (relative(at)) } }
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let date = i64::try_from(since.as_secs())
+        .ok()
+        .and_then(|s| chrono::DateTime::<chrono::Utc>::from_timestamp(s, since.subsec_nanos()));
+    match date {
+        Some(date) => {
+            let exact = date.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+            html! { time datetime=(exact) title=(exact) { (relative(at)) } }
+        }
+        None => {
+            let exact = format!("{} seconds after 1970", since.as_secs());
+            html! { time title=(exact) { (relative(at)) } }
+        }
+    }
 }
 
-/// The time `seconds` since the epoch, when it is one.
+/// The time `seconds` since the epoch, when it is one a clock can hold.
 pub(crate) fn from_epoch(seconds: f64) -> Option<SystemTime> {
-    (seconds.is_finite() && seconds >= 0.0)
-        .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds))
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return None;
+    }
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
 }
 
 /// A duration in its largest whole unit: "45s", "3m", "2h", "5d".
@@ -289,7 +317,8 @@ pub(crate) fn short(d: Duration) -> String {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m", s / 60),
         3600..86_400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
+        86_400..31_536_000 => format!("{}d", s / 86_400),
+        _ => format!("{}y", s / 31_536_000),
     }
 }
 
@@ -369,5 +398,30 @@ mod tests {
         assert_eq!(precise(Duration::from_micros(12_345)), "12.3ms");
         assert_eq!(precise(Duration::from_millis(1_200)), "1.20s");
         assert_eq!(brief(&"abcdef", 4), "\"abc…");
+        assert_eq!(short(Duration::from_secs(400 * 86_400)), "1y");
+    }
+
+    #[test]
+    fn any_stored_time_shows_without_panic() {
+        for seconds in [
+            9e12,
+            1e300,
+            f64::MAX,
+            f64::INFINITY,
+            -1.0,
+            -1e300,
+            f64::NAN,
+            0.0,
+        ] {
+            if let Some(at) = from_epoch(seconds) {
+                let shown = when(at).into_string();
+                assert!(shown.contains("<time"), "{seconds}: {shown}");
+            }
+        }
+        assert!(from_epoch(f64::MAX).is_none() && from_epoch(-1.0).is_none());
+        let far = when(from_epoch(9e12).unwrap()).into_string();
+        assert!(far.contains("9000000000000 seconds after 1970"), "{far}");
+        let near = when(from_epoch(1.7e9).unwrap()).into_string();
+        assert!(near.contains("2023-11-14 22:13:20 UTC"), "{near}");
     }
 }

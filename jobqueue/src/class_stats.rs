@@ -52,25 +52,28 @@ impl Runs {
         }
     }
 
+    /// Adds `other`'s figures, which another process published: sums saturate rather than
+    /// overflow.
     fn add(&mut self, other: &Runs) {
-        self.runs += other.runs;
-        self.failed += other.failed;
+        self.runs = self.runs.saturating_add(other.runs);
+        self.failed = self.failed.saturating_add(other.failed);
         self.max_us = self.max_us.max(other.max_us);
         self.peak_max = self.peak_max.max(other.peak_max);
         self.retained_max = self.retained_max.max(other.retained_max);
         for (bucket, count) in &other.hist {
-            *self.hist.entry(*bucket).or_default() += count;
+            let sum = self.hist.entry(*bucket).or_default();
+            *sum = sum.saturating_add(*count);
         }
     }
 
     /// The duration at or below which a share `q` of the runs finished, from the upper
     /// edge of its bucket (never above the longest run).
     fn percentile(&self, q: f64) -> Duration {
-        let total: u64 = self.hist.values().sum();
+        let total = self.hist.values().fold(0u64, |a, b| a.saturating_add(*b));
         let rank = ((q * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
+        let mut seen = 0u64;
         for (bucket, count) in &self.hist {
-            seen += count;
+            seen = seen.saturating_add(*count);
             if seen >= rank {
                 return Duration::from_micros(upper_edge(*bucket).min(self.max_us));
             }
@@ -96,6 +99,10 @@ fn upper_edge(bucket: u16) -> u64 {
         return u64::from(bucket);
     }
     let (log, quarter) = (u32::from(bucket / 4), u128::from(bucket % 4));
+    // No duration in microseconds reaches bucket 256; a published one may claim it.
+    if log > 63 {
+        return u64::MAX;
+    }
     let edge = ((5 + quarter) << (log - 2)) - 1;
     u64::try_from(edge).unwrap_or(u64::MAX)
 }
@@ -295,8 +302,8 @@ pub(crate) fn merge<'a>(published: impl IntoIterator<Item = &'a str>) -> Vec<Cla
         for (class, figures) in classes {
             let sum = by_class.entry(class).or_default();
             sum.window.add(&figures.window);
-            sum.total.0 += figures.total.0;
-            sum.total.1 += figures.total.1;
+            sum.total.0 = sum.total.0.saturating_add(figures.total.0);
+            sum.total.1 = sum.total.1.saturating_add(figures.total.1);
             sum.violations.extend(figures.violations);
         }
     }

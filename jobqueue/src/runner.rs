@@ -36,11 +36,20 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use crate::backend::{Broker, Location};
-use crate::error::Error;
+use crate::error::{redact_secrets, redact_url, Error};
 use crate::worker::{Queues, Worker, WorkerBuilder};
 
+/// The most jobs a process runs at once (`-c`). Each slot is a task with its own
+/// connection use and memory; past a few thousand, run more processes instead.
+pub const MAX_CONCURRENCY: usize = 5000;
+
+/// The longest shutdown timeout (`--shutdown-timeout`): a day. A longer one would keep a
+/// stopping process, and the deploy waiting on it, past any orchestrator's patience.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// The options of a worker process.
-#[derive(clap::Args, Clone, Debug, Default)]
+// Its `Debug` output hides the Redis URL's password (written by hand below).
+#[derive(clap::Args, Clone, Default)]
 #[non_exhaustive]
 pub struct WorkerArgs {
     /// A queue to take jobs from, Sidekiq style: `-q critical,2 -q default` (a weight after
@@ -66,7 +75,8 @@ pub struct WorkerArgs {
     pub shutdown_timeout: Option<String>,
     /// The Redis URL (default `redis://127.0.0.1:6379`); several nodes
     /// (`redis://a:7000,b:7000`) are a Redis Cluster's.
-    #[arg(long, env = "REDIS_URL")]
+    // `--help` never shows the environment's value: it may hold a password.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// A TOML file with any of: `queue` (a list), `queues`, `concurrency`, `tag`,
     /// `shutdown_timeout`, `redis`.
@@ -78,8 +88,9 @@ pub struct WorkerArgs {
     pub drain: bool,
 }
 
-/// The settings of a worker process, resolved from its options.
-#[derive(Clone, Debug)]
+/// The settings of a worker process, resolved from its options. Its `Debug` output hides
+/// the Redis URL's password.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Settings {
     /// The Redis URL.
@@ -96,8 +107,36 @@ pub struct Settings {
     pub drain: bool,
 }
 
+impl std::fmt::Debug for WorkerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerArgs")
+            .field("queue", &self.queue)
+            .field("queues", &self.queues)
+            .field("concurrency", &self.concurrency)
+            .field("tag", &self.tag)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("config", &self.config)
+            .field("drain", &self.drain)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("redis", &redact_url(&self.redis))
+            .field("queues", &self.queues)
+            .field("concurrency", &self.concurrency)
+            .field("tag", &self.tag)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("drain", &self.drain)
+            .finish()
+    }
+}
+
 /// The TOML file's keys.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     queue: Option<Vec<String>>,
@@ -144,19 +183,25 @@ impl WorkerArgs {
             (true, None) => Queues::all(),
         };
         let concurrency = self.concurrency.or(file.concurrency).unwrap_or(10);
-        if concurrency == 0 {
-            return Err(Error::Config(
-                "-c / JOBQUEUE_CONCURRENCY / concurrency `0`: at least 1 job must run at once"
-                    .into(),
-            ));
+        if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+            return Err(Error::Config(format!(
+                "-c / JOBQUEUE_CONCURRENCY / concurrency `{concurrency}`: from 1 to \
+                 {MAX_CONCURRENCY} jobs may run at once in a process; run more processes for more"
+            )));
         }
         let shutdown_timeout = match self.shutdown_timeout.clone().or(file.shutdown_timeout) {
-            Some(text) => parse_duration(&text).ok_or_else(|| {
-                Error::Config(format!(
-                    "--shutdown-timeout / JOBQUEUE_SHUTDOWN_TIMEOUT / shutdown_timeout `{text}`: \
-                     give a number and a unit, as in `25s`, `500ms` or `2m`"
-                ))
-            })?,
+            Some(text) => {
+                let option = "--shutdown-timeout / JOBQUEUE_SHUTDOWN_TIMEOUT / shutdown_timeout";
+                let timeout = parse_duration(&text).ok_or_else(|| {
+                    Error::Config(format!(
+                        "{option} `{text}`: give a number and a unit, as in `25s`, `500ms` or `2m`"
+                    ))
+                })?;
+                if timeout > MAX_SHUTDOWN_TIMEOUT {
+                    return Err(Error::Config(format!("{option} `{text}`: at most 24h")));
+                }
+                timeout
+            }
             None => Duration::from_secs(25),
         };
         Ok(Settings {
@@ -178,14 +223,40 @@ fn read_file(path: &Path) -> Result<File, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("--config {}: cannot read it: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
-        // The parser's report quotes the offending line, and so the key.
-        let report = e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        Error::Config(format!("--config {}: {report}", path.display()))
+        Error::Config(format!(
+            "--config {}: {}",
+            path.display(),
+            toml_report(&e, &text)
+        ))
     })
+}
+
+/// Where a TOML file is wrong and why, on one line: the line, column and key, and the
+/// parser's message, without quoting the line (it may hold a password), and with the
+/// passwords of the file's URLs hidden wherever the message repeats a value.
+fn toml_report(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let place = e.span().map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        let source = text.lines().nth(line - 1).unwrap_or("");
+        // The key the line sets, when it reads as `key = ...`.
+        let key = source
+            .split_once('=')
+            .map(|(key, _)| key.trim())
+            .filter(|key| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        match key {
+            Some(key) => format!("line {line}, column {column} (`{key}`): "),
+            None => format!("line {line}, column {column}: "),
+        }
+    });
+    redact_secrets(&format!("{}{message}", place.unwrap_or_default()), text)
 }
 
 /// `500ms`, `25s`, `2m`, `1h 30m`: a number and a unit is required.
@@ -272,5 +343,7 @@ mod tests {
         assert_eq!(parse_duration("25"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("3 fortnights"), None);
+        // Too large for a `Duration`: refused, not a panic.
+        assert_eq!(parse_duration("300000000000000y"), None);
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod extremes;
 pub mod heartbeat;
 pub mod jobs;
 pub mod redis_cluster;

@@ -58,16 +58,30 @@ pub(crate) async fn show(state: State, ctx: Ctx) -> PageResult {
     Ok(layout(&ctx, Nav::Periodic, "Periodic", body))
 }
 
+/// The longest timed pause of a schedule: a year.
+const MAX_PAUSE_SECS: u64 = 366 * 24 * 3600;
+
 /// `POST /periodic/act`: pause (optionally for `for` seconds), resume, or enqueue now.
 pub(crate) async fn act(state: State, form: Posted) -> Result<Response, WebError> {
     let admin = &state.0.admin;
     let name = form.need("name")?;
     let notice = match form.need("action")? {
         "pause" => {
-            let cooldown = form
-                .get("for")
-                .and_then(|s| s.parse().ok())
-                .map(Duration::from_secs);
+            // Seconds, up to a year; without `for`, until resumed.
+            let cooldown = match form.get("for") {
+                None => None,
+                Some(text) => Some(
+                    text.parse::<u64>()
+                        .ok()
+                        .filter(|s| (1..=MAX_PAUSE_SECS).contains(s))
+                        .map(Duration::from_secs)
+                        .ok_or_else(|| {
+                            WebError::BadRequest(format!(
+                                "`for` must be a number of seconds from 1 to {MAX_PAUSE_SECS}, not `{text}`"
+                            ))
+                        })?,
+                ),
+            };
             admin.pause_periodic(name, cooldown).await?;
             format!("Paused {name}.")
         }

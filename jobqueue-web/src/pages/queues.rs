@@ -99,7 +99,7 @@ pub(crate) async fn show(state: State, ctx: Ctx, Path(name): Path<String>) -> Pa
     let admin = &state.0.admin;
     let info = admin.queue(&name).await?;
     let paused = admin.paused().await?.iter().any(|(q, _)| *q == name);
-    let offset = (ctx.page() - 1) * PER_PAGE;
+    let offset = ctx.offset();
     let jobs = admin.queue_jobs(&name, offset, PER_PAGE).await?;
     let sensitive = admin.sensitive().await?;
     let path = format!("/queues/{}/act", encode(&name));

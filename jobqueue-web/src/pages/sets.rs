@@ -156,11 +156,15 @@ pub(crate) async fn list(state: State, ctx: Ctx, Path(name): Path<String>) -> Pa
     let filter = Filter::of(|k| ctx.param(k));
     let sensitive = admin.sensitive().await?;
     let (rows, footer) = if filter.is_empty() {
-        let from = (ctx.page() - 1) * PER_PAGE;
+        let from = ctx.offset();
         let rows = read_view(admin, kind, total, from, PER_PAGE).await?;
         (rows, pager(&ctx, kind.path, total))
     } else {
-        let start: usize = ctx.param("from").and_then(|f| f.parse().ok()).unwrap_or(0);
+        let start: usize = ctx
+            .param("from")
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0)
+            .min(total);
         let mut rows = Vec::new();
         let mut at = start;
         while rows.len() < PER_PAGE && at < total && at - start < SCAN_LIMIT {
@@ -295,6 +299,7 @@ async fn locate(
     near: usize,
 ) -> Result<Vec<SetEntry>, WebError> {
     let total = admin.set_size(kind.set).await?;
+    let near = near.min(total);
     let window = read_view(admin, kind, total, near.saturating_sub(CHUNK / 4), CHUNK).await?;
     let mut found: HashMap<String, SetEntry> = window
         .into_iter()
@@ -365,7 +370,7 @@ pub(crate) async fn detail(
                 dt { "Tries" } dd {
                     "failed first " (time(job.failed_at))
                     @if job.retried_at.is_some() { ", last retried " (time(job.retried_at)) }
-                    @if let Some(count) = job.retry_count { ", " (count + 1) " failure(s) so far" }
+                    @if let Some(count) = job.retry_count { ", " (count.saturating_add(1)) " failure(s) so far" }
                     " of " (job.retry.max_retries()) " retries allowed"
                     @if let Some(n) = job.interrupted_count { "; interrupted " (n) " time(s)" }
                 }

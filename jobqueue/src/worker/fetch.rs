@@ -148,7 +148,11 @@ struct Order {
 impl Order {
     async fn now(&mut self, shared: &Shared) -> Vec<String> {
         let queues = &shared.config.queues;
-        if queues.is_all() && self.refreshed.is_none_or(|at| at.elapsed() >= QUEUE_REFRESH) {
+        if queues.is_all()
+            && self
+                .refreshed
+                .is_none_or(|at| at.elapsed() >= QUEUE_REFRESH)
+        {
             match shared.broker.queues().await {
                 Ok(found) => {
                     self.known = found;
@@ -187,7 +191,11 @@ async fn fetch(shared: Arc<Shared>, buffer: mpsc::Sender<Fetched>, mut prefetch:
         let held = MAX_PREFETCH - reserved - buffer.capacity();
         let wanted = target.saturating_sub(held).max(1);
         let queues = order.now(&shared).await;
-        let jobs = match shared.broker.fetch(&shared.identity, request(&shared, &queues, wanted)).await {
+        let jobs = match shared
+            .broker
+            .fetch(&shared.identity, request(&shared, &queues, wanted))
+            .await
+        {
             Ok(jobs) => {
                 delays = backend::backoff();
                 jobs

@@ -1,8 +1,7 @@
 //! Which queues a worker takes jobs from, and in which order on each fetch.
 
-use std::collections::HashSet;
-
 use rand::seq::SliceRandom;
+use rand::Rng;
 
 use crate::error::Error;
 
@@ -21,6 +20,11 @@ enum Mode {
 }
 
 impl Queues {
+    /// The largest weight [`Queues::parse`] takes (`-q name,1000`). Weights are relative:
+    /// `a,3 b,1` and `a,300 b,100` fetch alike, and no deployment needs a ratio over 1000
+    /// to 1. The cost of a fetch's order does not grow with the weights.
+    pub const MAX_WEIGHT: u32 = 1000;
+
     /// Every queue that exists, including ones created after the worker started.
     pub fn all() -> Self {
         Queues(Mode::All)
@@ -61,11 +65,18 @@ impl Queues {
             let spec = spec.as_ref();
             let (name, weight) = match spec.split_once(',') {
                 Some((name, weight)) => {
-                    let weight = weight.trim().parse::<u32>().map_err(|_| {
-                        Error::Config(format!(
-                            "queue `{spec}`: the weight after the comma must be a whole number, as in `critical,2`"
-                        ))
-                    })?;
+                    let weight = weight
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|w| *w <= Self::MAX_WEIGHT)
+                        .ok_or_else(|| {
+                            Error::Config(format!(
+                                "queue `{spec}`: the weight after the comma must be a whole number \
+                                 from 0 to {}, as in `critical,2`",
+                                Self::MAX_WEIGHT
+                            ))
+                        })?;
                     (name.trim(), weight)
                 }
                 None => (spec.trim(), 0),
@@ -122,21 +133,40 @@ impl Queues {
                 names.shuffle(&mut rng);
                 names
             }
-            Mode::Weighted(pairs) => {
-                let mut expanded: Vec<&str> = pairs
-                    .iter()
-                    .flat_map(|(name, weight)| std::iter::repeat_n(name.as_str(), *weight as usize))
-                    .collect();
-                expanded.shuffle(&mut rng);
-                let mut seen = HashSet::new();
-                expanded
-                    .into_iter()
-                    .filter(|n| seen.insert(*n))
-                    .map(str::to_owned)
-                    .collect()
-            }
+            Mode::Weighted(pairs) => weighted_order(pairs, &mut rng),
         }
     }
+}
+
+/// The queues in the order Sidekiq's weighted fetch gives them (each name repeated by its
+/// weight, shuffled, duplicates dropped), drawn without building that list: the first queue
+/// is drawn with probability proportional to its weight, the next among those left in
+/// proportion to theirs, and so on. The work grows with the number of queues, never with
+/// their weights.
+fn weighted_order(pairs: &[(String, u32)], rng: &mut impl Rng) -> Vec<String> {
+    let mut left: Vec<(&str, u64)> = pairs
+        .iter()
+        .map(|(name, weight)| (name.as_str(), u64::from((*weight).max(1))))
+        .collect();
+    let mut order = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let total: u64 = left.iter().map(|(_, w)| w).sum();
+        let mut draw = rng.random_range(0..total);
+        let mut chosen = left.len() - 1;
+        for (i, (_, weight)) in left.iter().enumerate() {
+            if draw < *weight {
+                chosen = i;
+                break;
+            }
+            draw -= weight;
+        }
+        let (name, _) = left.remove(chosen);
+        // A name given twice keeps its first place, as Sidekiq's `uniq` does.
+        if !order.iter().any(|n: &String| n == name) {
+            order.push(name.to_owned());
+        }
+    }
+    order
 }
 
 /// Sidekiq's `-q` syntax: `critical,2 default,1`, or `*` for all queues.
@@ -196,6 +226,75 @@ mod tests {
             "critical first {firsts} times"
         );
         assert_eq!(q.fetch_order(&[]).len(), 2);
+    }
+
+    #[test]
+    fn weights_over_the_maximum_are_refused() {
+        assert!(Queues::parse(["a,1000", "b"]).is_ok());
+        for spec in ["a,1001", "a,4000000000", "a,99999999999", "a,-1"] {
+            let err = Queues::parse([spec]).unwrap_err().to_string();
+            assert!(
+                err.contains(spec) && err.contains("from 0 to 1000"),
+                "{spec}: {err}"
+            );
+        }
+    }
+
+    /// A random source that counts how often it is drawn from.
+    struct Counting(rand::rngs::StdRng, usize);
+
+    impl rand::RngCore for Counting {
+        fn next_u32(&mut self) -> u32 {
+            self.1 += 1;
+            self.0.next_u32()
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.1 += 1;
+            self.0.next_u64()
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            self.1 += 1;
+            self.0.fill_bytes(dest);
+        }
+    }
+
+    #[test]
+    fn the_weighted_order_costs_nothing_per_unit_of_weight() {
+        use rand::SeedableRng;
+        let mut rng = Counting(rand::rngs::StdRng::seed_from_u64(7), 0);
+        let heavy = [("a", 1000), ("b", 1000), ("c", 999)].map(|(n, w)| (n.to_owned(), w));
+        for _ in 0..100 {
+            let mut order = weighted_order(&heavy, &mut rng);
+            order.sort();
+            assert_eq!(order, ["a", "b", "c"]);
+        }
+        // One draw per queue per order (a draw is rarely repeated by rejection sampling),
+        // however large the weights: 100 orders of 3 queues, where a shuffle of the
+        // queues repeated by their weights would draw about 3000 times per order.
+        assert!(rng.1 <= 2 * 300, "{} draws", rng.1);
+        // The largest weights a `Queues` holds, in no memory to speak of.
+        let huge = [("a", u32::MAX), ("b", 1), ("c", u32::MAX)].map(|(n, w)| (n.to_owned(), w));
+        let order = weighted_order(&huge, &mut rng);
+        assert_eq!(order.len(), 3);
+    }
+
+    #[test]
+    fn every_place_follows_the_weights() {
+        // Weights 3, 2, 1: `a b c` comes with probability 3/6 * 2/3 = 1/3, as Sidekiq's
+        // shuffle of `a a a b b c` without duplicates gives it; `c b a` with 1/6 * 2/5.
+        let q = Queues::weighted([("a", 3), ("b", 2), ("c", 1)]);
+        let mut abc = 0;
+        let mut cba = 0;
+        for _ in 0..6000 {
+            match q.fetch_order(&[]).join(" ").as_str() {
+                "a b c" => abc += 1,
+                "c b a" => cba += 1,
+                _ => {}
+            }
+        }
+        // Expected 2000 and 400; each bound is over 6 standard deviations wide.
+        assert!((1700..2300).contains(&abc), "a b c {abc} times");
+        assert!((280..520).contains(&cba), "c b a {cba} times");
     }
 
     #[test]

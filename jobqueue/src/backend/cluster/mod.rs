@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use super::redis::{listen, Conn, RedisBroker};
 use super::{lock, Broker, Push, WakeupHub};
 use crate::envelope::header;
-use crate::error::BrokerError;
+use crate::error::{redact_secrets, redact_url, BrokerError};
 use crate::job::LimitTag;
 
 mod jobs;
@@ -32,8 +32,9 @@ mod roles;
 /// Redis Cluster's number of hash slots.
 const SLOTS: usize = 16384;
 
-/// How to reach a Redis Cluster and how to spread jobs over it.
-#[derive(Clone, Debug)]
+/// How to reach a Redis Cluster and how to spread jobs over it. Its `Debug` output hides the
+/// nodes' passwords.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ClusterConfig {
     /// Seed nodes, `redis://[user:password@]host:port` each; the rest are discovered.
@@ -55,6 +56,21 @@ pub struct ClusterConfig {
     /// Replicas each push waits for, and for how long (see
     /// [`ClusterConfig::wait_for_replicas`]).
     pub wait_for_replicas: Option<(usize, Duration)>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.nodes.iter().map(|n| redact_url(n)).collect();
+        f.debug_struct("ClusterConfig")
+            .field("nodes", &nodes)
+            .field("namespace", &self.namespace)
+            .field("shards", &self.shards)
+            .field("queue_shards", &self.queue_shards)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("wait_for_replicas", &self.wait_for_replicas)
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -158,9 +174,10 @@ impl ClusterBroker {
     /// Connects with the given settings, and reads the number of shards the cluster keeps
     /// (recording it, when the cluster has none, from the settings or its masters).
     pub async fn connect_with(config: ClusterConfig) -> Result<Self, BrokerError> {
+        let all = config.nodes.join(",");
         let invalid = |e: redis::RedisError| BrokerError::InvalidUrl {
-            url: config.nodes.join(","),
-            reason: e.to_string(),
+            url: redact_url(&all),
+            reason: redact_secrets(&e.to_string(), &all),
         };
         // A node that refuses a few reconnections is dropped, so that the next command for
         // its slots reads the topology afresh and finds the replica that took over (left
@@ -359,5 +376,32 @@ mod tests {
             config.nodes,
             ["rediss://a:7000", "rediss://b:7001", "redis://c:7002"]
         );
+    }
+
+    #[test]
+    fn neither_debug_nor_an_invalid_url_error_shows_a_password() {
+        let config = ClusterConfig::new("redis://ann:hunter2@a:7000, :swordfish@b:notaport");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("swordfish"),
+            "{debug}"
+        );
+        assert!(debug.contains("redis://ann:***@a:7000"), "{debug}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let Err(e) = runtime.block_on(ClusterBroker::connect_with(config)) else {
+            panic!("a port that is not a number is refused");
+        };
+        let (shown, debug) = (e.to_string(), format!("{e:?}"));
+        assert!(matches!(e, BrokerError::InvalidUrl { .. }), "{debug}");
+        for text in [&shown, &debug] {
+            assert!(
+                !text.contains("hunter2") && !text.contains("swordfish"),
+                "{text}"
+            );
+        }
+        assert!(shown.contains("ann:***@a:7000"), "{shown}");
     }
 }

@@ -41,6 +41,17 @@ pub(super) fn payload_bytes(payload: &str) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// Text another writer stored (a queue's name, a process's field), with bytes that are not
+/// UTF-8 replaced: shown, never acted on by value.
+pub(super) fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A number stored as text, when it reads as one (Sidekiq's `to_i` reads the rest as 0).
+pub(super) fn number<T: std::str::FromStr>(text: Option<String>) -> Option<T> {
+    text?.trim().parse().ok()
+}
+
 pub(super) fn payloads_from_bytes(list: Vec<Vec<u8>>) -> Vec<String> {
     list.into_iter().map(payload_from_bytes).collect()
 }

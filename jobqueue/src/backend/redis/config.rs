@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use redis::{IntoConnectionInfo, ProtocolVersion};
 
-use crate::error::BrokerError;
+use crate::error::{redact_secrets, redact_url, BrokerError};
 
-/// How to reach Redis and where the keys live.
-#[derive(Clone, Debug)]
+/// How to reach Redis and where the keys live. Its `Debug` output hides the URL's password.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db`.
     pub url: String,
@@ -23,6 +23,25 @@ pub struct RedisConfig {
     pub tls_ca_pem: Option<Vec<u8>>,
     /// Replicas each push waits for, and for how long: see [`RedisConfig::wait_for_replicas`].
     pub wait_for_replicas: Option<(usize, Duration)>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("namespace", &self.namespace)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field(
+                "tls_ca_pem",
+                &self
+                    .tls_ca_pem
+                    .as_ref()
+                    .map(|pem| format!("{} bytes", pem.len())),
+            )
+            .field("wait_for_replicas", &self.wait_for_replicas)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -68,8 +87,8 @@ pub(super) fn open_client(
     protocol: ProtocolVersion,
 ) -> Result<redis::Client, BrokerError> {
     let invalid = |e: redis::RedisError| BrokerError::InvalidUrl {
-        url: config.url.clone(),
-        reason: e.to_string(),
+        url: redact_url(&config.url),
+        reason: redact_secrets(&e.to_string(), &config.url),
     };
     let info = config
         .url
@@ -91,4 +110,29 @@ pub(super) fn open_client(
         }
     }
     redis::Client::open(info).map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neither_debug_nor_an_invalid_url_error_shows_the_password() {
+        let config = RedisConfig::new("redis://ann:hunter2@host:notaport/0");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("redis://ann:***@host:notaport/0"),
+            "{debug}"
+        );
+        let Err(e) = open_client(&config, ProtocolVersion::RESP2) else {
+            panic!("a port that is not a number is refused");
+        };
+        let (shown, debug) = (e.to_string(), format!("{e:?}"));
+        assert!(matches!(e, BrokerError::InvalidUrl { .. }), "{debug}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("ann:***@host"),
+            "{shown}"
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
 }

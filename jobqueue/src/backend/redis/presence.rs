@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
-use super::codec::payloads_from_bytes;
+use super::codec::{lossy, number, payloads_from_bytes};
 use super::RedisBroker;
 use crate::backend::{lock, Heartbeat, Orphans, Presence, ProcessEntry, Published, Running, Stats};
 use crate::error::BrokerError;
@@ -178,7 +178,8 @@ impl Presence for RedisBroker {
     async fn processes(&self) -> Result<Vec<ProcessEntry>, BrokerError> {
         let keys = &self.inner.keys;
         let mut conn = self.conn();
-        let mut identities: Vec<String> = conn.smembers(&keys.processes).await?;
+        let identities: Vec<Vec<u8>> = conn.smembers(&keys.processes).await?;
+        let mut identities: Vec<String> = identities.into_iter().map(lossy).collect();
         identities.sort();
         if identities.is_empty() {
             return Ok(Vec::new());
@@ -191,27 +192,27 @@ impl Presence for RedisBroker {
                 .arg(&["info", "busy", "beat", "quiet", "rss", "classes"])
                 .hgetall(format!("{hash}:work"));
         }
-        type Fields = (
-            Option<String>,
-            Option<usize>,
-            Option<f64>,
-            Option<String>,
-            Option<u64>,
-            Option<String>,
-        );
-        let rows: Vec<(Fields, Vec<(String, String)>)> = pipe.query_async(&mut conn).await?;
+        // Read as bytes and parsed leniently, as Sidekiq reads them (`to_i`): a field another
+        // writer left unreadable counts as absent, and never hides the other processes.
+        type Fields = [Option<Vec<u8>>; 6];
+        type Work = Vec<(Vec<u8>, Vec<u8>)>;
+        let rows: Vec<(Fields, Work)> = pipe.query_async(&mut conn).await?;
         Ok(identities
             .into_iter()
             .zip(rows)
             .filter_map(|(identity, (fields, work))| {
-                let (info, busy, beat, quiet, rss, classes) = fields;
+                let [info, busy, beat, quiet, rss, classes] = fields.map(|f| f.map(lossy));
+                let work = work
+                    .into_iter()
+                    .map(|(k, v)| (lossy(k), lossy(v)))
+                    .collect();
                 Some(ProcessEntry {
                     identity,
                     info: info?,
-                    busy: busy.unwrap_or(0),
-                    beat: from_epoch(beat.unwrap_or(0.0)),
+                    busy: number(busy).unwrap_or(0),
+                    beat: from_epoch(number(beat).unwrap_or(0.0)),
                     quiet: quiet.as_deref() == Some("true"),
-                    rss_kb: rss.unwrap_or(0),
+                    rss_kb: number(rss).unwrap_or(0),
                     running: running_from_work(work),
                     classes: classes.unwrap_or_default(),
                 })
@@ -221,14 +222,16 @@ impl Presence for RedisBroker {
 
     async fn stats(&self) -> Result<Stats, BrokerError> {
         let keys = &self.inner.keys;
-        type Totals = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
-        let (processed, failed, skipped, cancelled): Totals = redis::pipe()
+        // A total another writer left unreadable counts as 0, as Sidekiq's `to_i` reads it.
+        type Totals = [Option<Vec<u8>>; 4];
+        let totals: Totals = redis::pipe()
             .get(keys.plain("stat:processed"))
             .get(keys.plain("stat:failed"))
             .get(keys.plain("jobqueue:stat:skipped"))
             .get(keys.plain("jobqueue:stat:cancelled"))
             .query_async(&mut self.conn())
             .await?;
+        let [processed, failed, skipped, cancelled] = totals.map(|t| number(t.map(lossy)));
         Ok(Stats {
             processed: processed.unwrap_or(0),
             failed: failed.unwrap_or(0),
@@ -252,7 +255,9 @@ impl Presence for RedisBroker {
 
     async fn published(&self, what: Published) -> Result<Vec<(String, String)>, BrokerError> {
         let key = self.inner.keys.published(what);
-        let all: BTreeMap<String, String> = self.conn().hgetall(&key).await?;
+        let all: Vec<(Vec<u8>, Vec<u8>)> = self.conn().hgetall(&key).await?;
+        let all: BTreeMap<String, String> =
+            all.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect();
         Ok(all.into_iter().collect())
     }
 }

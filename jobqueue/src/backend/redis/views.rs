@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
-use super::codec::{payload_bytes, payload_from_bytes, payloads_from_bytes};
+use super::codec::{lossy, payload_bytes, payload_from_bytes, payloads_from_bytes};
 use super::RedisBroker;
 use crate::backend::{Entry, LimitEntry, Location, Paused, Span, Views};
 use crate::error::BrokerError;
@@ -40,7 +40,8 @@ fn entries(payloads: Vec<Vec<u8>>) -> Vec<Entry> {
 #[async_trait]
 impl Views for RedisBroker {
     async fn queues(&self) -> Result<Vec<String>, BrokerError> {
-        let mut queues: Vec<String> = self.conn().smembers(&self.inner.keys.queues).await?;
+        let queues: Vec<Vec<u8>> = self.conn().smembers(&self.inner.keys.queues).await?;
+        let mut queues: Vec<String> = queues.into_iter().map(lossy).collect();
         queues.sort();
         Ok(queues)
     }
@@ -139,8 +140,9 @@ impl Views for RedisBroker {
 
     async fn limits(&self) -> Result<Vec<LimitEntry>, BrokerError> {
         let keys = &self.inner.keys;
-        let waiting: Vec<(String, f64)> =
+        let waiting: Vec<(Vec<u8>, f64)> =
             self.conn().zrange_withscores(keys.limits(), 0, -1).await?;
+        let waiting: Vec<(String, f64)> = waiting.into_iter().map(|(k, s)| (lossy(k), s)).collect();
         if waiting.is_empty() {
             return Ok(Vec::new());
         }
@@ -185,10 +187,10 @@ impl Views for RedisBroker {
         let keys = &self.inner.keys;
         let mut conn = self.conn();
         let _: () = conn.zrembyscore(&keys.paused, "-inf", now()).await?;
-        let entries: Vec<(String, f64)> = conn.zrange_withscores(&keys.paused, 0, -1).await?;
+        let entries: Vec<(Vec<u8>, f64)> = conn.zrange_withscores(&keys.paused, 0, -1).await?;
         Ok(entries
             .into_iter()
-            .map(|(queue, until)| (queue, until.is_finite().then(|| from_epoch(until))))
+            .map(|(queue, until)| (lossy(queue), until.is_finite().then(|| from_epoch(until))))
             .collect())
     }
 }
