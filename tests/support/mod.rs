@@ -34,14 +34,18 @@ pub struct Backend {
     pub broker: Arc<dyn Broker>,
     pub server: Option<RedisServer>,
     pub cluster: Option<RedisCluster>,
+    /// The in-memory broker itself, when the backend is one.
+    pub memory: Option<MemoryBroker>,
 }
 
 impl Backend {
     pub async fn memory() -> Self {
+        let memory = MemoryBroker::new();
         Self {
-            broker: Arc::new(MemoryBroker::new()),
+            broker: Arc::new(memory.clone()),
             server: None,
             cluster: None,
+            memory: Some(memory),
         }
     }
 
@@ -54,6 +58,7 @@ impl Backend {
             broker: Arc::new(broker),
             server: Some(server),
             cluster: None,
+            memory: None,
         }
     }
 
@@ -70,6 +75,7 @@ impl Backend {
             broker: Arc::new(broker),
             server: None,
             cluster: Some(cluster),
+            memory: None,
         }
     }
 

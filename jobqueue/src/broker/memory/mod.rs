@@ -280,6 +280,16 @@ impl MemoryBroker {
     }
 }
 
+#[cfg(feature = "testing")]
+impl MemoryBroker {
+    /// Adds `payload` to `set` with `score` (epoch seconds) as it is, without the trims and
+    /// wake-ups of the broker's own moves: for tests that need an entry of another time,
+    /// as a test of the Redis broker writes one with `ZADD` (feature `testing`).
+    pub fn insert_scored(&self, set: SortedSet, score: f64, payload: &str) {
+        self.state().set(set).add(score, payload.to_owned());
+    }
+}
+
 /// Whether `identity`'s heartbeat is live at `at`.
 fn is_alive(processes: &HashMap<String, LiveProcess>, identity: &str, at: Instant) -> bool {
     processes.get(identity).is_some_and(|p| p.expires > at)
