@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use self::limits::{queue_of, tags_in, Limits};
+use self::limits::{job_limits, queue_of, Limits};
 use super::{
     dead_trim, Ack, BatchCallbacks, BatchStatus, Broker, DirectMoves, Due, Fetched, Heartbeat,
     LimitEntry, MarkerRead, Orphans, Placement, ProcessEntry, Push, Settle, SortedSet, Stats,
@@ -226,7 +226,8 @@ impl State {
     /// A job has left the in-flight list of `process`: the concurrency slots it held are
     /// free, and a job set aside under each comes back. Returns whether one did.
     fn leave(&mut self, payload: &str, process: &str) -> bool {
-        let back = self.limits.release(&tags_in(payload), process);
+        let (jid, tags) = job_limits(payload);
+        let back = self.limits.release(&tags, jid, process);
         self.bring_back(back)
     }
 
@@ -337,11 +338,12 @@ impl Broker for MemoryBroker {
                 let Some(payload) = state.queues.get_mut(queue).and_then(VecDeque::pop_back) else {
                     break;
                 };
-                let job = lease.map(|lease| (tags_in(&payload), lease));
-                if let Some((job, lease)) = job.filter(|(tags, _)| !tags.is_empty()) {
+                let job = lease.map(|lease| (job_limits(&payload), lease));
+                if let Some(((jid, job), lease)) = job.filter(|((_, tags), _)| !tags.is_empty()) {
+                    let jid = jid.to_owned();
                     let (limits, alive) = state.limits_and_liveness();
                     if let Some((key, look)) =
-                        limits.admit(&job, process, at, lease.as_secs_f64(), &alive)
+                        limits.admit(&job, &jid, process, at, lease.as_secs_f64(), &alive)
                     {
                         limits.park(key, payload, look);
                         set_aside = true;
