@@ -63,6 +63,10 @@ on_every_broker!(
     heartbeat_publishes_the_process_and_stats,
     a_fetch_takes_each_queues_oldest_jobs_first,
     due_jobs_reach_their_queues_stamped_and_otherwise_unchanged,
+    a_cancelled_run_pushes_no_follow_up_and_releases_its_locks,
+    a_job_cancelled_before_it_starts_never_runs_its_body,
+    cancel_removes_a_job_waiting_for_its_retry,
+    due_jobs_taken_by_a_process_that_died_mid_move_run_once,
 );
 
 async fn dead_jobs(b: &Backend) -> Vec<Envelope> {
@@ -136,8 +140,13 @@ async fn bulk_enqueue_runs_every_job_once(b: Backend) {
 
 async fn two_workers_share_a_queue_without_running_a_job_twice(b: Backend) {
     let t = jobs::token();
+    // Each with its own broker connection, as two processes would have.
     let h1 = start(b.worker().register::<Note>());
-    let h2 = start(b.worker().register::<Note>());
+    let h2 = start(
+        jobqueue::Worker::builder(b.another_broker().await)
+            .config(support::fast_config())
+            .register::<Note>(),
+    );
     let batch: Vec<Note> = (0..500).map(|i| Note::new(&t, i.to_string())).collect();
     for chunk in batch.chunks(50) {
         b.client().enqueue_bulk(chunk).await.unwrap();
@@ -825,9 +834,40 @@ async fn a_job_interrupted_three_times_goes_to_the_dead_set(b: Backend) {
         (status.failed, status.pending, status.finished) == (1, 0, true)
     })
     .await;
+    // Now a worker takes `default`: had the poison pill gone back to its queue as well, it
+    // would run there before or beside a job pushed after it, which is waited for.
+    let reader = start(
+        b.worker()
+            .queues(Queues::strict(["default"]))
+            .register::<Note>(),
+    );
+    let reader_identity = reader.handle.identity().to_owned();
+    b.client()
+        .enqueue(&Note::new(&t, "pushed after"))
+        .await
+        .unwrap();
+    eventually(
+        LIMIT,
+        "the queue was drained and its jobs ended",
+        || async {
+            jobs::labels(&t).contains(&"pushed after".to_owned())
+                && b.admin().queue("default").await.unwrap().size == 0
+                && b.broker
+                    .in_flight(&reader_identity)
+                    .await
+                    .unwrap()
+                    .is_empty()
+        },
+    )
+    .await;
+    reader.stop().await;
     recoverer.stop().await;
     let dead = dead_jobs(&b).await.remove(0);
-    assert!(jobs::runs(&t).is_empty(), "a poison pill is not run again");
+    assert_eq!(
+        jobs::labels(&t),
+        ["pushed after"],
+        "a poison pill is not run again"
+    );
     assert_eq!(dead.error_class.as_deref(), Some(error_class::INTERRUPTED));
     assert_eq!(dead.interrupted_count, Some(max));
     assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
@@ -1061,10 +1101,15 @@ async fn quiet_and_shutdown_return_prefetched_jobs_to_the_front_in_order(b: Back
 /// Takes `payloads` into the in-flight list of a process and settles them all to the dead
 /// set in one call.
 async fn bury(b: &Backend, payloads: Vec<String>) {
+    bury_in(b, "graveyard", payloads).await
+}
+
+/// Like [`bury`], through `queue`.
+async fn bury_in(b: &Backend, queue: &str, payloads: Vec<String>) {
     let pushes: Vec<Push> = payloads
         .iter()
         .map(|payload| Push {
-            queue: "graveyard".into(),
+            queue: queue.into(),
             payload: payload.clone(),
             at: None,
         })
@@ -1075,7 +1120,7 @@ async fn bury(b: &Backend, payloads: Vec<String>) {
         .fetch(
             "digger:0:000000000000",
             support::request(
-                &["graveyard".into()],
+                &[queue.into()],
                 payloads.len(),
                 Some(std::time::Duration::from_secs(60)),
                 false,
@@ -1113,22 +1158,29 @@ async fn the_dead_set_keeps_the_newest_ten_thousand(b: Backend) {
 }
 
 async fn the_dead_set_drops_jobs_older_than_180_days(b: Backend) {
-    // Only Redis lets a test write a death dated in the past; the in-memory broker's trim
-    // is checked by its own unit test.
-    let Some(server) = &b.server else { return };
-    let client = ::redis::Client::open(server.url().as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Deaths go through the queue kept on one shard, so that on a cluster they share one
+    // dead set with the entries planted beside them.
+    bury_in(&b, ORDERED, vec!["first".into()]).await;
     let timeout = jobqueue::retry::DEAD_TIMEOUT.as_secs_f64();
-    for (age, payload) in [(timeout + 60.0, "ancient"), (timeout - 60.0, "old")] {
-        ::redis::cmd("ZADD")
-            .arg("dead")
-            .arg(now() - age)
-            .arg(payload)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-    }
-    bury(&b, vec!["fresh".into()]).await;
+    plant_dead(
+        &b,
+        &[
+            (now() - timeout - 60.0, "ancient"),
+            (now() - timeout + 60.0, "old"),
+        ],
+    )
+    .await;
+    let planted: Vec<String> = b
+        .broker
+        .set_range(SortedSet::Dead, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(planted, ["ancient", "old", "first"], "planted beside it");
+    // The next death trims what is older than 180 days, and only that.
+    bury_in(&b, ORDERED, vec!["fresh".into()]).await;
     let kept: Vec<String> = b
         .broker
         .set_range(SortedSet::Dead, 0, 10)
@@ -1137,7 +1189,54 @@ async fn the_dead_set_drops_jobs_older_than_180_days(b: Backend) {
         .into_iter()
         .map(|(_, p)| p)
         .collect();
-    assert_eq!(kept, ["old", "fresh"]);
+    assert_eq!(kept, ["old", "first", "fresh"]);
+}
+
+/// Writes `entries` (score, payload) into the dead set as they are, dated as given: on
+/// Redis with `ZADD`, on a cluster into the dead set of the shard that holds the dead set's
+/// entries already, in memory through the broker's own set.
+async fn plant_dead(b: &Backend, entries: &[(f64, &str)]) {
+    if let Some(memory) = &b.memory {
+        for (score, payload) in entries {
+            memory.insert_scored(
+                SortedSet::Dead,
+                std::time::UNIX_EPOCH + Duration::from_secs_f64(*score),
+                payload,
+            );
+        }
+        return;
+    }
+    let mut targets = Vec::new();
+    if let Some(server) = &b.server {
+        targets.push((server.url(), "dead".to_owned()));
+    }
+    if let Some(cluster) = &b.cluster {
+        for (port, _) in cluster.masters() {
+            let url = format!("redis://127.0.0.1:{port}/");
+            let client = ::redis::Client::open(url.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = ::redis::cmd("KEYS")
+                .arg("*dead")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            targets.extend(keys.into_iter().map(|key| (url.clone(), key)));
+        }
+        assert_eq!(targets.len(), 1, "one shard holds the deaths: {targets:?}");
+    }
+    for (url, key) in targets {
+        let client = ::redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for (score, payload) in entries {
+            ::redis::cmd("ZADD")
+                .arg(&key)
+                .arg(*score)
+                .arg(*payload)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
 }
 
 async fn health_follows_the_heartbeat_and_the_state(b: Backend) {
@@ -1571,8 +1670,19 @@ async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
         .any(|q| q.name == "next"));
 }
 
+/// Records `label` under `token` when dropped: at the end of a run, or when the run's
+/// future is dropped mid-way.
+struct RecordOnDrop(String, &'static str);
+
+impl Drop for RecordOnDrop {
+    fn drop(&mut self) {
+        jobs::record(&self.0, self.1);
+    }
+}
+
 /// Runs until cancelled: a cooperative one watches its context and stops with an error
-/// (which must not count as a failure); the other ignores it and is dropped.
+/// (which must not count as a failure); the other ignores it, would finish after three
+/// seconds, and is dropped before. Either records when its run ends, finished or dropped.
 #[derive(serde::Serialize, serde::Deserialize, Job)]
 #[job(queue = "long", idempotent)]
 struct Cancellable {
@@ -1584,13 +1694,21 @@ struct Cancellable {
 impl jobqueue::Perform for Cancellable {
     async fn perform(&self, ctx: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
         jobs::record(&self.token, format!("started {}", self.cooperative));
+        let _ended = RecordOnDrop(
+            self.token.clone(),
+            if self.cooperative {
+                "cooperative run ended"
+            } else {
+                "ignoring run ended"
+            },
+        );
         if self.cooperative {
             ctx.cancelled().await;
             assert!(ctx.is_cancelled());
             jobs::record(&self.token, "saw the cancellation");
             return Err(jobqueue::JobError::new("stopped on request"));
         }
-        tokio::time::sleep(Duration::from_secs(600)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         jobs::record(&self.token, "finished");
         Ok(())
     }
@@ -1660,12 +1778,21 @@ async fn cancel_removes_waiting_jobs_and_stops_running_ones(b: Backend) {
         admin.stats().await.unwrap().cancelled == 2
     })
     .await;
+    eventually(LIMIT, "the job that ignores its context ended", || async {
+        jobs::labels(&t).contains(&"ignoring run ended".to_owned())
+    })
+    .await;
     let labels = jobs::labels(&t);
     assert!(
         labels.contains(&"saw the cancellation".to_owned()),
         "{labels:?}"
     );
-    assert!(!labels.contains(&"finished".to_owned()), "{labels:?}");
+    // Had it not been dropped after the grace, it would have finished first (its run ends
+    // after three seconds, with `finished`).
+    assert!(
+        !labels.contains(&"finished".to_owned()),
+        "the job that ignores its context was not stopped: {labels:?}"
+    );
     let stats = admin.stats().await.unwrap();
     assert_eq!(stats.failed, 0, "a cancelled run is not a failure");
     assert_eq!(admin.set_size(SortedSet::Retry).await.unwrap(), 0);
@@ -1749,6 +1876,7 @@ async fn batch_callbacks_run_once_when_every_job_has_finished(b: Backend) {
         adds,
     };
     let mut bids = Vec::new();
+    let mut members_of = Vec::new();
     // All succeed; one member dies; one member adds two more to its batch.
     for (name, members) in [
         ("all", vec![member(false, 0); 5]),
@@ -1763,7 +1891,12 @@ async fn batch_callbacks_run_once_when_every_job_has_finished(b: Backend) {
             .unwrap()
             .on_success(&callback(&format!("{name}: success")))
             .unwrap();
-        client.enqueue_batch(&batch, &members).await.unwrap();
+        let jids = client.enqueue_batch(&batch, &members).await.unwrap();
+        members_of.push(
+            jids.into_iter()
+                .map(Option::unwrap)
+                .collect::<Vec<String>>(),
+        );
         bids.push(batch.id().to_owned());
     }
     let status = client.batch_status(&bids[0]).await.unwrap().unwrap();
@@ -1827,13 +1960,30 @@ async fn batch_callbacks_run_once_when_every_job_has_finished(b: Backend) {
     assert_eq!((one_dies.succeeded, one_dies.failed), (2, 1));
     let nested = status(&bids[2]).await;
     assert_eq!((nested.total, nested.succeeded), (3, 3));
-    // Done again (a job run twice after a crash) counts nothing and pushes nothing.
+    // Done again (a job run twice after a crash) counts nothing and pushes nothing, whether
+    // the repeat succeeded or failed.
+    let counts = |s: jobqueue::backend::BatchStatus| (s.total, s.pending, s.succeeded, s.failed);
+    for member in members_of[0].iter().chain(&members_of[1]) {
+        for succeeded in [true, false] {
+            for bid in &bids[..2] {
+                let before = counts(status(bid).await);
+                assert!(
+                    !b.broker.batch_done(bid, member, succeeded).await.unwrap(),
+                    "{member} done again in {bid}"
+                );
+                assert_eq!(counts(status(bid).await), before, "{member} in {bid}");
+            }
+        }
+    }
+    // A job that is not a member counts nothing either.
     assert!(!b
         .broker
-        .batch_done(&bids[0], "not-a-member", true)
+        .batch_done(&bids[0], "0123456789abcdef01234567", true)
         .await
         .unwrap());
-    assert_eq!(status(&bids[0]).await.succeeded, 5);
+    assert_eq!(counts(status(&bids[0]).await), (5, 0, 5, 0));
+    // The worker has stopped: a callback pushed again would wait in its queue.
+    assert_eq!(b.admin().queue("callbacks").await.unwrap().size, 0);
 }
 
 /// Walks items `0..to`, 30 ms each, stopping after 50 ms of a run to resume later.
@@ -2007,5 +2157,319 @@ async fn an_iterating_job_stops_at_shutdown_and_another_worker_resumes_it(b: Bac
         labels.iter().filter(|l| *l == "run").count(),
         2,
         "{labels:?}"
+    );
+}
+
+/// Declares a follow-up, holds a uniqueness lock (`lock`), then runs until cancelled: a
+/// cooperative one waits for its cancellation and returns success, which a cancelled run
+/// must not turn into an acknowledgement that pushes the follow-up; the other ignores it
+/// and is dropped after the grace (it would finish after three seconds).
+macro_rules! locked_with_follow_up {
+    ($name:ident, $lock:literal, $cooperative:literal) => {
+        #[derive(serde::Serialize, serde::Deserialize, Job, Clone)]
+        #[job(queue = "long", idempotent, unique(lock = $lock, key = "token"))]
+        struct $name {
+            token: String,
+        }
+
+        #[jobqueue::async_trait]
+        impl jobqueue::Perform for $name {
+            async fn perform(&self, ctx: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+                ctx.then(&QueuedNote {
+                    token: self.token.clone(),
+                    label: "follow-up".into(),
+                })?;
+                jobs::record(&self.token, "started");
+                if $cooperative {
+                    ctx.cancelled().await;
+                    jobs::record(&self.token, "saw the cancellation");
+                } else {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    jobs::record(&self.token, "finished");
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+locked_with_follow_up!(LockedUntilDone, "until_executed", true);
+locked_with_follow_up!(LockedWhileRunning, "while_executing", false);
+
+/// The envelope of `job` as a client would write it, for its lock keys.
+fn envelope_of<J: Job>(job: &J) -> Envelope {
+    Envelope::new(
+        J::NAME,
+        J::OPTIONS.queue,
+        jobqueue::envelope::encode_args(job).unwrap(),
+    )
+}
+
+async fn a_cancelled_run_pushes_no_follow_up_and_releases_its_locks(b: Backend) {
+    let t = jobs::token();
+    let admin = b.admin();
+    let until_done = LockedUntilDone { token: t.clone() };
+    let while_running = LockedWhileRunning { token: t.clone() };
+    let running_key = LockedWhileRunning::OPTIONS
+        .unique
+        .unwrap()
+        .running_key(&envelope_of(&while_running));
+    let h = start(
+        b.worker()
+            .queues(Queues::strict(["long"]))
+            .register::<LockedUntilDone>()
+            .register::<LockedWhileRunning>()
+            .configure(|c| c.cancel_grace = Duration::from_millis(200)),
+    );
+    let jids = [
+        b.client().enqueue(&until_done).await.unwrap(),
+        b.client().enqueue(&while_running).await.unwrap(),
+    ];
+    eventually(LIMIT, "both run and show in the heartbeat", || async {
+        let shown: usize = admin
+            .processes()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.running.len())
+            .sum();
+        shown == 2
+    })
+    .await;
+    // Both hold their locks while they run.
+    assert!(
+        matches!(
+            b.client().enqueue(&until_done).await,
+            Err(jobqueue::Error::Skipped { .. })
+        ),
+        "the queued lock is held"
+    );
+    assert_eq!(
+        b.broker.lock_holder(&running_key).await.unwrap().as_deref(),
+        Some(jids[1].as_str()),
+        "the running lock is held"
+    );
+    for jid in &jids {
+        assert_eq!(
+            admin.cancel(jid).await.unwrap(),
+            jobqueue::admin::Cancelled::Signalled
+        );
+    }
+    eventually(LIMIT, "both ended as cancelled", || async {
+        admin.stats().await.unwrap().cancelled == 2
+    })
+    .await;
+    eventually(LIMIT, "both left the in-flight list", || async {
+        b.broker
+            .in_flight(h.handle.identity())
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    h.stop().await;
+    let mut labels = jobs::labels(&t);
+    labels.sort();
+    assert_eq!(labels, ["saw the cancellation", "started", "started"]);
+    assert_eq!(
+        admin.queue("default").await.unwrap().size,
+        0,
+        "no follow-up pushed"
+    );
+    assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 0);
+    assert_eq!(b.broker.lock_holder(&running_key).await.unwrap(), None);
+    b.client()
+        .enqueue(&until_done)
+        .await
+        .expect("the queued lock was released");
+    let stats = admin.stats().await.unwrap();
+    assert_eq!((stats.failed, stats.processed), (0, 2));
+}
+
+/// Holds the only slot of its worker until its token has an `open` label.
+#[derive(serde::Serialize, serde::Deserialize, Job)]
+#[job(queue = "long")]
+struct Blocker {
+    token: String,
+}
+
+#[jobqueue::async_trait]
+impl jobqueue::Perform for Blocker {
+    async fn perform(&self, _: &jobqueue::JobContext) -> Result<(), jobqueue::JobError> {
+        jobs::record(&self.token, "blocking");
+        while !jobs::labels(&self.token).iter().any(|l| l == "open") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn a_job_cancelled_before_it_starts_never_runs_its_body(b: Backend) {
+    let (gate, t) = (jobs::token(), jobs::token());
+    let admin = b.admin();
+    let h = start(
+        b.worker()
+            .queues(Queues::strict(["long"]))
+            .concurrency(1)
+            .register::<Blocker>()
+            .register::<Cancellable>()
+            .configure(|c| c.cancel_grace = Duration::from_millis(200)),
+    );
+    b.client()
+        .enqueue(&Blocker {
+            token: gate.clone(),
+        })
+        .await
+        .unwrap();
+    eventually(LIMIT, "the blocker holds the only slot", || async {
+        jobs::labels(&gate) == ["blocking"]
+    })
+    .await;
+    let jid = b
+        .client()
+        .enqueue(&Cancellable {
+            token: t.clone(),
+            cooperative: true,
+        })
+        .await
+        .unwrap();
+    // Taken into the worker's buffer, behind the blocker: between its queue and its run.
+    let identity = h.handle.identity().to_owned();
+    eventually(LIMIT, "the job was fetched", || async {
+        b.broker.in_flight(&identity).await.unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(admin.queue("long").await.unwrap().size, 0);
+    assert_eq!(
+        admin.cancel(&jid).await.unwrap(),
+        jobqueue::admin::Cancelled::Marked,
+        "neither waiting nor running"
+    );
+    jobs::record(&gate, "open");
+    eventually(LIMIT, "the job ended as cancelled", || async {
+        admin.stats().await.unwrap().cancelled == 1
+    })
+    .await;
+    eventually(LIMIT, "both left the in-flight list", || async {
+        b.broker.in_flight(&identity).await.unwrap().is_empty()
+    })
+    .await;
+    h.stop().await;
+    let stats = admin.stats().await.unwrap();
+    assert_eq!((stats.failed, stats.processed), (0, 2));
+    assert_eq!(admin.set_size(SortedSet::Retry).await.unwrap(), 0);
+    assert_eq!(admin.set_size(SortedSet::Dead).await.unwrap(), 0);
+    assert_eq!(
+        jobs::labels(&t),
+        Vec::<String>::new(),
+        "the body of a job cancelled before it started ran"
+    );
+}
+
+async fn cancel_removes_a_job_waiting_for_its_retry(b: Backend) {
+    let t = jobs::token();
+    let admin = b.admin();
+    let jid = b
+        .client()
+        .enqueue(&AlwaysFails { token: t.clone() })
+        .await
+        .unwrap();
+    let h = start(b.worker().register::<AlwaysFails>());
+    eventually(LIMIT, "the job waits in the retry set", || async {
+        admin
+            .find(SortedSet::Retry, &jid, None)
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert_eq!(
+        admin.cancel(&jid).await.unwrap(),
+        jobqueue::admin::Cancelled::Removed {
+            from: "retry".into()
+        }
+    );
+    h.stop().await;
+    assert_eq!(admin.set_size(SortedSet::Retry).await.unwrap(), 0);
+    assert_eq!(admin.set_size(SortedSet::Dead).await.unwrap(), 0);
+    assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 0);
+    assert_eq!(admin.queue("default").await.unwrap().size, 0);
+    assert_eq!(
+        admin.cancel(&jid).await.unwrap(),
+        jobqueue::admin::Cancelled::Marked,
+        "gone: a second cancel finds it nowhere"
+    );
+    assert_eq!(jobs::labels(&t), ["ran"]);
+}
+
+/// Due jobs a process took into its in-flight list on their way from the schedule set to
+/// their queues, when it died before it moved them: they are recovered and run, each
+/// once, and the due jobs it had not taken yet are moved by the others, each once.
+async fn due_jobs_taken_by_a_process_that_died_mid_move_run_once(b: Backend) {
+    const JOBS: usize = 30;
+    const DEAD: &str = "mover:1:000000000001";
+    let t = jobs::token();
+    let due = std::time::SystemTime::now() - Duration::from_secs(1);
+    let pushes: Vec<Push> = (0..JOBS)
+        .map(|i| {
+            let note = Note::new(&t, i.to_string());
+            let args = jobqueue::envelope::encode_args(&note).unwrap();
+            Push {
+                queue: "default".into(),
+                payload: Envelope::new("Note", "default", args).to_json(),
+                at: Some(due),
+            }
+        })
+        .collect();
+    b.broker.push(&pushes).await.unwrap();
+    // A process whose heartbeat lapses in a second takes two thirds of them, as the
+    // scheduler does, and dies before it moves them on.
+    support::heartbeat::beat(b.broker.as_ref(), DEAD, Duration::from_secs(1)).await;
+    let taken = b
+        .broker
+        .take_due(
+            DEAD,
+            SortedSet::Schedule,
+            std::time::SystemTime::now(),
+            20,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 20);
+    assert!(
+        taken.moved.is_empty(),
+        "taken, not moved: asked to move none"
+    );
+    assert_eq!(b.broker.in_flight(DEAD).await.unwrap().len(), 20);
+    assert_eq!(
+        b.admin().set_size(SortedSet::Schedule).await.unwrap(),
+        JOBS - 20
+    );
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
+
+    let h = start(b.worker().register::<Note>());
+    let identity = h.handle.identity().to_owned();
+    eventually(LIMIT, "every due job ran", || async {
+        jobs::runs(&t).len() >= JOBS
+    })
+    .await;
+    eventually(LIMIT, "nothing left anywhere", || async {
+        b.broker.in_flight(DEAD).await.unwrap().is_empty()
+            && b.broker.in_flight(&identity).await.unwrap().is_empty()
+            && b.admin().queue("default").await.unwrap().size == 0
+    })
+    .await;
+    h.stop().await;
+    let mut ran: Vec<usize> = jobs::labels(&t)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    ran.sort_unstable();
+    assert_eq!(ran, (0..JOBS).collect::<Vec<_>>(), "each due job ran once");
+    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 0);
+    assert!(
+        b.broker.orphans("").await.unwrap().is_empty(),
+        "the dead process is forgotten"
     );
 }

@@ -50,6 +50,10 @@ on_every_broker!(
     custom_middleware_composes_around_the_mechanisms,
     a_periodic_tick_takes_the_lock_like_any_enqueue,
     outcome_pause_queue_pauses_and_puts_the_job_back,
+    a_while_executing_lock_is_renewed_past_its_lease,
+    an_until_and_while_executing_lock_is_renewed_past_its_lease,
+    a_unique_job_that_resumes_keeps_its_lock_until_it_has_executed,
+    a_unique_job_failed_by_a_strict_budget_keeps_its_lock_for_its_retry,
 );
 
 #[derive(Serialize, Deserialize, Job, Clone)]
@@ -112,6 +116,10 @@ unique_job!(Starts, unique(lock = "until_executing", key = "token"));
 unique_job!(
     Expires,
     unique(lock = "until_expired", ttl = "1s", key = "token")
+);
+unique_job!(
+    ExpiresLater,
+    unique(lock = "until_expired", ttl = "1h", key = "token")
 );
 
 /// Not idempotent and always fails: straight to the dead set.
@@ -217,26 +225,43 @@ async fn concurrent_collapsible_enqueues_run_exactly_one_job(b: Backend) {
 }
 
 async fn collapse_markers_expire(b: Backend) {
-    const TTL: Duration = Duration::from_millis(300);
-    let c = b
-        .client()
-        .mechanisms(MechanismConfig::default().collapse_marker_ttl(TTL));
-    let refresh = Refresh {
-        token: jobs::token(),
+    const SHORT: Duration = Duration::from_millis(300);
+    let t = jobs::token();
+    let refresh = |seq| Refresh {
+        token: t.clone(),
         account: 3,
-        seq: 1,
+        seq,
     };
     let key = Refresh::OPTIONS
         .collapse
         .unwrap()
-        .marker_key(&job("Refresh", &refresh));
-    let enqueued = std::time::Instant::now();
-    let jid = c.enqueue(&refresh).await.unwrap();
+        .marker_key(&job("Refresh", &refresh(1)));
+    // Written with a day's lifetime, the marker names its job: no stall lets it lapse first.
+    let day = MechanismConfig::default().collapse_marker_ttl(Duration::from_secs(24 * 3600));
+    let first = b
+        .client()
+        .mechanisms(day)
+        .enqueue(&refresh(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.broker.lock_holder(&key).await.unwrap(),
+        Some(first.clone())
+    );
+    // The next enqueue with the key writes it again, with a short lifetime: it names the
+    // newer job, or nothing once that has passed, and is gone in the end.
+    let short = MechanismConfig::default().collapse_marker_ttl(SHORT);
+    let second = b
+        .client()
+        .mechanisms(short)
+        .enqueue(&refresh(2))
+        .await
+        .unwrap();
     let holder = b.broker.lock_holder(&key).await.unwrap();
-    // A stall past the TTL may have let it lapse already; otherwise it names the job.
-    if enqueued.elapsed() < TTL {
-        assert_eq!(holder, Some(jid));
-    }
+    assert!(
+        holder.is_none() || holder == Some(second),
+        "the marker still names the first job: {holder:?} ({first})"
+    );
     eventually(LIMIT, "the marker expired", || async {
         b.broker.lock_holder(&key).await.unwrap().is_none()
     })
@@ -582,31 +607,36 @@ async fn until_executing_releases_when_the_job_starts(b: Backend) {
 }
 
 async fn until_expired_holds_for_its_ttl(b: Backend) {
-    let t = jobs::token();
     let c = client(&b);
-    let job = Expires {
+    let h = start(worker(&b).register::<Expires>().register::<ExpiresLater>());
+    // An hour's lock still holds after its job has run, however slow the machine.
+    let t = jobs::token();
+    let held = ExpiresLater {
         token: t.clone(),
         label: "x".into(),
         millis: 0,
     };
-    let enqueued = std::time::Instant::now();
-    c.enqueue(&job).await.unwrap();
-    let h = start(worker(&b).register::<Expires>());
+    c.enqueue(&held).await.unwrap();
     eventually(LIMIT, "it ran", || async { jobs::runs(&t).len() == 2 }).await;
-    h.stop().await;
-    let again = c.enqueue(&job).await;
-    // Within its 1 s TTL the lock must still hold; a machine that stalled past it proves
-    // nothing here, and the expiry below is checked either way.
-    if enqueued.elapsed() < Duration::from_millis(900) {
-        assert!(
-            matches!(again, Err(Error::Skipped { .. })),
-            "still locked after running: {again:?}"
-        );
-    }
+    let again = c.enqueue(&held).await;
+    assert!(
+        matches!(again, Err(Error::Skipped { .. })),
+        "still locked after running: {again:?}"
+    );
+    // A second's lock is gone once its TTL has passed, though nothing released it.
+    let t = jobs::token();
+    let brief = Expires {
+        token: t.clone(),
+        label: "x".into(),
+        millis: 0,
+    };
+    c.enqueue(&brief).await.unwrap();
+    eventually(LIMIT, "it ran", || async { jobs::runs(&t).len() == 2 }).await;
     eventually(LIMIT, "the lock expired", || async {
-        c.enqueue(&job).await.is_ok()
+        c.enqueue(&brief).await.is_ok()
     })
     .await;
+    h.stop().await;
 }
 
 async fn a_dead_job_releases_its_lock(b: Backend) {
@@ -1028,4 +1058,246 @@ async fn outcome_pause_queue_pauses_and_puts_the_job_back(b: Backend) {
     let stats = b.admin().stats().await.unwrap();
     assert_eq!(stats.failed, 0, "not counted as a failure");
     assert!(jobs::runs(&t).is_empty());
+}
+
+/// Declares a unique job type, sent away while a twin runs (`on_conflict = "reschedule"`),
+/// that records its start, holds its slot until its token has an `open` label, and records
+/// its end.
+macro_rules! gated_job {
+    ($name:ident, $lock:literal) => {
+        #[derive(Serialize, Deserialize, Job, Clone)]
+        #[job(unique(lock = $lock, on_conflict = "reschedule", key = "token"))]
+        struct $name {
+            token: String,
+            label: String,
+        }
+
+        #[async_trait]
+        impl Perform for $name {
+            async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+                record(&self.token, format!("start {}", self.label));
+                while !jobs::labels(&self.token).iter().any(|l| l == "open") {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                record(&self.token, format!("end {}", self.label));
+                Ok(())
+            }
+        }
+    };
+}
+
+gated_job!(GatedExclusive, "while_executing");
+gated_job!(GatedGuarded, "until_and_while_executing");
+
+/// A job runs well past its running lock's lease: the lease is renewed while it runs, so
+/// its twin, sent away again and again meanwhile, starts only once it has ended.
+async fn a_running_lock_is_renewed_past_its_lease<J>(b: Backend, job: impl Fn(&str, &str) -> J)
+where
+    J: Job + Perform + Clone,
+{
+    const LEASE: Duration = Duration::from_millis(600);
+    let t = jobs::token();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = start(
+        b.worker()
+            .configure(|c| {
+                c.mechanisms = MechanismConfig::default()
+                    .running_lease(LEASE)
+                    .conflict_wait(Duration::from_millis(50))
+            })
+            .middleware(Outcomes(seen.clone()))
+            .register::<J>()
+            .concurrency(2),
+    );
+    let c = client(&b);
+    c.enqueue(&job(&t, "first")).await.unwrap();
+    eventually(LIMIT, "the first started", || async {
+        jobs::labels(&t) == ["start first"]
+    })
+    .await;
+    let started = std::time::Instant::now();
+    c.enqueue(&job(&t, "twin")).await.unwrap();
+    let sent_away = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.contains("Reschedule") && s.contains("is running"))
+            .count()
+    };
+    let twin_started = || jobs::labels(&t).contains(&"start twin".to_owned());
+    eventually(
+        LIMIT,
+        "four leases have passed since the first started",
+        || async { twin_started() || started.elapsed() >= LEASE * 4 },
+    )
+    .await;
+    // The twin is still sent away, long after an unrenewed lease would have lapsed.
+    let before = sent_away();
+    eventually(LIMIT, "the twin met the running lock again", || async {
+        twin_started() || sent_away() > before
+    })
+    .await;
+    assert!(
+        !twin_started(),
+        "the twin started while the first ran: {:?}",
+        jobs::labels(&t)
+    );
+    record(&t, "open");
+    eventually(LIMIT, "both ran", || async { jobs::runs(&t).len() == 5 }).await;
+    h.stop().await;
+    assert_eq!(
+        jobs::labels(&t),
+        ["start first", "open", "end first", "start twin", "end twin"]
+    );
+}
+
+async fn a_while_executing_lock_is_renewed_past_its_lease(b: Backend) {
+    a_running_lock_is_renewed_past_its_lease(b, |token, label| GatedExclusive {
+        token: token.into(),
+        label: label.into(),
+    })
+    .await;
+}
+
+async fn an_until_and_while_executing_lock_is_renewed_past_its_lease(b: Backend) {
+    a_running_lock_is_renewed_past_its_lease(b, |token, label| GatedGuarded {
+        token: token.into(),
+        label: label.into(),
+    })
+    .await;
+}
+
+/// Unique until executed, and resumable: walks items `0..to`, 20 ms each, and records
+/// `walked` once it has done them all.
+#[derive(Serialize, Deserialize, Job, Clone)]
+#[job(queue = "walks", idempotent, unique(key = "token"))]
+struct UniqueWalk {
+    token: String,
+    to: u64,
+}
+
+#[async_trait]
+impl jobqueue::iterate::Iterate for UniqueWalk {
+    type Cursor = u64;
+
+    async fn step(&self, next: Option<u64>, _: &JobContext) -> Result<Option<u64>, JobError> {
+        let item = next.unwrap_or(0);
+        if item >= self.to {
+            record(&self.token, "walked");
+            return Ok(None);
+        }
+        record(&self.token, format!("item {item}"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Some(item + 1))
+    }
+}
+
+#[async_trait]
+impl Perform for UniqueWalk {
+    async fn perform(&self, ctx: &JobContext) -> Result<(), JobError> {
+        record(&self.token, "run");
+        jobqueue::iterate::run(self, ctx).await
+    }
+}
+
+async fn a_unique_job_that_resumes_keeps_its_lock_until_it_has_executed(b: Backend) {
+    let t = jobs::token();
+    let c = client(&b);
+    let walk = UniqueWalk {
+        token: t.clone(),
+        to: 30,
+    };
+    let jid = c.enqueue(&walk).await.unwrap();
+    let first = start(worker(&b).register::<UniqueWalk>());
+    eventually(LIMIT, "some items done", || async {
+        jobs::labels(&t).contains(&"item 3".to_owned())
+    })
+    .await;
+    // A graceful shutdown stops the run after its item; it waits to resume, still enqueued.
+    first.stop().await;
+    let waiting = b
+        .admin()
+        .find(SortedSet::Schedule, &jid, None)
+        .await
+        .unwrap();
+    assert!(waiting.is_some(), "it waits in the schedule set to resume");
+    assert!(!jobs::labels(&t).contains(&"walked".to_owned()));
+    assert!(
+        is_refused(&c.enqueue(&walk).await),
+        "a twin is refused while the job waits to resume"
+    );
+    let second = start(worker(&b).register::<UniqueWalk>());
+    eventually(LIMIT, "the walk ended", || async {
+        jobs::labels(&t).contains(&"walked".to_owned())
+    })
+    .await;
+    let labels = jobs::labels(&t);
+    assert_eq!(
+        labels.iter().filter(|l| *l == "run").count(),
+        2,
+        "one stop, one resume: {labels:?}"
+    );
+    // Executed now: the lock goes with its acknowledgement.
+    eventually(LIMIT, "the lock was released", || async {
+        c.enqueue(&walk).await.is_ok()
+    })
+    .await;
+    second.stop().await;
+}
+
+/// Unique until executed, idempotent, with a 10 ms time budget it goes over; retries in an
+/// hour.
+#[derive(Serialize, Deserialize, Job, Clone)]
+#[job(idempotent, unique(key = "token"), budget(time = "10ms"))]
+struct OverTime {
+    token: String,
+}
+
+#[async_trait]
+impl Perform for OverTime {
+    async fn perform(&self, _: &JobContext) -> Result<(), JobError> {
+        record(&self.token, "ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+
+    fn retry_in(&self, _: u32, _: &JobError) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+}
+
+async fn a_unique_job_failed_by_a_strict_budget_keeps_its_lock_for_its_retry(b: Backend) {
+    let t = jobs::token();
+    let c = client(&b);
+    let job = OverTime { token: t.clone() };
+    let jid = c.enqueue(&job).await.unwrap();
+    let h = start(
+        worker(&b)
+            .register::<OverTime>()
+            .configure(|c| c.strict_budgets = true),
+    );
+    eventually(LIMIT, "it waits in the retry set", || async {
+        b.admin()
+            .find(SortedSet::Retry, &jid, None)
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    h.stop().await;
+    let entry = b
+        .admin()
+        .find(SortedSet::Retry, &jid, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        entry.job.unwrap().error_class.as_deref(),
+        Some("jobqueue::BudgetExceeded")
+    );
+    assert!(
+        is_refused(&c.enqueue(&job).await),
+        "a twin is refused while the job waits for its retry"
+    );
+    assert_eq!(jobs::labels(&t), ["ran"]);
 }

@@ -289,3 +289,29 @@ async fn a_push_redis_refuses_is_an_error_not_a_silent_loss() {
         "{refused:?}"
     );
 }
+
+/// The test Redis helper starts a server only where the one answering is its own: on a
+/// port another server holds, it refuses, where a plain PING would have been answered by
+/// the other server.
+#[test]
+fn the_test_redis_helper_refuses_a_port_another_server_answers_on() {
+    let first = RedisServer::start();
+    let taken = RedisServer::try_start_on(first.port(), false);
+    assert!(
+        taken.is_err(),
+        "started on port {}, which pid {:?} already serves",
+        first.port(),
+        first.pid()
+    );
+    assert_eq!(
+        support::redis_server::server_pid(first.port()),
+        first.pid(),
+        "the first server still answers on its port"
+    );
+    let second = RedisServer::start();
+    assert_ne!(second.port(), first.port());
+    assert_eq!(
+        support::redis_server::server_pid(second.port()),
+        second.pid()
+    );
+}

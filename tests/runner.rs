@@ -3,6 +3,11 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 

@@ -4,6 +4,11 @@
 
 mod support;
 
+#[allow(unused_imports)]
+use jobqueue::backend::{Batches, JobStore, KeyValue, Presence, Views};
+#[allow(unused_imports)]
+use support::StoreExt;
+
 use std::time::Duration;
 
 use jobqueue::{

@@ -38,14 +38,18 @@ pub struct Backend {
     pub broker: Arc<dyn Broker>,
     pub server: Option<RedisServer>,
     pub cluster: Option<RedisCluster>,
+    /// The in-memory broker itself, when the backend is one.
+    pub memory: Option<MemoryBroker>,
 }
 
 impl Backend {
     pub async fn memory() -> Self {
+        let memory = MemoryBroker::new();
         Self {
-            broker: Arc::new(MemoryBroker::new()),
+            broker: Arc::new(memory.clone()),
             server: None,
             cluster: None,
+            memory: Some(memory),
         }
     }
 
@@ -58,6 +62,7 @@ impl Backend {
             broker: Arc::new(broker),
             server: Some(server),
             cluster: None,
+            memory: None,
         }
     }
 
@@ -74,6 +79,7 @@ impl Backend {
             broker: Arc::new(broker),
             server: None,
             cluster: Some(cluster),
+            memory: None,
         }
     }
 

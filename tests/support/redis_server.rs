@@ -1,5 +1,8 @@
 //! A private `redis-server` on a free loopback port, started by the test and stopped when
-//! dropped, so tests are isolated and may kill and restart it.
+//! dropped, so tests are isolated and may kill and restart it. A server counts as started
+//! only when the one answering on its port is the process the test started (its pid, as
+//! `INFO server` gives it): a port another test took between the look for a free port and
+//! the start is given up for another.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -28,7 +31,18 @@ impl RedisServer {
     }
 
     fn start_with(append_only: bool) -> Self {
-        let port = free_port();
+        const TRIES: usize = 10;
+        for _ in 0..TRIES {
+            match Self::try_start_on(free_port(), append_only) {
+                Ok(server) => return server,
+                Err(why) => eprintln!("{why}; trying another port"),
+            }
+        }
+        panic!("redis-server did not start on any of {TRIES} free ports");
+    }
+
+    /// Starts a server on `port`, or says why it is not the one answering there.
+    pub fn try_start_on(port: u16, append_only: bool) -> Result<Self, String> {
         let dir =
             std::env::temp_dir().join(format!("jobqueue-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create a directory for redis-server");
@@ -39,8 +53,13 @@ impl RedisServer {
             append_only,
             tls_port: None,
         };
-        server.spawn();
-        server
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The pid of the server process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Starts a server that also takes TLS connections, with a certificate for 127.0.0.1
@@ -139,11 +158,14 @@ impl RedisServer {
     /// Starts the server again on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(why) = self.spawn() {
+            panic!("{why}");
+        }
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+    /// Starts `redis-server` and waits until it answers on its port, as itself.
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--daemonize", "no"])
             .args(if self.append_only {
@@ -175,18 +197,35 @@ impl RedisServer {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| missing_redis_server(e));
-        self.child = Some(child);
+        let port = self.port;
+        let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ping(self.port) {
-                return;
+        let refused = |mut child: Child, why: String| {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("redis-server on port {port}: {why}"))
+        };
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "redis-server on port {port} exited ({status}): the port may be taken"
+                ));
+            }
+            let answering = server_pid(port);
+            // Ours, and done loading its data (until then PING is refused).
+            if answering == Some(pid) && ping(port) {
+                break;
+            }
+            if let Some(other) = answering.filter(|other| *other != pid) {
+                return refused(child, format!("another server (pid {other}) answers"));
+            }
+            if Instant::now() >= deadline {
+                return refused(child, "no answer within 10 s".into());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "redis-server on port {} did not answer PING within 10 s",
-            self.port
-        );
+        self.child = Some(child);
+        Ok(())
     }
 }
 
@@ -210,6 +249,36 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("find a free loopback port")
+}
+
+/// The pid of the Redis server answering on `port`, if one answers (`INFO server`).
+pub fn server_pid(port: u16) -> Option<u32> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .ok()?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    // A bulk reply: `$<length>\r\n<text>\r\n`.
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buffer).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let (header, body) = text.split_once("\r\n")?;
+        let length: usize = header.strip_prefix('$')?.parse().ok()?;
+        if body.len() >= length {
+            return body[..length]
+                .lines()
+                .find_map(|line| line.strip_prefix("process_id:"))
+                .and_then(|pid| pid.trim().parse().ok());
+        }
+    }
 }
 
 fn ping(port: u16) -> bool {

@@ -124,13 +124,13 @@ impl Perform for ShopTick {
     }
 }
 
-/// An account's tick: at most ten of an account start per second, across processes.
+/// An account's tick: at most ten of an account start in two seconds, across processes.
 /// Records on `spans` when it started.
 #[derive(Serialize, Deserialize, Job)]
 #[job(
     queue = "ticks",
     idempotent,
-    rate(limit = 10, per = "1s", key = "account")
+    rate(limit = 10, per = "2s", key = "account")
 )]
 pub struct PacedTick {
     pub n: u64,

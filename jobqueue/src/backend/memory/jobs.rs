@@ -40,11 +40,11 @@ impl JobStore for MemoryBroker {
                     limits = LimitsRead::Applied;
                     match applicable(&payload) {
                         Err(()) => limits = LimitsRead::Invalid,
-                        Ok(tags) if tags.is_empty() => {}
-                        Ok(tags) => {
+                        Ok((tags, _)) if tags.is_empty() => {}
+                        Ok((tags, jid)) => {
                             let (ledger, alive) = state.limits_and_liveness();
                             if let Some((key, look)) =
-                                ledger.admit(&tags, process, at, lease.as_secs_f64(), &alive)
+                                ledger.admit(&tags, &jid, process, at, lease.as_secs_f64(), &alive)
                             {
                                 ledger.park(key, payload, look);
                                 set_aside = true;
@@ -179,15 +179,21 @@ mod tests {
     #[test]
     fn a_header_is_applicable_only_in_range_and_with_a_jid() {
         let ok = r#"{"limits":"c2 k","jid":"j","class":"A"}"#;
-        assert_eq!(applicable(ok).unwrap().len(), 1);
-        assert_eq!(limits_of(ok).len(), 1);
+        assert_eq!(applicable(ok).unwrap().0.len(), 1);
+        assert_eq!(limits_of(ok), (applicable(ok).unwrap().0, "j".to_owned()));
         assert!(applicable(r#"{"limits":"c0 k","jid":"j"}"#).is_err());
-        assert!(limits_of(r#"{"limits":"c0 k","jid":"j"}"#).is_empty());
+        assert!(limits_of(r#"{"limits":"c0 k","jid":"j"}"#).0.is_empty());
         assert!(
             applicable(r#"{"args":[],"limits":"c2 k"}"#).is_err(),
             "no jid"
         );
-        assert!(applicable(r#"{"limits":"","jid":"j"}"#).unwrap().is_empty());
-        assert!(applicable(r#"{"jid":"j","class":"A"}"#).unwrap().is_empty());
+        assert!(applicable(r#"{"limits":"","jid":"j"}"#)
+            .unwrap()
+            .0
+            .is_empty());
+        assert!(applicable(r#"{"jid":"j","class":"A"}"#)
+            .unwrap()
+            .0
+            .is_empty());
     }
 }

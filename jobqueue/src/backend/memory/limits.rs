@@ -1,6 +1,7 @@
 //! Per-key limits in memory: the same statement as the Redis broker's `limits.lua`. A job's
-//! limits come from its payload; a key's slots are counts per process (alive while its
-//! heartbeat is) or recent starts; jobs over a limit wait under its key until it has room.
+//! limits come from its payload; a key's slots are its running jobs, each named by its jid
+//! and process (alive while its heartbeat is), or recent starts; jobs over a limit wait
+//! under its key until it has room.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -22,8 +23,9 @@ pub(super) fn queue_of(payload: &str) -> String {
 
 #[derive(Default)]
 pub(super) struct Limits {
-    /// Concurrency slots per key: how many each process holds.
-    held: HashMap<String, HashMap<String, u32>>,
+    /// Concurrency slots per key: the running jobs holding them, each as its jid and its
+    /// process (the Redis broker's `JID@PROCESS`), so that a job leaving frees its own slot.
+    held: HashMap<String, Vec<(String, String)>>,
     /// Rate slots per key: start times, oldest first.
     starts: HashMap<String, VecDeque<f64>>,
     /// Jobs set aside per key, oldest at the back.
@@ -64,8 +66,8 @@ impl Limits {
                 let Some(holders) = self.held.get_mut(&tag.key) else {
                     return (limit as usize, now);
                 };
-                holders.retain(|process, _| alive(process));
-                let held: usize = holders.values().map(|c| *c as usize).sum();
+                holders.retain(|(_, process)| alive(process));
+                let held = holders.len();
                 if holders.is_empty() {
                     self.held.remove(&tag.key);
                 }
@@ -82,6 +84,7 @@ impl Limits {
     pub(super) fn admit(
         &mut self,
         job: &[LimitTag],
+        jid: &str,
         process: &str,
         now: f64,
         lease: f64,
@@ -96,8 +99,10 @@ impl Limits {
         for tag in job {
             match tag.kind {
                 LimitKind::Concurrency(_) => {
-                    let holders = self.held.entry(tag.key.clone()).or_default();
-                    *holders.entry(process.to_owned()).or_default() += 1;
+                    self.held
+                        .entry(tag.key.clone())
+                        .or_default()
+                        .push((jid.to_owned(), process.to_owned()));
                 }
                 LimitKind::Rate { .. } => {
                     self.starts
@@ -154,18 +159,16 @@ impl Limits {
         taken
     }
 
-    /// Frees the concurrency slots `process` held for a job leaving its in-flight list;
-    /// returns the jobs to bring back, one per key freed.
-    pub(super) fn release(&mut self, job: &[LimitTag], process: &str) -> Vec<String> {
+    /// Frees the concurrency slots the job `jid` held for `process` as it leaves the
+    /// process's in-flight list; returns the jobs to bring back, one per key.
+    pub(super) fn release(&mut self, job: &[LimitTag], jid: &str, process: &str) -> Vec<String> {
         let mut back = Vec::new();
         for tag in job.iter().filter(|t| t.is_concurrency()) {
             if let Some(holders) = self.held.get_mut(&tag.key) {
-                // Absent when the slots were freed because the process looked dead.
-                if let Some(count) = holders.get_mut(process) {
-                    *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        holders.remove(process);
-                    }
+                // Absent when the slots were freed because the process looked dead: then
+                // it frees nothing, not even a slot its process holds for another job.
+                if let Some(at) = holders.iter().position(|(j, p)| j == jid && p == process) {
+                    holders.remove(at);
                 }
                 if holders.is_empty() {
                     self.held.remove(&tag.key);
@@ -193,7 +196,7 @@ impl Limits {
         let mut back = Vec::new();
         for key in due {
             let oldest = self.parked.get(&key).and_then(|l| l.back());
-            let tag = oldest.and_then(|p| limits_of(p).into_iter().find(|t| t.key == key));
+            let tag = oldest.and_then(|p| limits_of(p).0.into_iter().find(|t| t.key == key));
             let Some(tag) = tag else {
                 back.extend(self.unpark(&key, usize::MAX));
                 continue;
@@ -227,7 +230,7 @@ impl Limits {
             .map(|(key, next_look)| LimitEntry {
                 key: key.clone(),
                 held: match self.held.get(key) {
-                    Some(holders) => holders.values().map(|c| *c as usize).sum(),
+                    Some(holders) => holders.len(),
                     None => self.starts.get(key).map_or(0, VecDeque::len),
                 },
                 parked: self.parked.get(key).map_or(0, VecDeque::len),

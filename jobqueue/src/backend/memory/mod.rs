@@ -227,7 +227,8 @@ impl State {
     /// A job has left the in-flight list of `process`: the concurrency slots it held are
     /// free, and a job set aside under each comes back. Returns whether one did.
     fn leave(&mut self, payload: &str, process: &str) -> bool {
-        let back = self.limits.release(&limits_of(payload), process);
+        let (tags, jid) = limits_of(payload);
+        let back = self.limits.release(&tags, &jid, process);
         self.bring_back(back)
     }
 
@@ -263,23 +264,24 @@ impl State {
     }
 }
 
-/// The limits a fetch applies to a job, from its header: `Err` when they cannot be applied
-/// (out of range, or without a jid to name its slots by).
-pub(super) fn applicable(payload: &str) -> Result<Vec<LimitTag>, ()> {
+/// The limits a fetch applies to a job, from its header, and its jid (which names its
+/// slots): `Err` when they cannot be applied (out of range, or without a jid).
+pub(super) fn applicable(payload: &str) -> Result<(Vec<LimitTag>, String), ()> {
     let header = header::read(payload);
     let Some(text) = header.limits else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), String::new()));
     };
     let tags = LimitTag::parse(&text).map_err(|_| ())?;
-    if !tags.is_empty() && header.jid.is_none_or(|jid| jid.is_empty()) {
+    let jid = header.jid.map(|jid| jid.into_owned()).unwrap_or_default();
+    if !tags.is_empty() && jid.is_empty() {
         return Err(());
     }
-    Ok(tags)
+    Ok((tags, jid))
 }
 
-/// The limits a job that leaves an in-flight list took at its fetch: those [`applicable`]
-/// gives, none for a job whose limits could not be applied.
-fn limits_of(payload: &str) -> Vec<LimitTag> {
+/// The limits a job that leaves an in-flight list took at its fetch, with its jid: those
+/// [`applicable`] gives, none for a job whose limits could not be applied.
+fn limits_of(payload: &str) -> (Vec<LimitTag>, String) {
     applicable(payload).unwrap_or_default()
 }
 
@@ -306,6 +308,18 @@ fn remove_last(list: &mut VecDeque<String>, payload: &str) -> bool {
     match list.iter().rposition(|p| p == payload) {
         Some(i) => list.remove(i).is_some(),
         None => false,
+    }
+}
+
+#[cfg(feature = "testing")]
+impl MemoryBroker {
+    /// Adds `payload` to `set` at `at` as it is, without the trims and wake-ups of the
+    /// broker's own moves: for tests that need an entry of another time, as a test of the
+    /// Redis broker writes one with `ZADD` (feature `testing`).
+    pub fn insert_scored(&self, set: SortedSet, at: std::time::SystemTime, payload: &str) {
+        self.state()
+            .set(set)
+            .add(epoch_seconds(at), payload.to_owned());
     }
 }
 
