@@ -8,34 +8,54 @@ use crate::broker::Settle;
 use crate::error::BrokerError;
 use crate::retry;
 
-/// Recovers the jobs of every process whose heartbeat has expired. Returns how many.
+/// Recovers the jobs of every process whose heartbeat has expired. Returns how many. A
+/// dead process whose recovery fails (a shard failing over) is left for the next round;
+/// the others are recovered all the same.
 pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerError> {
     let mut recovered = 0;
     for orphans in shared.broker.orphans(&shared.identity).await? {
-        let moves: Vec<(String, Settle)> = orphans
-            .payloads
-            .iter()
-            .map(|payload| (payload.clone(), retry::after_interruption(payload)))
-            .collect();
-        let moved = shared.broker.settle_many(&orphans.identity, &moves).await?;
-        for ((payload, to), moved) in moves.iter().zip(moved) {
-            if !moved {
-                continue;
+        match recover(shared, &orphans.identity, &orphans.payloads).await {
+            Ok(0) => {}
+            Ok(moved) => {
+                recovered += moved;
+                tracing::warn!(
+                    "recovered {moved} job(s) from dead process {}",
+                    orphans.identity
+                );
             }
-            recovered += 1;
-            if retry::dies(to) {
-                processor::after_death(shared, payload).await;
-            }
-        }
-        shared.broker.forget(&orphans.identity).await?;
-        if !orphans.payloads.is_empty() {
-            tracing::warn!(
-                "recovered {} job(s) from dead process {}",
-                orphans.payloads.len(),
+            Err(e) => tracing::warn!(
+                "recovering the jobs of dead process {}: {e}",
                 orphans.identity
-            );
+            ),
         }
     }
+    Ok(recovered)
+}
+
+/// Moves the jobs `payloads` of the dead process `identity` back to their queues (or to
+/// the dead set), then forgets the process once nothing of it is left. Returns how many
+/// moved.
+async fn recover(
+    shared: &Shared,
+    identity: &str,
+    payloads: &[String],
+) -> Result<usize, BrokerError> {
+    let moves: Vec<(String, Settle)> = payloads
+        .iter()
+        .map(|payload| (payload.clone(), retry::after_interruption(payload)))
+        .collect();
+    let moved = shared.broker.settle_many(identity, &moves).await?;
+    let mut recovered = 0;
+    for ((payload, to), moved) in moves.iter().zip(moved) {
+        if !moved {
+            continue;
+        }
+        recovered += 1;
+        if retry::dies(to) {
+            processor::after_death(shared, payload).await;
+        }
+    }
+    shared.broker.forget(identity).await?;
     Ok(recovered)
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 
 use super::ClusterBroker;
 use crate::broker::{
@@ -25,6 +25,17 @@ impl ClusterBroker {
         Fut: Future<Output = Result<T, BrokerError>>,
     {
         try_join_all(self.inner.shards.iter().map(call)).await
+    }
+
+    /// `call` on every shard at once, each to its end even when another fails (a failed
+    /// future of `try_join_all` drops the others, and a dropped request may never be sent):
+    /// the answers in shard order.
+    async fn on_each<'a, T, F, Fut>(&'a self, call: F) -> Vec<Result<T, BrokerError>>
+    where
+        F: Fn(&'a crate::broker::RedisBroker) -> Fut,
+        Fut: Future<Output = Result<T, BrokerError>>,
+    {
+        join_all(self.inner.shards.iter().map(call)).await
     }
 
     /// The shards in turn from the next starting point, so that successive fetches and
@@ -149,15 +160,27 @@ impl Broker for ClusterBroker {
         // Level by level: the first queue on every shard, then the first two, and so on, so
         // that a queue's jobs on any shard go before a later queue's (strict and weighted
         // orders hold across shards). A busy first queue fills a fetch in one call.
+        // A shard that fails (its master failing over) is passed by: the jobs already
+        // taken from the others are in this process's in-flight lists, and returned, not
+        // dropped with the error; the error is returned only when nothing was taken.
         let mut taken = Vec::new();
+        let mut failed = None;
         for level in 1..=queues.len() {
             for shard in self.rotation() {
                 if taken.len() >= max {
                     return Ok(taken);
                 }
-                let mut more = self.inner.shards[shard]
+                let fetched = self.inner.shards[shard]
                     .fetch(process, &queues[..level], max - taken.len(), lease, markers)
-                    .await?;
+                    .await;
+                let mut more = match fetched {
+                    Ok(more) => more,
+                    Err(e) => {
+                        tracing::debug!("fetching from shard {shard}: {e}");
+                        failed = Some(e);
+                        continue;
+                    }
+                };
                 self.hold(shard, more.iter().map(|f| f.payload.as_str()));
                 // A marker read on another shard than its own was not the marker.
                 for job in &mut more {
@@ -169,7 +192,10 @@ impl Broker for ClusterBroker {
                 taken.extend(more);
             }
         }
-        Ok(taken)
+        match failed {
+            Some(e) if taken.is_empty() => Err(e),
+            _ => Ok(taken),
+        }
     }
 
     async fn unpark_due(&self, now: f64, lease: Duration) -> Result<usize, BrokerError> {
@@ -326,8 +352,12 @@ impl Broker for ClusterBroker {
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError> {
         // Each shard keeps a mark of the live processes for its own recovery and limits.
-        self.on_all(|s| s.mark_alive(&beat.identity, beat.ttl))
-            .await?;
+        // Every shard is marked even when one fails: a master failing over does not keep
+        // this process's marks on the others from being renewed.
+        self.on_each(|s| s.mark_alive(&beat.identity, beat.ttl))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()?;
         self.inner.home.heartbeat(beat).await
     }
 
@@ -338,19 +368,32 @@ impl Broker for ClusterBroker {
     }
 
     async fn orphans(&self, except: &str) -> Result<Vec<Orphans>, BrokerError> {
+        // A shard that cannot be read (its master failing over) hides no orphan of the
+        // others: their jobs are recovered now, its own at a later round.
         let mut merged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (shard, orphans) in self
-            .on_all(|s| s.orphans(except))
-            .await?
-            .into_iter()
-            .enumerate()
-        {
+        let mut failed = Vec::new();
+        let answers = self.on_each(|s| s.orphans(except)).await;
+        let shards = answers.len();
+        for (shard, answer) in answers.into_iter().enumerate() {
+            let orphans = match answer {
+                Ok(orphans) => orphans,
+                Err(e) => {
+                    tracing::warn!("looking for dead processes' jobs on shard {shard}: {e}");
+                    failed.push(e);
+                    continue;
+                }
+            };
             for orphan in orphans {
                 self.hold(shard, orphan.payloads.iter().map(String::as_str));
                 merged
                     .entry(orphan.identity)
                     .or_default()
                     .extend(orphan.payloads);
+            }
+        }
+        if failed.len() == shards {
+            if let Some(e) = failed.pop() {
+                return Err(e);
             }
         }
         Ok(merged

@@ -338,13 +338,15 @@ impl Broker for RedisBroker {
         let mut call = self.inner.scripts.take_due.key(keys.set(set));
         call.key(keys.in_flight(process))
             .key(&keys.queues)
+            .key(&keys.fetchers)
             .arg(now)
             .arg(limit)
             .arg(stamp)
             .arg(max_bytes)
             .arg(&keys.prefix)
             .arg(&keys.wake)
-            .arg(if named { "1" } else { "" });
+            .arg(if named { "1" } else { "" })
+            .arg(process);
         for class in through_client {
             call.arg(*class);
         }
@@ -1008,7 +1010,11 @@ impl RedisBroker {
     ) -> ScriptInvocation<'a> {
         let keys = &self.inner.keys;
         let mut call = script.key(keys.in_flight(process));
-        call.key(&keys.paused).arg(max).arg(now());
+        call.key(&keys.paused)
+            .key(&keys.fetchers)
+            .arg(max)
+            .arg(now())
+            .arg(process);
         for queue in queues {
             call.key(keys.queue(queue)).arg(queue);
         }

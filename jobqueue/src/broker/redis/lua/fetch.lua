@@ -1,6 +1,8 @@
--- Reliable fetch: moves up to ARGV[1] jobs from the queue lists KEYS[3..], in order, into
--- the process's in-flight list KEYS[1], skipping queues paused past ARGV[2] (now) in the
--- sorted set KEYS[2] (member: the queue name ARGV[i] of KEYS[i], score: paused until).
+-- Reliable fetch: moves up to ARGV[1] jobs from the queue lists KEYS[4..], in order, into
+-- the in-flight list KEYS[1] of the process ARGV[3], skipping queues paused past ARGV[2]
+-- (now) in the sorted set KEYS[2] (member: the queue name ARGV[i] of KEYS[i], score: paused
+-- until). A process that takes a job is listed in the fetchers set KEYS[3] in the same
+-- call, so that its in-flight list is never left where recovery does not look.
 -- Collapse markers are read under the lock prefix ARGV[#KEYS + 1] (marker.lua).
 -- Returns, for each queue it took from, its index and its jobs, oldest first, and their
 -- markers' values when markers are read: {index, {payload, ...}, [{marker, ...}], ...}.
@@ -14,7 +16,7 @@ local locks = ARGV[#KEYS + 1]
 local chunk = 1000
 local out = {}
 local taken = 0
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local until_ = redis.call('ZSCORE', KEYS[2], ARGV[i])
   if not until_ or tonumber(until_) <= now then
     local jobs = redis.call('LRANGE', KEYS[i], taken - max, -1)
@@ -28,7 +30,7 @@ for i = 3, #KEYS do
       for from = 1, n, chunk do
         redis.call('LPUSH', KEYS[1], unpack(oldest, from, math.min(from + chunk - 1, n)))
       end
-      out[#out + 1] = i - 2
+      out[#out + 1] = i - 3
       out[#out + 1] = oldest
       if locks ~= '' then out[#out + 1] = newest(locks, oldest) end
       taken = taken + n
@@ -36,4 +38,5 @@ for i = 3, #KEYS do
   end
   if taken >= max then break end
 end
+if taken > 0 then redis.call('SADD', KEYS[3], ARGV[3]) end
 return out

@@ -3,9 +3,11 @@
 -- A job moves straight to its queue, stamped with `enqueued_at` ARGV[3], when ARGV[3] is
 -- not empty and the job needs nothing from the client: its payload begins with the
 -- header Envelope writes first (collapse, limits, jid, class, queue, enqueued_at, none
--- of them escaped), its class is not one of ARGV[8..] (classes whose mechanisms act at
+-- of them escaped), its class is not one of ARGV[9..] (classes whose mechanisms act at
 -- enqueue), and the stamped payload is at most ARGV[4] bytes. Every other job goes into
--- the in-flight list KEYS[2], so that a crash before the process moves it on loses none.
+-- the in-flight list KEYS[2] of the process ARGV[8], so that a crash before the process
+-- moves it on loses none; the process is listed in the fetchers set KEYS[4] in the same
+-- call, so that recovery looks at that list.
 --   KEYS[3] the `queues` set   ARGV[5] the prefix of the queue keys (the namespace)
 --   ARGV[6] the channel that wakes fetching workers
 -- Returns {{due time of each job moved}, {job, due time, job, due time, ...}, names}, where
@@ -21,7 +23,7 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1)
 local stamp, named = ARGV[3], ARGV[7] == '1'
 local max = tonumber(ARGV[4])
 local through_client = {}
-for i = 8, #ARGV do through_client[ARGV[i]] = true end
+for i = 9, #ARGV do through_client[ARGV[i]] = true end
 
 -- The job stamped for its queue, with its queue, class and jid; nil when it must pass
 -- through the client.
@@ -85,6 +87,7 @@ local function push(key, jobs)
   end
 end
 push(KEYS[2], held)
+if #held > 0 then redis.call('SADD', KEYS[4], ARGV[8]) end
 for _, queue in ipairs(order) do
   push(ARGV[5] .. 'queue:' .. queue, pushes[queue])
   redis.call('SADD', KEYS[3], queue)
