@@ -256,8 +256,22 @@ impl Worker {
     /// the rest go back to the front of their queues.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let shared = self.shared;
-        // Registering first makes this process alive before it holds any job.
-        heartbeat::beat(&shared).await?;
+        tokio::pin!(shutdown);
+        // Registering first makes this process alive before it holds any job. A broker that
+        // does not answer yet (a cluster master failing over) is asked again, by the
+        // backoff of every other broker call, until it does or the worker is stopped.
+        let mut delays = crate::broker::backoff();
+        let mut state = shared.state.subscribe();
+        while let Err(e) = heartbeat::beat(&shared).await {
+            let wait = delays.next().unwrap_or(crate::broker::MAX_BACKOFF);
+            crate::metrics::broker_error("heartbeat");
+            tracing::warn!("registering this process failed, trying again in {wait:?}: {e}");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut shutdown => return Ok(()),
+                _ = state.wait_for(|s| *s == RunState::Stopping) => return Ok(()),
+            }
+        }
         if let Err(e) = recovery::recover_orphans(&shared).await {
             tracing::warn!("recovering jobs of dead processes: {e}");
         }
@@ -274,7 +288,7 @@ impl Worker {
         let stopping = async {
             let mut state = shared.state.subscribe();
             tokio::select! {
-                _ = shutdown => shared.set_state(RunState::Stopping),
+                _ = &mut shutdown => shared.set_state(RunState::Stopping),
                 _ = state.wait_for(|s| *s == RunState::Stopping) => {}
             }
         };
