@@ -692,7 +692,7 @@ async fn unfinished_at_death(
         .collect()
 }
 
-/// Default mode (no `wait_for_replicas`; a replica per master): 16 `kill -9`s of worker
+/// Default mode (no `wait_for_replicas`; a replica per master), 16,000 jobs: 16 `kill -9`s of worker
 /// processes, three running at a time, a new one started right after each kill, while
 /// the master of a shard is killed and fails over (kills 8 to 10 fall during the switch,
 /// and the workers started then meet it) and later rejoins. Every job runs; a job runs
@@ -702,7 +702,7 @@ async fn unfinished_at_death(
 /// itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_kills_around_a_master_failover_strand_no_job() {
-    const JOBS: u64 = 20_000;
+    const JOBS: u64 = 16_000;
     const KILLS: u64 = 16;
     const FAILOVER_AT: u64 = KILLS / 2;
     let cluster =
