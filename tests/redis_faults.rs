@@ -315,3 +315,74 @@ fn the_test_redis_helper_refuses_a_port_another_server_answers_on() {
         second.pid()
     );
 }
+
+/// Everything a test's own `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// A worker started while Redis is away (a failover under way, a restart) does not exit:
+/// its first heartbeat is tried again until Redis answers, then it runs jobs as usual. On
+/// one thread, so that the test's subscriber sees the worker's warnings.
+#[tokio::test(flavor = "current_thread")]
+async fn a_worker_started_while_redis_is_down_starts_once_it_is_back() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let failed_beats = || {
+        String::from_utf8_lossy(&logs.0.lock().unwrap())
+            .matches("registering this process failed")
+            .count()
+    };
+    let mut server = RedisServer::start_persistent();
+    let broker = RedisBroker::connect(&server.url()).await.unwrap();
+    let t = jobs::token();
+    Client::new(broker.clone())
+        .enqueue(&Sleeps {
+            token: t.clone(),
+            millis: 0,
+        })
+        .await
+        .unwrap();
+    server.kill();
+    let worker = start(
+        Worker::builder(broker.clone())
+            .config(fast_config())
+            .register::<Sleeps>(),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "two first heartbeats failed",
+        || async { failed_beats() >= 2 },
+    )
+    .await;
+    server.restart();
+    eventually(Duration::from_secs(60), "the job ran", || async {
+        jobs::labels(&t).iter().any(|l| l == "finished")
+    })
+    .await;
+    assert!(worker.handle.health().ready);
+    worker.stop().await;
+}

@@ -127,6 +127,134 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The port of the master serving the slot of `key` (a hash tag such as `{jobqueue}`
+    /// names its keys' slot).
+    pub fn master_of(&self, key: &str) -> u16 {
+        let port = self.live_ports()[0];
+        let slot: usize = cli(port, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number");
+        self.cluster_nodes()
+            .iter()
+            .filter(|l| l[2].contains("master") && !l[2].contains("fail"))
+            .find(|l| {
+                l[8..].iter().filter(|r| !r.starts_with('[')).any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    let (a, b) = (a.parse().unwrap_or(1), b.parse().unwrap_or(0));
+                    (a..=b).contains(&slot)
+                })
+            })
+            .map(|l| port_of(&l[1]))
+            .expect("a master serves every slot")
+    }
+
+    /// The hash slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        cli(self.live_ports()[0], &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// Starts moving `slot` from the master on `from` to the master on `to`, as
+    /// `redis-cli --cluster reshard` does: the target imports it, the source migrates it.
+    /// Until [`RedisCluster::end_migration`], the source answers `ASK` for its keys that
+    /// have moved, and the target serves them to clients that send `ASKING`.
+    pub fn begin_migration(&self, slot: u16, from: u16, to: u16) {
+        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
+        let slot = slot.to_string();
+        let reply = cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        assert!(reply.contains("OK"), "IMPORTING refused: {reply}");
+        let reply = cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        assert!(reply.contains("OK"), "MIGRATING refused: {reply}");
+    }
+
+    /// Moves every key of `slot` from the master on `from` to the master on `to`
+    /// (`MIGRATE`), while the slot is migrating; returns how many moved.
+    pub fn migrate_keys(&self, slot: u16, from: u16, to: u16) -> usize {
+        let mut moved = 0;
+        loop {
+            let keys = cli(
+                from,
+                &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "100"],
+            );
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                return moved;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().copied());
+            let reply = cli(from, &args);
+            assert!(
+                reply.contains("OK") || reply.contains("NOKEY"),
+                "MIGRATE: {reply}"
+            );
+            moved += keys.len();
+        }
+    }
+
+    /// Ends the move of `slot` to the master on `to`: every master learns its new owner,
+    /// and the source answers `MOVED` for it from then on.
+    pub fn end_migration(&self, slot: u16, to: u16) {
+        let to_id = self.id_of(to);
+        let slot = slot.to_string();
+        let mut ports: Vec<u16> = vec![to];
+        ports.extend(
+            self.masters()
+                .into_iter()
+                .map(|(p, _)| p)
+                .filter(|p| *p != to),
+        );
+        for port in ports {
+            let reply = cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            assert!(
+                reply.contains("OK"),
+                "SETSLOT NODE refused by {port}: {reply}"
+            );
+        }
+    }
+
+    fn id_of(&self, port: u16) -> String {
+        self.masters()
+            .into_iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, id)| id)
+            .expect("a master of this cluster")
+    }
+
+    /// The keys matching `pattern` on every live master, each with the master's port.
+    pub fn keys(&self, pattern: &str) -> Vec<(u16, String)> {
+        let mut keys = Vec::new();
+        for (port, _) in self.masters() {
+            keys.extend(
+                cli(port, &["KEYS", pattern])
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| (port, l.to_owned())),
+            );
+        }
+        keys
+    }
+
+    /// How many times the node on `port` has answered with the error `code` (`MOVED`,
+    /// `ASK`, `TRYAGAIN`, ...) since it started, from `INFO errorstats`.
+    pub fn errors(&self, port: u16, code: &str) -> u64 {
+        let stats = cli(port, &["INFO", "errorstats"]);
+        let prefix = format!("errorstat_{code}:count=");
+        stats
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+            .and_then(|n| n.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// One command to the node on `port`, through `redis-cli`; its output (empty on failure).
+    pub fn command(&self, port: u16, args: &[&str]) -> String {
+        cli(port, args)
+    }
+
     /// Commands each live master has run since it started (`INFO commandstats` summed).
     pub fn commands_per_master(&self) -> Vec<(u16, u64)> {
         self.masters()
@@ -146,6 +274,13 @@ impl RedisCluster {
     /// Kills the master on `port` at once (SIGKILL); its replica takes over after the node
     /// timeout. Returns once the cluster serves every slot again.
     pub fn kill_master(&mut self, port: u16) {
+        let victim = self.kill_node(port);
+        self.wait_taken_over(&victim);
+    }
+
+    /// Kills the master on `port` at once (SIGKILL) and returns its node id, without
+    /// waiting for the failover (see [`RedisCluster::wait_taken_over`]).
+    pub fn kill_node(&mut self, port: u16) -> String {
         let victim = self
             .masters()
             .into_iter()
@@ -161,6 +296,12 @@ impl RedisCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        victim
+    }
+
+    /// Returns once the killed master `victim` (a node id) is marked failed, a replica
+    /// serves its slots, and every live node sees the cluster healthy.
+    pub fn wait_taken_over(&self, victim: &str) {
         // Until the others have marked it failed (not merely suspected, `fail?`) and
         // promoted its replica, the cluster still reports itself healthy.
         self.wait_for(Duration::from_secs(60), "a replica to take over", |c| {

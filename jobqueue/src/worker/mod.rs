@@ -262,7 +262,10 @@ impl Worker {
     /// the rest go back to the front of their queues.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let shared = self.shared;
-        start(&shared).await?;
+        tokio::pin!(shutdown);
+        if !start(&shared, &mut shutdown).await {
+            return Ok(());
+        }
 
         let (done_tx, done_rx) = watch::channel(false);
         let heartbeat = tokio::spawn(heartbeat::run(Arc::clone(&shared), done_rx.clone()));
@@ -275,7 +278,7 @@ impl Worker {
         let stopping = async {
             let mut state = shared.state.subscribe();
             tokio::select! {
-                _ = shutdown => shared.set_state(RunState::Stopping),
+                _ = &mut shutdown => shared.set_state(RunState::Stopping),
                 _ = state.wait_for(|s| *s == RunState::Stopping) => {}
             }
         };
@@ -326,15 +329,31 @@ async fn publish_classes(shared: &Shared) {
 }
 
 /// Makes this process known before it holds any job: its first heartbeat, its classes
-/// published, and the jobs of processes that died recovered.
-async fn start(shared: &Shared) -> Result<(), Error> {
-    heartbeat::beat(shared).await?;
+/// published, and the jobs of processes that died recovered. A broker that does not answer
+/// yet (a cluster master failing over) is asked again, by the backoff of every other broker
+/// call, until it does; returns false when the worker is stopped meanwhile.
+async fn start(
+    shared: &Shared,
+    shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> bool {
+    let mut delays = crate::backend::backoff();
+    let mut state = shared.state.subscribe();
+    while let Err(e) = heartbeat::beat(shared).await {
+        let wait = delays.next().unwrap_or(crate::backend::MAX_BACKOFF);
+        crate::metrics::broker_error("heartbeat");
+        tracing::warn!("registering this process failed, trying again in {wait:?}: {e}");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.as_mut() => return false,
+            _ = state.wait_for(|s| *s == RunState::Stopping) => return false,
+        }
+    }
     publish_classes(shared).await;
     if let Err(e) = recovery::recover_orphans(shared).await {
         tracing::warn!("recovering jobs of dead processes: {e}");
     }
     tracing::info!(identity = %shared.identity, "worker started");
-    Ok(())
+    true
 }
 
 /// Stops the scheduler and ticker, gives `running` jobs the shutdown timeout to finish, has

@@ -21,43 +21,66 @@ use crate::retry;
 /// How many start records one read covers.
 const STARTS_PER_READ: usize = 1000;
 
-/// Recovers the jobs of every process whose heartbeat has expired. Returns how many.
+/// Recovers the jobs of every process whose heartbeat has expired. Returns how many. A
+/// dead process whose recovery fails (a shard failing over) is left for the next round;
+/// the others are recovered all the same.
 pub(crate) async fn recover_orphans(shared: &Shared) -> Result<usize, BrokerError> {
     let mut recovered = 0;
     for orphans in shared.broker.orphans(&shared.identity).await? {
-        let mut moves = Vec::with_capacity(orphans.payloads.len());
-        for payloads in orphans.payloads.chunks(STARTS_PER_READ) {
-            let keys: Vec<String> = payloads
-                .iter()
-                .map(|p| started_key(header::read(p).jid.as_deref().unwrap_or_default()))
-                .collect();
-            let starts = shared.store().get_many(&keys).await?;
-            for (payload, start) in payloads.iter().zip(starts) {
-                let started = start.as_deref() == Some(orphans.identity.as_str());
-                let to = retry::after_interruption(payload, started);
-                moves.push(Move::new(payload.clone(), to));
+        match recover(shared, &orphans.identity, &orphans.payloads).await {
+            Ok(0) => {}
+            Ok(moved) => {
+                recovered += moved;
+                tracing::warn!(
+                    "recovered {moved} job(s) from dead process {}",
+                    orphans.identity
+                );
             }
-        }
-        let from = Source::InFlight(&orphans.identity);
-        let moved = shared.broker.settle(from, &moves).await?;
-        for (m, moved) in moves.iter().zip(moved) {
-            if !moved {
-                continue;
-            }
-            recovered += 1;
-            if retry::dies(&m.to) {
-                finish::after_death(shared, &m.payload).await;
-            }
-        }
-        shared.broker.forget(&orphans.identity).await?;
-        if !orphans.payloads.is_empty() {
-            tracing::warn!(
-                "recovered {} job(s) from dead process {}",
-                orphans.payloads.len(),
+            Err(e) => tracing::warn!(
+                "recovering the jobs of dead process {}: {e}",
                 orphans.identity
-            );
+            ),
         }
     }
+    Ok(recovered)
+}
+
+/// Moves the jobs `payloads` of the dead process `identity` back to their queues (or to
+/// the dead set), then forgets the process once nothing of it is left. Returns how many
+/// moved.
+async fn recover(
+    shared: &Shared,
+    identity: &str,
+    payloads: &[String],
+) -> Result<usize, BrokerError> {
+    let mut moves = Vec::with_capacity(payloads.len());
+    for chunk in payloads.chunks(STARTS_PER_READ) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|p| started_key(header::read(p).jid.as_deref().unwrap_or_default()))
+            .collect();
+        let starts = shared.store().get_many(&keys).await?;
+        for (payload, start) in chunk.iter().zip(starts) {
+            let started = start.as_deref() == Some(identity);
+            let to = retry::after_interruption(payload, started);
+            moves.push(Move::new(payload.clone(), to));
+        }
+    }
+    let moved = shared
+        .broker
+        .settle(Source::InFlight(identity), &moves)
+        .await?;
+    let mut recovered = 0;
+    for (m, moved) in moves.iter().zip(moved) {
+        if !moved {
+            continue;
+        }
+        recovered += 1;
+        if retry::dies(&m.to) {
+            finish::after_death(shared, &m.payload).await;
+        }
+    }
+    shared.broker.forget(identity).await?;
     Ok(recovered)
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 
 use super::ClusterBroker;
 use crate::backend::{
@@ -25,6 +25,17 @@ impl ClusterBroker {
         Fut: Future<Output = Result<T, BrokerError>>,
     {
         try_join_all(self.inner.shards.iter().map(call)).await
+    }
+
+    /// `call` on every shard at once, each to its end even when another fails (a failed
+    /// future of `try_join_all` drops the others, and a dropped request may never be sent):
+    /// the answers in shard order.
+    pub(super) async fn on_each<'a, T, F, Fut>(&'a self, call: F) -> Vec<Result<T, BrokerError>>
+    where
+        F: Fn(&'a RedisBroker) -> Fut,
+        Fut: Future<Output = Result<T, BrokerError>>,
+    {
+        join_all(self.inner.shards.iter().map(call)).await
     }
 
     /// The shards in turn from the next starting point, so that successive fetches and
@@ -126,9 +137,13 @@ impl JobStore for ClusterBroker {
     async fn fetch(&self, process: &str, request: Fetch<'_>) -> Result<Vec<Fetched>, BrokerError> {
         // Level by level: the first queue on every shard, then the first two, and so on, so
         // that a queue's jobs on any shard go before a later queue's (strict and weighted
-        // orders hold across shards). A busy first queue fills a fetch in one call.
+        // orders hold across shards). A busy first queue fills a fetch in one call. A shard
+        // that fails (its master failing over) is passed by: the jobs already taken from the
+        // others are in this process's in-flight lists, and returned, not dropped with the
+        // error; the error is returned only when nothing was taken.
         let (queues, max) = (request.queues, request.max);
         let mut taken = Vec::new();
+        let mut failed = None;
         for level in 1..=queues.len() {
             for shard in self.rotation() {
                 if taken.len() >= max {
@@ -139,7 +154,14 @@ impl JobStore for ClusterBroker {
                     max: max - taken.len(),
                     ..request
                 };
-                let mut more = self.inner.shards[shard].fetch(process, this).await?;
+                let mut more = match self.inner.shards[shard].fetch(process, this).await {
+                    Ok(more) => more,
+                    Err(e) => {
+                        tracing::debug!("fetching from shard {shard}: {e}");
+                        failed = Some(e);
+                        continue;
+                    }
+                };
                 self.hold(shard, more.iter().map(|f| f.payload.as_str()));
                 // A marker read on another shard than its own was not the marker.
                 for job in &mut more {
@@ -151,7 +173,10 @@ impl JobStore for ClusterBroker {
                 taken.extend(more);
             }
         }
-        Ok(taken)
+        match failed {
+            Some(e) if taken.is_empty() => Err(e),
+            _ => Ok(taken),
+        }
     }
 
     async fn settle(&self, from: Source<'_>, moves: &[Move]) -> Result<Vec<bool>, BrokerError> {

@@ -19,8 +19,12 @@ use crate::error::BrokerError;
 impl Presence for ClusterBroker {
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<String>, BrokerError> {
         // Each shard keeps a mark of the live processes for its own recovery and limits.
-        self.on_all(|s| s.mark_alive(&beat.identity, beat.ttl))
-            .await?;
+        // Every shard is marked even when one fails: a master failing over does not keep
+        // this process's marks on the others from being renewed.
+        self.on_each(|s| s.mark_alive(&beat.identity, beat.ttl))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()?;
         self.inner.home.heartbeat(beat).await
     }
 
@@ -30,19 +34,32 @@ impl Presence for ClusterBroker {
     }
 
     async fn orphans(&self, except: &str) -> Result<Vec<Orphans>, BrokerError> {
+        // A shard that cannot be read (its master failing over) hides no orphan of the
+        // others: their jobs are recovered now, its own at a later round.
         let mut merged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (shard, orphans) in self
-            .on_all(|s| s.orphans(except))
-            .await?
-            .into_iter()
-            .enumerate()
-        {
+        let mut failed = Vec::new();
+        let answers = self.on_each(|s| s.orphans(except)).await;
+        let shards = answers.len();
+        for (shard, answer) in answers.into_iter().enumerate() {
+            let orphans = match answer {
+                Ok(orphans) => orphans,
+                Err(e) => {
+                    tracing::warn!("looking for dead processes' jobs on shard {shard}: {e}");
+                    failed.push(e);
+                    continue;
+                }
+            };
             for orphan in orphans {
                 self.hold(shard, orphan.payloads.iter().map(String::as_str));
                 merged
                     .entry(orphan.identity)
                     .or_default()
                     .extend(orphan.payloads);
+            }
+        }
+        if failed.len() == shards {
+            if let Some(e) = failed.pop() {
+                return Err(e);
             }
         }
         Ok(merged

@@ -158,7 +158,8 @@ impl JobStore for RedisBroker {
             .arg(limit)
             .arg(stamp)
             .arg(max_bytes)
-            .arg(if named { "1" } else { "" });
+            .arg(if named { "1" } else { "" })
+            .arg(process);
         for class in through_client {
             call.arg(*class);
         }
@@ -357,9 +358,9 @@ impl RedisBroker {
         for queue in queues {
             call.key(keys.queue(queue)).arg(queue);
         }
-        call.arg(locks).arg(&keys.prefix);
+        call.arg(locks).arg(&keys.prefix).arg(process);
         match limits {
-            Some((scan, lease)) => call.arg(scan).arg(process).arg(lease.as_secs_f64()),
+            Some((scan, lease)) => call.arg(scan).arg(lease.as_secs_f64()),
             None => call.arg(""),
         };
         call

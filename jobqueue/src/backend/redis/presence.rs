@@ -25,8 +25,8 @@ impl Presence for RedisBroker {
         let rtt_us = self.inner.rtt_us.load(Ordering::Relaxed);
         let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let ttl = i64::try_from(beat.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        // One transaction (see `transaction`).
         let mut pipe = redis::pipe();
-        pipe.atomic();
         // An idle process has nothing to add; leaving out zero increments keeps it quiet.
         for (name, count) in [("processed", beat.processed), ("failed", beat.failed)] {
             if count == 0 {
@@ -107,7 +107,10 @@ impl Presence for RedisBroker {
             .ignore()
             .rpop(format!("{hash}-signals"), None);
         let started = Instant::now();
-        let (signal,): (Option<String>,) = pipe.query_async(&mut self.conn()).await?;
+        let mut answers = self.transaction(&pipe).await?;
+        let signal: Option<String> =
+            redis::from_redis_value(answers.pop().unwrap_or(redis::Value::Nil))
+                .map_err(redis::RedisError::from)?;
         let rtt = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.inner.rtt_us.store(rtt.max(1), Ordering::Relaxed);
         Ok(signal)
@@ -164,14 +167,9 @@ impl Presence for RedisBroker {
 
     async fn signal(&self, identity: &str, signal: &str) -> Result<(), BrokerError> {
         let key = format!("{}-signals", self.inner.keys.plain(identity));
-        redis::pipe()
-            .atomic()
-            .lpush(&key, signal)
-            .ignore()
-            .expire(&key, 60)
-            .ignore()
-            .query_async::<()>(&mut self.conn())
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.lpush(&key, signal).expire(&key, 60);
+        self.transaction(&pipe).await?;
         Ok(())
     }
 
@@ -263,6 +261,32 @@ impl Presence for RedisBroker {
 }
 
 impl RedisBroker {
+    /// Runs `commands` as one `MULTI`/`EXEC` transaction and returns `EXEC`'s answers.
+    /// Written out as plain commands, as pushes are, not as redis-rs's atomic pipeline: on a
+    /// cluster connection a `MOVED` met inside an atomic pipeline comes back as an aborted
+    /// transaction, an error, where in a plain pipeline it is followed like any other
+    /// command's. A command that failed inside the transaction is an error, as in an atomic
+    /// pipeline.
+    async fn transaction(
+        &self,
+        commands: &redis::Pipeline,
+    ) -> Result<Vec<redis::Value>, BrokerError> {
+        let mut pipe = redis::Pipeline::with_capacity(commands.len() + 2);
+        pipe.cmd("MULTI").ignore();
+        for command in commands.cmd_iter() {
+            pipe.add_command(command.clone()).ignore();
+        }
+        pipe.cmd("EXEC");
+        let (answers,): (Vec<redis::Value>,) = pipe.query_async(&mut self.conn()).await?;
+        if let Some(redis::Value::ServerError(e)) = answers
+            .iter()
+            .find(|a| matches!(a, redis::Value::ServerError(_)))
+        {
+            return Err(redis::RedisError::from(e.clone()).into());
+        }
+        Ok(answers)
+    }
+
     /// The number of shards of the cluster whose home this broker is: the recorded one, or
     /// `proposed`, recorded now when there is none (the first process to connect decides
     /// for all that follow).

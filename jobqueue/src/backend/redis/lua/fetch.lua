@@ -2,9 +2,10 @@
 -- the in-flight list KEYS[1], skipping queues paused past ARGV[2] (now) in the sorted set
 -- KEYS[2] (member: the queue name ARGV[i] of KEYS[i], score: paused until). Then, after the
 -- queues' names (n = #KEYS): ARGV[n + 1] the lock prefix for collapse markers ('' reads
--- none), ARGV[n + 2] the namespace; and for a process that applies limits, ARGV[n + 3] how
--- many jobs to look at, ARGV[n + 4] the process, ARGV[n + 5] the lease in seconds (without
--- limits, ARGV[n + 3] is '').
+-- none), ARGV[n + 2] the namespace, ARGV[n + 3] the process (listed among the fetchers that
+-- recovery looks at, in the same step that gives it jobs); and for a process that applies
+-- limits, ARGV[n + 4] how many jobs to look at and ARGV[n + 5] the lease in seconds
+-- (without limits, ARGV[n + 4] is '').
 --
 -- Returns {jobs looked at, groups}, a group per queue taken from: its index, its jobs
 -- oldest first, their collapse markers' values when read (false: the header names none;
@@ -12,9 +13,8 @@
 -- applied (they take no slot, and the worker refuses them).
 local n = #KEYS
 local max, now = tonumber(ARGV[1]), tonumber(ARGV[2])
-local locks, ns = ARGV[n + 1], ARGV[n + 2]
-local scan = tonumber(ARGV[n + 3])
-local process, lease = ARGV[n + 4], tonumber(ARGV[n + 5])
+local locks, ns, process = ARGV[n + 1], ARGV[n + 2], ARGV[n + 3]
+local scan, lease = tonumber(ARGV[n + 4]), tonumber(ARGV[n + 5])
 
 -- The newest job of each job's collapse marker, read with one MGET per 500 (a
 -- `redis.call` costs about as much as the GET it makes).
@@ -106,6 +106,9 @@ for i = 3, n do
   end
   if taken >= max or (scan and looked >= scan) then break end
 end
+-- A process forgotten while it was thought dead is listed again before it holds a job
+-- recovery would not see.
+if taken > 0 then redis.call('SADD', ns .. 'jobqueue:fetchers', process) end
 -- The schedulers look at set-aside jobs again when their keys have room.
 if parked then wake(ns, 'scheduled') end
 return {looked, out}

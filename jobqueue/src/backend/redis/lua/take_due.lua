@@ -3,9 +3,11 @@
 -- A job moves straight to its queue, stamped with `enqueued_at` ARGV[4], when ARGV[4] is
 -- not empty and the job needs nothing from the client: its payload begins with the
 -- header (fixed_header) and then its class, queue and `enqueued_at`, none of them escaped,
--- its class is not one of ARGV[7..] (classes that admission acts on), and the stamped
+-- its class is not one of ARGV[8..] (classes that admission acts on), and the stamped
 -- payload is at most ARGV[5] bytes. Every other job goes into the in-flight list KEYS[2],
 -- so that a crash before the process moves it on loses none.
+-- ARGV[7] is the process, listed among the fetchers recovery looks at when it takes jobs
+-- into its in-flight list.
 -- Returns {{due time of each job moved}, {job, due time, job, due time, ...}, names}, where
 -- names is {jid, class, queue, ...} of each job moved when ARGV[6] is '1' (for the
 -- process's enqueue spans), and empty otherwise.
@@ -20,7 +22,7 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1)
 local stamp, named = ARGV[4], ARGV[6] == '1'
 local max = tonumber(ARGV[5])
 local through_client = {}
-for i = 7, #ARGV do through_client[ARGV[i]] = true end
+for i = 8, #ARGV do through_client[ARGV[i]] = true end
 
 -- The job stamped for its queue, with its queue, class and jid; nil when it must pass
 -- through the client.
@@ -75,6 +77,7 @@ end
 for first = 1, #held, 500 do
   redis.call('LPUSH', KEYS[2], unpack(held, first, math.min(first + 499, #held)))
 end
+if #held > 0 then redis.call('SADD', ns .. 'jobqueue:fetchers', ARGV[7]) end
 for _, queue in ipairs(order) do push_queue(ns, queue, pushes[queue], false) end
 if #order > 0 then wake(ns, 'queued') end
 return {moved, taken, names}
