@@ -798,32 +798,61 @@ async fn a_job_interrupted_three_times_goes_to_the_dead_set(b: Backend) {
     let t = jobs::token();
     // In a batch, which counts it as failed when it dies.
     let batch = jobqueue::client::Batch::new("poison");
-    b.client()
+    let jid = b
+        .client()
         .enqueue_batch(&batch, &[Note::new(&t, "x")])
         .await
+        .unwrap()
+        .remove(0)
         .unwrap();
     // A worker that recovers orphans but never takes from `default`, so the job's only
-    // runs are the three that die under it.
+    // runs are the ones that die under it.
     let recoverer = start(
         b.worker()
             .queues(Queues::strict(["elsewhere"]))
             .register::<Note>(),
     );
-    let max = jobqueue::retry::MAX_INTERRUPTIONS;
-    for death in 1..max {
-        leave_jobs_with_a_dead_process(&b, &format!("crashed:{death}:00000000000{death}")).await;
+    let back = || async {
         eventually(LIMIT, "the orphan is back in its queue", || async {
             b.admin().queue("default").await.unwrap().size == 1
         })
         .await;
         let back = b.broker.queue_oldest("default").await.unwrap().unwrap();
-        let back = Envelope::parse(&back).unwrap();
+        Envelope::parse(&back).unwrap()
+    };
+    // A process that only held the job may never have started it: its death counts no
+    // interruption, and the job is marked as recovered.
+    leave_jobs_with_a_dead_process(&b, "crashed:0:000000000000").await;
+    let first = back().await;
+    assert_eq!(
+        (first.recovered_count, first.interrupted_count),
+        (Some(1), None),
+        "a job not known to have started is not counted"
+    );
+    // A recovered job's next process records its start before running it, as a worker
+    // does: each death of such a process counts.
+    let max = jobqueue::retry::MAX_INTERRUPTIONS;
+    let started = |identity: String| {
+        let broker = b.broker.clone();
+        let key = format!("started:{jid}");
+        async move {
+            broker
+                .set(&key, &identity, Duration::from_secs(600))
+                .await
+                .unwrap();
+        }
+    };
+    for death in 1..max {
+        let identity = format!("crashed:{death}:00000000000{death}");
+        leave_jobs_with_a_dead_process(&b, &identity).await;
+        started(identity).await;
         assert_eq!(
-            back.interrupted_count,
+            back().await.interrupted_count,
             Some(death),
             "counted once per death"
         );
     }
+    started("crashed:9:000000000009".to_owned()).await;
     leave_jobs_with_a_dead_process(&b, "crashed:9:000000000009").await;
     eventually(LIMIT, "the poison pill reached the dead set", || async {
         b.admin().set_size(SortedSet::Dead).await.unwrap() == 1

@@ -177,6 +177,8 @@ impl Admin {
             }
         }
         self.broker.set(&cancel_key(jid), "1", CANCEL_TTL).await?;
+        // A process holding it in its buffer hears at once, and does not start it.
+        self.broker.announce_cancel(jid).await?;
         let running = self.broker.processes().await?.iter().any(|p| {
             p.running
                 .iter()

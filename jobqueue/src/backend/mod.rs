@@ -7,8 +7,9 @@
 //! traits; backends store what they are given. `docs/backend.md` is the guide to writing
 //! one.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::sync::Notify;
@@ -160,13 +161,34 @@ pub(crate) fn dead_trim(now: f64) -> (f64, usize) {
     (now - DEAD_TIMEOUT.as_secs_f64(), DEAD_MAX_JOBS)
 }
 
-/// Wake-ups for one worker: a job was pushed to a queue, or scheduled.
+/// How long a cancel notice is remembered: a mark lasts as long.
+const CANCEL_NOTICE_KEPT: Duration = Duration::from_secs(3600);
+
+/// Wake-ups for one worker: a job was pushed to a queue, or scheduled; and the jobs it has
+/// heard were cancelled.
 #[derive(Debug, Default)]
 pub struct Wakeups {
     /// A job was pushed to a queue.
     pub queued: Notify,
     /// A job was scheduled or retried for later.
     pub scheduled: Notify,
+    /// Jobs announced cancelled, and when the notice came.
+    cancelled: Mutex<HashMap<String, Instant>>,
+}
+
+impl Wakeups {
+    /// Whether the job `jid` was announced cancelled within the hour.
+    pub fn cancelled(&self, jid: &str) -> bool {
+        lock(&self.cancelled)
+            .get(jid)
+            .is_some_and(|at| at.elapsed() < CANCEL_NOTICE_KEPT)
+    }
+
+    fn cancel(&self, jid: &str) {
+        let mut cancelled = lock(&self.cancelled);
+        cancelled.retain(|_, at| at.elapsed() < CANCEL_NOTICE_KEPT);
+        cancelled.insert(jid.to_owned(), Instant::now());
+    }
 }
 
 /// The subscribers of a broker. Each gets its own permit, so a wake-up that comes while a
@@ -183,6 +205,14 @@ impl WakeupHub {
         subs.retain(|w| w.strong_count() > 0);
         subs.push(Arc::downgrade(&wakeups));
         wakeups
+    }
+
+    /// Tells every subscriber that the job `jid` is cancelled.
+    pub(crate) fn cancel(&self, jid: &str) {
+        let subs = lock(&self.subscribers);
+        for wakeups in subs.iter().filter_map(Weak::upgrade) {
+            wakeups.cancel(jid);
+        }
     }
 
     pub(crate) fn wake(&self, queued: bool, scheduled: bool) {

@@ -3,8 +3,8 @@
 //! admin views) is written once against it. Backends store; they do not decide: what a
 //! job's header, its class's options or its outcome mean is settled above them.
 //!
-//! Required methods, by role: [`JobStore`] 7 (the hot path), [`Presence`] 8, [`KeyValue`]
-//! 4, [`Views`] 7, [`Batches`] 3: 29 in all. `docs/backend.md` walks through the in-memory
+//! Required methods, by role: [`JobStore`] 7 (the hot path), [`Presence`] 9, [`KeyValue`]
+//! 4, [`Views`] 7, [`Batches`] 3: 30 in all. `docs/backend.md` walks through the in-memory
 //! broker as an example.
 
 use std::sync::Arc;
@@ -106,6 +106,11 @@ pub trait Presence: Send + Sync + 'static {
 
     /// The processed, failed, skipped and cancelled totals.
     async fn stats(&self) -> Result<Stats, BrokerError>;
+
+    /// Tells every live process at once that the job `jid` is cancelled, through its
+    /// [`JobStore::subscribe`] handle ([`Wakeups::cancelled`]): a process holding the job in
+    /// its buffer does not start it.
+    async fn announce_cancel(&self, jid: &str) -> Result<(), BrokerError>;
 
     /// Publishes `entries` (name, JSON) of `what`, replacing entries of the same names;
     /// kept after the process ends.

@@ -138,8 +138,8 @@ async fn signal_cancellations(shared: &Shared) {
     match shared.store().get_many(&keys).await {
         Ok(marks) => {
             let map = shared.running_map();
-            for ((slot, _), mark) in running.iter().zip(marks) {
-                if mark.is_some() {
+            for ((slot, jid), mark) in running.iter().zip(marks) {
+                if mark.is_some() || shared.wakeups.cancelled(jid) {
                     if let Some(started) = map.get(slot) {
                         started.cancel.cancel();
                     }

@@ -136,6 +136,12 @@ async fn execute(
     if let Some(wait) = bulk_wait(shared, &envelope, options) {
         return Ok(wait);
     }
+    if shared.wakeups.cancelled(&envelope.jid) {
+        // Cancelled while it waited in this process's buffer: it does not start.
+        tracing::info!(jid = %envelope.jid, class = %envelope.class, "cancelled before it started");
+        super::mechanisms::release_on_death(shared.store(), &envelope, options).await;
+        return Ok(Outcome::Cancelled);
+    }
     let cancel = CancellationToken::new();
     slot.show(job, handler.class(), options, cancel.clone());
     record_start(shared, &envelope).await;

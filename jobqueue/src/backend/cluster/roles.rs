@@ -76,6 +76,11 @@ impl Presence for ClusterBroker {
         self.inner.home.processes().await
     }
 
+    async fn announce_cancel(&self, jid: &str) -> Result<(), BrokerError> {
+        // Any node's subscribers hear a publication on any node.
+        self.inner.home.announce_cancel(jid).await
+    }
+
     async fn stats(&self) -> Result<Stats, BrokerError> {
         self.inner.home.stats().await
     }

@@ -86,6 +86,11 @@ impl Presence for MemoryBroker {
         Ok(self.state().stats)
     }
 
+    async fn announce_cancel(&self, jid: &str) -> Result<(), BrokerError> {
+        self.hub.cancel(jid);
+        Ok(())
+    }
+
     async fn publish(
         &self,
         what: Published,

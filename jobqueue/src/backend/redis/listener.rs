@@ -18,7 +18,10 @@ use crate::metrics;
 
 use super::super::{backoff, lock, WakeupHub, MAX_BACKOFF};
 
-/// Follows the wake channels and wakes this process's workers; reconnects when the
+/// What a cancel notice on the wake channel starts with; the job id follows.
+pub(super) const CANCEL_NOTICE: &str = "cancel:";
+
+/// Follows the wake channels and wakes this process's workers, and hears cancel notices; reconnects when the
 /// connection drops, through the next of `clients` (the nodes of a cluster, any of which
 /// hears every publication), waking everyone since a message may have been missed meanwhile.
 pub(crate) async fn listen(
@@ -39,8 +42,14 @@ pub(crate) async fn listen(
                     hub.wake(true, true);
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
-                        let scheduled = msg.get_payload_bytes() == b"scheduled";
-                        hub.wake(!scheduled, scheduled);
+                        let payload = msg.get_payload_bytes();
+                        match payload.strip_prefix(CANCEL_NOTICE.as_bytes()) {
+                            Some(jid) => hub.cancel(&String::from_utf8_lossy(jid)),
+                            None => {
+                                let scheduled = payload == b"scheduled";
+                                hub.wake(!scheduled, scheduled);
+                            }
+                        }
                     }
                 }
             }

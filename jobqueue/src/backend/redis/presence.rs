@@ -238,6 +238,12 @@ impl Presence for RedisBroker {
         })
     }
 
+    async fn announce_cancel(&self, jid: &str) -> Result<(), BrokerError> {
+        let notice = format!("{}{jid}", super::listener::CANCEL_NOTICE);
+        let _: () = self.conn().publish(&self.inner.keys.wake, notice).await?;
+        Ok(())
+    }
+
     async fn publish(
         &self,
         what: Published,
