@@ -791,18 +791,33 @@ async fn replace_takes_the_place_of_a_scheduled_or_retrying_holder(b: Backend) {
         label: label.into(),
         fail,
     };
-    // A holder in the schedule set.
+    let admin = b.admin();
+    // A worker that runs the class publishes its options, by which a tool without the type
+    // (the admin's "run now") admits its jobs.
+    start(worker(&b).register::<Replacer>()).stop().await;
+    // A holder in the schedule set: replaced, it stays there (no set is searched at an
+    // enqueue), and goes no further when it comes due, here made due at once by hand.
     c.enqueue_in(Duration::from_secs(3600), &replacer("scheduled", false))
         .await
         .unwrap();
-    assert_eq!(b.admin().set_size(SortedSet::Schedule).await.unwrap(), 1);
+    assert_eq!(admin.set_size(SortedSet::Schedule).await.unwrap(), 1);
     c.enqueue(&replacer("replaces the scheduled one", true))
         .await
         .unwrap();
+    let holder = admin.set_entries(SortedSet::Schedule, 0, 1).await.unwrap();
+    assert!(admin
+        .run_now(SortedSet::Schedule, &holder[0])
+        .await
+        .unwrap());
     assert_eq!(
-        b.admin().set_size(SortedSet::Schedule).await.unwrap(),
+        admin.set_size(SortedSet::Schedule).await.unwrap(),
         0,
-        "the scheduled holder was removed"
+        "the scheduled holder is gone once due"
+    );
+    assert_eq!(
+        admin.queue(Replacer::OPTIONS.queue).await.unwrap().size,
+        1,
+        "only the replacement waits"
     );
     // The replacement fails and waits in the retry set, holding the lock there.
     let h = start(worker(&b).register::<Replacer>());
@@ -815,7 +830,9 @@ async fn replace_takes_the_place_of_a_scheduled_or_retrying_holder(b: Backend) {
     c.enqueue(&replacer("replaces the retrying one", false))
         .await
         .unwrap();
-    assert_eq!(b.admin().set_size(SortedSet::Retry).await.unwrap(), 0);
+    let holder = admin.set_entries(SortedSet::Retry, 0, 1).await.unwrap();
+    assert!(admin.run_now(SortedSet::Retry, &holder[0]).await.unwrap());
+    assert_eq!(admin.set_size(SortedSet::Retry).await.unwrap(), 0);
     let h = start(worker(&b).register::<Replacer>());
     eventually(LIMIT, "the last replacement ran", || async {
         jobs::runs(&t).len() == 2

@@ -103,9 +103,16 @@ pub(super) async fn apply(
                     let base = at.map_or(SystemTime::now(), |at| at.max(SystemTime::now()));
                     *at = Some(base + config.conflict_wait);
                 }
+                OnConflict::Replace if matches!(origin, Origin::Scheduled | Origin::Retry) => {
+                    // A due job whose lock a newer job took was replaced by it: it goes no
+                    // further, and the newer job stands for it.
+                    tracing::info!("{} {jid} was replaced by job {holder}", envelope.class);
+                    return Ok(Admission::Existing { jid: holder });
+                }
                 OnConflict::Replace => {
                     // The lock names the newest job: the one it replaces is skipped when
-                    // its turn comes (see the worker's mechanisms), so no queue is searched.
+                    // its turn comes (the worker's mechanisms, or this admission when it is
+                    // due), so no queue or set is searched.
                     tracing::info!("{} {jid} replaces job {holder}", envelope.class);
                     store.set(&key, jid, spec.ttl).await?;
                 }
