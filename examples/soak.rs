@@ -37,7 +37,11 @@ struct Plain {
 }
 
 #[derive(Serialize, Deserialize, Job)]
-#[job(queue = "soak", idempotent, unique(lock = "until_executed", ttl = "10m"))]
+#[job(
+    queue = "soak",
+    idempotent,
+    unique(lock = "until_executed", ttl = "10m")
+)]
 struct Unique {
     n: u64,
 }
@@ -258,17 +262,11 @@ async fn enqueue_one(jobs: &Client, n: u64) -> Result<(), jobqueue::Error> {
         0 | 1 | 2 => jobs.enqueue(&Plain { n }).await.map(drop),
         3 => jobs.enqueue(&Unique { n }).await.map(drop),
         4 => jobs
-            .enqueue(&Collapsed {
-                account: n % 50,
-                n,
-            })
+            .enqueue(&Collapsed { account: n % 50, n })
             .await
             .map(drop),
         5 | 6 => jobs
-            .enqueue(&Limited {
-                tenant: n % 100,
-                n,
-            })
+            .enqueue(&Limited { tenant: n % 100, n })
             .await
             .map(drop),
         7 => jobs
@@ -277,8 +275,7 @@ async fn enqueue_one(jobs: &Client, n: u64) -> Result<(), jobqueue::Error> {
             .map(drop),
         8 => jobs.enqueue(&Flaky { n }).await.map(drop),
         _ if n % 100 == 9 => {
-            let batch = Batch::new(format!("batch {n}"))
-                .on_complete(&Plain { n })?;
+            let batch = Batch::new(format!("batch {n}")).on_complete(&Plain { n })?;
             let members: Vec<Plain> = (0..5).map(|k| Plain { n: n + k }).collect();
             jobs.enqueue_batch(&batch, &members).await.map(drop)
         }

@@ -9,6 +9,9 @@ use maud::html;
 pub(crate) enum WebError {
     /// The broker did not answer.
     Broker(jobqueue::Error),
+    /// The library refused the action (a job over the payload limit, a middleware's
+    /// refusal); nothing was changed.
+    Refused(jobqueue::Error),
     /// The request names something that is not there.
     NotFound(String),
     /// The request is malformed.
@@ -25,7 +28,10 @@ pub(crate) enum WebError {
 
 impl From<jobqueue::Error> for WebError {
     fn from(e: jobqueue::Error) -> Self {
-        WebError::Broker(e)
+        match e {
+            jobqueue::Error::Broker(_) => WebError::Broker(e),
+            refused => WebError::Refused(refused),
+        }
     }
 }
 
@@ -35,6 +41,10 @@ impl IntoResponse for WebError {
             WebError::Broker(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("The broker did not answer: {e}. Reload the page to try again."),
+            ),
+            WebError::Refused(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Refused: {e}. Nothing was changed."),
             ),
             WebError::NotFound(what) => (StatusCode::NOT_FOUND, what),
             WebError::BadRequest(what) => (StatusCode::BAD_REQUEST, what),
