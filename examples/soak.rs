@@ -329,6 +329,8 @@ struct Sample {
     redis_memory: u64,
     keys: BTreeMap<String, u64>,
     total_keys: u64,
+    /// Jobs waiting: the queue's length, then the sizes of `schedule`, `retry` and `dead`.
+    backlog: [u64; 4],
 }
 
 impl Sample {
@@ -362,6 +364,17 @@ impl Sample {
             }
             cursor = next;
         }
+        let (queued, scheduled, retries, dead): (u64, u64, u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg("queue:soak")
+            .cmd("ZCARD")
+            .arg("schedule")
+            .cmd("ZCARD")
+            .arg("retry")
+            .cmd("ZCARD")
+            .arg("dead")
+            .query_async(conn)
+            .await?;
         let worker_rss_kb = workers
             .iter()
             .filter_map(Child::id)
@@ -373,15 +386,17 @@ impl Sample {
             redis_memory,
             keys,
             total_keys,
+            backlog: [queued, scheduled, retries, dead],
         })
     }
 
     fn line(&self) -> String {
         format!(
-            "minute={:.0} worker_rss_kb={:?} redis_used_memory={} keys={} by_prefix={:?}",
+            "minute={:.0} worker_rss_kb={:?} redis_used_memory={} queued/scheduled/retry/dead={:?} keys={} by_prefix={:?}",
             self.at.as_secs_f64() / 60.0,
             self.worker_rss_kb,
             self.redis_memory,
+            self.backlog,
             self.total_keys,
             self.keys
         )

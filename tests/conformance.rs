@@ -2013,6 +2013,23 @@ async fn batch_callbacks_run_once_when_every_job_has_finished(b: Backend) {
     assert_eq!(counts(status(&bids[0]).await), (5, 0, 5, 0));
     // The worker has stopped: a callback pushed again would wait in its queue.
     assert_eq!(b.admin().queue("callbacks").await.unwrap().size, 0);
+    // A finished batch lingers a day, not the month an unfinished one is kept.
+    if let Some(server) = &b.server {
+        let mut redis = ::redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for bid in &bids {
+            let ttl: i64 = ::redis::cmd("TTL")
+                .arg(format!("jobqueue:batch:{bid}"))
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let linger = jobqueue::backend::BATCH_LINGER.as_secs() as i64;
+            assert!(ttl > 0 && ttl <= linger, "{bid}: TTL {ttl}");
+        }
+    }
 }
 
 /// Walks items `0..to`, 30 ms each, stopping after 50 ms of a run to resume later.

@@ -55,6 +55,9 @@ pub const DEAD_MAX_JOBS: usize = 10_000;
 pub const DEAD_TIMEOUT: Duration = Duration::from_secs(180 * 24 * 3600);
 /// How long a batch's state is kept after its last addition.
 pub const BATCH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a finished batch's state is kept, for its status to be read, once its
+/// callbacks are due.
+pub const BATCH_LINGER: Duration = Duration::from_secs(24 * 3600);
 
 /// The longest wait between two tries of a broker call that failed.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);

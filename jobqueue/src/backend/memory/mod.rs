@@ -64,6 +64,9 @@ struct Batch {
     succeeded: u64,
     failed: u64,
     finished: bool,
+    /// When it is forgotten: `BATCH_TTL` after its last addition, `BATCH_LINGER` after
+    /// it finished.
+    expires: Instant,
 }
 
 struct LiveProcess {
@@ -335,6 +338,26 @@ mod tests {
     use crate::backend::{Fetch, JobStore, Location, Move, Settle, Source, Span, Views};
     use crate::backend::{DEAD_MAX_JOBS, DEAD_TIMEOUT};
     use crate::time::now;
+
+    #[tokio::test]
+    async fn a_finished_batch_lingers_then_is_forgotten() {
+        use crate::backend::{BatchCallbacks, Batches, BATCH_LINGER, BATCH_TTL};
+        let broker = MemoryBroker::new();
+        let jids = ["a".to_owned()];
+        let none = BatchCallbacks::default();
+        broker.batch_add("open", "o", &none, &jids).await.unwrap();
+        broker.batch_add("done", "d", &none, &jids).await.unwrap();
+        assert!(broker.batch_done("done", "a", true).await.unwrap());
+        let expires = |bid: &str| broker.state().batches[bid].expires - Instant::now();
+        assert!(expires("open") > BATCH_LINGER && expires("open") <= BATCH_TTL);
+        assert!(expires("done") <= BATCH_LINGER);
+        // Once past its time, a batch is not shown, and the next addition drops it.
+        broker.state().batches.get_mut("done").unwrap().expires = Instant::now();
+        assert!(broker.batch_status("done").await.unwrap().is_none());
+        broker.batch_add("new", "n", &none, &jids).await.unwrap();
+        assert!(!broker.state().batches.contains_key("done"));
+        assert!(broker.batch_status("open").await.unwrap().is_some());
+    }
 
     #[tokio::test]
     async fn the_dead_set_drops_jobs_older_than_its_timeout() {

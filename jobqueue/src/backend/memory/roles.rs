@@ -9,6 +9,7 @@ use super::{Batch, LiveProcess, MemoryBroker};
 use crate::backend::{
     BatchCallbacks, BatchStatus, Batches, Entry, Heartbeat, JobStore, KeyValue, LimitEntry,
     Location, Orphans, Paused, Presence, ProcessEntry, Published, Push, Span, Stats, Views,
+    BATCH_LINGER, BATCH_TTL,
 };
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
@@ -286,6 +287,8 @@ impl Batches for MemoryBroker {
         jids: &[String],
     ) -> Result<(), BrokerError> {
         let mut state = self.state();
+        let at = Instant::now();
+        state.batches.retain(|_, b| b.expires > at);
         let batch = state
             .batches
             .entry(bid.to_owned())
@@ -297,7 +300,9 @@ impl Batches for MemoryBroker {
                 succeeded: 0,
                 failed: 0,
                 finished: false,
+                expires: at,
             });
+        batch.expires = at + BATCH_TTL;
         for jid in jids {
             if batch.pending.insert(jid.clone()) {
                 batch.total += 1;
@@ -312,7 +317,7 @@ impl Batches for MemoryBroker {
             let Some(batch) = state.batches.get_mut(bid) else {
                 return Ok(false);
             };
-            if !batch.pending.remove(jid) {
+            if batch.expires <= Instant::now() || !batch.pending.remove(jid) {
                 return Ok(false);
             }
             if succeeded {
@@ -324,6 +329,7 @@ impl Batches for MemoryBroker {
                 return Ok(false);
             }
             batch.finished = true;
+            batch.expires = Instant::now() + BATCH_LINGER;
             let mut due: Vec<Push> = batch.callbacks.on_complete.iter().cloned().collect();
             if batch.failed == 0 {
                 due.extend(batch.callbacks.on_success.iter().cloned());
@@ -338,7 +344,10 @@ impl Batches for MemoryBroker {
     }
 
     async fn batch_status(&self, bid: &str) -> Result<Option<BatchStatus>, BrokerError> {
-        Ok(self.state().batches.get(bid).map(|b| BatchStatus {
+        let at = Instant::now();
+        let state = self.state();
+        let batch = state.batches.get(bid).filter(|b| b.expires > at);
+        Ok(batch.map(|b| BatchStatus {
             description: b.description.clone(),
             total: b.total,
             pending: b.pending.len() as u64,

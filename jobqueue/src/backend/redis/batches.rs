@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::RedisBroker;
-use crate::backend::{BatchCallbacks, BatchStatus, Batches, BATCH_TTL};
+use crate::backend::{BatchCallbacks, BatchStatus, Batches, BATCH_LINGER, BATCH_TTL};
 use crate::error::BrokerError;
 use crate::time::now;
 
@@ -41,6 +41,7 @@ impl Batches for RedisBroker {
             .arg(if succeeded { "1" } else { "0" })
             .arg(&keys.prefix)
             .arg(now())
+            .arg(BATCH_LINGER.as_secs())
             .invoke_async(&mut self.conn())
             .await?;
         Ok(done == 2)
