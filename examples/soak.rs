@@ -259,7 +259,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Enqueues job number `n` of the mix.
 async fn enqueue_one(jobs: &Client, n: u64) -> Result<(), jobqueue::Error> {
     match n % 10 {
-        0 | 1 | 2 => jobs.enqueue(&Plain { n }).await.map(drop),
+        0..=2 => jobs.enqueue(&Plain { n }).await.map(drop),
         3 => jobs.enqueue(&Unique { n }).await.map(drop),
         4 => jobs
             .enqueue(&Collapsed { account: n % 50, n })
