@@ -1,12 +1,12 @@
 //! Enqueueing: now, after a delay, at a time, or many jobs in one round trip.
 //!
-//! Every job passes one admission path ([`Client::admit`]), whoever enqueues it: a caller,
+//! Every job passes one admission path (`Client::admit`), whoever enqueues it: a caller,
 //! a running job's follow-ups, a periodic tick, the scheduler moving a due job (a batch's
 //! callbacks among them), an operator's "run now". In order: the client middleware chain
 //! (which may change or refuse it), its header (collapse key, per-key limits), the payload
 //! size check, the mechanisms its attribute demands (collapse marker, uniqueness lock), and
 //! only then the backend. A refused job has left nothing behind. A class this process does
-//! not have is admitted with the options its own processes publish ([`catalog`]).
+//! not have is admitted with the options its own processes publish (its catalog).
 
 use std::collections::HashMap;
 use std::fmt;

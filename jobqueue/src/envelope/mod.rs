@@ -24,7 +24,7 @@ const MAX_ERROR_MESSAGE: usize = 10_000;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The key of the job's collapse marker (`#[job(collapsible)]`): part of the header
-    /// ([`header`]), written first, so a fetch reads the marker beside the job.
+    /// of the payload, written first, so a fetch reads the marker beside the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collapse: Option<String>,
     /// The job's per-key limits, as [`crate::job::LimitTag::encode`] writes them; absent for

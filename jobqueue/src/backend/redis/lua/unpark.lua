@@ -17,8 +17,9 @@ for _, key in ipairs(redis.call('ZRANGE', index, '-inf', now, 'BYSCORE', 'LIMIT'
   local found
   if oldest then
     local _, text = header(oldest)
+    -- The first limit naming the key decides (a foreign header may name it twice).
     for _, l in ipairs(text and parse_limits(ns, text) or {}) do
-      if l[5] == key then found = l end
+      if l[5] == key then found = l; break end
     end
   end
   if not found then
