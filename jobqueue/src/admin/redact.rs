@@ -21,7 +21,8 @@ pub struct Sensitive {
 impl Sensitive {
     /// `job` with the values of its class's sensitive fields hidden, in its arguments and
     /// its error message. A payload that was kept as the argument of a job of its own
-    /// (invalid, or too large) has every known class's sensitive fields hidden in it.
+    /// (invalid, or too large) has every known class's sensitive fields hidden in it and in
+    /// its error message.
     pub fn redact(&self, job: &Envelope) -> Envelope {
         let wrapped = [error_class::INVALID_PAYLOAD, error_class::PAYLOAD_TOO_LARGE];
         if wrapped.contains(&job.class.as_str()) {
@@ -30,6 +31,10 @@ impl Sensitive {
                 if let Value::String(text) = arg {
                     *text = self.text(text);
                 }
+            }
+            // A decode error may quote a piece of the payload.
+            if let Some(message) = &mut shown.error_message {
+                *message = self.text(message);
             }
             return shown;
         }
