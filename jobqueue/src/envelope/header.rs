@@ -73,19 +73,51 @@ fn mentions(payload: &str) -> bool {
 }
 
 /// The header among the top-level fields of a payload as JSON (the last of a repeated
-/// field, as Redis's `cjson` reads it); empty when it is not a JSON object.
+/// field, as Redis's `cjson` reads it); empty when it is not a JSON object. Other fields
+/// are only checked to be JSON, not read: a number too large for a float (`1e400`) does
+/// not hide the header, as it does not from `cjson`.
 fn decoded(payload: &str) -> Header<'static> {
-    let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(payload) else {
-        return Header::default();
-    };
-    let mut text = |name: &str| match fields.remove(name) {
-        Some(Value::String(value)) => Some(Cow::Owned(value)),
-        _ => None,
-    };
-    Header {
-        collapse: text("collapse"),
-        limits: text("limits"),
-        jid: text("jid"),
+    serde_json::from_str::<TopLevel>(payload)
+        .map(|top| top.0)
+        .unwrap_or_default()
+}
+
+/// The header fields of a JSON object, read by [`decoded`].
+struct TopLevel(Header<'static>);
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+        let mut header = Header::default();
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match name.as_ref() {
+                "collapse" => &mut header.collapse,
+                "limits" => &mut header.limits,
+                "jid" => &mut header.jid,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = match map.next_value::<Value>()? {
+                Value::String(text) => Some(Cow::Owned(text)),
+                _ => None,
+            };
+        }
+        Ok(TopLevel(header))
     }
 }
 
@@ -154,6 +186,14 @@ mod tests {
         );
         assert_eq!(of(r#"["limits","collapse"]"#), (None, None, None));
         assert_eq!(of(r#"{"limits":"c1 a""#), (None, None, None));
+        // A number out of a float's range elsewhere: still JSON, as Redis's cjson reads it.
+        let huge = r#"{"args":[1e400],"limits":"c1 a","jid":"j"}"#;
+        assert_eq!(of(huge), (None, Some("c1 a".into()), Some("j".into())));
+        // Not JSON (NaN): no header, here as in the scripts.
+        assert_eq!(
+            of(r#"{"args":[NaN],"limits":"c1 a","jid":"j"}"#),
+            (None, None, None)
+        );
         assert_eq!(of(""), (None, None, None));
     }
 }

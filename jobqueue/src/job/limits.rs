@@ -85,7 +85,8 @@ impl LimitTag {
     /// The limits of a `limits` text, all of them or none: counts from 1 to
     /// [`MAX_LIMIT_COUNT`], periods above 0 up to [`MAX_LIMIT_PERIOD`] written as decimals,
     /// at most [`MAX_LIMITS`] limits, keys of letters, digits and `_-.:@%,` up to
-    /// [`MAX_LIMIT_KEY`] bytes, single spaces between words. An empty text has none.
+    /// [`MAX_LIMIT_KEY`] bytes, each named by one limit only, single spaces between words.
+    /// An empty text has none.
     pub fn parse(text: &str) -> Result<Vec<LimitTag>, InvalidLimits> {
         let invalid = |reason: &str| InvalidLimits {
             text: text.chars().take(200).collect(),
@@ -105,6 +106,11 @@ impl LimitTag {
         }
         if words.len() / 2 > MAX_LIMITS {
             return Err(invalid(&format!("more than {MAX_LIMITS} limits")));
+        }
+        // Two limits on one key would count each other's slots: no client writes that.
+        let keys: Vec<&str> = words.iter().skip(1).step_by(2).copied().collect();
+        if keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k)) {
+            return Err(invalid("a key is named by two limits"));
         }
         words
             .chunks_exact(2)
@@ -322,6 +328,8 @@ mod tests {
     #[test]
     fn only_texts_in_range_parse_and_never_in_part() {
         assert_eq!(LimitTag::parse("").unwrap(), []);
+        assert!(LimitTag::parse("c1 a r5/1 a").is_err());
+        assert!(LimitTag::parse("c1 a c1 b").is_ok());
         assert_eq!(
             LimitTag::parse("r5/0.5 a").unwrap()[0].kind,
             LimitKind::Rate { limit: 5, per: 0.5 }

@@ -69,6 +69,11 @@ impl JobStore for MemoryBroker {
         for job in &taken {
             list.push_front(job.payload.clone());
         }
+        // A process forgotten while it was thought dead is listed again before it holds a
+        // job recovery would not see.
+        if !taken.is_empty() && !state.fetchers.contains(process) {
+            state.fetchers.insert(process.to_owned());
+        }
         drop(state);
         // The schedulers look at set-aside jobs again when their keys have room.
         self.hub.wake(false, set_aside);

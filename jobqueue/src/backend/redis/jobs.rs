@@ -1,6 +1,7 @@
 //! The hot path on Redis ([`JobStore`]): pushes in one transaction, fetches and settles in
 //! one script call each, acknowledgements in one pipeline.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::ScriptInvocation;
 
-use super::codec::{payload_bytes, payload_from_bytes};
+use super::codec::{is_raw, payload_bytes, payload_from_bytes};
 use super::{RedisBroker, UNLOCK};
 use crate::backend::{
     dead_trim, DirectMoves, Due, Fetch, Fetched, JobStore, LimitsRead, MarkerRead, Move, MovedJob,
@@ -270,10 +271,21 @@ fn fetched(
 /// (`JID@PROCESS`) and the keys; none for a job without concurrency limits (or with limits
 /// a fetch could not apply, which took none).
 fn concurrency_slots(payload: &str, process: &str) -> Option<(String, Vec<String>)> {
-    let header = header::read(payload);
+    // Bytes that are not UTF-8 may follow a header the fetch script read and took slots
+    // by: read it there too.
+    let text = if is_raw(payload) {
+        Cow::Owned(String::from_utf8_lossy(&payload_bytes(payload)).into_owned())
+    } else {
+        Cow::Borrowed(payload)
+    };
+    let header = header::read(&text);
     let (Some(text), Some(jid)) = (header.limits, header.jid) else {
         return None;
     };
+    // The fetch script refuses a job without a jid before it takes any slot.
+    if jid.is_empty() {
+        return None;
+    }
     let keys: Vec<String> = LimitTag::parse(&text)
         .ok()?
         .into_iter()

@@ -55,6 +55,9 @@ local function header(job)
   if not (string.find(job, '"limits"', 1, true) or string.find(job, '"collapse"', 1, true)) then
     return nil
   end
+  -- JSON's own numbers only (no NaN, Infinity or hex), as the workers read a payload: a
+  -- job they cannot read takes no slot they could not free.
+  cjson.decode_invalid_numbers(false)
   local ok, decoded = pcall(cjson.decode, job)
   if not ok or type(decoded) ~= 'table' then return nil end
   local function text(value) if type(value) == 'string' then return value end end
@@ -64,19 +67,21 @@ end
 -- The limits of a header's `text`, each {kind ('c' or 'r'), count, period, slots key,
 -- key}: all of them, or nil and the reason when one is out of range. The rules of
 -- LimitTag::parse: counts from 1 to 1,000,000; periods above 0 up to ten years, decimal;
--- at most 4 limits; keys of letters, digits and `_-.:@%,` up to 512 bytes.
+-- at most 4 limits; keys of letters, digits and `_-.:@%,` up to 512 bytes, each named once.
 local function parse_limits(ns, text)
   if string.find(text, '[^%w_%-%.:@%%,/ ]') then return nil, 'a byte is not allowed' end
   local words = {}
   for word in string.gmatch(text, '[^ ]+') do words[#words + 1] = word end
   if #words % 2 ~= 0 then return nil, 'a limit has no key' end
   if #words / 2 > 4 then return nil, 'more than 4 limits' end
-  local limits = {}
+  local limits, seen = {}, {}
   for i = 1, #words, 2 do
     local spec, key = words[i], words[i + 1]
     if #key > 512 or string.find(key, '/', 1, true) then
       return nil, 'a key is over 512 bytes or holds /'
     end
+    if seen[key] then return nil, 'a key is named by two limits' end
+    seen[key] = true
     local kind, n, per = string.sub(spec, 1, 1), nil, 0
     if kind == 'c' then
       n = string.match(spec, '^c(%d+)$')
