@@ -165,28 +165,15 @@ async fn execute(
         super::mechanisms::release_on_death(shared.store(), &envelope, options).await;
         return Ok(Outcome::Cancelled);
     };
-    let ran = slot
-        .started
-        .get()
-        .map_or(Duration::ZERO, |started| started.at.elapsed());
-    let _ = slot.ran.set(ran);
-    let over = budgets::review(
+    let result = review_budgets(
         shared,
         handler.class(),
         &envelope.jid,
         options,
-        account.memory(),
-        ran,
+        account,
+        slot,
+        result,
     );
-    let result = match result {
-        Ok(Ok(Outcome::Done)) if shared.config.strict_budgets && !over.is_empty() => {
-            let what: Vec<String> = over.iter().map(ToString::to_string).collect();
-            let error = JobError::new(format!("over budget (strict mode): {}", what.join("; ")))
-                .with_class(error_class::BUDGET_EXCEEDED);
-            Ok(Err(error))
-        }
-        other => other,
-    };
     let error = match result {
         Ok(Ok(outcome)) => return Ok(succeeded(&envelope, &job.queue, &ctx, outcome, turn)),
         Ok(Err(error)) => match error.pause_queue {
@@ -205,6 +192,34 @@ async fn execute(
     let error = error.redact(&secrets(&envelope.args, options.sensitive));
     let to = retry::after_failure(&mut envelope, &error);
     Err(Failed::known(to, envelope, options))
+}
+
+/// The run's time, recorded in its slot, and its budgets reviewed: in strict mode, a success
+/// over budget becomes a failure.
+fn review_budgets(
+    shared: &Shared,
+    class: &'static str,
+    jid: &str,
+    options: &JobOptions,
+    account: &Account,
+    slot: &Slot<'_>,
+    result: std::thread::Result<Result<Outcome, JobError>>,
+) -> std::thread::Result<Result<Outcome, JobError>> {
+    let ran = slot
+        .started
+        .get()
+        .map_or(Duration::ZERO, |started| started.at.elapsed());
+    let _ = slot.ran.set(ran);
+    let over = budgets::review(shared, class, jid, options, account.memory(), ran);
+    match result {
+        Ok(Ok(Outcome::Done)) if shared.config.strict_budgets && !over.is_empty() => {
+            let what: Vec<String> = over.iter().map(ToString::to_string).collect();
+            let error = JobError::new(format!("over budget (strict mode): {}", what.join("; ")))
+                .with_class(error_class::BUDGET_EXCEEDED);
+            Ok(Err(error))
+        }
+        other => other,
+    }
 }
 
 /// The job's payload, parsed, and its type's handler; or where a job that cannot run goes.
