@@ -1908,6 +1908,31 @@ async fn a_header_naming_one_key_twice_is_invalid_on_both_backends() {
     }
 }
 
+/// A slot is named `JID@PROCESS`, so a job with limits whose jid is not printable ASCII
+/// without `@` or spaces takes none, on both backends: the fetch gives it as one whose
+/// limits cannot apply, and the key's next job has room. Before, a jid with a space took a
+/// slot the settle script could not free, and one with `@` made the slot's process be
+/// misread (judged dead, so the limit could be overrun).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_jid_cannot_name_a_slot_takes_none_on_both_backends() {
+    for jid in ["a b", "a@b", "caf\u{e9}", "tab\tbed"] {
+        for (name, b) in both_backends().await {
+            let b = b.broker.as_ref();
+            beat(b, "p", LEASE).await;
+            push_all(b, &[limited("c1 K", jid), limited("c1 K", "y")]).await;
+            let queues = ["default".to_owned()];
+            let request = support::request(&queues, 10, Some(LEASE), false);
+            let taken = b.fetch("p", request).await.unwrap();
+            let read: Vec<LimitsRead> = taken.iter().map(|f| f.limits).collect();
+            assert_eq!(
+                read,
+                [LimitsRead::Invalid, LimitsRead::Applied],
+                "{name}, jid {jid:?}: it takes no slot of K, so y has room"
+            );
+        }
+    }
+}
+
 /// A payload whose header is not at its fixed place is read as JSON, by `cjson` in the
 /// fetch script and by serde_json in Rust, and both must read the same header: a slot the
 /// fetch takes is one the job's settle frees. With numbers JSON does not have (`NaN`,

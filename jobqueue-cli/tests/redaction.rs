@@ -497,3 +497,40 @@ fn an_invalid_payload_whose_error_quotes_the_card_is_listed_and_shown_with_the_c
         "the error shows the marker where the card was: {message}"
     );
 }
+
+/// A payload that is not UTF-8 is kept in the dead set in hex, which would show its card
+/// as hex digits: it is shown as text, with the card hidden, when that hides a field.
+#[test]
+fn a_payload_that_is_not_utf8_is_shown_with_the_card_hidden_not_in_hex() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let secret = random_hex();
+    let in_hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut payload = format!(
+        r#"{{"class":"ChargeCard","queue":"charges","args":[{{"card":"{secret}","amount":5,"note":""#
+    )
+    .into_bytes();
+    payload.extend_from_slice(b"\xff\"}],\"jid\":\"0f0f0f0f0f0f0f0f0f0f0f0f\"}");
+    redis(&url, &["SADD", "queues", "charges"]);
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg("queue:charges")
+        .arg(payload)
+        .query(&mut conn)
+        .unwrap();
+    run_worker_until(&url, "the payload wrapped in the dead set", || {
+        let dead = parsed(&jobqueue(&url, &["dead", "list", "--json"]));
+        dead.as_array().unwrap().len() == 1
+    });
+
+    let (outputs, dead) = read_set(&url, "dead");
+    assert_no_secret_in(&outputs, &[("card", &secret), ("card in hex", &in_hex)]);
+    let kept = dead[0]["args"][0].as_str().unwrap();
+    assert!(
+        kept.contains(&format!(r#""card":"{REDACTED}","amount":5"#)),
+        "the payload shown as text, with the card hidden: {kept}"
+    );
+}

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::Admin;
+use crate::backend::raw_bytes_text;
 use crate::envelope::{redact_text, secrets, Envelope, REDACTED};
 use crate::error::Error;
 use crate::retry::error_class;
@@ -29,7 +30,15 @@ impl Sensitive {
             let mut shown = job.clone();
             for arg in &mut shown.args {
                 if let Value::String(text) = arg {
-                    *text = self.text(text);
+                    *text = match raw_bytes_text(text) {
+                        // Bytes that are not UTF-8, kept in hex: shown as text when that
+                        // hides a field.
+                        Some(readable) => match self.text(&readable) {
+                            hidden if hidden != readable => hidden,
+                            _ => std::mem::take(text),
+                        },
+                        None => self.text(text),
+                    };
                 }
             }
             // A decode error may quote a piece of the payload.

@@ -90,6 +90,12 @@ pub(crate) fn is_raw_bytes(payload: &str) -> bool {
     redis::is_raw(payload)
 }
 
+/// The text of a payload that stands for bytes that are not UTF-8, those bytes replaced:
+/// to be shown, never acted on; `None` for any other payload.
+pub(crate) fn raw_bytes_text(payload: &str) -> Option<String> {
+    redis::raw_text(payload)
+}
+
 impl MarkerRead {
     /// The reading of `payload`'s marker, `newest` telling what the backend holds under the
     /// key its header names (none when it names none).

@@ -81,7 +81,7 @@ pub(crate) fn secrets(args: &[Value], sensitive: &[&str]) -> Vec<String> {
 }
 
 /// `text` (JSON, or something like it that does not parse) with the value that follows each
-/// `"field":` of `fields` replaced by `"[redacted]"`: a string up to its closing quote, any
+/// `"field":` of `fields` replaced by `"[redacted]"`: a string, object or array whole, any
 /// other value up to the next `,`, `}` or `]`. For payloads that cannot be read as jobs.
 pub(crate) fn redact_text(text: &str, fields: &[&str]) -> String {
     let mut out = text.to_owned();
@@ -109,23 +109,40 @@ pub(crate) fn redact_text(text: &str, fields: &[&str]) -> String {
     out
 }
 
-/// Where a JSON value at the start of `text` ends: after a string's closing quote, or
-/// before the `,`, `}` or `]` that ends any other value; `None` when it runs to the end.
+/// Where a JSON value at the start of `text` ends: after a string's closing quote or an
+/// object's or array's closing bracket (strings inside skipped), or before the `,`, `}` or
+/// `]` that ends any other value; `None` when it runs to the end.
 fn value_end(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    if bytes.first() == Some(&b'"') {
-        let mut escaped = false;
-        for (i, b) in bytes.iter().enumerate().skip(1) {
-            match (escaped, *b) {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, b) in text.bytes().enumerate() {
+        if in_string {
+            match (escaped, b) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
-                (false, b'"') => return Some(i + 1),
+                (false, b'"') => {
+                    in_string = false;
+                    if depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
                 _ => {}
             }
+            continue;
         }
-        return None;
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b',' | b'}' | b']' if depth == 0 => return Some(i),
+            _ => {}
+        }
     }
-    bytes.iter().position(|b| matches!(b, b',' | b'}' | b']'))
+    None
 }
 
 /// The arguments with the values of `sensitive` fields replaced, and those values as text.
@@ -210,6 +227,12 @@ mod tests {
             r#"{"password":"[redacted]""#
         );
         assert_eq!(redact_text("password: x", &["password"]), "password: x");
+        // An object or array as the value, with commas and brackets in its strings.
+        let nested = r#"{"card":{"number":"4111","cvc":"1,2]3"},"n":1,"pin":[7,[8]],"m":2}"#;
+        assert_eq!(
+            redact_text(nested, &["card", "pin"]),
+            r#"{"card":"[redacted]","n":1,"pin":"[redacted]","m":2}"#
+        );
     }
 
     #[test]

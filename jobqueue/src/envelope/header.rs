@@ -11,7 +11,8 @@
 use std::borrow::Cow;
 
 use memchr::memmem;
-use serde_json::Value;
+use serde::de::Error as _;
+use serde_json::value::RawValue;
 
 /// A payload's header fields, each `None` when absent (or not a string).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,9 +78,18 @@ fn mentions(payload: &str) -> bool {
 /// are only checked to be JSON, not read: a number too large for a float (`1e400`) does
 /// not hide the header, as it does not from `cjson`.
 fn decoded(payload: &str) -> Header<'static> {
-    serde_json::from_str::<TopLevel>(payload)
-        .map(|top| top.0)
-        .unwrap_or_default()
+    match serde_json::from_str::<TopLevel>(payload) {
+        Ok(top) => top.0,
+        // `cjson` keeps tabs and line breaks met inside a string, which serde_json refuses:
+        // read as spaces, they leave every field where it was.
+        Err(_) if payload.bytes().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) => {
+            let spaced = payload.replace(['\t', '\n', '\r'], " ");
+            serde_json::from_str::<TopLevel>(&spaced)
+                .map(|top| top.0)
+                .unwrap_or_default()
+        }
+        Err(_) => Header::default(),
+    }
 }
 
 /// The header fields of a JSON object, read by [`decoded`].
@@ -112,9 +122,14 @@ impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
                     continue;
                 }
             };
-            *slot = match map.next_value::<Value>()? {
-                Value::String(text) => Some(Cow::Owned(text)),
-                _ => None,
+            // Taken raw, so that a value that is not a string is skipped, as `cjson` reads
+            // it, whatever its depth or its numbers' range.
+            let raw = map.next_value::<&'de RawValue>()?;
+            *slot = match raw.get().starts_with('"') {
+                true => Some(Cow::Owned(
+                    serde_json::from_str::<String>(raw.get()).map_err(A::Error::custom)?,
+                )),
+                false => None,
             };
         }
         Ok(TopLevel(header))
@@ -189,6 +204,15 @@ mod tests {
         // A number out of a float's range elsewhere: still JSON, as Redis's cjson reads it.
         let huge = r#"{"args":[1e400],"limits":"c1 a","jid":"j"}"#;
         assert_eq!(of(huge), (None, Some("c1 a".into()), Some("j".into())));
+        // Header fields whose values are not strings, however deep or large: skipped.
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        let odd = format!(
+            r#"{{"class":"A","collapse":1e400,"x":{deep},"collapse":{deep},"jid":"j","limits":"c1 K"}}"#
+        );
+        assert_eq!(of(&odd), (None, Some("c1 K".into()), Some("j".into())));
+        // A tab inside a string, which `cjson` keeps.
+        let tab = "{\"class\":\"A\",\"args\":[\"a\tb\"],\"jid\":\"j\",\"limits\":\"c1 K\"}";
+        assert_eq!(of(tab), (None, Some("c1 K".into()), Some("j".into())));
         // Not JSON (NaN): no header, here as in the scripts.
         assert_eq!(
             of(r#"{"args":[NaN],"limits":"c1 a","jid":"j"}"#),

@@ -131,6 +131,13 @@ impl LimitTag {
     }
 }
 
+/// Whether `jid` can name a concurrency slot (`JID@PROCESS`): printable ASCII without `@`
+/// or spaces, as the fetch script requires. A job with limits and any other jid takes no
+/// slot and does not run.
+pub(crate) fn names_a_slot(jid: &str) -> bool {
+    !jid.is_empty() && jid.bytes().all(|b| b.is_ascii_graphic() && b != b'@')
+}
+
 /// The bytes a limit key may hold.
 fn allowed(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"_-.:@%,".contains(&b)

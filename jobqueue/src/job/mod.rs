@@ -14,6 +14,7 @@ mod limits;
 pub(crate) mod record;
 
 use self::keys::job_key;
+pub(crate) use self::limits::names_a_slot;
 pub use self::limits::{
     InvalidLimits, LimitKind, LimitTag, MAX_LIMITS, MAX_LIMIT_COUNT, MAX_LIMIT_KEY,
     MAX_LIMIT_PERIOD,

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{applicable, remove_last, MemoryBroker};
+use super::{applicable, remove_last, MemoryBroker, State};
 use crate::backend::{
     DirectMoves, Due, Fetch, Fetched, JobStore, LimitsRead, MarkerRead, Move, Push, SortedSet,
     Source, Wakeups,
@@ -65,15 +65,11 @@ impl JobStore for MemoryBroker {
                 });
             }
         }
-        let list = state.in_flight.entry(process.to_owned()).or_default();
-        for job in &taken {
-            list.push_front(job.payload.clone());
-        }
-        // A process forgotten while it was thought dead is listed again before it holds a
-        // job recovery would not see.
-        if !taken.is_empty() && !state.fetchers.contains(process) {
-            state.fetchers.insert(process.to_owned());
-        }
+        hold(
+            &mut state,
+            process,
+            taken.iter().map(|job| job.payload.clone()),
+        );
         drop(state);
         // The schedulers look at set-aside jobs again when their keys have room.
         self.hub.wake(false, set_aside);
@@ -133,10 +129,11 @@ impl JobStore for MemoryBroker {
                 due.push((from_epoch(at), payload));
             }
         }
-        let list = state.in_flight.entry(process.to_owned()).or_default();
-        for (_, payload) in &due {
-            list.push_front(payload.clone());
-        }
+        hold(
+            &mut state,
+            process,
+            due.iter().map(|(_, payload)| payload.clone()),
+        );
         Ok(Due {
             taken: due,
             ..Due::default()
@@ -173,6 +170,19 @@ impl JobStore for MemoryBroker {
 
     fn subscribe(&self) -> Arc<Wakeups> {
         self.hub.subscribe()
+    }
+}
+
+/// Puts `payloads` at the head of `process`'s in-flight list, in order. A process forgotten
+/// while it was thought dead is listed again for recovery before it holds a job.
+fn hold(state: &mut State, process: &str, payloads: impl Iterator<Item = String>) {
+    let list = state.in_flight.entry(process.to_owned()).or_default();
+    let before = list.len();
+    for payload in payloads {
+        list.push_front(payload);
+    }
+    if list.len() > before && !state.fetchers.contains(process) {
+        state.fetchers.insert(process.to_owned());
     }
 }
 

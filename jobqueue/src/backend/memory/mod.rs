@@ -16,7 +16,7 @@ use super::{
     WakeupHub,
 };
 use crate::envelope::header;
-use crate::job::LimitTag;
+use crate::job::{names_a_slot, LimitTag};
 use crate::time::epoch_seconds;
 
 mod jobs;
@@ -276,7 +276,7 @@ pub(super) fn applicable(payload: &str) -> Result<(Vec<LimitTag>, String), ()> {
     };
     let tags = LimitTag::parse(&text).map_err(|_| ())?;
     let jid = header.jid.map(|jid| jid.into_owned()).unwrap_or_default();
-    if !tags.is_empty() && jid.is_empty() {
+    if !tags.is_empty() && !names_a_slot(&jid) {
         return Err(());
     }
     Ok((tags, jid))

@@ -14,6 +14,12 @@ pub(crate) fn is_raw(payload: &str) -> bool {
     payload.starts_with(RAW_MARKER)
 }
 
+/// The text of a payload that stands for bytes that are not UTF-8, with those bytes
+/// replaced (to be shown, never acted on); `None` for any other payload.
+pub(crate) fn raw_text(payload: &str) -> Option<String> {
+    is_raw(payload).then(|| String::from_utf8_lossy(&payload_bytes(payload)).into_owned())
+}
+
 /// Payload bytes from Redis as a string, losslessly (see [`RAW_MARKER`]).
 pub(super) fn payload_from_bytes(bytes: Vec<u8>) -> String {
     match String::from_utf8(bytes) {

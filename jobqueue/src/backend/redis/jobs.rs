@@ -17,7 +17,7 @@ use crate::backend::{
 };
 use crate::envelope::header;
 use crate::error::BrokerError;
-use crate::job::LimitTag;
+use crate::job::{names_a_slot, LimitTag};
 use crate::time::{epoch_seconds, from_epoch, now};
 
 /// The most jobs a fetch moves in one call while it looks past jobs set aside.
@@ -282,8 +282,8 @@ fn concurrency_slots(payload: &str, process: &str) -> Option<(String, Vec<String
     let (Some(text), Some(jid)) = (header.limits, header.jid) else {
         return None;
     };
-    // The fetch script refuses a job without a jid before it takes any slot.
-    if jid.is_empty() {
+    // The fetch script takes no slot for a job whose jid cannot name one.
+    if !names_a_slot(&jid) {
         return None;
     }
     let keys: Vec<String> = LimitTag::parse(&text)

@@ -29,7 +29,7 @@ mod listener;
 mod presence;
 mod views;
 
-pub(crate) use self::codec::is_raw;
+pub(crate) use self::codec::{is_raw, raw_text};
 use self::config::open_client;
 pub use self::config::RedisConfig;
 pub(crate) use self::conn::Conn;

@@ -69,7 +69,8 @@ local function take_each(queue, want, bad)
     if text and text ~= '' then limits = parse_limits(ns, text) end
     local ok, admitted = true, true
     if limits and #limits > 0 then
-      if jid and jid ~= '' then
+      -- A slot is named `JID@PROCESS`: a jid of printable ASCII without `@` or spaces.
+      if jid and string.find(jid, '^[!-?A-~]+$') then
         ok, admitted = pcall(admit, ns, limits, jid, job, process, now, lease, full)
       else
         ok = false

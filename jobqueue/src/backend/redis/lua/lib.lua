@@ -55,10 +55,15 @@ local function header(job)
   if not (string.find(job, '"limits"', 1, true) or string.find(job, '"collapse"', 1, true)) then
     return nil
   end
-  -- JSON's own numbers only (no NaN, Infinity or hex), as the workers read a payload: a
-  -- job they cannot read takes no slot they could not free.
+  -- Read as the workers read a payload, so that a job they cannot read takes no slot they
+  -- could not free: no control bytes but whitespace (cjson keeps them in strings and stops
+  -- at a NUL), and JSON's own numbers only (no NaN, Infinity or hex; the setting is the
+  -- server's, so it is put back).
+  if string.find(job, '[%z\1-\8\11\12\14-\31]') then return nil end
+  local lenient = cjson.decode_invalid_numbers()
   cjson.decode_invalid_numbers(false)
   local ok, decoded = pcall(cjson.decode, job)
+  cjson.decode_invalid_numbers(lenient)
   if not ok or type(decoded) ~= 'table' then return nil end
   local function text(value) if type(value) == 'string' then return value end end
   return text(decoded.collapse), text(decoded.limits), text(decoded.jid)
