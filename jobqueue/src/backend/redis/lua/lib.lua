@@ -45,6 +45,19 @@ local function fixed_header(job)
   return collapse, limits, jid, e + 1
 end
 
+-- A payload read as JSON as the workers read it, so that the scripts act on no field they
+-- could not read: no control bytes but whitespace (cjson keeps them in strings and stops
+-- at a NUL), and JSON's own numbers only (no NaN, Infinity or hex; the setting is the
+-- server's, so it is put back). The object, or nil.
+local function decode(job)
+  if string.find(job, '[%z\1-\8\11\12\14-\31]') then return nil end
+  local lenient = cjson.decode_invalid_numbers()
+  cjson.decode_invalid_numbers(false)
+  local ok, decoded = pcall(cjson.decode, job)
+  cjson.decode_invalid_numbers(lenient)
+  if ok and type(decoded) == 'table' then return decoded end
+end
+
 -- The header of any payload: at its fixed place, or else the top-level fields of the
 -- payload read as JSON when its text names `limits` or `collapse` at all; never a
 -- substring, which an argument could supply. Returns collapse, limits, jid (each nil when
@@ -55,16 +68,8 @@ local function header(job)
   if not (string.find(job, '"limits"', 1, true) or string.find(job, '"collapse"', 1, true)) then
     return nil
   end
-  -- Read as the workers read a payload, so that a job they cannot read takes no slot they
-  -- could not free: no control bytes but whitespace (cjson keeps them in strings and stops
-  -- at a NUL), and JSON's own numbers only (no NaN, Infinity or hex; the setting is the
-  -- server's, so it is put back).
-  if string.find(job, '[%z\1-\8\11\12\14-\31]') then return nil end
-  local lenient = cjson.decode_invalid_numbers()
-  cjson.decode_invalid_numbers(false)
-  local ok, decoded = pcall(cjson.decode, job)
-  cjson.decode_invalid_numbers(lenient)
-  if not ok or type(decoded) ~= 'table' then return nil end
+  local decoded = decode(job)
+  if not decoded then return nil end
   local function text(value) if type(value) == 'string' then return value end end
   return text(decoded.collapse), text(decoded.limits), text(decoded.jid)
 end

@@ -85,11 +85,9 @@ local function unpark(ns, key, n)
     local job = redis.call('RPOP', list)
     if not job then break end
     moved = moved + 1
-    local ok, decoded = pcall(cjson.decode, job)
+    local decoded = decode(job)
     local queue = 'default'
-    if ok and type(decoded) == 'table' and type(decoded.queue) == 'string' then
-      queue = decoded.queue
-    end
+    if decoded and type(decoded.queue) == 'string' then queue = decoded.queue end
     if not by_queue[queue] then
       by_queue[queue] = {}
       order[#order + 1] = queue
