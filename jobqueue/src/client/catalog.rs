@@ -1,7 +1,7 @@
 //! The classes worker processes publish ([`Published::Classes`]): the options of job types a
 //! process or a tool does not have, so that admission (the header, locks, markers) and
-//! redaction apply to their jobs too. A client reads them once and again at most every
-//! [`REFRESH`] when it meets a class it does not know.
+//! redaction apply to their jobs too. A client reads them again when it meets a class its
+//! reading lacks (at most once every [`MISS`] for a class still not found).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -11,9 +11,11 @@ use crate::backend::{Broker, Published};
 use crate::error::BrokerError;
 use crate::job::{record, JobOptions};
 
-/// The longest a client goes on an old reading of the catalog when it meets a class it
-/// does not know.
+/// The longest a tool goes on an old reading of the whole catalog (`fresh`).
 const REFRESH: Duration = Duration::from_secs(30);
+
+/// How long a class looked for and not found is taken as unknown without reading again.
+const MISS: Duration = Duration::from_secs(1);
 
 /// A client's reading of the published classes.
 #[derive(Default)]
@@ -24,6 +26,8 @@ pub(crate) struct Catalog {
 #[derive(Default)]
 struct Reading {
     classes: HashMap<String, &'static JobOptions>,
+    /// Classes looked for and not found since this reading, and when.
+    missed: HashMap<String, Instant>,
     at: Option<Instant>,
 }
 
@@ -32,24 +36,37 @@ impl Catalog {
         self.read.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The published options of `class`, reading the catalog again when it was last read
-    /// more than [`REFRESH`] ago.
+    /// The published options of `class`, reading the catalog again when the reading
+    /// lacks it.
     pub(crate) async fn options(
         &self,
         broker: &dyn Broker,
         class: &str,
     ) -> Result<Option<&'static JobOptions>, BrokerError> {
-        let fresh = {
+        {
             let reading = self.reading();
             if let Some(options) = reading.classes.get(class) {
                 return Ok(Some(options));
             }
-            reading.at.is_some_and(|at| at.elapsed() < REFRESH)
-        };
-        if !fresh {
-            self.refresh(broker).await?;
+            // A class missed a moment ago is not read again at once: a storm of jobs of a
+            // class no process publishes costs one read a second.
+            if reading
+                .missed
+                .get(class)
+                .is_some_and(|at| at.elapsed() < MISS)
+            {
+                return Ok(None);
+            }
         }
-        Ok(self.reading().classes.get(class).copied())
+        // A class may have been published since the last reading (a batch publishes its
+        // callbacks' classes as it is enqueued): read again before admitting it bare.
+        self.refresh(broker).await?;
+        let mut reading = self.read.write().unwrap_or_else(|e| e.into_inner());
+        let found = reading.classes.get(class).copied();
+        if found.is_none() {
+            reading.missed.insert(class.to_owned(), Instant::now());
+        }
+        Ok(found)
     }
 
     /// Reads the catalog again if it was last read more than [`REFRESH`] ago.
@@ -70,6 +87,7 @@ impl Catalog {
             .collect();
         *self.read.write().unwrap_or_else(|e| e.into_inner()) = Reading {
             classes,
+            missed: HashMap::new(),
             at: Some(Instant::now()),
         };
         Ok(())
