@@ -1223,7 +1223,7 @@ async fn the_dead_set_drops_jobs_older_than_180_days(b: Backend) {
 
 /// Writes `entries` (score, payload) into the dead set as they are, dated as given: on
 /// Redis with `ZADD`, on a cluster into the dead set of the shard that holds the dead set's
-/// entries already, in memory through the broker's own set.
+/// entries already, on PostgreSQL with an `INSERT`, in memory through the broker's own set.
 async fn plant_dead(b: &Backend, entries: &[(f64, &str)]) {
     if let Some(memory) = &b.memory {
         for (score, payload) in entries {
@@ -1232,6 +1232,21 @@ async fn plant_dead(b: &Backend, entries: &[(f64, &str)]) {
                 std::time::UNIX_EPOCH + Duration::from_secs_f64(*score),
                 payload,
             );
+        }
+        return;
+    }
+    if let Some(pg) = &b.pg {
+        let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+        for (score, payload) in entries {
+            sqlx::query(
+                "INSERT INTO jobqueue_sets (set, score, digest, payload)
+                 VALUES ('d', $1, sha256(convert_to($2, 'UTF8')), $2)",
+            )
+            .bind(score)
+            .bind(payload)
+            .execute(&pool)
+            .await
+            .unwrap();
         }
         return;
     }

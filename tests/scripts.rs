@@ -1015,6 +1015,7 @@ fn every_foreign_payload_on_redis_runs_or_ends_in_a_sorted_set_and_nothing_is_le
                 server: None,
                 cluster: None,
                 memory: None,
+                pg: None,
             };
             let client = redis::Client::open(url.as_str()).unwrap();
             let conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -1765,6 +1766,7 @@ fn every_foreign_payload_on_a_cluster_runs_or_ends_in_a_sorted_set_and_nothing_i
                 server: None,
                 cluster: None,
                 memory: None,
+                pg: None,
             };
             let client = redis::cluster::ClusterClient::new(nodes.clone()).unwrap();
             let conn = client.get_async_connection().await.unwrap();

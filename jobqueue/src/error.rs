@@ -33,6 +33,19 @@ pub enum BrokerError {
     /// The cluster's layout could not be read or set up.
     #[error("redis cluster: {0}")]
     Cluster(String),
+    /// PostgreSQL refused a statement, or the connection to it failed.
+    #[cfg(feature = "postgres")]
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    /// The PostgreSQL URL could not be used.
+    #[cfg(feature = "postgres")]
+    #[error("invalid postgres url `{url}`: {reason}")]
+    InvalidPgUrl {
+        /// The URL as given, its password replaced by `***`.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 /// An enqueue, a worker start or an admin call failed.

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod extremes;
 pub mod heartbeat;
 pub mod jobs;
+pub mod postgres;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod scripted_http;
@@ -15,10 +16,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jobqueue::backend::postgres::{PgBroker, PgConfig};
 use jobqueue::{
     Broker, ClusterBroker, ClusterConfig, MemoryBroker, RedisBroker, WorkerBuilder, WorkerConfig,
 };
 
+pub use postgres::PgServer;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 #[allow(unused_imports)]
@@ -40,6 +43,8 @@ pub struct Backend {
     pub cluster: Option<RedisCluster>,
     /// The in-memory broker itself, when the backend is one.
     pub memory: Option<MemoryBroker>,
+    /// The PostgreSQL server behind the broker, when there is one.
+    pub pg: Option<PgServer>,
 }
 
 impl Backend {
@@ -50,6 +55,7 @@ impl Backend {
             server: None,
             cluster: None,
             memory: Some(memory),
+            pg: None,
         }
     }
 
@@ -63,6 +69,7 @@ impl Backend {
             server: Some(server),
             cluster: None,
             memory: None,
+            pg: None,
         }
     }
 
@@ -80,6 +87,23 @@ impl Backend {
             server: None,
             cluster: Some(cluster),
             memory: None,
+            pg: None,
+        }
+    }
+
+    /// A PostgreSQL server of the test's own, its tables made by the crate's migrations.
+    pub async fn postgres() -> Self {
+        let pg = tokio::task::spawn_blocking(PgServer::start)
+            .await
+            .expect("start postgres");
+        let broker = pg_broker(&pg).await;
+        broker.migrate().await.expect("apply the migrations");
+        Self {
+            broker: Arc::new(broker),
+            server: None,
+            cluster: None,
+            memory: None,
+            pg: Some(pg),
         }
     }
 
@@ -97,7 +121,10 @@ impl Backend {
                     .await
                     .expect("connect to the test's redis cluster"),
             ),
-            _ => Arc::clone(&self.broker),
+            _ => match &self.pg {
+                Some(pg) => Arc::new(pg_broker(pg).await),
+                None => Arc::clone(&self.broker),
+            },
         }
     }
 
@@ -114,6 +141,15 @@ impl Backend {
     pub fn worker(&self) -> WorkerBuilder {
         jobqueue::Worker::builder(Arc::clone(&self.broker)).config(fast_config())
     }
+}
+
+/// A broker on `pg`, looking for unannounced jobs every 20 ms.
+pub async fn pg_broker(pg: &PgServer) -> PgBroker {
+    let mut config = PgConfig::new(pg.url());
+    config.watch_interval = Duration::from_millis(20);
+    PgBroker::connect_with(config)
+        .await
+        .expect("connect to the test's postgres")
 }
 
 /// A worker running in the background.
@@ -197,12 +233,20 @@ macro_rules! on_both_brokers {
     };
 }
 
-/// Runs the conformance body `$name(Backend)` once on each broker: in memory, on one Redis
-/// and on a Redis Cluster.
+/// Runs the conformance body `$name(Backend)` once on each broker: in memory, on one Redis,
+/// on a Redis Cluster and on PostgreSQL.
 #[macro_export]
 macro_rules! on_every_broker {
     ($($name:ident),* $(,)?) => {
         on_both_brokers!($($name),*);
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::support::Backend::postgres().await).await;
+                }
+            )*
+        }
         mod cluster {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

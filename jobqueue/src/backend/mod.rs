@@ -20,6 +20,8 @@ use crate::time::epoch_seconds;
 
 pub mod cluster;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod redis;
 mod traits;
 mod types;
@@ -34,11 +36,16 @@ pub use self::types::{
     Push, Running, Settle, SortedSet, Source, Span, Stats,
 };
 
-/// Connects to the broker at `url`: one Redis (`redis://host:port/db`), or a Redis Cluster
-/// when the URL lists several seed nodes (`redis://a:7000,b:7000,c:7000`). `namespace`
+/// Connects to the broker at `url`: one Redis (`redis://host:port/db`), a Redis Cluster
+/// when the URL lists several seed nodes (`redis://a:7000,b:7000,c:7000`), or PostgreSQL
+/// (`postgres://user@host/database`, with the `postgres` feature; its tables are brought up
+/// to date). `namespace`
 /// prefixes every key on one Redis, and names the cluster's hash tags on a cluster. For
 /// the admin command, the worker runner and anything else configured by a URL.
 pub async fn connect(url: &str, namespace: Option<&str>) -> Result<Arc<dyn Broker>, BrokerError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return connect_postgres(url, namespace).await;
+    }
     if url.contains(',') {
         let mut config = ClusterConfig::new(url);
         config.namespace = namespace.map(str::to_owned);
@@ -47,6 +54,38 @@ pub async fn connect(url: &str, namespace: Option<&str>) -> Result<Arc<dyn Broke
     let mut config = RedisConfig::new(url);
     config.namespace = namespace.map(str::to_owned);
     Ok(RedisBroker::connect_with(config).await?.into())
+}
+
+/// A PostgreSQL broker at `url`, its tables brought up to date: its tables are its own
+/// namespace, so `namespace` must be `None`.
+#[cfg(feature = "postgres")]
+async fn connect_postgres(
+    url: &str,
+    namespace: Option<&str>,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    if namespace.is_some() {
+        return Err(BrokerError::InvalidPgUrl {
+            url: crate::error::redact_url(url),
+            reason: "a namespace applies to Redis keys; a PostgreSQL broker's tables are \
+                     `jobqueue_*` in the database the URL names"
+                .into(),
+        });
+    }
+    let mut config = postgres::PgConfig::new(url);
+    config.migrate = true;
+    Ok(postgres::PgBroker::connect_with(config).await?.into())
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn connect_postgres(
+    url: &str,
+    _namespace: Option<&str>,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    Err(BrokerError::InvalidUrl {
+        url: crate::error::redact_url(url),
+        reason: "this build has no PostgreSQL backend: enable jobqueue's `postgres` feature"
+            .into(),
+    })
 }
 
 /// The dead set keeps at most this many jobs, as Sidekiq does.

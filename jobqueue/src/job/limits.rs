@@ -138,6 +138,24 @@ pub(crate) fn names_a_slot(jid: &str) -> bool {
     !jid.is_empty() && jid.bytes().all(|b| b.is_ascii_graphic() && b != b'@')
 }
 
+impl LimitKind {
+    /// How many more jobs may start at `now` under a key of this kind holding `taken`
+    /// slots (live holders for concurrency, starts within the period for rate, the oldest
+    /// at `oldest`); when none, also when to look again: after `lease` for a concurrency
+    /// key, when the oldest start leaves the period for a rate key. The rule every Rust
+    /// backend applies (the Redis scripts state it in Lua).
+    pub(crate) fn room(self, taken: usize, oldest: Option<f64>, now: f64, lease: f64) -> (usize, f64) {
+        let (limit, look) = match self {
+            LimitKind::Rate { limit, per } => (limit, oldest.unwrap_or(now) + per),
+            LimitKind::Concurrency(limit) => (limit, now + lease),
+        };
+        match (limit as usize).checked_sub(taken).filter(|free| *free > 0) {
+            Some(free) => (free, now),
+            None => (0, look),
+        }
+    }
+}
+
 /// The bytes a limit key may hold.
 fn allowed(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"_-.:@%,".contains(&b)

@@ -45,38 +45,33 @@ impl Limits {
         alive: &dyn Fn(&str) -> bool,
     ) -> (usize, f64) {
         // A key left with nothing goes, as an empty Redis key does.
-        match tag.kind {
-            LimitKind::Rate { limit, per } => {
+        let (taken, oldest) = match tag.kind {
+            LimitKind::Rate { per, .. } => {
                 let Some(starts) = self.starts.get_mut(&tag.key) else {
-                    return (limit as usize, now);
+                    return tag.kind.room(0, None, now, lease);
                 };
                 while starts.front().is_some_and(|t| *t <= now - per) {
                     starts.pop_front();
                 }
-                let (taken, first) = (starts.len(), starts.front().copied());
-                if taken == 0 {
+                let taken = (starts.len(), starts.front().copied());
+                if starts.is_empty() {
                     self.starts.remove(&tag.key);
                 }
-                match (limit as usize).checked_sub(taken).filter(|f| *f > 0) {
-                    Some(free) => (free, now),
-                    None => (0, first.unwrap_or(now) + per),
-                }
+                taken
             }
-            LimitKind::Concurrency(limit) => {
+            LimitKind::Concurrency(_) => {
                 let Some(holders) = self.held.get_mut(&tag.key) else {
-                    return (limit as usize, now);
+                    return tag.kind.room(0, None, now, lease);
                 };
                 holders.retain(|(_, process)| alive(process));
-                let held = holders.len();
+                let taken = holders.len();
                 if holders.is_empty() {
                     self.held.remove(&tag.key);
                 }
-                match (limit as usize).checked_sub(held).filter(|f| *f > 0) {
-                    Some(free) => (free, now),
-                    None => (0, now + lease),
-                }
+                (taken, None)
             }
-        }
+        };
+        tag.kind.room(taken, oldest, now, lease)
     }
 
     /// Takes a slot in every limit of the job for `process`, or in none. Returns `None`

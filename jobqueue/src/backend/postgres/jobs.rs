@@ -1,0 +1,492 @@
+//! The hot path on PostgreSQL ([`JobStore`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::{PgConnection, Row};
+
+use super::{limits, PgBroker, WAKE};
+use crate::backend::{
+    dead_trim, DirectMoves, Due, Fetch, Fetched, JobStore, LimitsRead, MarkerRead, Move,
+    Placement, Push, SortedSet, Source, Wakeups,
+};
+use crate::envelope::header;
+use crate::error::BrokerError;
+use crate::time::{epoch_seconds, from_epoch, now};
+
+/// A sorted set's letter in `jobqueue_sets.set`.
+pub(super) fn set_code(set: SortedSet) -> &'static str {
+    match set {
+        SortedSet::Schedule => "s",
+        SortedSet::Retry => "r",
+        SortedSet::Dead => "d",
+    }
+}
+
+/// Inserts `jobs` on `conn`: queue pushes at the back of their queues (registering each
+/// queue), the others into the schedule set. Returns whether any went to a queue and
+/// whether any was scheduled. One statement.
+pub(super) async fn insert(
+    conn: &mut PgConnection,
+    jobs: &[Push],
+) -> Result<(bool, bool), BrokerError> {
+    let (mut queues, mut payloads) = (Vec::new(), Vec::new());
+    let (mut scores, mut scheduled) = (Vec::new(), Vec::<&str>::new());
+    for job in jobs {
+        match job.at {
+            None => {
+                queues.push(job.queue.as_str());
+                payloads.push(job.payload.as_str());
+            }
+            Some(at) => {
+                // A member is in a set once: the last push of the same payload wins.
+                if let Some(i) = scheduled.iter().position(|p| *p == job.payload) {
+                    scheduled.remove(i);
+                    scores.remove(i);
+                }
+                scores.push(epoch_seconds(at));
+                scheduled.push(job.payload.as_str());
+            }
+        }
+    }
+    let any = (!queues.is_empty(), !scheduled.is_empty());
+    if !any.0 && !any.1 {
+        return Ok(any);
+    }
+    sqlx::query(
+        "WITH known AS (
+             INSERT INTO jobqueue_queues (name) SELECT DISTINCT n FROM unnest($1::text[]) n
+             ON CONFLICT DO NOTHING),
+         later AS (
+             INSERT INTO jobqueue_sets (set, score, digest, payload)
+             SELECT 's', sc, sha256(convert_to(p, 'UTF8')), p FROM unnest($3::float8[], $4::text[]) t(sc, p)
+             ON CONFLICT (set, digest) DO UPDATE SET score = excluded.score)
+         INSERT INTO jobqueue_jobs (place, name, queue, pos, payload)
+         SELECT 'q', q, q, nextval('jobqueue_pos'), p
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY t(q, p, i) ORDER BY i",
+    )
+    .bind(&queues)
+    .bind(&payloads)
+    .bind(&scores)
+    .bind(&scheduled)
+    .execute(conn)
+    .await?;
+    Ok(any)
+}
+
+/// Sends the notice of a change: `q` for a queue, `s` for the sets.
+pub(super) async fn notify(
+    conn: &mut PgConnection,
+    queued: bool,
+    scheduled: bool,
+) -> Result<(), BrokerError> {
+    let what = match (queued, scheduled) {
+        (true, true) => "qs",
+        (true, false) => "q",
+        (false, true) => "s",
+        (false, false) => return Ok(()),
+    };
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(WAKE)
+        .bind(what)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Carries out a settle's placement on `conn`; returns whether it woke fetchers and the
+/// scheduler.
+pub(super) async fn place(
+    conn: &mut PgConnection,
+    placement: Placement<'_>,
+) -> Result<(bool, bool), BrokerError> {
+    match placement {
+        Placement::Queue {
+            queue,
+            payload,
+            front,
+        } => {
+            sqlx::query(
+                "WITH known AS (INSERT INTO jobqueue_queues (name) VALUES ($1) ON CONFLICT DO NOTHING)
+                 INSERT INTO jobqueue_jobs (place, name, queue, pos, payload)
+                 VALUES ('q', $1, $1, CASE WHEN $3 THEN -nextval('jobqueue_pos') ELSE nextval('jobqueue_pos') END, $2)",
+            )
+            .bind(queue)
+            .bind(payload)
+            .bind(front)
+            .execute(conn)
+            .await?;
+            Ok((true, false))
+        }
+        Placement::Set {
+            set,
+            payload,
+            score,
+        } => {
+            sqlx::query(
+                "INSERT INTO jobqueue_sets (set, score, digest, payload)
+                 VALUES ($1::text::\"char\", $2, sha256(convert_to($3, 'UTF8')), $3)
+                 ON CONFLICT (set, digest) DO UPDATE SET score = excluded.score",
+            )
+            .bind(set_code(set))
+            .bind(score)
+            .bind(payload)
+            .execute(&mut *conn)
+            .await?;
+            // The dead set is trimmed once per settle ([`trim_dead`]); the others wake the
+            // scheduler.
+            Ok((false, set != SortedSet::Dead))
+        }
+        Placement::Nowhere => Ok((false, false)),
+    }
+}
+
+/// Trims the dead set after additions at `at`: entries older than the timeout go, then the
+/// oldest beyond the maximum.
+async fn trim_dead(conn: &mut PgConnection, at: f64) -> Result<(), BrokerError> {
+    let (before, keep) = dead_trim(at);
+    sqlx::query(
+        "DELETE FROM jobqueue_sets WHERE set = 'd' AND (score < $1 OR id IN (
+             SELECT id FROM jobqueue_sets WHERE set = 'd' ORDER BY score DESC, id DESC OFFSET $2))",
+    )
+    .bind(before)
+    .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether the moves are plain acknowledgements: jobs leaving an in-flight list for good,
+/// with nothing pushed or unlocked, no limits to free, no payload twice. Those take one
+/// statement together.
+fn plain_acks(from: Source<'_>, moves: &[Move]) -> bool {
+    let mut seen = HashSet::with_capacity(moves.len());
+    matches!(from, Source::InFlight(_))
+        && moves.iter().all(|m| {
+            matches!(m.to, crate::backend::Settle::Discard)
+                && m.then.is_empty()
+                && m.unlock.is_none()
+                && header::read(&m.payload).limits.is_none()
+                && seen.insert(m.payload.as_str())
+        })
+}
+
+#[async_trait]
+impl JobStore for PgBroker {
+    async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError> {
+        let mut conn = self.pool.acquire().await?;
+        let (queued, scheduled) = insert(&mut conn, jobs).await?;
+        notify(&mut conn, queued, scheduled).await?;
+        self.hub.wake(queued, scheduled);
+        Ok(())
+    }
+
+    async fn fetch(&self, process: &str, request: Fetch<'_>) -> Result<Vec<Fetched>, BrokerError> {
+        let at = now();
+        let Some(lease) = request.limits else {
+            // Without limits the claim is one statement on its own.
+            let mut conn = self.pool.acquire().await?;
+            let claimed = claim(&mut conn, process, &request, at).await?;
+            let mut taken: Vec<Fetched> = claimed
+                .into_iter()
+                .map(|(_, queue, payload)| Fetched {
+                    queue,
+                    payload,
+                    marker: None,
+                    limits: LimitsRead::NotRead,
+                })
+                .collect();
+            if request.markers {
+                read_markers(&mut conn, &mut taken, at).await?;
+            }
+            return Ok(taken);
+        };
+        // With limits, a job's claim and its slots (or its setting aside) are one step.
+        let mut tx = self.pool.begin().await?;
+        let claimed = claim(&mut tx, process, &request, at).await?;
+        let mut taken = Vec::with_capacity(claimed.len());
+        let mut set_aside = false;
+        let mut guard = limits::Guard::default();
+        let lease = lease.as_secs_f64();
+        for (id, queue, payload) in claimed {
+            let admitted =
+                limits::admit(&mut tx, &mut guard, id, &payload, process, at, lease).await?;
+            let read = match admitted {
+                limits::Admitted::SetAside => {
+                    set_aside = true;
+                    continue;
+                }
+                limits::Admitted::Taken => LimitsRead::Applied,
+                limits::Admitted::Invalid => LimitsRead::Invalid,
+            };
+            taken.push(Fetched {
+                queue,
+                payload,
+                marker: None,
+                limits: read,
+            });
+        }
+        if set_aside {
+            notify(&mut tx, false, true).await?;
+        }
+        if request.markers {
+            read_markers(&mut tx, &mut taken, at).await?;
+        }
+        tx.commit().await?;
+        // The schedulers look at set-aside jobs again when their keys have room.
+        self.hub.wake(false, set_aside);
+        Ok(taken)
+    }
+
+    async fn settle(&self, from: Source<'_>, moves: &[Move]) -> Result<Vec<bool>, BrokerError> {
+        if moves.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let (Source::InFlight(process), true) = (from, plain_acks(from, moves)) {
+            return acknowledge(&self.pool, process, moves).await;
+        }
+        let (mut queued, mut scheduled) = (false, false);
+        let mut moved = Vec::with_capacity(moves.len());
+        let mut tx = self.pool.begin().await?;
+        let mut guard = limits::Guard::default();
+        let at = now();
+        let mut died = false;
+        for m in moves {
+            let removed = match from {
+                Source::InFlight(process) => {
+                    let gone: Option<i64> = sqlx::query_scalar(
+                        "DELETE FROM jobqueue_jobs WHERE id = (
+                             SELECT id FROM jobqueue_jobs WHERE place = 'f' AND name = $1 AND payload = $2
+                             ORDER BY pos LIMIT 1 FOR UPDATE)
+                         RETURNING id",
+                    )
+                    .bind(process)
+                    .bind(&m.payload)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if gone.is_some() {
+                        queued |=
+                            limits::release(&mut tx, &mut guard, &m.payload, process).await?;
+                    }
+                    gone.is_some()
+                }
+                Source::Set(set) => remove_from_set(&mut tx, set, &m.payload).await?,
+            };
+            moved.push(removed);
+            if removed {
+                let placement = m.to.placement(at);
+                died |= matches!(placement, Placement::Set { set: SortedSet::Dead, .. });
+                let (q, s) = place(&mut tx, placement).await?;
+                let (tq, ts) = insert(&mut tx, &m.then).await?;
+                queued |= q || tq;
+                scheduled |= s || ts;
+            }
+            if let Some((key, owner)) = &m.unlock {
+                super::roles::unlock_on(&mut tx, key, owner).await?;
+            }
+        }
+        if died {
+            trim_dead(&mut tx, at).await?;
+        }
+        notify(&mut tx, queued, scheduled).await?;
+        tx.commit().await?;
+        self.hub.wake(queued, scheduled);
+        Ok(moved)
+    }
+
+    async fn take_due(
+        &self,
+        process: &str,
+        set: SortedSet,
+        now: SystemTime,
+        limit: usize,
+        // The process's own move costs a statement per job here, as a direct move would.
+        _direct: Option<DirectMoves<'_>>,
+    ) -> Result<Due, BrokerError> {
+        let rows: Vec<(f64, String)> = sqlx::query_as(
+            "WITH due AS (
+                 SELECT id FROM jobqueue_sets WHERE set = $1::text::\"char\" AND score <= $2
+                 ORDER BY score, payload COLLATE \"C\" LIMIT $3 FOR UPDATE SKIP LOCKED),
+             gone AS (
+                 DELETE FROM jobqueue_sets s USING due WHERE s.id = due.id
+                 RETURNING s.score, s.payload),
+             listed AS (
+                 INSERT INTO jobqueue_fetchers (identity) SELECT $4 WHERE EXISTS (SELECT 1 FROM gone)
+                 ON CONFLICT DO NOTHING),
+             held AS (
+                 INSERT INTO jobqueue_jobs (place, name, queue, pos, payload)
+                 SELECT 'f', $4, '', nextval('jobqueue_pos'), g.payload
+                 FROM (SELECT * FROM gone ORDER BY score, payload COLLATE \"C\") g)
+             SELECT score, payload FROM gone ORDER BY score, payload COLLATE \"C\"",
+        )
+        .bind(set_code(set))
+        .bind(epoch_seconds(now))
+        .bind(limit as i64)
+        .bind(process)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Due {
+            taken: rows
+                .into_iter()
+                .map(|(at, payload)| (from_epoch(at), payload))
+                .collect(),
+            ..Due::default()
+        })
+    }
+
+    async fn next_due(&self) -> Result<Option<SystemTime>, BrokerError> {
+        let next: Option<f64> = sqlx::query_scalar(
+            "SELECT least(
+                 (SELECT min(score) FROM jobqueue_sets WHERE set = 's'),
+                 (SELECT min(score) FROM jobqueue_sets WHERE set = 'r'),
+                 (SELECT min(next_look) FROM jobqueue_limit_keys))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(from_epoch))
+    }
+
+    async fn unpark_due(&self, now: SystemTime, lease: Duration) -> Result<usize, BrokerError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = limits::unpark_due(&mut tx, epoch_seconds(now), lease.as_secs_f64()).await?;
+        notify(&mut tx, moved > 0, false).await?;
+        tx.commit().await?;
+        self.hub.wake(moved > 0, false);
+        Ok(moved)
+    }
+
+    fn subscribe(&self) -> Arc<Wakeups> {
+        self.hub.subscribe()
+    }
+}
+
+/// Claims up to `request.max` jobs from its queues, in order, skipping paused queues, into
+/// `process`'s in-flight rows, in one statement; returns their ids, queues and payloads,
+/// each queue's oldest first.
+async fn claim(
+    conn: &mut PgConnection,
+    process: &str,
+    request: &Fetch<'_>,
+    at: f64,
+) -> Result<Vec<(i64, String, String)>, BrokerError> {
+    let rows = sqlx::query(
+        "WITH want AS (
+             SELECT w.name, w.ord FROM unnest($1::text[]) WITH ORDINALITY w(name, ord)
+             WHERE NOT EXISTS (SELECT 1 FROM jobqueue_paused p WHERE p.queue = w.name AND p.until > $4)),
+         picked AS (
+             SELECT j.id, w.ord, j.pos, row_number() OVER (ORDER BY w.ord, j.pos) AS rn
+             FROM want w CROSS JOIN LATERAL (
+                 SELECT id, pos FROM jobqueue_jobs WHERE place = 'q' AND name = w.name
+                 ORDER BY pos LIMIT $2 FOR UPDATE SKIP LOCKED) j
+             ORDER BY w.ord, j.pos LIMIT $2),
+         listed AS (
+             INSERT INTO jobqueue_fetchers (identity) SELECT $3 WHERE EXISTS (SELECT 1 FROM picked)
+             ON CONFLICT DO NOTHING)
+         -- Numbers for the whole batch at once, so the in-flight rows keep the fetch's order.
+         UPDATE jobqueue_jobs j SET place = 'f', name = $3,
+             pos = (SELECT setval('jobqueue_pos', nextval('jobqueue_pos') + $2)) - $2 + picked.rn
+         FROM picked WHERE j.id = picked.id
+         RETURNING j.id, j.queue, j.payload, picked.ord, picked.pos",
+    )
+    .bind(request.queues)
+    .bind(request.max as i64)
+    .bind(process)
+    .bind(at)
+    .fetch_all(conn)
+    .await?;
+    let mut claimed: Vec<(i64, i64, i64, String, String)> = rows
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get("ord")?,
+                r.try_get("pos")?,
+                r.try_get("id")?,
+                r.try_get("queue")?,
+                r.try_get("payload")?,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    claimed.sort_unstable_by_key(|c| (c.0, c.1));
+    Ok(claimed
+        .into_iter()
+        .map(|(_, _, id, queue, payload)| (id, queue, payload))
+        .collect())
+}
+
+/// Deletes plain acknowledgements ([`plain_acks`]) in one statement; returns, per move,
+/// whether the job was still in `process`'s in-flight rows.
+async fn acknowledge(
+    pool: &sqlx::PgPool,
+    process: &str,
+    moves: &[Move],
+) -> Result<Vec<bool>, BrokerError> {
+    let payloads: Vec<&str> = moves.iter().map(|m| m.payload.as_str()).collect();
+    let gone: Vec<i64> = sqlx::query_scalar(
+        "WITH hit AS (
+             SELECT DISTINCT ON (u.i) u.i, j.id
+             FROM unnest($2::text[]) WITH ORDINALITY u(p, i)
+             JOIN jobqueue_jobs j ON j.place = 'f' AND j.name = $1 AND j.payload = u.p
+             ORDER BY u.i, j.pos)
+         DELETE FROM jobqueue_jobs j USING hit WHERE j.id = hit.id RETURNING hit.i",
+    )
+    .bind(process)
+    .bind(&payloads)
+    .fetch_all(pool)
+    .await?;
+    let mut moved = vec![false; moves.len()];
+    for i in gone {
+        if let Some(m) = usize::try_from(i - 1).ok().and_then(|i| moved.get_mut(i)) {
+            *m = true;
+        }
+    }
+    Ok(moved)
+}
+
+/// Removes `payload` from `set`; returns whether it was there.
+pub(super) async fn remove_from_set(
+    conn: &mut PgConnection,
+    set: SortedSet,
+    payload: &str,
+) -> Result<bool, BrokerError> {
+    let gone = sqlx::query(
+        "DELETE FROM jobqueue_sets WHERE set = $1::text::\"char\"
+         AND digest = sha256(convert_to($2, 'UTF8')) AND payload = $2",
+    )
+    .bind(set_code(set))
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(gone.rows_affected() > 0)
+}
+
+/// Reads the collapse marker of each taken job whose header names one, in one statement.
+async fn read_markers(
+    conn: &mut PgConnection,
+    taken: &mut [Fetched],
+    at: f64,
+) -> Result<(), BrokerError> {
+    let keys: Vec<String> = taken
+        .iter()
+        .filter_map(|job| header::read(&job.payload).collapse.map(|k| k.into_owned()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<(String, String)> =
+        sqlx::query_as("SELECT key, value FROM jobqueue_kv WHERE key = ANY($1) AND expires > $2")
+            .bind(&keys)
+            .bind(at)
+            .fetch_all(conn)
+            .await?;
+    for job in taken {
+        job.marker = MarkerRead::of(&job.payload, |key| {
+            values
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        });
+    }
+    Ok(())
+}
