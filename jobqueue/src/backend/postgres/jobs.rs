@@ -204,29 +204,39 @@ impl JobStore for PgBroker {
             return Ok(taken);
         };
         // With limits, a job's claim and its slots (or its setting aside) are one step.
+        // Jobs set aside do not count: the fetch claims again, past them, until it has
+        // `max` jobs or the queues are empty, so one busy key does not hold back the jobs
+        // behind it.
         let mut tx = self.pool.begin().await?;
-        let claimed = claim(&mut tx, process, &request, at).await?;
-        let mut taken = Vec::with_capacity(claimed.len());
+        let mut taken = Vec::with_capacity(request.max);
         let mut set_aside = false;
         let mut guard = limits::Guard::default();
         let lease = lease.as_secs_f64();
-        for (id, queue, payload) in claimed {
-            let admitted =
-                limits::admit(&mut tx, &mut guard, id, &payload, process, at, lease).await?;
-            let read = match admitted {
-                limits::Admitted::SetAside => {
-                    set_aside = true;
-                    continue;
-                }
-                limits::Admitted::Taken => LimitsRead::Applied,
-                limits::Admitted::Invalid => LimitsRead::Invalid,
-            };
-            taken.push(Fetched {
-                queue,
-                payload,
-                marker: None,
-                limits: read,
-            });
+        loop {
+            let wanted = request.max - taken.len();
+            let claimed = claim(&mut tx, process, &Fetch { max: wanted, ..request }, at).await?;
+            let exhausted = claimed.len() < wanted;
+            for (id, queue, payload) in claimed {
+                let admitted =
+                    limits::admit(&mut tx, &mut guard, id, &payload, process, at, lease).await?;
+                let read = match admitted {
+                    limits::Admitted::SetAside => {
+                        set_aside = true;
+                        continue;
+                    }
+                    limits::Admitted::Taken => LimitsRead::Applied,
+                    limits::Admitted::Invalid => LimitsRead::Invalid,
+                };
+                taken.push(Fetched {
+                    queue,
+                    payload,
+                    marker: None,
+                    limits: read,
+                });
+            }
+            if exhausted || taken.len() >= request.max {
+                break;
+            }
         }
         if set_aside {
             notify(&mut tx, false, true).await?;

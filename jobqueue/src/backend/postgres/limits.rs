@@ -16,10 +16,13 @@ use crate::job::{LimitKind, LimitTag};
 /// The advisory lock the limits are changed under (`jqlimits` in ASCII).
 const LOCK: i64 = 0x6a71_6c69_6d69_7473;
 
-/// Whether this transaction holds the limits' lock yet.
+/// Whether this transaction holds the limits' lock yet, and the keys it found full: with
+/// the lock held no slot frees up before the transaction ends, so a key found full stays
+/// full for the rest of it.
 #[derive(Default)]
 pub(super) struct Guard {
     held: bool,
+    full: std::collections::HashMap<String, f64>,
 }
 
 impl Guard {
@@ -46,7 +49,8 @@ pub(super) enum Admitted {
 }
 
 /// How many more jobs `tag` lets start at `now`, and when to look again if none; slots of
-/// processes whose heartbeat lapsed and starts past the period are dropped first.
+/// processes whose heartbeat has lapsed (by the clock, whatever `now` is) and starts past
+/// the period are dropped first.
 async fn room(
     conn: &mut PgConnection,
     tag: &LimitTag,
@@ -59,13 +63,14 @@ async fn room(
     };
     sqlx::query(
         "DELETE FROM jobqueue_slots s WHERE s.key = $1 AND CASE WHEN $3
-             THEN NOT EXISTS (SELECT 1 FROM jobqueue_processes p WHERE p.identity = s.process AND p.expires > $2)
+             THEN NOT EXISTS (SELECT 1 FROM jobqueue_processes p WHERE p.identity = s.process AND p.expires > $5)
              ELSE s.at <= $2 - $4 END",
     )
     .bind(&tag.key)
     .bind(now)
     .bind(concurrency)
     .bind(per)
+    .bind(crate::time::now())
     .execute(&mut *conn)
     .await?;
     let (taken, oldest): (i64, Option<f64>) =
@@ -96,8 +101,17 @@ pub(super) async fn admit(
     };
     guard.take(conn).await?;
     for tag in &tags {
-        let (free, look) = room(conn, tag, now, lease).await?;
-        if free == 0 {
+        let look = match guard.full.get(&tag.key) {
+            Some(look) => Some(*look),
+            None => match room(conn, tag, now, lease).await? {
+                (0, look) => {
+                    guard.full.insert(tag.key.clone(), look);
+                    Some(look)
+                }
+                _ => None,
+            },
+        };
+        if let Some(look) = look {
             sqlx::query(
                 "WITH parked AS (
                      UPDATE jobqueue_jobs SET place = 'p', name = $2, pos = nextval('jobqueue_pos')
