@@ -33,6 +33,10 @@ pub enum BrokerError {
     /// The cluster's layout could not be read or set up.
     #[error("redis cluster: {0}")]
     Cluster(String),
+    /// The backend cannot do what was asked (a backend written elsewhere that implements
+    /// only the required methods).
+    #[error("this backend does not support {0}")]
+    Unsupported(&'static str),
     /// PostgreSQL refused a statement, or the connection to it failed.
     #[cfg(feature = "postgres")]
     #[error("postgres: {0}")]

@@ -17,6 +17,8 @@
 //! | `jobqueue_broker_errors_total` | counter | operation | failed broker calls of the worker's loops, each retried |
 //! | `jobqueue_broker_reconnects_total` | counter | connection | reconnections of the Redis wake-up (`wake`) and key-tracking (`tracking`) connections after they dropped |
 //! | `jobqueue_budget_violations_total` | counter | class, limit | runs over their budget: `alloc`, `retained`, `time`, `misclassified` |
+//! | `jobqueue_outbox_relayed_total` | counter | | jobs this process's relay moved from a PostgreSQL outbox into its broker |
+//! | `jobqueue_outbox_lag_seconds` | gauge | | age of the oldest job waiting in the outbox, at the relay's last look |
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -91,6 +93,16 @@ pub(crate) fn describe() {
         "jobqueue_budget_violations_total",
         Unit::Count,
         "Runs over their budget, by class and limit"
+    );
+    describe_counter!(
+        "jobqueue_outbox_relayed_total",
+        Unit::Count,
+        "Jobs relayed from a PostgreSQL outbox into the broker"
+    );
+    describe_gauge!(
+        "jobqueue_outbox_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest job waiting in the outbox"
     );
 }
 
@@ -224,6 +236,13 @@ pub(crate) fn reconnected(connection: &'static str) {
 /// A run went over its budget's `limit` (`alloc`, `retained`, `time`, `misclassified`).
 pub(crate) fn budget_violation(class: &'static str, limit: &'static str) {
     counter!("jobqueue_budget_violations_total", "class" => class, "limit" => limit).increment(1);
+}
+
+/// A relay moved `count` jobs from the outbox; the oldest left waits since `lag`.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn relayed(count: u64, lag: Duration) {
+    counter!("jobqueue_outbox_relayed_total").increment(count);
+    gauge!("jobqueue_outbox_lag_seconds").set(lag.as_secs_f64());
 }
 
 pub(crate) fn broker_error(operation: &'static str) {

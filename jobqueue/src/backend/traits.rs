@@ -4,7 +4,8 @@
 //! job's header, its class's options or its outcome mean is settled above them.
 //!
 //! Required methods, by role: [`JobStore`] 7 (the hot path), [`Presence`] 9, [`KeyValue`]
-//! 4, [`Views`] 7, [`Batches`] 3: 30 in all. `docs/backend.md` walks through the in-memory
+//! 4, [`Views`] 7, [`Batches`] 3: 30 in all. A backend may also implement
+//! [`JobStore::push_once`], which an outbox relay needs. `docs/backend.md` walks through the in-memory
 //! broker as an example.
 
 use std::sync::Arc;
@@ -80,6 +81,28 @@ pub trait JobStore: Send + Sync + 'static {
     async fn watch(&self, queues: &[String], sets: bool) -> Result<bool, BrokerError> {
         let _ = (queues, sets);
         Ok(false)
+    }
+
+    /// Pushes each job unless its marker (a [`KeyValue`] key) is set, setting the marker
+    /// for `ttl`, atomically per job: pushing the same jobs again, after a lost reply or a
+    /// crash before the caller recorded the push, pushes none twice. Returns, per job,
+    /// whether this call pushed it. What a relay from an outbox pushes with; a backend
+    /// that cannot do it in one step returns [`BrokerError::Unsupported`].
+    async fn push_once(
+        &self,
+        jobs: &[(String, Push)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
+        let _ = (jobs, ttl);
+        Err(BrokerError::Unsupported("pushing jobs once by a marker"))
+    }
+
+    /// Whether this broker's jobs live in PostgreSQL's `jobqueue_*` tables, so that a job
+    /// written there in an application's transaction is one of its jobs; otherwise such a
+    /// job goes to the outbox for a relay to push (see [`crate::Client::enqueue_tx`]).
+    #[cfg(feature = "postgres")]
+    fn transactional(&self) -> bool {
+        false
     }
 }
 

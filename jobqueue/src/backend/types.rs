@@ -353,6 +353,8 @@ pub enum Published {
     Periodic,
     /// Job classes: class name, its options as JSON (what admission and redaction need).
     Classes,
+    /// Outbox relays: relay name, its status as JSON (jobs relayed, lag, jobs waiting).
+    Relays,
 }
 
 /// A process's heartbeat: its Sidekiq process hash, its stats, and its running jobs.

@@ -28,6 +28,8 @@ mod batch;
 pub(crate) mod catalog;
 mod mechanisms;
 mod middleware;
+#[cfg(feature = "postgres")]
+mod transaction;
 
 pub use self::batch::Batch;
 pub(crate) use self::batch::BATCH_KEY;
@@ -224,6 +226,32 @@ impl Client {
         at: Option<SystemTime>,
         batch: Option<&Batch>,
     ) -> Result<Vec<Option<String>>, Error> {
+        let Bulk {
+            jids,
+            pushes,
+            pushed,
+        } = self.admit_jobs(jobs, at, batch).await?;
+        if let Some(batch) = batch {
+            if !batch.classes().is_empty() {
+                catalog::publish(self.broker.as_ref(), batch.classes()).await?;
+            }
+            // The batch knows its jobs before any of them can finish.
+            self.broker
+                .batch_add(batch.id(), batch.description(), batch.callbacks(), &pushed)
+                .await?;
+        }
+        self.broker.push(&pushes).await?;
+        count_enqueued(&pushes, J::NAME);
+        Ok(jids)
+    }
+
+    /// Admits the jobs of a bulk.
+    async fn admit_jobs<'a, J: Job>(
+        &self,
+        jobs: impl IntoIterator<Item = &'a J>,
+        at: Option<SystemTime>,
+        batch: Option<&Batch>,
+    ) -> Result<Bulk, Error> {
         let now = now();
         let envelopes = jobs
             .into_iter()
@@ -240,13 +268,13 @@ impl Client {
         let admitted = self.admit_bulk(envelopes, at, &J::OPTIONS).await;
         let mut jids = Vec::with_capacity(admitted.len());
         let mut pushes = Vec::with_capacity(admitted.len());
-        let mut pushed = Vec::new();
+        let mut pushed = Vec::with_capacity(admitted.len());
         for result in admitted {
             match result {
                 Ok(Admitted::Push(push, jid)) => {
+                    jids.push(Some(jid.clone()));
                     pushes.push(push);
-                    pushed.push(jid.clone());
-                    jids.push(Some(jid));
+                    pushed.push(jid);
                 }
                 Ok(Admitted::Existing(jid)) => jids.push(Some(jid)),
                 Err(Error::Skipped { class, reason }) => {
@@ -256,28 +284,11 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        if let Some(batch) = batch {
-            if !batch.classes().is_empty() {
-                catalog::publish(self.broker.as_ref(), batch.classes()).await?;
-            }
-            // The batch knows its jobs before any of them can finish.
-            self.broker
-                .batch_add(batch.id(), batch.description(), batch.callbacks(), &pushed)
-                .await?;
-        }
-        self.broker.push(&pushes).await?;
-        // Counted per run of one queue, not per job: a bulk is usually one queue.
-        let mut runs: Vec<(&str, u64)> = Vec::new();
-        for push in &pushes {
-            match runs.last_mut() {
-                Some((queue, count)) if *queue == push.queue => *count += 1,
-                _ => runs.push((&push.queue, 1)),
-            }
-        }
-        for (queue, count) in runs {
-            metrics::enqueued(queue, J::NAME, count);
-        }
-        Ok(jids)
+        Ok(Bulk {
+            jids,
+            pushes,
+            pushed,
+        })
     }
 
     /// Runs the jobs of a bulk through the client chain and mechanisms; the results are in
@@ -458,6 +469,32 @@ impl Client {
             push = to_push(&mut envelope, at, now);
         }
         Ok(Admitted::Push(push, envelope.jid))
+    }
+}
+
+/// The jobs of a bulk that passed admission.
+struct Bulk {
+    /// In order, each job's id, or `None` for a job middleware refused (the reason is
+    /// logged).
+    jids: Vec<Option<String>>,
+    /// The pushes of the jobs admitted.
+    pushes: Vec<Push>,
+    /// Their ids.
+    pushed: Vec<String>,
+}
+
+/// Counts enqueued jobs of `class`, per run of one queue rather than per job: a bulk is
+/// usually one queue.
+fn count_enqueued(pushes: &[Push], class: &str) {
+    let mut runs: Vec<(&str, u64)> = Vec::new();
+    for push in pushes {
+        match runs.last_mut() {
+            Some((queue, count)) if *queue == push.queue => *count += 1,
+            _ => runs.push((&push.queue, 1)),
+        }
+    }
+    for (queue, count) in runs {
+        metrics::enqueued(queue, class, count);
     }
 }
 

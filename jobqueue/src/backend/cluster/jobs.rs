@@ -134,6 +134,35 @@ impl JobStore for ClusterBroker {
         Ok(())
     }
 
+    async fn push_once(
+        &self,
+        jobs: &[(String, Push)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
+        // Each job's marker lives on the shard its job goes to, which a second push of the
+        // same job finds again.
+        let mut groups: BTreeMap<usize, (Vec<usize>, Vec<(String, Push)>)> = BTreeMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let group = groups.entry(self.shard_for(&job.1)).or_default();
+            group.0.push(i);
+            group.1.push(job.clone());
+        }
+        let shards = &self.inner.shards;
+        let results = try_join_all(
+            groups
+                .iter()
+                .map(|(&s, (_, jobs))| shards[s].push_once(jobs, ttl)),
+        )
+        .await?;
+        let mut pushed = vec![false; jobs.len()];
+        for ((places, _), result) in groups.values().zip(results) {
+            for (&i, p) in places.iter().zip(result) {
+                pushed[i] = p;
+            }
+        }
+        Ok(pushed)
+    }
+
     async fn fetch(&self, process: &str, request: Fetch<'_>) -> Result<Vec<Fetched>, BrokerError> {
         // Level by level: the first queue on every shard, then the first two, and so on, so
         // that a queue's jobs on any shard go before a later queue's (strict and weighted

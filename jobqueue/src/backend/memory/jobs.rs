@@ -22,6 +22,34 @@ impl JobStore for MemoryBroker {
         Ok(())
     }
 
+    async fn push_once(
+        &self,
+        jobs: &[(String, Push)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
+        let (mut queued, mut scheduled) = (false, false);
+        let pushed = {
+            let mut state = self.state();
+            let expires = std::time::Instant::now() + ttl;
+            jobs.iter()
+                .map(|(marker, job)| {
+                    if state.value(marker).is_some() {
+                        return false;
+                    }
+                    state
+                        .values
+                        .insert(marker.clone(), ("1".to_owned(), expires));
+                    let (q, s) = state.push_all(std::slice::from_ref(job));
+                    queued |= q;
+                    scheduled |= s;
+                    true
+                })
+                .collect()
+        };
+        self.hub.wake(queued, scheduled);
+        Ok(pushed)
+    }
+
     async fn fetch(&self, process: &str, request: Fetch<'_>) -> Result<Vec<Fetched>, BrokerError> {
         let mut state = self.state();
         let mut taken = Vec::new();

@@ -183,6 +183,41 @@ impl JobStore for PgBroker {
         Ok(())
     }
 
+    async fn push_once(
+        &self,
+        jobs: &[(String, Push)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
+        let at = now();
+        let mut tx = self.pool.begin().await?;
+        let markers: Vec<&str> = jobs.iter().map(|(m, _)| m.as_str()).collect();
+        // The markers this call sets: those absent or expired.
+        let fresh: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO jobqueue_kv (key, value, expires) SELECT DISTINCT k, '1', $2 FROM unnest($1::text[]) k
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires
+             WHERE jobqueue_kv.expires <= $3
+             RETURNING key",
+        )
+        .bind(&markers)
+        .bind(at + ttl.as_secs_f64())
+        .bind(at)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut fresh: HashSet<String> = fresh.into_iter().collect();
+        let pushed: Vec<bool> = jobs.iter().map(|(m, _)| fresh.remove(m)).collect();
+        let due: Vec<Push> = jobs
+            .iter()
+            .zip(&pushed)
+            .filter(|(_, p)| **p)
+            .map(|((_, job), _)| job.clone())
+            .collect();
+        let (queued, scheduled) = insert(&mut tx, &due).await?;
+        notify(&mut tx, queued, scheduled).await?;
+        tx.commit().await?;
+        self.hub.wake(queued, scheduled);
+        Ok(pushed)
+    }
+
     async fn fetch(&self, process: &str, request: Fetch<'_>) -> Result<Vec<Fetched>, BrokerError> {
         let at = now();
         let Some(lease) = request.limits else {
@@ -369,6 +404,10 @@ impl JobStore for PgBroker {
 
     fn subscribe(&self) -> Arc<Wakeups> {
         self.hub.subscribe()
+    }
+
+    fn transactional(&self) -> bool {
+        true
     }
 }
 

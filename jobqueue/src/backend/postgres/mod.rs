@@ -22,11 +22,14 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 
 use super::{Broker, Push, WakeupHub};
+
+pub use self::outbox::{Relay, RelayConfig, RelayStatus};
 use crate::error::{redact_url, BrokerError};
 use crate::time::epoch_seconds;
 
 mod jobs;
 mod limits;
+mod outbox;
 mod roles;
 mod schema;
 

@@ -22,6 +22,7 @@ fn published_name(what: Published) -> &'static str {
     match what {
         Published::Periodic => "periodic",
         Published::Classes => "classes",
+        Published::Relays => "relays",
     }
 }
 

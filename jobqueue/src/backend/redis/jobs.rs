@@ -67,6 +67,30 @@ impl JobStore for RedisBroker {
         self.send_push(pipe).await
     }
 
+    async fn push_once(
+        &self,
+        jobs: &[(String, Push)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The key routes the call on a cluster; the script names its keys from the prefix.
+        let keys = &self.inner.keys;
+        let mut call = self.inner.scripts.push_once.key(&keys.queues);
+        call.arg(&keys.prefix)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        for (marker, job) in jobs {
+            let score = job.at.map(|at| epoch_seconds(at).to_string());
+            call.arg(marker)
+                .arg(&job.queue)
+                .arg(score.unwrap_or_default())
+                .arg(payload_bytes(&job.payload).as_ref());
+        }
+        let pushed: Vec<i64> = call.invoke_async(&mut self.conn()).await?;
+        Ok(pushed.into_iter().map(|n| n == 1).collect())
+    }
+
     async fn fetch(&self, process: &str, request: Fetch<'_>) -> Result<Vec<Fetched>, BrokerError> {
         let (queues, max) = (request.queues, request.max);
         if queues.is_empty() || max == 0 {

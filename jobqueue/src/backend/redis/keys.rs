@@ -76,6 +76,7 @@ impl Keys {
         match what {
             Published::Periodic => format!("{}jobqueue:periodic", self.prefix),
             Published::Classes => format!("{}jobqueue:classes", self.prefix),
+            Published::Relays => format!("{}jobqueue:relays", self.prefix),
         }
     }
 }

@@ -59,6 +59,7 @@ struct Scripts {
     batch_add: Script,
     batch_done: Script,
     remove: Script,
+    push_once: Script,
 }
 
 impl Scripts {
@@ -74,6 +75,7 @@ impl Scripts {
             batch_add: Script::new(include_str!("lua/batch_add.lua")),
             batch_done: Script::new(with_lib!("lua/batch_done.lua")),
             remove: Script::new(include_str!("lua/remove.lua")),
+            push_once: Script::new(with_lib!("lua/push_once.lua")),
         }
     }
 }
