@@ -17,7 +17,10 @@ pub struct PgServer {
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: on the `PATH`, or Debian's
 /// `/usr/lib/postgresql/<version>/bin`, the newest.
 fn bin_dir() -> PathBuf {
-    if let Ok(out) = Command::new("sh").args(["-c", "command -v pg_ctl"]).output() {
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v pg_ctl"])
+        .output()
+    {
         let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if out.status.success() && !path.is_empty() {
             let real = std::fs::canonicalize(&path).unwrap_or_else(|_| PathBuf::from(&path));
@@ -138,7 +141,18 @@ impl PgServer {
         let log = self.dir.join("log").to_string_lossy().into_owned();
         let out = run(
             &self.bin.join("pg_ctl"),
-            &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         );
         if !out.status.success() {
             eprintln!(

@@ -83,8 +83,7 @@ async fn connect_postgres(
 ) -> Result<Arc<dyn Broker>, BrokerError> {
     Err(BrokerError::InvalidUrl {
         url: crate::error::redact_url(url),
-        reason: "this build has no PostgreSQL backend: enable jobqueue's `postgres` feature"
-            .into(),
+        reason: "this build has no PostgreSQL backend: enable jobqueue's `postgres` feature".into(),
     })
 }
 

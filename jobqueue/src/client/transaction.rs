@@ -36,7 +36,11 @@ impl Client {
     /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn enqueue_tx<J: Job>(&self, tx: &mut PgConnection, job: &J) -> Result<String, Error> {
+    pub async fn enqueue_tx<J: Job>(
+        &self,
+        tx: &mut PgConnection,
+        job: &J,
+    ) -> Result<String, Error> {
         self.enqueue_tx_at(tx, None, job).await
     }
 

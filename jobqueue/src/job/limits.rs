@@ -144,7 +144,13 @@ impl LimitKind {
     /// at `oldest`); when none, also when to look again: after `lease` for a concurrency
     /// key, when the oldest start leaves the period for a rate key. The rule every Rust
     /// backend applies (the Redis scripts state it in Lua).
-    pub(crate) fn room(self, taken: usize, oldest: Option<f64>, now: f64, lease: f64) -> (usize, f64) {
+    pub(crate) fn room(
+        self,
+        taken: usize,
+        oldest: Option<f64>,
+        now: f64,
+        lease: f64,
+    ) -> (usize, f64) {
         let (limit, look) = match self {
             LimitKind::Rate { limit, per } => (limit, oldest.unwrap_or(now) + per),
             LimitKind::Concurrency(limit) => (limit, now + lease),

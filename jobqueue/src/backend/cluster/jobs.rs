@@ -143,7 +143,9 @@ impl JobStore for ClusterBroker {
         // same job finds again.
         let mut groups: BTreeMap<usize, (Vec<usize>, Vec<(String, Push)>)> = BTreeMap::new();
         for (i, job) in jobs.iter().enumerate() {
-            let group = groups.entry(self.shard_for(&job.1)).or_default();
+            let group = groups
+                .entry(self.shard_placing(&job.1, Some(&job.0)))
+                .or_default();
             group.0.push(i);
             group.1.push(job.clone());
         }

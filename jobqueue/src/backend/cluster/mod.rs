@@ -243,6 +243,12 @@ impl ClusterBroker {
     /// key's slots are counted in one place, and its jobs keep their order), any other in
     /// turn over its queue's shards.
     fn shard_for(&self, push: &Push) -> usize {
+        self.shard_placing(push, None)
+    }
+
+    /// Like [`ClusterBroker::shard_for`], a job without limits or a marker going by
+    /// `by`'s slot, when given, rather than in turn: the same shard each time.
+    fn shard_placing(&self, push: &Push, by: Option<&str>) -> usize {
         let inner = &self.inner;
         let spread = inner
             .queue_shards
@@ -258,7 +264,10 @@ impl ClusterBroker {
         // A collapsible job goes beside its marker, so the fetch reads it there.
         match header.collapse.map(|key| self.shard_of_key(&key)) {
             Some(home) if home < spread => home,
-            _ => inner.next_push.fetch_add(1, Ordering::Relaxed) % spread,
+            _ => match by {
+                Some(key) => slot(key) % spread,
+                None => inner.next_push.fetch_add(1, Ordering::Relaxed) % spread,
+            },
         }
     }
 

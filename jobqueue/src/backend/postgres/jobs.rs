@@ -9,8 +9,8 @@ use sqlx::{PgConnection, Row};
 
 use super::{limits, PgBroker, WAKE};
 use crate::backend::{
-    dead_trim, DirectMoves, Due, Fetch, Fetched, JobStore, LimitsRead, MarkerRead, Move,
-    Placement, Push, SortedSet, Source, Wakeups,
+    dead_trim, DirectMoves, Due, Fetch, Fetched, JobStore, LimitsRead, MarkerRead, Move, Placement,
+    Push, SortedSet, Source, Wakeups,
 };
 use crate::envelope::header;
 use crate::error::BrokerError;
@@ -249,7 +249,16 @@ impl JobStore for PgBroker {
         let lease = lease.as_secs_f64();
         loop {
             let wanted = request.max - taken.len();
-            let claimed = claim(&mut tx, process, &Fetch { max: wanted, ..request }, at).await?;
+            let claimed = claim(
+                &mut tx,
+                process,
+                &Fetch {
+                    max: wanted,
+                    ..request
+                },
+                at,
+            )
+            .await?;
             let exhausted = claimed.len() < wanted;
             for (id, queue, payload) in claimed {
                 let admitted =
@@ -312,8 +321,7 @@ impl JobStore for PgBroker {
                     .fetch_optional(&mut *tx)
                     .await?;
                     if gone.is_some() {
-                        queued |=
-                            limits::release(&mut tx, &mut guard, &m.payload, process).await?;
+                        queued |= limits::release(&mut tx, &mut guard, &m.payload, process).await?;
                     }
                     gone.is_some()
                 }
@@ -322,7 +330,13 @@ impl JobStore for PgBroker {
             moved.push(removed);
             if removed {
                 let placement = m.to.placement(at);
-                died |= matches!(placement, Placement::Set { set: SortedSet::Dead, .. });
+                died |= matches!(
+                    placement,
+                    Placement::Set {
+                        set: SortedSet::Dead,
+                        ..
+                    }
+                );
                 let (q, s) = place(&mut tx, placement).await?;
                 let (tq, ts) = insert(&mut tx, &m.then).await?;
                 queued |= q || tq;

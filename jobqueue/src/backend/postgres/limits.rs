@@ -78,9 +78,12 @@ async fn room(
             .bind(&tag.key)
             .fetch_one(conn)
             .await?;
-    Ok(tag
-        .kind
-        .room(usize::try_from(taken).unwrap_or(usize::MAX), oldest, now, lease))
+    Ok(tag.kind.room(
+        usize::try_from(taken).unwrap_or(usize::MAX),
+        oldest,
+        now,
+        lease,
+    ))
 }
 
 /// Applies the limits of the claimed job `id` for `process`: takes a slot in every limit or

@@ -138,7 +138,10 @@ impl Relay {
             sqlx::query_as("SELECT count(*), min(created) FROM jobqueue_outbox")
                 .fetch_one(&self.pool)
                 .await?;
-        Ok((u64::try_from(count).unwrap_or_default(), oldest.map(from_epoch)))
+        Ok((
+            u64::try_from(count).unwrap_or_default(),
+            oldest.map(from_epoch),
+        ))
     }
 
     /// Relays until `stop` completes, publishing its status every second. A failing step

@@ -67,12 +67,13 @@ pub(super) async fn unlock_on(
     key: &str,
     owner: &str,
 ) -> Result<bool, BrokerError> {
-    let gone = sqlx::query("DELETE FROM jobqueue_kv WHERE key = $1 AND value = $2 AND expires > $3")
-        .bind(key)
-        .bind(owner)
-        .bind(now())
-        .execute(conn)
-        .await?;
+    let gone =
+        sqlx::query("DELETE FROM jobqueue_kv WHERE key = $1 AND value = $2 AND expires > $3")
+            .bind(key)
+            .bind(owner)
+            .bind(now())
+            .execute(conn)
+            .await?;
     Ok(gone.rows_affected() > 0)
 }
 
@@ -389,10 +390,12 @@ impl Views for PgBroker {
     async fn len(&self, at: Location<'_>) -> Result<usize, BrokerError> {
         let n: i64 = match (at, line(at)) {
             (Location::Set(set), _) => {
-                sqlx::query_scalar("SELECT count(*) FROM jobqueue_sets WHERE set = $1::text::\"char\"")
-                    .bind(set_code(set))
-                    .fetch_one(&self.pool)
-                    .await?
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM jobqueue_sets WHERE set = $1::text::\"char\"",
+                )
+                .bind(set_code(set))
+                .fetch_one(&self.pool)
+                .await?
             }
             (_, Some((place, name))) => sqlx::query_scalar(
                 "SELECT count(*) FROM jobqueue_jobs WHERE place = $1::text::\"char\" AND name = $2",
@@ -408,27 +411,43 @@ impl Views for PgBroker {
 
     async fn range(&self, at: Location<'_>, span: Span) -> Result<Vec<Entry>, BrokerError> {
         let rows: Vec<(String, Option<f64>)> = match (at, span) {
-            (Location::Set(set), Span::Page { offset: skip, count }) => sqlx::query_as(
-                "SELECT payload, score FROM jobqueue_sets WHERE set = $1::text::\"char\"
+            (
+                Location::Set(set),
+                Span::Page {
+                    offset: skip,
+                    count,
+                },
+            ) => {
+                sqlx::query_as(
+                    "SELECT payload, score FROM jobqueue_sets WHERE set = $1::text::\"char\"
                  ORDER BY score, payload COLLATE \"C\" OFFSET $2 LIMIT $3",
-            )
-            .bind(set_code(set))
-            .bind(offset(skip))
-            .bind(offset(count))
-            .fetch_all(&self.pool)
-            .await?,
-            (Location::Set(set), Span::Scored { min, max, count }) => sqlx::query_as(
-                "SELECT payload, score FROM jobqueue_sets WHERE set = $1::text::\"char\"
+                )
+                .bind(set_code(set))
+                .bind(offset(skip))
+                .bind(offset(count))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            (Location::Set(set), Span::Scored { min, max, count }) => {
+                sqlx::query_as(
+                    "SELECT payload, score FROM jobqueue_sets WHERE set = $1::text::\"char\"
                  AND score >= $2 AND score <= $3
                  ORDER BY score, payload COLLATE \"C\" LIMIT $4",
-            )
-            .bind(set_code(set))
-            .bind(epoch_seconds(min))
-            .bind(epoch_seconds(max))
-            .bind(offset(count))
-            .fetch_all(&self.pool)
-            .await?,
-            (_, Span::Page { offset: skip, count }) => {
+                )
+                .bind(set_code(set))
+                .bind(epoch_seconds(min))
+                .bind(epoch_seconds(max))
+                .bind(offset(count))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            (
+                _,
+                Span::Page {
+                    offset: skip,
+                    count,
+                },
+            ) => {
                 let Some((place, name)) = line(at) else {
                     return Ok(Vec::new());
                 };
