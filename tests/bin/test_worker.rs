@@ -1,6 +1,8 @@
 //! A worker process for the crash tests:
 //! `jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]`; a list of URLs
-//! (`redis://a:1,b:2,...`) is a Redis Cluster's seed nodes.
+//! (`redis://a:1,b:2,...`) is a Redis Cluster's seed nodes, a `postgres://` URL a
+//! PostgreSQL broker. `jobqueue-test-worker relay POSTGRES_URL REDIS_URL` runs an outbox
+//! relay instead, in batches of 200.
 //! Runs tick jobs, each of which records its run by pushing to the `ran` queue (never
 //! consumed), sleeps, then records its completion to `done`; some hold unique locks. On a
 //! cluster both records stay on the first shard, so that a test killing the master of
@@ -29,6 +31,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = args
         .next()
         .ok_or("usage: jobqueue-test-worker REDIS_URL [CONCURRENCY] [SHUTDOWN_TIMEOUT_MS]")?;
+    if url == "relay" {
+        return relay(args.next(), args.next()).await;
+    }
     let concurrency: usize = args.next().unwrap_or_else(|| "10".into()).parse()?;
     let shutdown_ms: u64 = args.next().unwrap_or_else(|| "25000".into()).parse()?;
     // Warnings (failed calls, recovered jobs) go to standard error, for the tests' logs.
@@ -77,6 +82,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?
         .run()
         .await?;
+    Ok(())
+}
+
+/// Relays the outbox of the database at `pg` into the Redis at `redis` until killed.
+async fn relay(
+    pg: Option<String>,
+    redis: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (Some(pg), Some(redis)) = (pg, redis) else {
+        return Err("usage: jobqueue-test-worker relay POSTGRES_URL REDIS_URL".into());
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let pool = sqlx::PgPool::connect(&pg).await?;
+    let broker = jobqueue::RedisBroker::connect(&redis).await?;
+    let mut config = jobqueue::backend::postgres::RelayConfig::default();
+    config.batch = 200;
+    jobqueue::backend::postgres::Relay::new(pool, broker)
+        .config(config)
+        .run_until(std::future::pending::<()>())
+        .await;
     Ok(())
 }
 

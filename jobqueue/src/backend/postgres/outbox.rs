@@ -122,7 +122,13 @@ impl Relay {
                 )
             })
             .collect();
-        self.broker.push_once(&jobs, self.config.marker_ttl).await?;
+        let pushed = self.broker.push_once(&jobs, self.config.marker_ttl).await?;
+        let before = pushed.iter().filter(|p| !**p).count();
+        if before > 0 {
+            tracing::warn!(
+                "outbox relay: {before} jobs were pushed by a relay that ended before deleting them; not pushed again"
+            );
+        }
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         sqlx::query("DELETE FROM jobqueue_outbox WHERE id = ANY($1)")
             .bind(&ids)
