@@ -17,7 +17,8 @@
 //! `--ruby` makes the latency mode's producer Ruby Sidekiq's own client (`ruby-sidekiq`).
 //! Options: `--redis URL` (default `redis://127.0.0.1:6379/15`; only that database is
 //! flushed; several nodes, `redis://a:7000,b:7000`, are a Redis Cluster, emptied beforehand,
-//! and run the drain mode only), `--mechanisms` (use jobs that are collapsible or unique by their number, so
+//! and run the drain mode only; a `postgres://` URL is the PostgreSQL broker, its tables
+//! emptied here, drain mode only), `--mechanisms` (use jobs that are collapsible or unique by their number, so
 //! every job pays for its collapse marker or uniqueness lock), `--limits concurrency|rate|both`
 //! (use jobs with a per-tenant concurrency limit, rate limit or both, over a thousand
 //! tenants, none reached, so every job pays for taking and freeing its slots), `--metrics`
@@ -282,6 +283,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let o = parse_options()?;
     if o.metrics {
         install_metrics()?;
+    }
+    if o.redis.starts_with("postgres://") {
+        // PostgreSQL: drain only, on jobqueue's tables emptied here.
+        if !matches!(o.mode, Mode::Drain) {
+            return Err("on PostgreSQL only the drain mode runs".into());
+        }
+        let broker = jobqueue::backend::connect(&o.redis, None).await?;
+        if o.halves != Halves::DrainOnly {
+            let pool = sqlx::PgPool::connect(&o.redis).await?;
+            sqlx::raw_sql(
+                "TRUNCATE jobqueue_jobs, jobqueue_sets, jobqueue_queues, jobqueue_kv, \
+                 jobqueue_processes, jobqueue_fetchers, jobqueue_slots, jobqueue_limit_keys",
+            )
+            .execute(&pool)
+            .await?;
+        }
+        let client = Client::new(Arc::clone(&broker));
+        return drain(&o, &client, worker_for(&o, broker), None).await;
     }
     if o.redis.contains(',') {
         // A cluster: drain only, on a cluster emptied beforehand.

@@ -224,6 +224,7 @@ impl JobStore for PgBroker {
             // Without limits the claim is one statement on its own.
             let mut conn = self.pool.acquire().await?;
             let claimed = claim(&mut conn, process, &request, at).await?;
+            self.remember(&claimed);
             let mut taken: Vec<Fetched> = claimed
                 .into_iter()
                 .map(|(_, queue, payload)| Fetched {
@@ -299,7 +300,10 @@ impl JobStore for PgBroker {
             return Ok(Vec::new());
         }
         if let (Source::InFlight(process), true) = (from, plain_acks(from, moves)) {
-            return acknowledge(&self.pool, process, moves).await;
+            return self.acknowledge(process, moves).await;
+        }
+        if let Source::InFlight(_) = from {
+            self.forget_claims(moves.iter().map(|m| m.payload.as_str()));
         }
         let (mut queued, mut scheduled) = (false, false);
         let mut moved = Vec::with_capacity(moves.len());
@@ -478,14 +482,76 @@ async fn claim(
         .collect())
 }
 
-/// Deletes plain acknowledgements ([`plain_acks`]) in one statement; returns, per move,
-/// whether the job was still in `process`'s in-flight rows.
-async fn acknowledge(
+impl PgBroker {
+    /// Remembers the row ids of jobs claimed, for their acknowledgements.
+    fn remember(&self, claimed: &[(i64, String, String)]) {
+        let mut ids = crate::backend::lock(&self.claimed);
+        for (id, _, payload) in claimed {
+            ids.entry(payload.clone()).or_default().push(*id);
+        }
+    }
+
+    /// Forgets the claims of `payloads` (the oldest claim of each); returns their ids.
+    fn forget_claims<'a>(&self, payloads: impl Iterator<Item = &'a str>) -> Vec<Option<i64>> {
+        let mut ids = crate::backend::lock(&self.claimed);
+        payloads
+            .map(|payload| {
+                let held = ids.get_mut(payload)?;
+                let id = (!held.is_empty()).then(|| held.remove(0));
+                if held.is_empty() {
+                    ids.remove(payload);
+                }
+                id
+            })
+            .collect()
+    }
+
+    /// Deletes plain acknowledgements ([`plain_acks`]): by the ids this broker claimed them
+    /// under, in one statement, and the others by their payloads, in one more. Returns, per
+    /// move, whether the job was still in `process`'s in-flight rows: a row recovered by
+    /// another process has left them, and is not touched.
+    async fn acknowledge(&self, process: &str, moves: &[Move]) -> Result<Vec<bool>, BrokerError> {
+        let ids = self.forget_claims(moves.iter().map(|m| m.payload.as_str()));
+        let known: Vec<i64> = ids.iter().flatten().copied().collect();
+        let gone: HashSet<i64> = if known.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_scalar(
+                "DELETE FROM jobqueue_jobs WHERE id = ANY($1) AND place = 'f' AND name = $2
+                 RETURNING id",
+            )
+            .bind(&known)
+            .bind(process)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect()
+        };
+        let mut moved: Vec<bool> = ids
+            .iter()
+            .map(|id| id.is_some_and(|id| gone.contains(&id)))
+            .collect();
+        // Jobs claimed elsewhere (recovered from another process, or before a restart), or
+        // whose remembered row was not this process's: by payload.
+        let rest: Vec<usize> = (0..moves.len()).filter(|i| !moved[*i]).collect();
+        if !rest.is_empty() {
+            let payloads: Vec<&str> = rest.iter().map(|i| moves[*i].payload.as_str()).collect();
+            let found = acknowledge_by_payload(&self.pool, process, &payloads).await?;
+            for (i, found) in rest.into_iter().zip(found) {
+                moved[i] = found;
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// Deletes in-flight rows of `process` by payload, in one statement; returns, per payload,
+/// whether one was there.
+async fn acknowledge_by_payload(
     pool: &sqlx::PgPool,
     process: &str,
-    moves: &[Move],
+    payloads: &[&str],
 ) -> Result<Vec<bool>, BrokerError> {
-    let payloads: Vec<&str> = moves.iter().map(|m| m.payload.as_str()).collect();
     let gone: Vec<i64> = sqlx::query_scalar(
         "WITH hit AS (
              SELECT DISTINCT ON (u.i) u.i, j.id
@@ -495,10 +561,10 @@ async fn acknowledge(
          DELETE FROM jobqueue_jobs j USING hit WHERE j.id = hit.id RETURNING hit.i",
     )
     .bind(process)
-    .bind(&payloads)
+    .bind(payloads)
     .fetch_all(pool)
     .await?;
-    let mut moved = vec![false; moves.len()];
+    let mut moved = vec![false; payloads.len()];
     for i in gone {
         if let Some(m) = usize::try_from(i - 1).ok().and_then(|i| moved.get_mut(i)) {
             *m = true;

@@ -82,6 +82,9 @@ impl PgConfig {
 pub struct PgBroker {
     pool: PgPool,
     hub: Arc<WakeupHub>,
+    /// The row ids of the jobs this broker claimed, by payload, so that an acknowledgement
+    /// deletes by id; one it does not find here is deleted by its payload.
+    claimed: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<i64>>>>,
 }
 
 impl PgBroker {
@@ -121,7 +124,11 @@ impl PgBroker {
             Arc::downgrade(&hub),
             watch_interval.max(Duration::from_millis(1)),
         ));
-        Self { pool, hub }
+        Self {
+            pool,
+            hub,
+            claimed: Arc::default(),
+        }
     }
 
     /// Applies the migrations shipped with this crate that the database lacks, in order,
