@@ -361,3 +361,61 @@ async fn a_notice_wakes_an_idle_worker_before_its_poll() {
     .await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_the_outbox_a_relay_reports() {
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let pool = PgPool::connect(&pg.url()).await.unwrap();
+    pg_broker(&pg).await.migrate().await.unwrap();
+    let broker = MemoryBroker::new();
+    let client = Client::new(broker.clone());
+    let mut tx = pool.begin().await.unwrap();
+    let notes: Vec<Note> = (0..3).map(|i| Note::new("t", format!("{i}"))).collect();
+    client.enqueue_tx_bulk(&mut tx, &notes).await.unwrap();
+    tx.commit().await.unwrap();
+    // Rows another relay holds: this one passes them by, and reports them waiting.
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM jobqueue_outbox FOR UPDATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let relay = Relay::new(pool.clone(), broker.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relaying = tokio::spawn(relay.run_until(stopped));
+    let admin = jobqueue::Admin::new(broker.clone());
+    assert!(admin
+        .relays(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+    eventually(LIMIT, "the relay reported", || async {
+        !admin
+            .relays(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    stop.send(()).unwrap();
+    relaying.await.unwrap();
+    held.rollback().await.unwrap();
+    let relays = admin.relays(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(relays.len(), 1);
+    assert_eq!((relays[0].1.waiting, relays[0].1.relayed), (3, 0));
+    assert!(relays[0].1.lag > 0.0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = jobqueue_web::router(broker.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    server.abort();
+    assert!(
+        page.contains(r#"<span data-stat="outbox-waiting">3</span>"#),
+        "{page}"
+    );
+}

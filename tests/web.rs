@@ -61,11 +61,12 @@ impl Drop for Site {
     }
 }
 
-async fn backends() -> [(&'static str, Backend); 3] {
+async fn backends() -> [(&'static str, Backend); 4] {
     [
         ("memory", Backend::memory().await),
         ("redis", Backend::redis().await),
         ("cluster", Backend::cluster().await),
+        ("postgres", Backend::postgres().await),
     ]
 }
 

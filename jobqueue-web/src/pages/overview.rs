@@ -21,13 +21,25 @@ pub(crate) struct Numbers {
     dead: usize,
     processes: usize,
     cancelled: u64,
+    /// Jobs waiting in the outboxes relays read, and the age of the oldest in seconds, as
+    /// the relays that reported in the last minute say; `None` without such a relay.
+    outbox: Option<(u64, f64)>,
 }
+
+/// Relays silent for longer are not counted.
+const RELAY_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn read(app: &crate::App) -> Result<Numbers, WebError> {
     let admin = &app.admin;
     let stats = admin.stats().await?;
     let processes = admin.processes().await?;
     let queues = admin.queues().await?;
+    let relays = admin.relays(RELAY_FRESH).await?;
+    // Relays of one outbox report the same rows: the largest reading stands for it.
+    let outbox = relays
+        .iter()
+        .map(|(_, r)| (r.waiting, r.lag))
+        .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)));
     Ok(Numbers {
         processed: stats.processed,
         failed: stats.failed,
@@ -38,6 +50,7 @@ async fn read(app: &crate::App) -> Result<Numbers, WebError> {
         dead: admin.set_size(SortedSet::Dead).await?,
         processes: processes.len(),
         cancelled: stats.cancelled,
+        outbox,
     })
 }
 
@@ -66,6 +79,15 @@ pub(crate) async fn show(state: State, ctx: Ctx) -> PageResult {
                 a.card href=(ctx.link(path)) {
                     span.value data-stat=(key) { (value) }
                     span.label { (label) }
+                }
+            }
+        }
+        @if let Some((waiting, lag)) = n.outbox {
+            section.outbox {
+                h2 { "Outbox" }
+                p {
+                    span data-stat="outbox-waiting" { (waiting) } " jobs committed and waiting for a relay; the oldest for "
+                    span data-stat="outbox-lag" { (format!("{lag:.1}")) } " s."
                 }
             }
         }

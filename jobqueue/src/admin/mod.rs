@@ -10,7 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::backend::{Broker, LimitEntry, Location, Paused, ProcessEntry, SortedSet, Span, Stats};
+use crate::backend::{
+    Broker, LimitEntry, Location, Paused, ProcessEntry, Published, RelayStatus, SortedSet, Span,
+    Stats,
+};
 use crate::class_stats::{self, ClassStats};
 use crate::client::Client;
 use crate::envelope::Envelope;
@@ -284,5 +287,20 @@ impl Admin {
     /// Processed and failed totals.
     pub async fn stats(&self) -> Result<Stats, Error> {
         Ok(self.broker.stats().await?)
+    }
+
+    /// The outbox relays that reported within `within`, by name, with what each last
+    /// reported (jobs relayed, the outbox's lag and size); a report that does not read is
+    /// left out.
+    pub async fn relays(&self, within: Duration) -> Result<Vec<(String, RelayStatus)>, Error> {
+        let since = crate::time::now() - within.as_secs_f64();
+        let published = self.broker.published(Published::Relays).await?;
+        Ok(published
+            .into_iter()
+            .filter_map(|(name, json)| {
+                let status: RelayStatus = serde_json::from_str(&json).ok()?;
+                (status.at >= since).then_some((name, status))
+            })
+            .collect())
     }
 }

@@ -33,7 +33,7 @@ pub use self::traits::{Batches, Broker, JobStore, KeyValue, Presence, Views};
 pub use self::types::{
     BatchCallbacks, BatchStatus, DirectMoves, Due, Entry, Fetch, Fetched, Heartbeat, LimitEntry,
     LimitsRead, Location, MarkerRead, Move, MovedJob, Orphans, Paused, ProcessEntry, Published,
-    Push, Running, Settle, SortedSet, Source, Span, Stats,
+    Push, RelayStatus, Running, Settle, SortedSet, Source, Span, Stats,
 };
 
 /// Connects to the broker at `url`: one Redis (`redis://host:port/db`), a Redis Cluster

@@ -504,3 +504,17 @@ pub struct LimitEntry {
     /// When the key is looked at again without a release.
     pub next_look: SystemTime,
 }
+
+/// What an outbox relay publishes of itself ([`Published::Relays`]), for operators.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct RelayStatus {
+    /// Jobs it has moved since it started.
+    pub relayed: u64,
+    /// The age of the oldest job waiting in the outbox at its last look, in seconds.
+    pub lag: f64,
+    /// Jobs waiting in the outbox at its last look.
+    pub waiting: u64,
+    /// When it looked, in epoch seconds.
+    pub at: f64,
+}

@@ -23,7 +23,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::{Broker, Push, WakeupHub};
 
-pub use self::outbox::{Relay, RelayConfig, RelayStatus};
+pub use self::outbox::{Relay, RelayConfig};
 use crate::error::{redact_url, BrokerError};
 use crate::time::epoch_seconds;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use sqlx::PgPool;
 
-use crate::backend::{Broker, Published, Push};
+use crate::backend::{Broker, Published, Push, RelayStatus};
 use crate::envelope::header;
 use crate::error::BrokerError;
 use crate::time::{from_epoch, now};
@@ -59,20 +59,6 @@ pub struct Relay {
     broker: Arc<dyn Broker>,
     config: RelayConfig,
     name: String,
-}
-
-/// What a relay tells operators through the broker ([`Published::Relays`]).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[non_exhaustive]
-pub struct RelayStatus {
-    /// Jobs it has moved since it started.
-    pub relayed: u64,
-    /// The age of the oldest job waiting at its last look, in seconds.
-    pub lag: f64,
-    /// Jobs waiting at its last look.
-    pub waiting: u64,
-    /// When it looked, in epoch seconds.
-    pub at: f64,
 }
 
 impl Relay {
