@@ -289,7 +289,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !matches!(o.mode, Mode::Drain) {
             return Err("on PostgreSQL only the drain mode runs".into());
         }
-        let broker = jobqueue::backend::connect(&o.redis, None).await?;
+        let pg = jobqueue::backend::postgres::PgBroker::connect(&o.redis).await?;
+        pg.migrate().await?;
+        let broker: Arc<dyn Broker> = pg.into();
         if o.halves != Halves::DrainOnly {
             let pool = sqlx::PgPool::connect(&o.redis).await?;
             sqlx::raw_sql(

@@ -74,7 +74,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "JOBQUEUE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
     /// The Redis URL (default `redis://127.0.0.1:6379`); several nodes
-    /// (`redis://a:7000,b:7000`) are a Redis Cluster's.
+    /// (`redis://a:7000,b:7000`) are a Redis Cluster's; a `postgres://` URL is a
+    /// PostgreSQL database's (feature `postgres`).
     // `--help` never shows the environment's value: it may hold a password.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
@@ -86,6 +87,10 @@ pub struct WorkerArgs {
     /// exits 0: for on-demand and monthly workers.
     #[arg(long, env = "JOBQUEUE_DRAIN")]
     pub drain: bool,
+    /// With a PostgreSQL URL, applies the crate's migrations the database lacks before
+    /// starting (a second run does nothing).
+    #[arg(long, env = "JOBQUEUE_MIGRATE")]
+    pub migrate: bool,
 }
 
 /// The settings of a worker process, resolved from its options. Its `Debug` output hides
@@ -272,6 +277,10 @@ pub async fn run(
 ) -> Result<(), Error> {
     let settings = args.settings()?;
     let broker = crate::backend::connect(&settings.redis, None).await?;
+    #[cfg(feature = "postgres")]
+    if args.migrate {
+        crate::backend::postgres::migrate_at(&settings.redis).await?;
+    }
     run_on(broker, settings, register).await
 }
 

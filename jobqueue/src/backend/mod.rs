@@ -38,8 +38,7 @@ pub use self::types::{
 
 /// Connects to the broker at `url`: one Redis (`redis://host:port/db`), a Redis Cluster
 /// when the URL lists several seed nodes (`redis://a:7000,b:7000,c:7000`), or PostgreSQL
-/// (`postgres://user@host/database`, with the `postgres` feature; its tables are brought up
-/// to date). `namespace`
+/// (`postgres://user@host/database`, with the `postgres` feature). `namespace`
 /// prefixes every key on one Redis, and names the cluster's hash tags on a cluster. For
 /// the admin command, the worker runner and anything else configured by a URL.
 pub async fn connect(url: &str, namespace: Option<&str>) -> Result<Arc<dyn Broker>, BrokerError> {
@@ -56,8 +55,8 @@ pub async fn connect(url: &str, namespace: Option<&str>) -> Result<Arc<dyn Broke
     Ok(RedisBroker::connect_with(config).await?.into())
 }
 
-/// A PostgreSQL broker at `url`, its tables brought up to date: its tables are its own
-/// namespace, so `namespace` must be `None`.
+/// A PostgreSQL broker at `url` (its tables made by [`postgres::PgBroker::migrate`]): its
+/// tables are its own namespace, so `namespace` must be `None`.
 #[cfg(feature = "postgres")]
 async fn connect_postgres(
     url: &str,
@@ -71,9 +70,7 @@ async fn connect_postgres(
                 .into(),
         });
     }
-    let mut config = postgres::PgConfig::new(url);
-    config.migrate = true;
-    Ok(postgres::PgBroker::connect_with(config).await?.into())
+    Ok(postgres::PgBroker::connect(url).await?.into())
 }
 
 #[cfg(not(feature = "postgres"))]

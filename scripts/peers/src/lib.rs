@@ -9,6 +9,10 @@
 //! Each harness empties the database, enqueues `--jobs` no-op jobs with its queue's fastest
 //! bulk call, then starts its worker with `--concurrency` slots and times the drain, from the
 //! worker's start to the last job's end. CPU is counted over enqueue and drain.
+//!
+//! The harnesses of PostgreSQL queues take `--postgres URL` instead of `--redis URL`, time
+//! themselves with [`Clock`] and leave out `redis_cpu_us_per_job`: the calling script
+//! measures PostgreSQL's CPU from outside.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -18,15 +22,17 @@ use tokio::sync::Notify;
 /// The harness's options.
 pub struct Options {
     pub redis: String,
+    pub postgres: String,
     pub jobs: u64,
     pub concurrency: usize,
 }
 
 impl Options {
-    /// `--redis URL --jobs N --concurrency C`.
+    /// `--redis URL --jobs N --concurrency C`, or `--postgres URL ..`.
     pub fn parse() -> Self {
         let mut o = Options {
             redis: "redis://127.0.0.1:6379/15".into(),
+            postgres: "postgres://postgres@127.0.0.1:5432/test".into(),
             jobs: 100_000,
             concurrency: 10,
         };
@@ -35,11 +41,14 @@ impl Options {
             let value = args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
             match arg.as_str() {
                 "--redis" => o.redis = value,
+                "--postgres" => o.postgres = value,
                 "--jobs" => o.jobs = value.parse().expect("--jobs takes a whole number"),
                 "--concurrency" => {
                     o.concurrency = value.parse().expect("--concurrency takes a whole number")
                 }
-                other => panic!("unknown option {other}: --redis URL --jobs N --concurrency C"),
+                other => panic!(
+                    "unknown option {other}: --redis URL (or --postgres URL) --jobs N --concurrency C"
+                ),
             }
         }
         o
@@ -144,6 +153,55 @@ impl Run {
             "jobs={} concurrency={} enqueue_s={:.3} drain_s={drain_s:.3} jobs_per_sec={:.0} \
              process_cpu_us_per_job={process_us:.2} redis_cpu_us_per_job={redis_us:.2}",
             self.options_jobs,
+            self.concurrency,
+            self.enqueue_s,
+            jobs / drain_s,
+        );
+    }
+}
+
+/// One run's clocks without a Redis, for the PostgreSQL queues: started before the enqueue.
+pub struct Clock {
+    jobs: u64,
+    concurrency: usize,
+    process_cpu: f64,
+    started: Instant,
+    enqueue_s: f64,
+    drain_started: Option<Instant>,
+}
+
+impl Clock {
+    /// Starts the clocks; the harness has emptied its tables already.
+    pub fn start(o: &Options) -> Self {
+        Self {
+            jobs: o.jobs,
+            concurrency: o.concurrency,
+            process_cpu: cpu_seconds(),
+            started: Instant::now(),
+            enqueue_s: 0.0,
+            drain_started: None,
+        }
+    }
+
+    /// The enqueue is over; the drain starts.
+    pub fn enqueued(&mut self) {
+        self.enqueue_s = self.started.elapsed().as_secs_f64();
+        self.drain_started = Some(Instant::now());
+    }
+
+    /// The last job is done: prints the figures.
+    pub fn report(self) {
+        let drain_s = self
+            .drain_started
+            .expect("enqueued() before report()")
+            .elapsed()
+            .as_secs_f64();
+        let jobs = self.jobs.max(1) as f64;
+        let process_us = (cpu_seconds() - self.process_cpu) * 1e6 / jobs;
+        println!(
+            "jobs={} concurrency={} enqueue_s={:.3} drain_s={drain_s:.3} jobs_per_sec={:.0} \
+             process_cpu_us_per_job={process_us:.2}",
+            self.jobs,
             self.concurrency,
             self.enqueue_s,
             jobs / drain_s,

@@ -144,6 +144,15 @@ impl PgBroker {
     }
 }
 
+/// Applies the migrations the database at `url` lacks (see [`PgBroker::migrate`]); for the
+/// worker runner's `--migrate`.
+pub(crate) async fn migrate_at(url: &str) -> Result<Vec<i32>, BrokerError> {
+    let mut config = PgConfig::new(url);
+    config.max_connections = 2;
+    let broker = PgBroker::connect_with(config).await?;
+    broker.migrate().await
+}
+
 impl From<PgBroker> for Arc<dyn Broker> {
     fn from(broker: PgBroker) -> Self {
         Arc::new(broker)
