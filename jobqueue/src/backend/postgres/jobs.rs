@@ -227,9 +227,9 @@ impl JobStore for PgBroker {
             self.remember(&claimed);
             let mut taken: Vec<Fetched> = claimed
                 .into_iter()
-                .map(|(_, queue, payload)| Fetched {
-                    queue,
-                    payload,
+                .map(|job| Fetched {
+                    queue: job.queue,
+                    payload: job.payload,
                     marker: None,
                     limits: LimitsRead::NotRead,
                 })
@@ -261,9 +261,8 @@ impl JobStore for PgBroker {
             )
             .await?;
             let exhausted = claimed.len() < wanted;
-            for (id, queue, payload) in claimed {
-                let admitted =
-                    limits::admit(&mut tx, &mut guard, id, &payload, process, at, lease).await?;
+            for job in claimed {
+                let admitted = limits::admit(&mut tx, &mut guard, &job, process, at, lease).await?;
                 let read = match admitted {
                     limits::Admitted::SetAside => {
                         set_aside = true;
@@ -273,8 +272,8 @@ impl JobStore for PgBroker {
                     limits::Admitted::Invalid => LimitsRead::Invalid,
                 };
                 taken.push(Fetched {
-                    queue,
-                    payload,
+                    queue: job.queue,
+                    payload: job.payload,
                     marker: None,
                     limits: read,
                 });
@@ -315,7 +314,7 @@ impl JobStore for PgBroker {
             let removed = match from {
                 Source::InFlight(process) => {
                     let gone: Option<i64> = sqlx::query_scalar(
-                        "DELETE FROM jobqueue_jobs WHERE id = (
+                        "DELETE FROM jobqueue_jobs WHERE place = 'f' AND name = $1 AND id = (
                              SELECT id FROM jobqueue_jobs WHERE place = 'f' AND name = $1 AND payload = $2
                              ORDER BY pos LIMIT 1 FOR UPDATE)
                          RETURNING id",
@@ -429,23 +428,34 @@ impl JobStore for PgBroker {
     }
 }
 
+/// A job a fetch claimed.
+pub(super) struct Claimed {
+    /// Its row's id.
+    pub(super) id: i64,
+    /// Where its row is now (`ctid`), as text: valid until the claiming transaction ends.
+    pub(super) row: String,
+    /// The queue it came from.
+    pub(super) queue: String,
+    /// Its payload.
+    pub(super) payload: String,
+}
+
 /// Claims up to `request.max` jobs from its queues, in order, skipping paused queues, into
-/// `process`'s in-flight rows, in one statement; returns their ids, queues and payloads,
-/// each queue's oldest first.
+/// `process`'s in-flight rows, in one statement; returns them, each queue's oldest first.
 async fn claim(
     conn: &mut PgConnection,
     process: &str,
     request: &Fetch<'_>,
     at: f64,
-) -> Result<Vec<(i64, String, String)>, BrokerError> {
+) -> Result<Vec<Claimed>, BrokerError> {
     let rows = sqlx::query(
         "WITH want AS (
              SELECT w.name, w.ord FROM unnest($1::text[]) WITH ORDINALITY w(name, ord)
              WHERE NOT EXISTS (SELECT 1 FROM jobqueue_paused p WHERE p.queue = w.name AND p.until > $4)),
          picked AS (
-             SELECT j.id, w.ord, j.pos, row_number() OVER (ORDER BY w.ord, j.pos) AS rn
+             SELECT j.ctid AS row, w.ord, j.pos, row_number() OVER (ORDER BY w.ord, j.pos) AS rn
              FROM want w CROSS JOIN LATERAL (
-                 SELECT id, pos FROM jobqueue_jobs WHERE place = 'q' AND name = w.name
+                 SELECT ctid, pos FROM jobqueue_jobs WHERE place = 'q' AND name = w.name
                  ORDER BY pos LIMIT $2 FOR UPDATE SKIP LOCKED) j
              ORDER BY w.ord, j.pos LIMIT $2),
          listed AS (
@@ -454,8 +464,8 @@ async fn claim(
          -- Numbers for the whole batch at once, so the in-flight rows keep the fetch's order.
          UPDATE jobqueue_jobs j SET place = 'f', name = $3,
              pos = (SELECT setval('jobqueue_pos', nextval('jobqueue_pos') + $2)) - $2 + picked.rn
-         FROM picked WHERE j.id = picked.id
-         RETURNING j.id, j.queue, j.payload, picked.ord, picked.pos",
+         FROM picked WHERE j.ctid = picked.row
+         RETURNING j.id, j.ctid::text AS row, j.queue, j.payload, picked.ord, picked.pos",
     )
     .bind(request.queues)
     .bind(request.max as i64)
@@ -463,31 +473,31 @@ async fn claim(
     .bind(at)
     .fetch_all(conn)
     .await?;
-    let mut claimed: Vec<(i64, i64, i64, String, String)> = rows
+    let mut claimed: Vec<(i64, i64, Claimed)> = rows
         .into_iter()
         .map(|r| {
             Ok((
                 r.try_get("ord")?,
                 r.try_get("pos")?,
-                r.try_get("id")?,
-                r.try_get("queue")?,
-                r.try_get("payload")?,
+                Claimed {
+                    id: r.try_get("id")?,
+                    row: r.try_get("row")?,
+                    queue: r.try_get("queue")?,
+                    payload: r.try_get("payload")?,
+                },
             ))
         })
         .collect::<Result<_, sqlx::Error>>()?;
     claimed.sort_unstable_by_key(|c| (c.0, c.1));
-    Ok(claimed
-        .into_iter()
-        .map(|(_, _, id, queue, payload)| (id, queue, payload))
-        .collect())
+    Ok(claimed.into_iter().map(|(_, _, job)| job).collect())
 }
 
 impl PgBroker {
     /// Remembers the row ids of jobs claimed, for their acknowledgements.
-    fn remember(&self, claimed: &[(i64, String, String)]) {
+    fn remember(&self, claimed: &[Claimed]) {
         let mut ids = crate::backend::lock(&self.claimed);
-        for (id, _, payload) in claimed {
-            ids.entry(payload.clone()).or_default().push(*id);
+        for job in claimed {
+            ids.entry(job.payload.clone()).or_default().push(job.id);
         }
     }
 
@@ -554,11 +564,11 @@ async fn acknowledge_by_payload(
 ) -> Result<Vec<bool>, BrokerError> {
     let gone: Vec<i64> = sqlx::query_scalar(
         "WITH hit AS (
-             SELECT DISTINCT ON (u.i) u.i, j.id
+             SELECT DISTINCT ON (u.i) u.i, j.ctid AS row
              FROM unnest($2::text[]) WITH ORDINALITY u(p, i)
              JOIN jobqueue_jobs j ON j.place = 'f' AND j.name = $1 AND j.payload = u.p
              ORDER BY u.i, j.pos)
-         DELETE FROM jobqueue_jobs j USING hit WHERE j.id = hit.id RETURNING hit.i",
+         DELETE FROM jobqueue_jobs j USING hit WHERE j.ctid = hit.row RETURNING hit.i",
     )
     .bind(process)
     .bind(payloads)

@@ -9,6 +9,8 @@
 
 use sqlx::PgConnection;
 
+use super::jobs::Claimed;
+
 use crate::backend::memory::applicable;
 use crate::error::BrokerError;
 use crate::job::{LimitKind, LimitTag};
@@ -86,18 +88,17 @@ async fn room(
     ))
 }
 
-/// Applies the limits of the claimed job `id` for `process`: takes a slot in every limit or
-/// in none; sets the job aside under the first without room.
+/// Applies the limits of the claimed `job` for `process`, in the claim's transaction: takes
+/// a slot in every limit or in none; sets the job aside under the first without room.
 pub(super) async fn admit(
     conn: &mut PgConnection,
     guard: &mut Guard,
-    id: i64,
-    payload: &str,
+    job: &Claimed,
     process: &str,
     now: f64,
     lease: f64,
 ) -> Result<Admitted, BrokerError> {
-    let (tags, jid) = match applicable(payload) {
+    let (tags, jid) = match applicable(&job.payload) {
         Err(()) => return Ok(Admitted::Invalid),
         Ok((tags, _)) if tags.is_empty() => return Ok(Admitted::Taken),
         Ok(found) => found,
@@ -118,12 +119,12 @@ pub(super) async fn admit(
             sqlx::query(
                 "WITH parked AS (
                      UPDATE jobqueue_jobs SET place = 'p', name = $2, pos = nextval('jobqueue_pos')
-                     WHERE id = $1)
+                     WHERE ctid = $1::tid)
                  INSERT INTO jobqueue_limit_keys (key, next_look) VALUES ($2, $3)
                  ON CONFLICT (key) DO UPDATE
                  SET next_look = least(jobqueue_limit_keys.next_look, excluded.next_look)",
             )
-            .bind(id)
+            .bind(&job.row)
             .bind(&tag.key)
             .bind(look)
             .execute(&mut *conn)
@@ -182,9 +183,13 @@ pub(super) async fn release(
     Ok(!back.is_empty())
 }
 
-/// The ids of up to `n` of the oldest jobs set aside under `key`, oldest first; forgets the
-/// key when none are left.
-async fn unpark(conn: &mut PgConnection, key: &str, n: i64) -> Result<Vec<i64>, BrokerError> {
+/// The ids (with `key`) of up to `n` of the oldest jobs set aside under `key`, oldest
+/// first; forgets the key when none are left.
+async fn unpark(
+    conn: &mut PgConnection,
+    key: &str,
+    n: i64,
+) -> Result<Vec<(i64, String)>, BrokerError> {
     let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM jobqueue_jobs WHERE place = 'p' AND name = $1 ORDER BY pos LIMIT $2",
     )
@@ -200,17 +205,19 @@ async fn unpark(conn: &mut PgConnection, key: &str, n: i64) -> Result<Vec<i64>, 
     .bind(&ids)
     .execute(conn)
     .await?;
-    Ok(ids)
+    Ok(ids.into_iter().map(|id| (id, key.to_owned())).collect())
 }
 
-/// Puts set-aside jobs back at the front of their queues, the first of `ids` first in line.
-async fn bring_back(conn: &mut PgConnection, ids: &[i64]) -> Result<(), BrokerError> {
-    for id in ids.iter().rev() {
+/// Puts set-aside jobs (by id and key) back at the front of their queues, the first of
+/// `ids` first in line.
+async fn bring_back(conn: &mut PgConnection, ids: &[(i64, String)]) -> Result<(), BrokerError> {
+    for (id, key) in ids.iter().rev() {
         sqlx::query(
             "UPDATE jobqueue_jobs SET place = 'q', name = queue, pos = -nextval('jobqueue_pos')
-             WHERE id = $1",
+             WHERE place = 'p' AND name = $2 AND id = $1",
         )
         .bind(id)
+        .bind(key)
         .execute(&mut *conn)
         .await?;
     }

@@ -146,6 +146,7 @@ impl PgBroker {
 
 /// Applies the migrations the database at `url` lacks (see [`PgBroker::migrate`]); for the
 /// worker runner's `--migrate`.
+#[cfg(feature = "runner")]
 pub(crate) async fn migrate_at(url: &str) -> Result<Vec<i32>, BrokerError> {
     let mut config = PgConfig::new(url);
     config.max_connections = 2;

@@ -491,7 +491,8 @@ impl Views for PgBroker {
                     };
                     // The entry nearest the back of the line, as `LREM key 1` takes it.
                     let gone = sqlx::query(
-                        "DELETE FROM jobqueue_jobs WHERE id = (
+                        "DELETE FROM jobqueue_jobs
+                         WHERE place = $1::text::\"char\" AND name = $2 AND id = (
                              SELECT id FROM jobqueue_jobs
                              WHERE place = $1::text::\"char\" AND name = $2 AND payload = $3
                              ORDER BY pos DESC LIMIT 1 FOR UPDATE)",
