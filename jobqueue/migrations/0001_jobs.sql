@@ -5,10 +5,11 @@
 -- its identity) or set aside under a limit key ('p', `name` is the key). `pos` orders a
 -- line: a push takes the next number, a push to the front the next number negated.
 -- Finished jobs are deleted, so the table holds only live jobs; autovacuum looks at it
--- after 1 % of its rows have changed rather than 20 %. A row is found through its line
--- (`place`, `name`), never by `id` alone: one index is all each insert and move updates.
+-- after 1 % of its rows have changed rather than 20 %. Acknowledgements delete by `id`:
+-- through the line index they would step over every row the process held since the last
+-- vacuum.
 CREATE TABLE jobqueue_jobs (
-    id bigserial NOT NULL,
+    id bigserial PRIMARY KEY,
     place "char" NOT NULL,
     name text NOT NULL,
     queue text NOT NULL,
