@@ -376,6 +376,57 @@ async fn sidekiq_api_reads_our_queues_sets_processes_and_stats() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_relayed_from_a_postgres_outbox_run_on_ruby_sidekiq() {
+    require_sidekiq();
+    let b = Backend::redis().await;
+    let url = redis_url(&b);
+    let dir = scratch_dir();
+    let worker_file = dir.join("echo.rb");
+    std::fs::write(&worker_file, RUBY_WORKER).unwrap();
+    let pg = tokio::task::spawn_blocking(support::PgServer::start)
+        .await
+        .unwrap();
+    support::pg_broker(&pg).await.migrate().await.unwrap();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    // Enqueued in a transaction for the Redis broker: into the outbox, then relayed.
+    let mut tx = pool.begin().await.unwrap();
+    let jid = b
+        .client()
+        .enqueue_tx(&mut tx, &RubyEcho("relayed".into(), 7))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let relay = jobqueue::backend::postgres::Relay::new(pool.clone(), Arc::clone(&b.broker));
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    let mut sidekiq = start_sidekiq(&url, &worker_file);
+    let redis = redis::Client::open(url.as_str()).unwrap();
+    let conn = redis.get_multiplexed_async_connection().await.unwrap();
+    eventually(LIMIT, "Ruby Sidekiq ran the relayed job", || {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("LLEN")
+                .arg("echo")
+                .query_async::<usize>(&mut conn)
+                .await
+                .unwrap()
+                > 0
+        }
+    })
+    .await;
+    let echoed: Vec<String> = redis::cmd("LRANGE")
+        .arg("echo")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    stop_sidekiq(&mut sidekiq);
+    let echo: Value = serde_json::from_str(&echoed[0]).unwrap();
+    assert_eq!(echo, serde_json::json!(["relayed", 7, jid]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn start_sidekiq(url: &str, file: &Path) -> std::process::Child {
     Command::new("sidekiq")
         .args(["-q", "rubyq", "-c", "2", "-t", "2", "-r"])
