@@ -9,7 +9,7 @@
 
 use sqlx::PgConnection;
 
-use super::jobs::Claimed;
+use super::rows::Claimed;
 
 use crate::backend::memory::applicable;
 use crate::error::BrokerError;

@@ -12,8 +12,9 @@
 //!   sequences every [`PgConfig::watch_interval`].
 //!
 //! The roles are implemented in `jobs` (the hot path, with per-key limits in `limits`) and
-//! `roles` (presence, the key/value store, views, batches); `schema` applies migrations;
-//! `outbox` relays jobs enqueued in a transaction into another broker.
+//! `roles` (presence, the key/value store, views, batches), over the statements `rows`
+//! shares between them; `schema` applies migrations; `outbox` relays jobs enqueued in a
+//! transaction into another broker.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -31,6 +32,7 @@ mod jobs;
 mod limits;
 mod outbox;
 mod roles;
+mod rows;
 mod schema;
 
 /// The channel pushes and resumes are announced on: `q` for a queue, `s` for the sets.
@@ -170,7 +172,7 @@ pub(crate) async fn push_in(
     direct: bool,
 ) -> Result<(), BrokerError> {
     if direct {
-        jobs::insert(conn, jobs).await?;
+        rows::insert(conn, jobs).await?;
         return Ok(());
     }
     let (queues, payloads, ats): (Vec<&str>, Vec<&str>, Vec<Option<f64>>) = jobs

@@ -5,9 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use sqlx::PgConnection;
 
-use super::jobs::{insert, notify, remove_from_set, set_code};
+use super::rows::{insert, notify, remove_from_set, set_code, unlock_on};
 use super::{PgBroker, CANCEL};
 use crate::backend::{
     BatchCallbacks, BatchStatus, Batches, Entry, Heartbeat, KeyValue, LimitEntry, Location,
@@ -59,22 +58,6 @@ fn running_of(text: &str) -> Vec<Running> {
             since: from_epoch(item["since"].as_f64().unwrap_or_default()),
         })
         .collect()
-}
-
-/// Deletes `key` on `conn` if `owner` holds it; returns whether it did.
-pub(super) async fn unlock_on(
-    conn: &mut PgConnection,
-    key: &str,
-    owner: &str,
-) -> Result<bool, BrokerError> {
-    let gone =
-        sqlx::query("DELETE FROM jobqueue_kv WHERE key = $1 AND value = $2 AND expires > $3")
-            .bind(key)
-            .bind(owner)
-            .bind(now())
-            .execute(conn)
-            .await?;
-    Ok(gone.rows_affected() > 0)
 }
 
 fn count(n: i64) -> u64 {
