@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobqueue::backend::postgres::{PgBroker, Relay, RelayConfig};
-use jobqueue::backend::{Location, Presence, Push, Span};
+use jobqueue::backend::{Location, Push, Span};
 use jobqueue::{Broker, Client, Job, MemoryBroker, RedisBroker};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -52,6 +52,18 @@ async fn rows(pool: &PgPool, table: &str) -> i64 {
         .unwrap()
 }
 
+/// A worker whose polls are an hour apart: only a notice or the broker's watch wakes it.
+fn deaf_worker(b: &Backend) -> support::Running {
+    start(
+        b.worker()
+            .configure(|c| {
+                c.idle_poll = Duration::from_secs(3600);
+                c.poll_interval = Duration::from_secs(3600);
+            })
+            .register::<Note>(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_postgres_broker_a_rolled_back_job_never_runs_and_a_committed_one_runs_once() {
     let b = Backend::postgres().await;
@@ -62,27 +74,27 @@ async fn on_the_postgres_broker_a_rolled_back_job_never_runs_and_a_committed_one
     let client = b.client();
     order(&pool, &client, &t, "rolled back", false).await;
     order(&pool, &client, &t, "committed", true).await;
-    // Not visible before its transaction commits.
-    let mut open = pool.begin().await.unwrap();
-    client
-        .enqueue_tx(&mut open, &Note::new(&t, "still open"))
-        .await
-        .unwrap();
-    assert_eq!(b.admin().queue("default").await.unwrap().size, 1);
-    let h = start(b.worker().register::<Note>());
+    let h = deaf_worker(&b);
     eventually(LIMIT, "the committed job ran", || async {
-        jobs::labels(&t).contains(&"committed".to_owned())
+        !jobs::labels(&t).is_empty()
     })
     .await;
     assert_eq!(jobs::labels(&t), ["committed"]);
+    // Not visible before its transaction commits; once it does, found by the broker's
+    // watch (the transaction sent no notice, and the worker does not poll).
+    let mut open = pool.begin().await.unwrap();
+    client
+        .enqueue_tx(&mut open, &Note::new(&t, "committed later"))
+        .await
+        .unwrap();
+    assert_eq!(b.admin().queue("default").await.unwrap().size, 0);
     open.commit().await.unwrap();
-    // Committed later: found by the broker's watch, with no notice sent.
     eventually(LIMIT, "the job committed later ran", || async {
         jobs::labels(&t).len() == 2
     })
     .await;
     h.stop().await;
-    assert_eq!(jobs::labels(&t), ["committed", "still open"]);
+    assert_eq!(jobs::labels(&t), ["committed", "committed later"]);
     assert_eq!(
         rows(&pool, "orders").await,
         1,
@@ -321,10 +333,8 @@ async fn a_relay_that_pushed_but_did_not_delete_pushes_nothing_twice() {
         .into_iter()
         .map(|e| jobqueue::Envelope::parse(&e.payload).unwrap().jid)
         .collect();
-    let mut expected: Vec<String> = jids.into_iter().flatten().collect();
+    let expected: Vec<String> = jids.into_iter().flatten().collect();
     assert_eq!(queued, expected, "each job once, in order");
-    expected.dedup();
-    assert_eq!(expected.len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,8 +356,13 @@ async fn a_notice_wakes_an_idle_worker_before_its_poll() {
             })
             .register::<Note>(),
     );
-    eventually(LIMIT, "the worker is idle", || async {
-        broker.processes().await.unwrap().len() == 1
+    // A first job, so that the worker is past the looks it makes at start-up.
+    Client::new(broker.clone())
+        .enqueue(&Note::new(&t, "first"))
+        .await
+        .unwrap();
+    eventually(LIMIT, "the first job ran", || async {
+        !jobs::labels(&t).is_empty()
     })
     .await;
     let producer = pg_broker(&pg).await;
@@ -356,7 +371,7 @@ async fn a_notice_wakes_an_idle_worker_before_its_poll() {
         .await
         .unwrap();
     eventually(LIMIT, "the job ran", || async {
-        !jobs::labels(&t).is_empty()
+        jobs::labels(&t).len() == 2
     })
     .await;
     h.stop().await;

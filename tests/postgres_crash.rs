@@ -181,10 +181,18 @@ async fn a_database_restart_under_load_loses_no_committed_job() {
     })
     .await;
     // Killed as a crash would, mid-load, and started again from its log.
+    let before = pg.pid().expect("the server's pid");
+    let done_at_kill = counts(&broker, "done").await.len() as u64;
     tokio::task::block_in_place(|| {
         pg.kill();
         pg.restart();
     });
+    assert_ne!(
+        pg.pid(),
+        Some(before),
+        "the server was killed and started again"
+    );
+    assert!(done_at_kill < JOBS, "killed mid-load");
     // Jobs whose records failed during the restart fail and are retried; the worker's
     // pool, acknowledgements and heartbeat reconnect by themselves.
     eventually(LIMIT, "every job done, or dead with its error", || async {
@@ -210,7 +218,10 @@ async fn a_database_restart_under_load_loses_no_committed_job() {
     worker.wait().unwrap();
     let done = counts(&broker, "done").await;
     let dead = b.admin().set_size(SortedSet::Dead).await.unwrap();
-    println!("jobs={JOBS} done={} dead={dead}", done.len());
+    println!(
+        "jobs={JOBS} done_at_kill={done_at_kill} done={} dead={dead}",
+        done.len()
+    );
     assert_eq!(b.admin().queue("ticks").await.unwrap().size, 0);
 }
 

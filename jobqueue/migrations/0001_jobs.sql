@@ -18,6 +18,8 @@ CREATE TABLE jobqueue_jobs (
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000);
 CREATE INDEX jobqueue_jobs_line ON jobqueue_jobs (place, name, pos);
 CREATE SEQUENCE jobqueue_pos;
+-- In-flight rows are numbered apart: a fetch reserves a range for its batch.
+CREATE SEQUENCE jobqueue_flight;
 
 -- The sorted sets: scheduled ('s'), retries ('r') and dead jobs ('d'), each payload once
 -- per set (by its digest: a payload may be longer than an index entry can be).

@@ -39,7 +39,11 @@ impl JobStore for PgBroker {
     async fn push(&self, jobs: &[Push]) -> Result<(), BrokerError> {
         let mut conn = self.pool.acquire().await?;
         let (queued, scheduled) = insert(&mut conn, jobs).await?;
-        notify(&mut conn, queued, scheduled).await?;
+        // The jobs are in: a notice that fails is made up for by the watch, and must not
+        // make the caller push them again.
+        if let Err(e) = notify(&mut conn, queued, scheduled).await {
+            tracing::debug!("postgres: notice of a push: {e}");
+        }
         self.hub.wake(queued, scheduled);
         Ok(())
     }
@@ -95,8 +99,12 @@ impl JobStore for PgBroker {
                     limits: LimitsRead::NotRead,
                 })
                 .collect();
+            // The claim has committed: a failed reading leaves the markers unread (the
+            // worker then asks), rather than failing a fetch whose jobs are taken.
             if request.markers {
-                read_markers(&mut conn, &mut taken, at).await?;
+                if let Err(e) = read_markers(&mut conn, &mut taken, at).await {
+                    tracing::debug!("postgres: reading collapse markers: {e}");
+                }
             }
             return Ok(taken);
         };
@@ -240,13 +248,13 @@ impl JobStore for PgBroker {
                  ON CONFLICT DO NOTHING),
              held AS (
                  INSERT INTO jobqueue_jobs (place, name, queue, pos, payload)
-                 SELECT 'f', $4, '', nextval('jobqueue_pos'), g.payload
+                 SELECT 'f', $4, '', nextval('jobqueue_flight'), g.payload
                  FROM (SELECT * FROM gone ORDER BY score, payload COLLATE \"C\") g)
              SELECT score, payload FROM gone ORDER BY score, payload COLLATE \"C\"",
         )
         .bind(set_code(set))
         .bind(epoch_seconds(now))
-        .bind(limit as i64)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(process)
         .fetch_all(&self.pool)
         .await?;
@@ -310,14 +318,15 @@ async fn claim(
          listed AS (
              INSERT INTO jobqueue_fetchers (identity) SELECT $3 WHERE EXISTS (SELECT 1 FROM picked)
              ON CONFLICT DO NOTHING)
-         -- Numbers for the whole batch at once, so the in-flight rows keep the fetch's order.
+         -- Numbers for the whole batch at once, so the in-flight rows keep the fetch's order;
+         -- from a sequence of their own, so no queue's numbers are ever handed out twice.
          UPDATE jobqueue_jobs j SET place = 'f', name = $3,
-             pos = (SELECT setval('jobqueue_pos', nextval('jobqueue_pos') + $2)) - $2 + picked.rn
+             pos = (SELECT setval('jobqueue_flight', nextval('jobqueue_flight') + $2)) - $2 + picked.rn
          FROM picked WHERE j.ctid = picked.row
          RETURNING j.id, j.ctid::text AS row, j.queue, j.payload, picked.ord, picked.pos",
     )
     .bind(request.queues)
-    .bind(request.max as i64)
+    .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
     .bind(process)
     .bind(at)
     .fetch_all(conn)

@@ -17,7 +17,7 @@
 //! transaction into another broker.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
@@ -37,11 +37,14 @@ mod schema;
 
 /// The channel pushes and resumes are announced on: `q` for a queue, `s` for the sets.
 const WAKE: &str = "jobqueue_wake";
+/// How long after a sequence changed the watch keeps waking workers.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// The channel cancelled jobs' ids are announced on.
 const CANCEL: &str = "jobqueue_cancel";
 
-/// How to reach PostgreSQL.
-#[derive(Clone, Debug)]
+/// How to reach PostgreSQL. Its `Debug` output hides the URL's password.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct PgConfig {
     /// `postgres://user:password@host:port/database`.
@@ -54,6 +57,17 @@ pub struct PgConfig {
     pub watch_interval: Duration,
     /// Apply the crate's migrations on connect ([`PgBroker::migrate`]).
     pub migrate: bool,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("watch_interval", &self.watch_interval)
+            .field("migrate", &self.migrate)
+            .finish()
+    }
 }
 
 impl PgConfig {
@@ -118,14 +132,24 @@ impl PgBroker {
     }
 
     /// A broker on the application's own pool, looking for jobs committed without a notice
-    /// every `watch_interval`.
+    /// every `watch_interval`. The broker keeps one of the pool's connections for `LISTEN`,
+    /// so the pool needs at least two. Called outside a Tokio runtime, it starts no
+    /// listener: its workers then find jobs by their polls alone.
     pub fn with_pool(pool: PgPool, watch_interval: Duration) -> Self {
         let hub = Arc::new(WakeupHub::default());
-        tokio::spawn(listen(
-            pool.clone(),
-            Arc::downgrade(&hub),
-            watch_interval.max(Duration::from_millis(1)),
-        ));
+        if pool.options().get_max_connections() < 2 {
+            tracing::warn!("postgres: a pool of one connection leaves none for work once the broker listens: give it at least two");
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(listen(
+                    pool.clone(),
+                    Arc::downgrade(&hub),
+                    watch_interval.max(Duration::from_millis(1)),
+                ));
+            }
+            Err(_) => tracing::warn!("postgres: no Tokio runtime: the broker does not listen"),
+        }
         Self {
             pool,
             hub,
@@ -204,13 +228,14 @@ pub(crate) async fn push_in(
 }
 
 /// Wakes this process's workers: on each notice, and when a look at the tables' sequences
-/// finds rows inserted without one. A look that finds a change wakes once more at the next,
-/// for a transaction that had inserted but not yet committed. Ends when the broker is
-/// dropped.
+/// finds rows inserted without one. After a change it wakes them at every look for a second
+/// more, for a transaction that had inserted but not yet committed; one that commits later
+/// is found by the workers' own polls. Ends when the broker is dropped.
 async fn listen(pool: PgPool, hub: Weak<WakeupHub>, every: Duration) {
     let mut listener: Option<PgListener> = None;
     let mut seen: Option<(i64, i64)> = None;
-    let mut again = (false, false);
+    // When each sequence last changed.
+    let mut changed_at: (Option<Instant>, Option<Instant>) = (None, None);
     let mut delays = super::backoff();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,11 +290,20 @@ async fn listen(pool: PgPool, hub: Weak<WakeupHub>, every: Duration) {
                 .fetch_one(&pool)
                 .await;
                 if let Ok(now) = now {
-                    let changed = seen.map_or((false, false), |s| (s.0 != now.0, s.1 != now.1));
-                    if changed.0 || again.0 || changed.1 || again.1 {
-                        wakeups.wake(changed.0 || again.0, changed.1 || again.1);
+                    let at = Instant::now();
+                    if let Some(before) = seen {
+                        if before.0 != now.0 {
+                            changed_at.0 = Some(at);
+                        }
+                        if before.1 != now.1 {
+                            changed_at.1 = Some(at);
+                        }
                     }
-                    again = changed;
+                    let recent = |t: Option<Instant>| t.is_some_and(|t| at - t <= LINGER);
+                    let (queued, scheduled) = (recent(changed_at.0), recent(changed_at.1));
+                    if queued || scheduled {
+                        wakeups.wake(queued, scheduled);
+                    }
                     seen = Some(now);
                 }
             }

@@ -48,8 +48,11 @@ pub(super) async fn insert(
         return Ok(any);
     }
     sqlx::query(
+        // A queue already listed is not written again: in an application's transaction the
+        // write would hold the queue's entry until it commits.
         "WITH known AS (
              INSERT INTO jobqueue_queues (name) SELECT DISTINCT n FROM unnest($1::text[]) n
+             WHERE NOT EXISTS (SELECT 1 FROM jobqueue_queues q WHERE q.name = n)
              ON CONFLICT DO NOTHING),
          later AS (
              INSERT INTO jobqueue_sets (set, score, digest, payload)
