@@ -375,6 +375,12 @@ async fn a_batch_callback_goes_through_admission(b: Backend) {
             .queues(Queues::strict(["default"]))
             .register::<Note>(),
     );
+    // The worker is running, its scheduler past its first reading of the published
+    // classes, before the batches publish their callbacks' class.
+    eventually(LIMIT, "the worker beat", || async {
+        !b.admin().processes().await.unwrap().is_empty()
+    })
+    .await;
     // Two batches whose callbacks are the same unique job.
     let mut bids = Vec::new();
     for name in ["first", "second"] {

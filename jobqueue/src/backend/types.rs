@@ -273,26 +273,28 @@ pub struct DirectMoves<'a> {
     pub enqueued_at: SystemTime,
     /// The largest payload the client admits, in bytes; a larger job passes through it.
     pub max_payload_bytes: usize,
-    /// Classes whose jobs pass through the client whatever they are, because admission acts
-    /// on them (a uniqueness lock renewed, a collapse key written, limits written).
-    pub through_client: &'a [&'a str],
+    /// The classes whose jobs may move directly: those known to need no admission (no
+    /// uniqueness lock renewed, no collapse key or limits written). A job of any other
+    /// class, known or not, passes through the client, which reads the options a class
+    /// published since.
+    pub plain: &'a [&'a str],
     /// Whether to name each job moved (see [`Due::named`]), for its enqueue span.
     pub named: bool,
 }
 
 impl<'a> DirectMoves<'a> {
-    /// Direct moves stamped `enqueued_at`, of payloads up to `max_payload_bytes`, but for
-    /// jobs of `through_client`.
+    /// Direct moves stamped `enqueued_at`, of payloads up to `max_payload_bytes`, of jobs
+    /// of the `plain` classes.
     pub fn new(
         enqueued_at: SystemTime,
         max_payload_bytes: usize,
-        through_client: &'a [&'a str],
+        plain: &'a [&'a str],
         named: bool,
     ) -> Self {
         Self {
             enqueued_at,
             max_payload_bytes,
-            through_client,
+            plain,
             named,
         }
     }

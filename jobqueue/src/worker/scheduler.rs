@@ -66,25 +66,30 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// The classes whose due jobs must pass through the client, because admission acts on them
-/// (a uniqueness lock taken, a collapse key or limits written): this process's and those
-/// other processes publish. `None` when every due job must, because the client has
-/// middleware.
-fn through_client(shared: &Shared) -> Option<Vec<String>> {
+/// The classes whose due jobs may move straight to their queues, because admission does
+/// not act on them (no lock, collapse key or limits to write): this process's and those
+/// other processes publish so. A job of any other class, known or not, passes through the
+/// client, which reads a class published since the catalog's last reading. `None` when
+/// every due job must pass, because the client has middleware.
+fn plain_classes(shared: &Shared) -> Option<Vec<String>> {
     if !shared.client.chain().is_empty() {
         return None;
     }
     let published = shared.client.catalog().classes();
+    // This process's own options decide for its classes.
+    let own = shared.registry.admitted();
     let mut classes: Vec<String> = shared
         .registry
-        .admitted()
+        .plain()
         .into_iter()
         .map(str::to_owned)
         .collect();
     classes.extend(
         published
             .into_iter()
-            .filter(|(_, options)| registry::admission_acts_on(options))
+            .filter(|(class, options)| {
+                !registry::admission_acts_on(options) && !own.contains(&class.as_str())
+            })
             .map(|(class, _)| class),
     );
     Some(classes)
@@ -97,8 +102,8 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<SystemTime>, BrokerError>
     if let Err(e) = shared.client.catalog().fresh(shared.broker.as_ref()).await {
         tracing::debug!("reading the published classes: {e}");
     }
-    let through_client = through_client(shared);
-    let through_client: Option<Vec<&str>> = through_client
+    let plain = plain_classes(shared);
+    let plain: Option<Vec<&str>> = plain
         .as_ref()
         .map(|classes| classes.iter().map(String::as_str).collect());
     for set in [SortedSet::Retry, SortedSet::Schedule] {
@@ -109,11 +114,11 @@ async fn enqueue_due(shared: &Shared) -> Result<Option<SystemTime>, BrokerError>
         let mut taken: Option<(SystemTime, Vec<(SystemTime, String)>)> = None;
         loop {
             let taken_at = SystemTime::now();
-            let direct = through_client.as_deref().map(|through_client| {
+            let direct = plain.as_deref().map(|plain| {
                 DirectMoves::new(
                     taken_at,
                     shared.client.payload_limit(),
-                    through_client,
+                    plain,
                     client::enqueue_spans_enabled(),
                 )
             });

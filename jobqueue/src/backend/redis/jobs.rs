@@ -166,13 +166,13 @@ impl JobStore for RedisBroker {
     ) -> Result<Due, BrokerError> {
         let keys = &self.inner.keys;
         // An empty stamp moves nothing directly.
-        let (stamp, max_bytes, named, through_client) = match direct {
+        let (stamp, max_bytes, named, plain) = match direct {
             // Written as the payload's other timestamps are, by serde_json.
             Some(d) => (
                 serde_json::Value::from(epoch_seconds(d.enqueued_at)).to_string(),
                 d.max_payload_bytes,
                 d.named,
-                d.through_client,
+                d.plain,
             ),
             None => (String::new(), 0, false, &[][..]),
         };
@@ -185,7 +185,7 @@ impl JobStore for RedisBroker {
             .arg(max_bytes)
             .arg(if named { "1" } else { "" })
             .arg(process);
-        for class in through_client {
+        for class in plain {
             call.arg(*class);
         }
         type DueReply = (Vec<f64>, Vec<(Vec<u8>, f64)>, Vec<(String, String, String)>);

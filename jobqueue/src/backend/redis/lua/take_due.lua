@@ -3,7 +3,7 @@
 -- A job moves straight to its queue, stamped with `enqueued_at` ARGV[4], when ARGV[4] is
 -- not empty and the job needs nothing from the client: its payload begins with the
 -- header (fixed_header) and then its class, queue and `enqueued_at`, none of them escaped,
--- its class is not one of ARGV[8..] (classes that admission acts on), and the stamped
+-- its class is one of ARGV[8..] (classes known to need no admission), and the stamped
 -- payload is at most ARGV[5] bytes. Every other job goes into the in-flight list KEYS[2],
 -- so that a crash before the process moves it on loses none.
 -- ARGV[7] is the process, listed among the fetchers recovery looks at when it takes jobs
@@ -21,8 +21,8 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1)
 
 local stamp, named = ARGV[4], ARGV[6] == '1'
 local max = tonumber(ARGV[5])
-local through_client = {}
-for i = 8, #ARGV do through_client[ARGV[i]] = true end
+local plain = {}
+for i = 8, #ARGV do plain[ARGV[i]] = true end
 
 -- The job stamped for its queue, with its queue, class and jid; nil when it must pass
 -- through the client.
@@ -31,7 +31,7 @@ local function direct(job)
   local _, _, jid, at = fixed_header(job)
   if not jid then return nil end
   local _, e, class, queue = string.find(job, '^,"class":"([^"\\]*)","queue":"([^"\\]*)",', at)
-  if not e or through_client[class] then return nil end
+  if not e or not plain[class] then return nil end
   at = e + 1
   local stamped
   local vs, ve = string.find(job, '^"enqueued_at":[-+.%deE]+,', at)
