@@ -270,27 +270,7 @@ async fn our_jobs_run_on_ruby_sidekiq() {
         .unwrap();
     let mut sidekiq = start_sidekiq(&url, &worker_file);
 
-    let redis = redis::Client::open(url.as_str()).unwrap();
-    let conn = redis.get_multiplexed_async_connection().await.unwrap();
-    eventually(LIMIT, "Ruby Sidekiq ran our job", || {
-        let mut conn = conn.clone();
-        async move {
-            redis::cmd("LLEN")
-                .arg("echo")
-                .query_async::<usize>(&mut conn)
-                .await
-                .unwrap()
-                > 0
-        }
-    })
-    .await;
-    let echoed: Vec<String> = redis::cmd("LRANGE")
-        .arg("echo")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn.clone())
-        .await
-        .unwrap();
+    let echoed = echoed(&url).await;
     let echo: Value = serde_json::from_str(&echoed[0]).unwrap();
     assert_eq!(echo, serde_json::json!(["from rust", 42, jid]));
 
@@ -400,9 +380,18 @@ async fn jobs_relayed_from_a_postgres_outbox_run_on_ruby_sidekiq() {
     let relay = jobqueue::backend::postgres::Relay::new(pool.clone(), Arc::clone(&b.broker));
     assert_eq!(relay.relay_once().await.unwrap(), 1);
     let mut sidekiq = start_sidekiq(&url, &worker_file);
-    let redis = redis::Client::open(url.as_str()).unwrap();
+    let echoed = echoed(&url).await;
+    stop_sidekiq(&mut sidekiq);
+    let echo: Value = serde_json::from_str(&echoed[0]).unwrap();
+    assert_eq!(echo, serde_json::json!(["relayed", 7, jid]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What the Ruby worker echoed to the `echo` list, once it has echoed something.
+async fn echoed(url: &str) -> Vec<String> {
+    let redis = redis::Client::open(url).unwrap();
     let conn = redis.get_multiplexed_async_connection().await.unwrap();
-    eventually(LIMIT, "Ruby Sidekiq ran the relayed job", || {
+    eventually(LIMIT, "Ruby Sidekiq ran the job", || {
         let mut conn = conn.clone();
         async move {
             redis::cmd("LLEN")
@@ -414,17 +403,13 @@ async fn jobs_relayed_from_a_postgres_outbox_run_on_ruby_sidekiq() {
         }
     })
     .await;
-    let echoed: Vec<String> = redis::cmd("LRANGE")
+    redis::cmd("LRANGE")
         .arg("echo")
         .arg(0)
         .arg(-1)
         .query_async(&mut conn.clone())
         .await
-        .unwrap();
-    stop_sidekiq(&mut sidekiq);
-    let echo: Value = serde_json::from_str(&echoed[0]).unwrap();
-    assert_eq!(echo, serde_json::json!(["relayed", 7, jid]));
-    let _ = std::fs::remove_dir_all(&dir);
+        .unwrap()
 }
 
 fn start_sidekiq(url: &str, file: &Path) -> std::process::Child {

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use crate::envelope::header;
 use crate::error::BrokerError;
+use crate::job::{names_a_slot, LimitTag};
 use crate::time::epoch_seconds;
 
 pub mod cluster;
@@ -129,6 +130,21 @@ pub(crate) fn is_raw_bytes(payload: &str) -> bool {
 /// to be shown, never acted on; `None` for any other payload.
 pub(crate) fn raw_bytes_text(payload: &str) -> Option<String> {
     redis::raw_text(payload)
+}
+
+/// The limits a fetch applies to a job, from its header, and its jid (which names its
+/// slots): `Err` when they cannot be applied (out of range, or without a jid).
+pub(crate) fn applicable(payload: &str) -> Result<(Vec<LimitTag>, String), ()> {
+    let header = header::read(payload);
+    let Some(text) = header.limits else {
+        return Ok((Vec::new(), String::new()));
+    };
+    let tags = LimitTag::parse(&text).map_err(|_| ())?;
+    let jid = header.jid.map(|jid| jid.into_owned()).unwrap_or_default();
+    if !tags.is_empty() && !names_a_slot(&jid) {
+        return Err(());
+    }
+    Ok((tags, jid))
 }
 
 impl MarkerRead {

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use self::limits::{queue_of, Limits};
+use super::applicable;
 use super::{
     dead_trim, BatchCallbacks, Broker, Placement, ProcessEntry, Published, Push, SortedSet, Stats,
     WakeupHub,
 };
-use crate::envelope::header;
-use crate::job::{names_a_slot, LimitTag};
+use crate::job::LimitTag;
 use crate::time::epoch_seconds;
 
 mod jobs;
@@ -265,21 +265,6 @@ impl State {
     fn is_alive(&self, identity: &str, at: Instant) -> bool {
         is_alive(&self.processes, identity, at)
     }
-}
-
-/// The limits a fetch applies to a job, from its header, and its jid (which names its
-/// slots): `Err` when they cannot be applied (out of range, or without a jid).
-pub(super) fn applicable(payload: &str) -> Result<(Vec<LimitTag>, String), ()> {
-    let header = header::read(payload);
-    let Some(text) = header.limits else {
-        return Ok((Vec::new(), String::new()));
-    };
-    let tags = LimitTag::parse(&text).map_err(|_| ())?;
-    let jid = header.jid.map(|jid| jid.into_owned()).unwrap_or_default();
-    if !tags.is_empty() && !names_a_slot(&jid) {
-        return Err(());
-    }
-    Ok((tags, jid))
 }
 
 /// The limits a job that leaves an in-flight list took at its fetch, with its jid: those

@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 
 use super::rows::Claimed;
 
-use crate::backend::memory::applicable;
+use crate::backend::applicable;
 use crate::error::BrokerError;
 use crate::job::{LimitKind, LimitTag};
 

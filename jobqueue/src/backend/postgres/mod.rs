@@ -11,9 +11,9 @@
 //!   transaction or through a pooler that drops `LISTEN`, by a look at the tables'
 //!   sequences every [`PgConfig::watch_interval`].
 //!
-//! The roles are implemented in `jobs` (the hot path, with per-key limits in `limits`) and
-//! `roles` (presence, the key/value store, views, batches), over the statements `rows`
-//! shares between them; `schema` applies migrations; `outbox` relays jobs enqueued in a
+//! The roles are implemented in `jobs` (the hot path, with per-key limits in `limits`),
+//! `presence`, `kv`, `views` and `batches`, over the statements `rows` shares between
+//! them; `schema` applies migrations; `outbox` relays jobs enqueued in a
 //! transaction into another broker.
 
 use std::sync::{Arc, Weak};
@@ -28,12 +28,15 @@ pub use self::outbox::{Relay, RelayConfig};
 use crate::error::{redact_url, BrokerError};
 use crate::time::epoch_seconds;
 
+mod batches;
 mod jobs;
+mod kv;
 mod limits;
 mod outbox;
-mod roles;
+mod presence;
 mod rows;
 mod schema;
+mod views;
 
 /// The channel pushes and resumes are announced on: `q` for a queue, `s` for the sets.
 const WAKE: &str = "jobqueue_wake";

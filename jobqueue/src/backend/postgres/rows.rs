@@ -197,3 +197,8 @@ pub(super) async fn unlock_on(
             .await?;
     Ok(gone.rows_affected() > 0)
 }
+
+/// A count read from PostgreSQL, as a total (a negative one, never seen, as none).
+pub(super) fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or_default()
+}
