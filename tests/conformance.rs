@@ -30,6 +30,7 @@ on_every_broker!(
     cancel_removes_waiting_jobs_and_stops_running_ones,
     follow_ups_are_pushed_with_the_ack_of_a_run_that_succeeds,
     ack_then_pushes_once_and_only_if_the_job_was_still_held,
+    a_late_acknowledgement_leaves_a_recovered_job_alone,
     periodic_schedules_are_published_with_their_next_tick,
     periodic_schedules_pause_resume_and_run_now,
     a_queues_jobs_are_listed_next_first_and_deleted_by_id,
@@ -1712,6 +1713,64 @@ async fn ack_then_pushes_once_and_only_if_the_job_was_still_held(b: Backend) {
         .unwrap()
         .iter()
         .any(|q| q.name == "next"));
+}
+
+/// A process's acknowledgements that come after another process recovered one of its jobs
+/// (as from a worker stalled past its heartbeat) find that job gone and leave it in the
+/// queue it went back to; the job the process still held goes.
+async fn a_late_acknowledgement_leaves_a_recovered_job_alone(b: Backend) {
+    let t = jobs::token();
+    for label in ["recovered", "held"] {
+        b.client()
+            .enqueue_to("late", &Note::new(&t, label))
+            .await
+            .unwrap();
+    }
+    let taken = b
+        .broker
+        .fetch(
+            "p1",
+            support::request(
+                &["late".to_owned()],
+                2,
+                Some(std::time::Duration::from_secs(60)),
+                false,
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 2);
+    let from = jobqueue::backend::Source::InFlight("p1");
+    let recovered = taken[0].payload.clone();
+    let back = jobqueue::backend::Move::new(
+        recovered.clone(),
+        jobqueue::backend::Settle::Queue {
+            queue: "late".into(),
+            payload: recovered.clone(),
+            front: true,
+        },
+    );
+    let other = b.another_broker().await;
+    assert_eq!(other.settle(from, &[back]).await.unwrap(), [true]);
+    let done: Vec<_> = taken
+        .iter()
+        .map(|job| jobqueue::backend::Move::done(job.payload.clone()))
+        .collect();
+    assert_eq!(b.broker.settle(from, &done).await.unwrap(), [false, true]);
+    assert!(b.broker.in_flight("p1").await.unwrap().is_empty());
+    let waiting = b
+        .broker
+        .range(
+            jobqueue::backend::Location::Queue("late"),
+            jobqueue::backend::Span::Page {
+                offset: 0,
+                count: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let waiting: Vec<&str> = waiting.iter().map(|e| e.payload.as_str()).collect();
+    assert_eq!(waiting, [recovered.as_str()]);
 }
 
 /// Records `label` under `token` when dropped: at the end of a run, or when the run's

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use sqlx::{PgConnection, Row};
 
 use super::rows::{
-    insert, notify, place, remove_from_set, set_code, trim_dead, unlock_on, Claimed,
+    insert, notify, place, remove_from_set, set_code, trim_dead, unlock_on, Claimed, RowRef,
 };
 use super::{limits, PgBroker};
 use crate::backend::{
@@ -183,8 +183,8 @@ impl JobStore for PgBroker {
             let removed = match from {
                 Source::InFlight(process) => {
                     let gone: Option<i64> = sqlx::query_scalar(
-                        "DELETE FROM jobqueue_jobs WHERE place = 'f' AND name = $1 AND id = (
-                             SELECT id FROM jobqueue_jobs WHERE place = 'f' AND name = $1 AND payload = $2
+                        "DELETE FROM jobqueue_jobs WHERE place = 'f' AND name = $1 AND ctid = (
+                             SELECT ctid FROM jobqueue_jobs WHERE place = 'f' AND name = $1 AND payload = $2
                              ORDER BY pos LIMIT 1 FOR UPDATE)
                          RETURNING id",
                     )
@@ -305,25 +305,9 @@ async fn claim(
     request: &Fetch<'_>,
     at: f64,
 ) -> Result<Vec<Claimed>, BrokerError> {
+    // The statement is the function `jobqueue_claim` (migrations/0002_lines.sql).
     let rows = sqlx::query(
-        "WITH want AS (
-             SELECT w.name, w.ord FROM unnest($1::text[]) WITH ORDINALITY w(name, ord)
-             WHERE NOT EXISTS (SELECT 1 FROM jobqueue_paused p WHERE p.queue = w.name AND p.until > $4)),
-         picked AS (
-             SELECT j.ctid AS row, w.ord, j.pos, row_number() OVER (ORDER BY w.ord, j.pos) AS rn
-             FROM want w CROSS JOIN LATERAL (
-                 SELECT ctid, pos FROM jobqueue_jobs WHERE place = 'q' AND name = w.name
-                 ORDER BY pos LIMIT $2 FOR UPDATE SKIP LOCKED) j
-             ORDER BY w.ord, j.pos LIMIT $2),
-         listed AS (
-             INSERT INTO jobqueue_fetchers (identity) SELECT $3 WHERE EXISTS (SELECT 1 FROM picked)
-             ON CONFLICT DO NOTHING)
-         -- Numbers for the whole batch at once, so the in-flight rows keep the fetch's order;
-         -- from a sequence of their own, so no queue's numbers are ever handed out twice.
-         UPDATE jobqueue_jobs j SET place = 'f', name = $3,
-             pos = (SELECT setval('jobqueue_flight', nextval('jobqueue_flight') + $2)) - $2 + picked.rn
-         FROM picked WHERE j.ctid = picked.row
-         RETURNING j.id, j.ctid::text AS row, j.queue, j.payload, picked.ord, picked.pos",
+        "SELECT id, place_at AS row, queue, payload, ord, pos FROM jobqueue_claim($1, $2, $3, $4)",
     )
     .bind(request.queues)
     .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
@@ -338,8 +322,10 @@ async fn claim(
                 r.try_get("ord")?,
                 r.try_get("pos")?,
                 Claimed {
-                    id: r.try_get("id")?,
-                    row: r.try_get("row")?,
+                    at: RowRef {
+                        id: r.try_get("id")?,
+                        row: r.try_get("row")?,
+                    },
                     queue: r.try_get("queue")?,
                     payload: r.try_get("payload")?,
                 },
@@ -351,53 +337,67 @@ async fn claim(
 }
 
 impl PgBroker {
-    /// Remembers the row ids of jobs claimed, for their acknowledgements.
+    /// Remembers the rows of jobs claimed, for their acknowledgements.
     fn remember(&self, claimed: &[Claimed]) {
-        let mut ids = crate::backend::lock(&self.claimed);
+        let mut rows = crate::backend::lock(&self.claimed);
         for job in claimed {
-            ids.entry(job.payload.clone()).or_default().push(job.id);
+            rows.entry(job.payload.clone())
+                .or_default()
+                .push(job.at.clone());
         }
     }
 
-    /// Forgets the claims of `payloads` (the oldest claim of each); returns their ids.
-    fn forget_claims<'a>(&self, payloads: impl Iterator<Item = &'a str>) -> Vec<Option<i64>> {
-        let mut ids = crate::backend::lock(&self.claimed);
+    /// Forgets the claims of `payloads` (the oldest claim of each); returns their rows.
+    fn forget_claims<'a>(&self, payloads: impl Iterator<Item = &'a str>) -> Vec<Option<RowRef>> {
+        let mut rows = crate::backend::lock(&self.claimed);
         payloads
             .map(|payload| {
-                let held = ids.get_mut(payload)?;
-                let id = (!held.is_empty()).then(|| held.remove(0));
+                let held = rows.get_mut(payload)?;
+                let row = (!held.is_empty()).then(|| held.remove(0));
                 if held.is_empty() {
-                    ids.remove(payload);
+                    rows.remove(payload);
                 }
-                id
+                row
             })
             .collect()
     }
 
-    /// Deletes plain acknowledgements ([`plain_acks`]): by the ids this broker claimed them
-    /// under, in one statement, and the others by their payloads, in one more. Returns, per
+    /// Deletes plain acknowledgements ([`plain_acks`]): by the rows this broker claimed them
+    /// in, in one statement, and the others by their payloads, in one more. Returns, per
     /// move, whether the job was still in `process`'s in-flight rows: a row recovered by
     /// another process has left them, and is not touched.
     async fn acknowledge(&self, process: &str, moves: &[Move]) -> Result<Vec<bool>, BrokerError> {
-        let ids = self.forget_claims(moves.iter().map(|m| m.payload.as_str()));
-        let known: Vec<i64> = ids.iter().flatten().copied().collect();
-        let gone: HashSet<i64> = if known.is_empty() {
+        let held = self.forget_claims(moves.iter().map(|m| m.payload.as_str()));
+        let (ids, rows): (Vec<i64>, Vec<&str>) = held
+            .iter()
+            .flatten()
+            .map(|at| (at.id, at.row.as_str()))
+            .unzip();
+        // Whatever row a place holds now, it goes only if it is one of these jobs, still
+        // held by this process. The place letter is left out on purpose: with it the
+        // planner may walk the in-flight index, over every row the process held since the
+        // last vacuum, where the places lead straight to the rows. An in-flight row's id
+        // never returns to a line (recovery and hand-back insert new rows), so the id and
+        // the name are the check.
+        let gone: HashSet<i64> = if ids.is_empty() {
             HashSet::new()
         } else {
             sqlx::query_scalar(
-                "DELETE FROM jobqueue_jobs WHERE id = ANY($1) AND place = 'f' AND name = $2
+                "DELETE FROM jobqueue_jobs
+                 WHERE ctid = ANY($1::text[]::tid[]) AND id = ANY($2) AND name = $3
                  RETURNING id",
             )
-            .bind(&known)
+            .bind(&rows)
+            .bind(&ids)
             .bind(process)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
             .collect()
         };
-        let mut moved: Vec<bool> = ids
+        let mut moved: Vec<bool> = held
             .iter()
-            .map(|id| id.is_some_and(|id| gone.contains(&id)))
+            .map(|at| at.as_ref().is_some_and(|at| gone.contains(&at.id)))
             .collect();
         // Jobs claimed elsewhere (recovered from another process, or before a restart), or
         // whose remembered row was not this process's: by payload.

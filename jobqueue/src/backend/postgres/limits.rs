@@ -9,7 +9,7 @@
 
 use sqlx::PgConnection;
 
-use super::rows::Claimed;
+use super::rows::{Claimed, RowRef};
 
 use crate::backend::applicable;
 use crate::error::BrokerError;
@@ -124,7 +124,7 @@ pub(super) async fn admit(
                  ON CONFLICT (key) DO UPDATE
                  SET next_look = least(jobqueue_limit_keys.next_look, excluded.next_look)",
             )
-            .bind(&job.row)
+            .bind(&job.at.row)
             .bind(&tag.key)
             .bind(look)
             .execute(&mut *conn)
@@ -183,20 +183,22 @@ pub(super) async fn release(
     Ok(!back.is_empty())
 }
 
-/// The ids (with `key`) of up to `n` of the oldest jobs set aside under `key`, oldest
+/// The rows (with `key`) of up to `n` of the oldest jobs set aside under `key`, oldest
 /// first; forgets the key when none are left.
 async fn unpark(
     conn: &mut PgConnection,
     key: &str,
     n: i64,
-) -> Result<Vec<(i64, String)>, BrokerError> {
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM jobqueue_jobs WHERE place = 'p' AND name = $1 ORDER BY pos LIMIT $2",
+) -> Result<Vec<(RowRef, String)>, BrokerError> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, ctid::text FROM jobqueue_jobs WHERE place = 'p' AND name = $1
+         ORDER BY pos LIMIT $2",
     )
     .bind(key)
     .bind(n)
     .fetch_all(&mut *conn)
     .await?;
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
     sqlx::query(
         "DELETE FROM jobqueue_limit_keys WHERE key = $1 AND NOT EXISTS (
              SELECT 1 FROM jobqueue_jobs WHERE place = 'p' AND name = $1 AND NOT (id = ANY($2)))",
@@ -205,18 +207,22 @@ async fn unpark(
     .bind(&ids)
     .execute(conn)
     .await?;
-    Ok(ids.into_iter().map(|id| (id, key.to_owned())).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, row)| (RowRef { id, row }, key.to_owned()))
+        .collect())
 }
 
-/// Puts set-aside jobs (by id and key) back at the front of their queues, the first of
-/// `ids` first in line.
-async fn bring_back(conn: &mut PgConnection, ids: &[(i64, String)]) -> Result<(), BrokerError> {
-    for (id, key) in ids.iter().rev() {
+/// Puts set-aside jobs (by row and key) back at the front of their queues, the first of
+/// `rows` first in line.
+async fn bring_back(conn: &mut PgConnection, rows: &[(RowRef, String)]) -> Result<(), BrokerError> {
+    for (at, key) in rows.iter().rev() {
         sqlx::query(
             "UPDATE jobqueue_jobs SET place = 'q', name = queue, pos = -nextval('jobqueue_pos')
-             WHERE place = 'p' AND name = $2 AND id = $1",
+             WHERE ctid = $1::tid AND id = $2 AND place = 'p' AND name = $3",
         )
-        .bind(id)
+        .bind(&at.row)
+        .bind(at.id)
         .bind(key)
         .execute(&mut *conn)
         .await?;

@@ -101,9 +101,9 @@ impl PgConfig {
 pub struct PgBroker {
     pool: PgPool,
     hub: Arc<WakeupHub>,
-    /// The row ids of the jobs this broker claimed, by payload, so that an acknowledgement
-    /// deletes by id; one it does not find here is deleted by its payload.
-    claimed: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<i64>>>>,
+    /// The rows of the jobs this broker claimed, by payload, so that an acknowledgement
+    /// deletes by row; one it does not find here is deleted by its payload.
+    claimed: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<rows::RowRef>>>>,
 }
 
 impl PgBroker {

@@ -155,14 +155,21 @@ pub(super) async fn trim_dead(conn: &mut PgConnection, at: f64) -> Result<(), Br
 
 /// A job a fetch claimed.
 pub(super) struct Claimed {
-    /// Its row's id.
-    pub(super) id: i64,
-    /// Where its row is now (`ctid`), as text: valid until the claiming transaction ends.
-    pub(super) row: String,
+    /// Its row.
+    pub(super) at: RowRef,
     /// The queue it came from.
     pub(super) queue: String,
     /// Its payload.
     pub(super) payload: String,
+}
+
+/// A row of `jobqueue_jobs`: where it is (`ctid`, as text) and its `id`. The place holds
+/// until the row changes, or until `VACUUM FULL` rewrites the table; the id checks that it
+/// still holds the row, so a statement by `RowRef` finds nothing rather than another row.
+#[derive(Clone, Debug)]
+pub(super) struct RowRef {
+    pub(super) id: i64,
+    pub(super) row: String,
 }
 
 /// Removes `payload` from `set`; returns whether it was there.

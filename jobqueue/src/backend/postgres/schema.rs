@@ -8,7 +8,10 @@ use crate::error::BrokerError;
 
 /// Every migration, by version, oldest first. A migration is never edited once released: a
 /// change is a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_jobs.sql")),
+    (2, include_str!("../../../migrations/0002_lines.sql")),
+];
 
 /// The advisory lock key migrations run under (`jobqueue` in ASCII).
 const LOCK: i64 = 0x6a6f_6271_7565_7565;

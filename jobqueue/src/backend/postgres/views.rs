@@ -10,7 +10,9 @@ use crate::backend::{Entry, LimitEntry, Location, Paused, Span, Views};
 use crate::error::BrokerError;
 use crate::time::{epoch_seconds, from_epoch, now};
 
-/// A location's rows in `jobqueue_jobs`: its place letter and name; `None` for a set.
+/// A location's rows in `jobqueue_jobs`: its place letter and name; `None` for a set. The
+/// letter goes into a statement's text, never as a parameter: each place has an index of its
+/// own, which the planner can use only when it sees the letter.
 fn line(at: Location<'_>) -> Option<(&'static str, &str)> {
     match at {
         Location::Queue(queue) => Some(("q", queue)),
@@ -44,13 +46,14 @@ impl Views for PgBroker {
                 .fetch_one(&self.pool)
                 .await?
             }
-            (_, Some((place, name))) => sqlx::query_scalar(
-                "SELECT count(*) FROM jobqueue_jobs WHERE place = $1::text::\"char\" AND name = $2",
-            )
-            .bind(place)
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?,
+            (_, Some((place, name))) => {
+                sqlx::query_scalar(&format!(
+                    "SELECT count(*) FROM jobqueue_jobs WHERE place = '{place}' AND name = $1"
+                ))
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?
+            }
             (_, None) => 0,
         };
         Ok(usize::try_from(n).unwrap_or_default())
@@ -102,10 +105,9 @@ impl Views for PgBroker {
                 let order = if place == "f" { "DESC" } else { "ASC" };
                 sqlx::query_as(&format!(
                     "SELECT payload, NULL::float8 FROM jobqueue_jobs
-                     WHERE place = $1::text::\"char\" AND name = $2
-                     ORDER BY pos {order} OFFSET $3 LIMIT $4"
+                     WHERE place = '{place}' AND name = $1
+                     ORDER BY pos {order} OFFSET $2 LIMIT $3"
                 ))
-                .bind(place)
                 .bind(name)
                 .bind(offset(skip))
                 .bind(offset(count))
@@ -137,14 +139,13 @@ impl Views for PgBroker {
                         "p"
                     };
                     // The entry nearest the back of the line, as `LREM key 1` takes it.
-                    let gone = sqlx::query(
+                    let gone = sqlx::query(&format!(
                         "DELETE FROM jobqueue_jobs
-                         WHERE place = $1::text::\"char\" AND name = $2 AND id = (
-                             SELECT id FROM jobqueue_jobs
-                             WHERE place = $1::text::\"char\" AND name = $2 AND payload = $3
-                             ORDER BY pos DESC LIMIT 1 FOR UPDATE)",
-                    )
-                    .bind(place)
+                         WHERE place = '{place}' AND name = $1 AND ctid = (
+                             SELECT ctid FROM jobqueue_jobs
+                             WHERE place = '{place}' AND name = $1 AND payload = $2
+                             ORDER BY pos DESC LIMIT 1 FOR UPDATE)"
+                    ))
                     .bind(name)
                     .bind(payload)
                     .execute(&mut *tx)
