@@ -1733,7 +1733,8 @@ async fn a_late_acknowledgement_leaves_a_recovered_job_alone(b: Backend) {
             support::request(
                 &["late".to_owned()],
                 2,
-                Some(std::time::Duration::from_secs(60)),
+                // Without limits: the fetch a worker without limited classes makes.
+                None,
                 false,
             ),
         )

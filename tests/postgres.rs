@@ -1,6 +1,7 @@
 //! What only PostgreSQL offers: jobs enqueued in the application's own transaction, on the
-//! PostgreSQL broker and through the outbox into Redis; migrations; the relay's pushes once
-//! per job. Each test starts its own PostgreSQL (and Redis) server.
+//! PostgreSQL broker and through the outbox into Redis; migrations; acknowledgements after
+//! the table is rewritten; the relay's pushes once per job. Each test starts its own
+//! PostgreSQL (and Redis) server.
 
 mod support;
 
@@ -8,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobqueue::backend::postgres::{PgBroker, Relay, RelayConfig};
-use jobqueue::backend::{Location, Push, Span};
+use jobqueue::backend::{JobStore, Location, Push, Span};
 use jobqueue::{Broker, Client, Job, MemoryBroker, RedisBroker};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use support::jobs::{self, Note};
-use support::{eventually, pg_broker, start, Backend, PgServer, RedisServer};
+use support::{eventually, pg_broker, start, Backend, PgServer, RedisServer, StoreExt};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -432,5 +433,52 @@ async fn the_overview_shows_the_outbox_a_relay_reports() {
     assert!(
         page.contains(r#"<span data-stat="outbox-waiting">3</span>"#),
         "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_vacuum_full_acknowledgements_delete_their_own_jobs_and_no_others() {
+    // Acknowledgements go to the places their rows were claimed at; `VACUUM FULL` moves
+    // every row, so a remembered place may now hold another of the process's jobs.
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let broker = pg_broker(&pg).await;
+    broker.migrate().await.unwrap();
+    let t = jobs::token();
+    let notes: Vec<Note> = (0..300).map(|i| Note::new(&t, i.to_string())).collect();
+    Client::new(broker.clone())
+        .enqueue_bulk(&notes)
+        .await
+        .unwrap();
+    let queues = ["default".to_owned()];
+    let mut taken = Vec::new();
+    while taken.len() < 300 {
+        let batch = broker
+            .fetch("p1", support::request(&queues, 100, None, false))
+            .await
+            .unwrap();
+        assert!(!batch.is_empty());
+        taken.extend(batch.into_iter().map(|job| job.payload));
+    }
+    sqlx::query("VACUUM FULL jobqueue_jobs")
+        .execute(broker.pool())
+        .await
+        .unwrap();
+    let (acked, kept): (Vec<_>, Vec<_>) = taken
+        .chunks(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .unzip();
+    let from = jobqueue::backend::Source::InFlight("p1");
+    let moves: Vec<_> = acked
+        .iter()
+        .map(|p| jobqueue::backend::Move::done(p.clone()))
+        .collect();
+    assert_eq!(broker.settle(from, &moves).await.unwrap(), vec![true; 150]);
+    let mut held: Vec<String> = broker.in_flight("p1").await.unwrap();
+    held.sort();
+    let mut kept = kept;
+    kept.sort();
+    assert_eq!(
+        held, kept,
+        "the jobs not acknowledged are all held, and only they"
     );
 }

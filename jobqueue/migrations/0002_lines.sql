@@ -9,6 +9,10 @@ DROP INDEX jobqueue_jobs_line;
 CREATE INDEX jobqueue_jobs_queued ON jobqueue_jobs (name, pos) WHERE place = 'q';
 CREATE INDEX jobqueue_jobs_taken ON jobqueue_jobs (name, pos) WHERE place = 'f';
 CREATE INDEX jobqueue_jobs_parked ON jobqueue_jobs (name, pos) WHERE place = 'p';
+-- Without a key, logical replication (a publication of all tables) would refuse the claims'
+-- updates and the acknowledgements' deletes; the whole row identifies it. This costs WAL
+-- only where `wal_level` is `logical`.
+ALTER TABLE jobqueue_jobs REPLICA IDENTITY FULL;
 
 -- A claim: up to `wanted` jobs from `queues`, in order, skipping paused queues, into
 -- `process`'s in-flight rows; each queue's oldest first. A function so that it is planned

@@ -98,6 +98,27 @@ pub const BATCH_LINGER: Duration = Duration::from_secs(24 * 3600);
 /// The longest wait between two tries of a broker call that failed.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// This machine's name, as a process publishes it.
+pub(crate) fn hostname() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// A new process identity, `hostname:pid:hex12`, as Sidekiq names its processes: for
+/// workers, and for anything else that reports itself (the outbox's relays).
+pub(crate) fn process_identity() -> String {
+    use rand::RngCore;
+    let mut nonce = [0u8; 6];
+    rand::rng().fill_bytes(&mut nonce);
+    format!(
+        "{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        crate::envelope::hex(&nonce)
+    )
+}
+
 /// Delays between tries of a failing broker call: 100 ms doubling to 5 s, with jitter,
 /// without end. Every loop that calls a broker again after a failure (fetch, ack, settle,
 /// the scheduler, the Redis wake-up listener) waits by this one curve.

@@ -5,15 +5,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::RngCore;
 use tokio::sync::watch;
 
 use super::middleware::{ServerChain, ServerMiddleware};
 use super::registry::Registry;
 use super::{Queues, RunState, Shared, Worker, WorkerConfig};
-use crate::backend::Broker;
+use crate::backend::{hostname, process_identity, Broker};
 use crate::client::{Client, ClientChain, ClientMiddleware};
-use crate::envelope::hex;
 use crate::error::Error;
 use crate::perform::Perform;
 use crate::schedule::{Periodic, QuietWindow};
@@ -212,17 +210,4 @@ impl WorkerBuilder {
             }),
         })
     }
-}
-
-fn hostname() -> String {
-    hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".to_owned())
-}
-
-/// `hostname:pid:hex12`, as Sidekiq names its processes.
-fn process_identity() -> String {
-    let mut nonce = [0u8; 6];
-    rand::rng().fill_bytes(&mut nonce);
-    format!("{}:{}:{}", hostname(), std::process::id(), hex(&nonce))
 }

@@ -374,17 +374,17 @@ impl PgBroker {
             .map(|at| (at.id, at.row.as_str()))
             .unzip();
         // Whatever row a place holds now, it goes only if it is one of these jobs, still
-        // held by this process. The place letter is left out on purpose: with it the
-        // planner may walk the in-flight index, over every row the process held since the
-        // last vacuum, where the places lead straight to the rows. An in-flight row's id
-        // never returns to a line (recovery and hand-back insert new rows), so the id and
-        // the name are the check.
+        // held by this process. The place letter is compared as text on purpose: as a
+        // letter it is the in-flight index's condition, and the planner may walk that
+        // index, over every row the process held since the last vacuum, where the places
+        // lead straight to the rows.
         let gone: HashSet<i64> = if ids.is_empty() {
             HashSet::new()
         } else {
             sqlx::query_scalar(
                 "DELETE FROM jobqueue_jobs
-                 WHERE ctid = ANY($1::text[]::tid[]) AND id = ANY($2) AND name = $3
+                 WHERE ctid = ANY($1::text[]::tid[]) AND id = ANY($2)
+                     AND place::text = 'f' AND name = $3
                  RETURNING id",
             )
             .bind(&rows)

@@ -64,15 +64,11 @@ pub struct Relay {
 impl Relay {
     /// A relay from `pool`'s outbox into `broker`.
     pub fn new(pool: PgPool, broker: impl Into<Arc<dyn Broker>>) -> Self {
-        let nonce: u64 = rand::random();
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".to_owned());
         Self {
             pool,
             broker: broker.into(),
             config: RelayConfig::default(),
-            name: format!("{host}:{}:{nonce:012x}", std::process::id()),
+            name: crate::backend::process_identity(),
         }
     }
 
