@@ -129,15 +129,10 @@ impl Views for PgBroker {
         let mut tx = self.pool.begin().await?;
         let mut removed = 0;
         for payload in payloads {
-            let found = match at {
-                Location::Set(set) => remove_from_set(&mut tx, set, payload).await?,
-                Location::InFlight(_) => false,
-                Location::Queue(name) | Location::Parked(name) => {
-                    let place = if matches!(at, Location::Queue(_)) {
-                        "q"
-                    } else {
-                        "p"
-                    };
+            let found = match (at, line(at)) {
+                (Location::Set(set), _) => remove_from_set(&mut tx, set, payload).await?,
+                (Location::InFlight(_), _) | (_, None) => false,
+                (_, Some((place, name))) => {
                     // The entry nearest the back of the line, as `LREM key 1` takes it.
                     let gone = sqlx::query(&format!(
                         "DELETE FROM jobqueue_jobs
