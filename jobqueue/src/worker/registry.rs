@@ -92,24 +92,6 @@ impl Registry {
             .any(|(handler, _)| handler.options().collapse.is_some())
     }
 
-    /// The classes admission acts on (see [`admission_acts_on`]).
-    pub(crate) fn admitted(&self) -> Vec<&'static str> {
-        self.handlers
-            .iter()
-            .filter(|(_, (handler, _))| admission_acts_on(handler.options()))
-            .map(|(class, _)| *class)
-            .collect()
-    }
-
-    /// The classes admission does not act on: their due jobs may move directly.
-    pub(crate) fn plain(&self) -> Vec<&'static str> {
-        self.handlers
-            .iter()
-            .filter(|(_, (handler, _))| !admission_acts_on(handler.options()))
-            .map(|(class, _)| *class)
-            .collect()
-    }
-
     /// Every class with its options, to publish for processes and tools without them.
     pub(crate) fn classes(&self) -> Vec<(&'static str, &'static JobOptions)> {
         self.handlers

@@ -75,24 +75,24 @@ fn plain_classes(shared: &Shared) -> Option<Vec<String>> {
     if !shared.client.chain().is_empty() {
         return None;
     }
-    let published = shared.client.catalog().classes();
-    // This process's own options decide for its classes.
-    let own = shared.registry.admitted();
-    let mut classes: Vec<String> = shared
+    // This process's own options decide for its classes; the published ones for the rest.
+    let own = shared
         .registry
-        .plain()
+        .classes()
         .into_iter()
-        .map(str::to_owned)
-        .collect();
-    classes.extend(
-        published
-            .into_iter()
-            .filter(|(class, options)| {
-                !registry::admission_acts_on(options) && !own.contains(&class.as_str())
-            })
-            .map(|(class, _)| class),
-    );
-    Some(classes)
+        .map(|(class, options)| (class.to_owned(), options));
+    let others = shared
+        .client
+        .catalog()
+        .classes()
+        .into_iter()
+        .filter(|(class, _)| shared.registry.get(class).is_none());
+    Some(
+        own.chain(others)
+            .filter(|(_, options)| !registry::admission_acts_on(options))
+            .map(|(class, _)| class)
+            .collect(),
+    )
 }
 
 /// Moves every due job, then returns the next due time. The broker moves those it may
